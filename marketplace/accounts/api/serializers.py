@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from rest_framework import serializers
+
+from marketplace.accounts.choices import Role
+from marketplace.accounts.models import ApiKey, Membership, Organization, Quota
+from marketplace.catalog.models import InstanceType
+
+User = get_user_model()
+
+
+class OrganizationSerializer(serializers.ModelSerializer[Organization]):
+    role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Organization
+        fields = ["slug", "name", "created_at", "role"]
+        read_only_fields = ["created_at"]
+
+    def get_role(self, organization: Organization) -> str | None:
+        roles: dict[int, str] = self.context.get("roles", {})
+        return roles.get(organization.pk)
+
+
+class OrganizationCreateSerializer(serializers.ModelSerializer[Organization]):
+    slug = serializers.SlugField(max_length=63)
+    owner = serializers.SlugRelatedField(
+        slug_field="username", queryset=User.objects.all(), required=False, allow_null=True,
+        help_text="Username of the first owner (default: nobody)",
+    )  # fmt: skip
+
+    class Meta:
+        model = Organization
+        fields = ["slug", "name", "owner"]
+
+    def validate_slug(self, value: str) -> str:
+        if Organization.objects.filter(slug=value).exists():
+            raise serializers.ValidationError(f"An organisation '{value}' already exists.")
+        return value
+
+
+class MembershipSerializer(serializers.ModelSerializer[Membership]):
+    username = serializers.CharField(source="user.username", read_only=True)
+    email = serializers.EmailField(source="user.email", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["username", "email", "role", "created_at"]
+        read_only_fields = ["created_at"]
+
+
+class MembershipCreateSerializer(serializers.Serializer[Membership]):
+    username = serializers.SlugRelatedField(slug_field="username", queryset=User.objects.all())
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+
+class MembershipUpdateSerializer(serializers.Serializer[Membership]):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class QuotaSerializer(serializers.ModelSerializer[Quota]):
+    gpus_per_model = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=100_000), required=False
+    )
+
+    class Meta:
+        model = Quota
+        fields = [
+            "max_gpus", "gpus_per_model", "max_deployments", "monthly_token_budget", "requests_per_minute",
+            "tokens_per_minute", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["updated_at"]
+        extra_kwargs = {
+            "max_gpus": {"max_value": 100_000},
+            "max_deployments": {"max_value": 100_000},
+            "monthly_token_budget": {"max_value": 10**15},
+            "requests_per_minute": {"max_value": 10**7},
+            "tokens_per_minute": {"max_value": 10**10},
+        }
+
+    def validate_gpus_per_model(self, value: dict[str, int]) -> dict[str, int]:
+        known = set(InstanceType.objects.exclude(gpu_model="").values_list("gpu_model", flat=True))
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown GPU model {', '.join(repr(u) for u in unknown)}; known: {', '.join(sorted(known))}."
+            )
+        return value
+
+
+class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    is_active = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id", "organization", "name", "prefix", "created_by", "created_at", "expires_at", "revoked_at",
+            "last_used_at", "is_active",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class ApiKeyCreateSerializer(serializers.Serializer[ApiKey]):
+    organization = serializers.SlugField(required=False, help_text="Default: your only organisation")
+    name = serializers.CharField(max_length=100)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def validate_expires_at(self, value: Any) -> Any:
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("Must be in the future.")
+        return value
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The secret. Shown once: store it now.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields

@@ -1,0 +1,124 @@
+"""Organisations, the people in them, their quotas and their API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from marketplace.accounts.choices import Role
+
+API_KEY_PREFIX = "mk-"
+# The visible part of a key (after "mk-") that lists and logs may show.
+API_KEY_VISIBLE_CHARS = 8
+
+
+class Organization(models.Model):
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(  # type: ignore[var-annotated]
+        settings.AUTH_USER_MODEL, through="Membership", related_name="organizations"
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "user"], name="one_membership_per_user"),
+        ]
+        ordering = ["organization", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization} ({self.role})"
+
+
+class Quota(models.Model):
+    """What an organisation may use. Edited by platform admins only; deployments reserve against it
+    under a row lock (select_for_update on this row)."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="quota")
+    max_gpus = models.PositiveIntegerField(default=8, help_text="GPUs across all GPU models")
+    gpus_per_model = models.JSONField(
+        default=dict, blank=True, help_text='GPUs per GPU model, e.g. {"NVIDIA H100 80GB": 8}'
+    )
+    max_deployments = models.PositiveIntegerField(default=5)
+    monthly_token_budget = models.PositiveBigIntegerField(default=100_000_000)
+    requests_per_minute = models.PositiveIntegerField(default=600)
+    tokens_per_minute = models.PositiveIntegerField(default=200_000)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Quota of {self.organization}"
+
+    def gpu_limit(self, gpu_model: str) -> int:
+        """GPUs of this model the organisation may use: its own limit, else the total limit."""
+        return int(self.gpus_per_model.get(gpu_model, self.max_gpus))
+
+
+def hash_api_key(key: str) -> str:
+    """Keys are long random secrets, so one SHA-256 suffices (no slow KDF needed to resist guessing)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def usable(self) -> ApiKeyQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """An organisation's key for the API. Only the SHA-256 of the secret is stored; the secret is
+    returned once, at creation."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, db_index=True)
+    hashed_key = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def generate(cls) -> tuple[str, str, str]:
+        """A new secret, its visible prefix and its hash."""
+        secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        return secret, secret[: len(API_KEY_PREFIX) + API_KEY_VISIBLE_CHARS], hash_api_key(secret)
+
+    @property
+    def is_active(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()
+
+    def matches(self, key: str) -> bool:
+        return hmac.compare_digest(self.hashed_key, hash_api_key(key))

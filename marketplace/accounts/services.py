@@ -1,0 +1,80 @@
+"""Domain rules for organisations, memberships and API keys. Views validate shape and call these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+from rest_framework import exceptions
+
+from marketplace.accounts.choices import Role
+from marketplace.accounts.models import ApiKey, Membership, Organization, Quota
+
+
+@transaction.atomic
+def create_organization(*, slug: str, name: str, owner: AbstractBaseUser | None) -> Organization:
+    organization = Organization.objects.create(slug=slug, name=name)
+    Quota.objects.create(organization=organization)
+    if owner is not None:
+        Membership.objects.create(organization=organization, user=owner, role=Role.OWNER)
+    return organization
+
+
+def _owners_left_after(membership: Membership) -> int:
+    return (
+        Membership.objects.select_for_update()
+        .filter(organization=membership.organization_id, role=Role.OWNER)
+        .exclude(pk=membership.pk)
+        .count()
+    )
+
+
+@transaction.atomic
+def change_role(membership: Membership, role: str, *, by_owner: bool) -> Membership:
+    """Only owners grant or take away ownership; an organisation always keeps one owner."""
+    if role == membership.role:
+        return membership
+    if Role.OWNER in (role, membership.role) and not by_owner:
+        raise exceptions.PermissionDenied("Only an owner may grant or remove the owner role.")
+    if membership.role == Role.OWNER and _owners_left_after(membership) == 0:
+        raise exceptions.ValidationError({"role": ["An organisation needs an owner: make someone else owner first."]})
+    membership.role = role
+    membership.save(update_fields=["role"])
+    return membership
+
+
+@transaction.atomic
+def remove_member(membership: Membership, *, by_owner: bool) -> None:
+    if membership.role == Role.OWNER:
+        if not by_owner:
+            raise exceptions.PermissionDenied("Only an owner may remove an owner.")
+        if _owners_left_after(membership) == 0:
+            raise exceptions.ValidationError(
+                {"username": ["The last owner cannot leave: make someone else owner first."]}
+            )
+    membership.delete()
+
+
+def create_api_key(
+    *, organization: Organization, name: str, created_by: AbstractBaseUser | None, expires_at: datetime | None
+) -> tuple[ApiKey, str]:
+    """A new key; the secret is returned here and never again."""
+    secret, prefix, hashed = ApiKey.generate()
+    api_key = ApiKey.objects.create(
+        organization=organization,
+        name=name,
+        prefix=prefix,
+        hashed_key=hashed,
+        created_by=created_by,
+        expires_at=expires_at,
+    )
+    return api_key, secret
+
+
+def revoke_api_key(api_key: ApiKey) -> ApiKey:
+    """Idempotent: revoking a revoked key keeps the first revocation time."""
+    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key.refresh_from_db(fields=["revoked_at"])
+    return api_key

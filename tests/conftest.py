@@ -1,0 +1,93 @@
+"""Shared fixtures. The real catalog is loaded once per test session into the test database (real
+PostgreSQL); every test then runs in a transaction that is rolled back.
+
+Every test module has three standing people: `owner` and `member` of organisation `acme`, and
+`outsider`, who owns organisation `globex` and must never see or touch acme's objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser
+from rest_framework.test import APIClient
+
+from marketplace.accounts import services as account_services
+from marketplace.accounts.choices import Role
+from marketplace.accounts.models import Membership, Organization
+from marketplace.catalog.loader import load_catalog
+
+User = get_user_model()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
+    with django_db_blocker.unblock():
+        load_catalog()
+
+
+def make_user(username: str, **extra: Any) -> AbstractUser:
+    return User.objects.create_user(username=username, password="correct horse battery", **extra)
+
+
+@pytest.fixture
+def owner(db: None) -> AbstractUser:
+    return make_user("olivia")
+
+
+@pytest.fixture
+def member(db: None) -> AbstractUser:
+    return make_user("mario")
+
+
+@pytest.fixture
+def outsider(db: None) -> AbstractUser:
+    return make_user("oscar")
+
+
+@pytest.fixture
+def platform_admin(db: None) -> AbstractUser:
+    return make_user("pat", is_staff=True)
+
+
+@pytest.fixture
+def acme(owner: AbstractUser, member: AbstractUser) -> Organization:
+    organization = account_services.create_organization(slug="acme", name="Acme", owner=owner)
+    Membership.objects.create(organization=organization, user=member, role=Role.MEMBER)
+    return organization
+
+
+@pytest.fixture
+def globex(outsider: AbstractUser) -> Organization:
+    return account_services.create_organization(slug="globex", name="Globex", owner=outsider)
+
+
+@pytest.fixture
+def client_for(acme: Organization, globex: Organization) -> Callable[[AbstractUser | None], APIClient]:
+    """An API client signed in as the given user (or anonymous for None), with both orgs in place."""
+
+    def make(user: AbstractUser | None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            client.force_authenticate(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api_key_client(acme: Organization, globex: Organization) -> Callable[[Organization], tuple[APIClient, str]]:
+    """An API client that authenticates with a fresh API key of the given organisation."""
+
+    def make(organization: Organization) -> tuple[APIClient, str]:
+        _, secret = account_services.create_api_key(
+            organization=organization, name="test", created_by=None, expires_at=None
+        )
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        return client, secret
+
+    return make
