@@ -91,3 +91,9 @@ def api_key_client(acme: Organization, globex: Organization) -> Callable[[Organi
         return client, secret
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """Real hashing is slow on purpose; tests create many users and need none of that strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -55,7 +55,7 @@ class Quota(models.Model):
     organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="quota")
     max_gpus = models.PositiveIntegerField(default=8, help_text="GPUs across all GPU models")
     gpus_per_model = models.JSONField(
-        default=dict, blank=True, help_text='GPUs per GPU model, e.g. {"NVIDIA H100 80GB": 8}'
+        default=dict, blank=True, help_text='GPUs per GPU model, e.g. {"NVIDIA H100 80GB SXM5": 8}'
     )
     max_deployments = models.PositiveIntegerField(default=5)
     monthly_token_budget = models.PositiveBigIntegerField(default=100_000_000)

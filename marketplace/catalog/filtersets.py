@@ -13,6 +13,15 @@ def _vocabulary(values: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(value, value) for value in values]
 
 
+class StrictBooleanFilter(django_filters.TypedChoiceFilter):
+    """`true` or `false`, and anything else is a 400 (django-filter's BooleanFilter ignores typos)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("choices", [("true", "true"), ("false", "false")])
+        kwargs.setdefault("coerce", lambda value: value == "true")
+        super().__init__(**kwargs)
+
+
 class ModelCardFilterSet(django_filters.FilterSet):
     q = django_filters.CharFilter(method="filter_search", max_length=200, label="Free-text search")
     task = django_filters.ChoiceFilter(choices=_vocabulary(choices.TASKS), method="filter_contains")
@@ -27,8 +36,8 @@ class ModelCardFilterSet(django_filters.FilterSet):
     parameters_max = django_filters.NumberFilter(method="filter_parameters", label="Parameters ≤ (billions)")
     context_length_min = django_filters.NumberFilter(field_name="context_length", lookup_expr="gte")
     context_length_max = django_filters.NumberFilter(field_name="context_length", lookup_expr="lte")
-    cpu_capable = django_filters.BooleanFilter()
-    gated = django_filters.BooleanFilter()
+    cpu_capable = StrictBooleanFilter()
+    gated = StrictBooleanFilter()
     fits = django_filters.ModelChoiceFilter(
         queryset=InstanceType.objects.all(),
         to_field_name="slug",

@@ -83,7 +83,7 @@ class QuotaSerializer(serializers.ModelSerializer[Quota]):
         }
 
     def validate_gpus_per_model(self, value: dict[str, int]) -> dict[str, int]:
-        known = set(InstanceType.objects.exclude(gpu_model="").values_list("gpu_model", flat=True))
+        known = set(InstanceType.objects.filter(gpu_count__gt=0).values_list("gpu_model", flat=True))
         unknown = sorted(set(value) - known)
         if unknown:
             raise serializers.ValidationError(

@@ -67,7 +67,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('max_gpus', models.PositiveIntegerField(default=8, help_text='GPUs across all GPU models')),
-                ('gpus_per_model', models.JSONField(blank=True, default=dict, help_text='GPUs per GPU model, e.g. {"NVIDIA H100 80GB": 8}')),
+                ('gpus_per_model', models.JSONField(blank=True, default=dict, help_text='GPUs per GPU model, e.g. {"NVIDIA H100 80GB SXM5": 8}')),
                 ('max_deployments', models.PositiveIntegerField(default=5)),
                 ('monthly_token_budget', models.PositiveBigIntegerField(default=100000000)),
                 ('requests_per_minute', models.PositiveIntegerField(default=600)),
