@@ -19,7 +19,7 @@ VENV = Path(os.environ.get("MARKETPLACE_VENV") or ROOT / ".venv")
 
 
 def main() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (this file runs under any python3 to say so)
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
     python = VENV / "bin" / "python"
     if not python.exists():
@@ -34,7 +34,10 @@ def main() -> None:
         subprocess.check_call([python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"])
         stamp.write_text(wanted)
     os.chdir(ROOT)
-    os.execv(python, [str(python), "-m", "marketplace.launcher", *(sys.argv[1:] or ["up"])])
+    # Replace this process with the installed platform, so signals (Ctrl-C) reach it directly.
+    os.execv(  # noqa: S606
+        python, [str(python), "-m", "marketplace.launcher", *(sys.argv[1:] or ["up"])]
+    )
 
 
 if __name__ == "__main__":

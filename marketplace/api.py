@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from marketplace.accounts import tenancy
 
 
-class TenantScopedViewSet(viewsets.GenericViewSet):  # type: ignore[type-arg]
+class TenantScopedViewSet(viewsets.GenericViewSet):
     """Scopes `queryset` to the organisations the caller may see (through `organization_lookup`),
     and narrows it to one with `?organization=<slug>`. Outsiders get 404, never 403, for objects of
     organisations they cannot see."""

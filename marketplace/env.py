@@ -81,5 +81,7 @@ def choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 def url(name: str, *, schemes: tuple[str, ...], required: bool = False, default: str = "") -> str:
     value = string(name, default, required=required)
     if value and urlparse(value).scheme not in schemes:
-        raise ConfigurationError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        raise ConfigurationError(
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+        )
     return value

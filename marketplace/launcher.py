@@ -150,6 +150,10 @@ class _Stop(Exception):
 
 
 def _raise_stop(signum: int, frame: object) -> None:
+    # A second Ctrl-C must not interrupt the orderly stop the first one began.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    log(f"{signal.Signals(signum).name} received; stopping ...")
     raise _Stop(signal.Signals(signum).name)
 
 
@@ -162,26 +166,25 @@ def up() -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-
-    supervisor: Supervisor | None = None
     try:
-        with backing_services(data_dir, persist=True) as urls:
+        # Exits in reverse order: the processes stop before the servers they talk to.
+        with contextlib.ExitStack() as stack:
+            urls = stack.enter_context(backing_services(data_dir, persist=True))
             environment = {
                 **os.environ,
                 **urls,
                 "DJANGO_SETTINGS_MODULE": "marketplace.settings",
-                "SECRET_KEY": os.environ.get("SECRET_KEY") or _private_file(
-                    data_dir / "secret-key", secrets.token_urlsafe(50)
-                ),
-                "DEMO_ADMIN_PASSWORD": os.environ.get("DEMO_ADMIN_PASSWORD") or _private_file(
-                    data_dir / "admin-password", secrets.token_urlsafe(12)
-                ),
+                "SECRET_KEY": os.environ.get("SECRET_KEY")
+                or _private_file(data_dir / "secret-key", secrets.token_urlsafe(50)),
+                "DEMO_ADMIN_PASSWORD": os.environ.get("DEMO_ADMIN_PASSWORD")
+                or _private_file(data_dir / "admin-password", secrets.token_urlsafe(12)),
             }
             log("Migrating the database ...")
             _manage(environment, "migrate", "--noinput", "-v", "0")
             _manage(environment, "load_catalog")
             _manage(environment, "bootstrap_demo")
             supervisor = Supervisor(environment)
+            stack.callback(supervisor.stop)
             python = sys.executable
             supervisor.start("web", [
                 python, "-m", "gunicorn", "marketplace.asgi:application",
@@ -204,25 +207,22 @@ def up() -> int:
                 time.sleep(0.5)
             log(f"{gone[0]} exited with status {gone[1]}; stopping everything.")
             return 1
-    except _Stop as stop:
-        log(f"{stop} received; stopping ...")
+    except _Stop:
+        log("Stopped.")
         return 0
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if supervisor is not None:
-            supervisor.stop()
 
 
 def test(pytest_args: list[str]) -> int:
-    with tempfile.TemporaryDirectory(prefix="marketplace-test-") as scratch:
-        with backing_services(Path(scratch), persist=False) as urls:
-            environment = {
-                **os.environ,
-                **urls,
-                "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
-            }
-            return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], env=environment).returncode
+    with (
+        tempfile.TemporaryDirectory(prefix="marketplace-test-") as scratch,
+        backing_services(Path(scratch), persist=False) as urls,
+    ):
+        environment = {
+            **os.environ,
+            **urls,
+            "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
+        }
+        return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], env=environment).returncode
 
 
 def main() -> None:

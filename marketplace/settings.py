@@ -29,7 +29,9 @@ def _database(url: str) -> dict[str, object]:
     host = query.pop("host", None) or unquote(parsed.hostname or "")
     name = unquote(parsed.path.lstrip("/"))
     if not name:
-        raise env.ConfigurationError("DATABASE_URL must name a database, e.g. postgres://localhost/marketplace")
+        raise env.ConfigurationError(
+            "DATABASE_URL must name a database, e.g. postgres://localhost/marketplace"
+        )
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": name,
@@ -48,7 +50,9 @@ try:
     SECRET_KEY = env.string("SECRET_KEY", required=True)
     ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
     CSRF_TRUSTED_ORIGINS = env.string_list("CSRF_TRUSTED_ORIGINS", [])
-    DATABASES = {"default": _database(env.url("DATABASE_URL", schemes=("postgres", "postgresql"), required=True))}
+    DATABASES = {
+        "default": _database(env.url("DATABASE_URL", schemes=("postgres", "postgresql"), required=True))
+    }
     REDIS_URL = env.url("REDIS_URL", schemes=("redis", "rediss", "unix"), required=True)
     LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
     API_PAGE_SIZE_MAX = env.integer("API_PAGE_SIZE_MAX", 100, minimum=1, maximum=1000)
@@ -151,7 +155,9 @@ REST_FRAMEWORK = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Model Marketplace API",
-    "DESCRIPTION": "Browse the model catalog, subscribe to models, manage organisations, API keys and quotas.",
+    "DESCRIPTION": (
+        "Browse the model catalog, subscribe to models, manage organisations, API keys and quotas."
+    ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

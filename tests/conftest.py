@@ -79,7 +79,9 @@ def client_for(acme: Organization, globex: Organization) -> Callable[[AbstractUs
 
 
 @pytest.fixture
-def api_key_client(acme: Organization, globex: Organization) -> Callable[[Organization], tuple[APIClient, str]]:
+def api_key_client(
+    acme: Organization, globex: Organization
+) -> Callable[[Organization], tuple[APIClient, str]]:
     """An API client that authenticates with a fresh API key of the given organisation."""
 
     def make(organization: Organization) -> tuple[APIClient, str]:

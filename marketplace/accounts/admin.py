@@ -30,7 +30,13 @@ class MembershipAdmin(admin.ModelAdmin[Membership]):
 
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin[Quota]):
-    list_display = ["organization", "max_gpus", "max_deployments", "monthly_token_budget", "requests_per_minute"]
+    list_display = [
+        "organization",
+        "max_gpus",
+        "max_deployments",
+        "monthly_token_budget",
+        "requests_per_minute",
+    ]
     list_select_related = ["organization"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from rest_framework import exceptions
@@ -14,7 +14,7 @@ from marketplace.accounts.models import ApiKey, Membership, Organization, Quota
 
 
 @transaction.atomic
-def create_organization(*, slug: str, name: str, owner: AbstractBaseUser | None) -> Organization:
+def create_organization(*, slug: str, name: str, owner: User | None) -> Organization:
     organization = Organization.objects.create(slug=slug, name=name)
     Quota.objects.create(organization=organization)
     if owner is not None:
@@ -39,7 +39,9 @@ def change_role(membership: Membership, role: str, *, by_owner: bool) -> Members
     if Role.OWNER in (role, membership.role) and not by_owner:
         raise exceptions.PermissionDenied("Only an owner may grant or remove the owner role.")
     if membership.role == Role.OWNER and _owners_left_after(membership) == 0:
-        raise exceptions.ValidationError({"role": ["An organisation needs an owner: make someone else owner first."]})
+        raise exceptions.ValidationError(
+            {"role": ["An organisation needs an owner: make someone else owner first."]}
+        )
     membership.role = role
     membership.save(update_fields=["role"])
     return membership
@@ -58,7 +60,7 @@ def remove_member(membership: Membership, *, by_owner: bool) -> None:
 
 
 def create_api_key(
-    *, organization: Organization, name: str, created_by: AbstractBaseUser | None, expires_at: datetime | None
+    *, organization: Organization, name: str, created_by: User | None, expires_at: datetime | None
 ) -> tuple[ApiKey, str]:
     """A new key; the secret is returned here and never again."""
     secret, prefix, hashed = ApiKey.generate()

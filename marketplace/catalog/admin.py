@@ -18,7 +18,15 @@ class LicenseAdmin(admin.ModelAdmin[License]):
 
 @admin.register(ModelCard)
 class ModelCardAdmin(admin.ModelAdmin[ModelCard]):
-    list_display = ["name", "provider", "parameters", "context_length", "gpu_memory_gb", "cpu_capable", "gated"]
+    list_display = [
+        "name",
+        "provider",
+        "parameters",
+        "context_length",
+        "gpu_memory_gb",
+        "cpu_capable",
+        "gated",
+    ]
     list_filter = ["provider", "cpu_capable", "gated", "license"]
     search_fields = ["name", "slug", "huggingface_repo"]
     list_select_related = ["provider"]

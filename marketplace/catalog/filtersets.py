@@ -49,7 +49,12 @@ class ModelCardFilterSet(django_filters.FilterSet):
         model = ModelCard
         fields: list[str] = []
 
-    _array_fields = {"task": "tasks", "domain": "domains", "modality": "modalities_in", "language": "languages"}
+    _array_fields = {
+        "task": "tasks",
+        "domain": "domains",
+        "modality": "modalities_in",
+        "language": "languages",
+    }
 
     def filter_search(self, queryset: ModelCardQuerySet, name: str, value: str) -> QuerySet[ModelCard]:
         return queryset.search(value)
@@ -72,7 +77,10 @@ class InstanceTypeFilterSet(django_filters.FilterSet):
     gpu_model = django_filters.CharFilter(max_length=100)
     gpu_count_min = django_filters.NumberFilter(field_name="gpu_count", lookup_expr="gte")
     fits = django_filters.ModelChoiceFilter(
-        queryset=ModelCard.objects.all(), to_field_name="slug", method="filter_fits", label="Fits model (slug)"
+        queryset=ModelCard.objects.all(),
+        to_field_name="slug",
+        method="filter_fits",
+        label="Fits model (slug)",
     )
 
     class Meta:

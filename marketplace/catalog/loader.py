@@ -235,7 +235,9 @@ def _check_across_files(catalog: Catalog, problems: list[str]) -> None:
         name = f"models/{provider_file.provider.slug}.yaml"
         for card in provider_file.models:
             if card.slug in seen_cards:
-                problems.append(f"{name}: card '{card.slug}': field 'slug': also used in {seen_cards[card.slug]}")
+                problems.append(
+                    f"{name}: card '{card.slug}': field 'slug': also used in {seen_cards[card.slug]}"
+                )
             seen_cards[card.slug] = name
             if card.license not in catalog.licenses:
                 problems.append(
@@ -313,8 +315,9 @@ def write_catalog(catalog: Catalog) -> LoadResult:
                 gpu_memory_stated=card.gpu_memory_gb is not None,
                 # Included so that a change of license text alone counts as a change of the card.
                 license_sha256=hashlib.sha256(
-                    compose_license_terms(card.license_name, card.license_url, catalog.licenses[card.license].text)
-                    .encode()
+                    compose_license_terms(
+                        card.license_name, card.license_url, catalog.licenses[card.license].text
+                    ).encode()
                 ).hexdigest(),
             )
             _upsert(ModelCard, {"slug": card.slug}, values, counts)

@@ -81,13 +81,13 @@ class InstanceType(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def total_gpu_memory_gb(self) -> int:
-        return self.gpu_count * self.gpu_memory_gb
-
     def save(self, *args: object, **kwargs: object) -> None:
         self.tensor_parallel_memory_gb = fits.tensor_parallel_memory_gb(self.gpu_count, self.gpu_memory_gb)
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def total_gpu_memory_gb(self) -> int:
+        return self.gpu_count * self.gpu_memory_gb
 
 
 class ModelCardQuerySet(QuerySet["ModelCard"]):
@@ -159,6 +159,11 @@ class ModelCard(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.search_text = self.compose_search_text()
+        self.license_sha256 = hashlib.sha256(self.license_terms.encode()).hexdigest()
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
     @property
     def parameters_billions(self) -> float:
         return round(self.parameters / 1e9, 3)
@@ -172,8 +177,3 @@ class ModelCard(models.Model):
         parts = [self.name, self.slug, self.huggingface_repo, self.family, self.summary, *self.tags]
         parts += [self.provider.name, self.provider.slug, self.license.identifier]
         return " ".join(part for part in parts if part).lower()
-
-    def save(self, *args: object, **kwargs: object) -> None:
-        self.search_text = self.compose_search_text()
-        self.license_sha256 = hashlib.sha256(self.license_terms.encode()).hexdigest()
-        super().save(*args, **kwargs)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from rest_framework import exceptions
@@ -18,7 +18,7 @@ def subscribe(
     organization: Organization,
     card: ModelCard,
     license_sha256: str | None,
-    user: AbstractBaseUser,
+    user: User,
 ) -> tuple[Subscription, bool]:
     """Accept the card's current license for `organization`. Returns (subscription, created).
 
@@ -30,7 +30,11 @@ def subscribe(
     current = card.license_sha256
     if license_sha256 is not None and license_sha256 != current:
         raise exceptions.ValidationError(
-            {"license_sha256": ["The license text changed since you read it; read the current text and accept it."]}
+            {
+                "license_sha256": [
+                    "The license text changed since you read it; read the current text and accept it."
+                ]
+            }
         )
     now = timezone.now()
     subscription = (
@@ -39,7 +43,11 @@ def subscribe(
     created = subscription is None
     if subscription is None:
         subscription = Subscription.objects.create(
-            organization=organization, model_card=card, license_sha256=current, accepted_by=user, accepted_at=now
+            organization=organization,
+            model_card=card,
+            license_sha256=current,
+            accepted_by=user,
+            accepted_at=now,
         )
     elif not subscription.in_force:
         subscription.status = SubscriptionStatus.ACTIVE

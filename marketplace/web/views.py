@@ -1,7 +1,9 @@
-from django.db import connection
+from django.core.cache import cache
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET
+from redis.exceptions import RedisError
 
 
 @require_GET
@@ -11,7 +13,19 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
-    """Liveness and readiness: the process answers and reaches its database."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+    """Readiness: the process answers and reaches its database and Redis. 503 names what is down."""
+    problems = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as error:
+        problems["database"] = str(error).strip() or error.__class__.__name__
+    try:
+        cache.set("healthz", "ok", timeout=10)
+        if cache.get("healthz") != "ok":
+            problems["redis"] = "the value written was not read back"
+    except RedisError as error:
+        problems["redis"] = str(error) or error.__class__.__name__
+    if problems:
+        return JsonResponse({"status": "unavailable", "problems": problems}, status=503)
     return JsonResponse({"status": "ok"})

@@ -190,8 +190,8 @@ def _convert(gguf: Path, out: Path) -> None:
     # then look for GGUF/bitsandbytes weights. A fresh model from the cleaned config saves plain bf16.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.torch_dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(loaded.state_dict())
     if not tokenizer.chat_template:  # /v1/chat/completions needs it; it is in the GGUF's metadata
         from gguf import GGUFReader

@@ -55,7 +55,9 @@ def test_bad_organisation_input_names_the_field(client_for, platform_admin, body
 
 
 def test_owner_renames_member_cannot(client_for, owner, member) -> None:
-    assert client_for(member).patch("/api/organizations/acme/", {"name": "X"}, format="json").status_code == 403
+    assert (
+        client_for(member).patch("/api/organizations/acme/", {"name": "X"}, format="json").status_code == 403
+    )
     response = client_for(owner).patch("/api/organizations/acme/", {"name": "Acme Corp"}, format="json")
     assert response.status_code == 200
     assert Organization.objects.get(slug="acme").name == "Acme Corp"

@@ -30,11 +30,17 @@ def test_organisation_people_cannot_change_their_quota(request, client_for, who)
 
 def test_platform_admin_changes_the_quota(client_for, platform_admin) -> None:
     response = client_for(platform_admin).patch(
-        QUOTA, {"max_gpus": 16, "gpus_per_model": {"NVIDIA H100 80GB SXM5": 8}, "tokens_per_minute": 5000}, format="json"
+        QUOTA,
+        {"max_gpus": 16, "gpus_per_model": {"NVIDIA H100 80GB SXM5": 8}, "tokens_per_minute": 5000},
+        format="json",
     )
     assert response.status_code == 200, response.content
     quota = Quota.objects.get(organization__slug="acme")
-    assert (quota.max_gpus, quota.gpus_per_model, quota.tokens_per_minute) == (16, {"NVIDIA H100 80GB SXM5": 8}, 5000)
+    assert (quota.max_gpus, quota.gpus_per_model, quota.tokens_per_minute) == (
+        16,
+        {"NVIDIA H100 80GB SXM5": 8},
+        5000,
+    )
     assert quota.gpu_limit("NVIDIA H100 80GB SXM5") == 8
     assert quota.gpu_limit("NVIDIA L4") == 16
 

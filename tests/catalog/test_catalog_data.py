@@ -16,7 +16,16 @@ def test_at_least_100_cards_from_30_providers() -> None:
 
 
 @pytest.mark.parametrize(
-    "task", ["chat", "text-generation", "code-generation", "embedding", "reranking", "vision-language", "translation"]
+    "task",
+    [
+        "chat",
+        "text-generation",
+        "code-generation",
+        "embedding",
+        "reranking",
+        "vision-language",
+        "translation",
+    ],
 )
 def test_every_kind_of_model_is_present(task: str) -> None:
     assert ModelCard.objects.filter(tasks__contains=[task]).count() >= 2

@@ -23,7 +23,12 @@ def data(tmp_path: Path) -> Path:
 
 
 def counts() -> tuple[int, int, int, int]:
-    return (ModelCard.objects.count(), Provider.objects.count(), InstanceType.objects.count(), License.objects.count())
+    return (
+        ModelCard.objects.count(),
+        Provider.objects.count(),
+        InstanceType.objects.count(),
+        License.objects.count(),
+    )
 
 
 def edit(path: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]

@@ -50,7 +50,9 @@ def test_search_with_no_match_is_empty() -> None:
 )
 def test_array_filters(param: str, value: str, column: str) -> None:
     found = slugs(**{param: value})
-    expected = set(ModelCard.objects.filter(**{f"{column}__contains": [value]}).values_list("slug", flat=True))
+    expected = set(
+        ModelCard.objects.filter(**{f"{column}__contains": [value]}).values_list("slug", flat=True)
+    )
     assert found == expected and found
 
 
@@ -88,9 +90,13 @@ def test_filters_combine() -> None:
 
 
 def test_ordering_by_parameters_both_ways() -> None:
-    ascending = [r["parameters"] for r in get("/api/models/", ordering="parameters", page_size=100)["results"]]
+    ascending = [
+        r["parameters"] for r in get("/api/models/", ordering="parameters", page_size=100)["results"]
+    ]
     assert ascending == sorted(ascending)
-    descending = [r["parameters"] for r in get("/api/models/", ordering="-parameters", page_size=5)["results"]]
+    descending = [
+        r["parameters"] for r in get("/api/models/", ordering="-parameters", page_size=5)["results"]
+    ]
     assert descending == sorted(descending, reverse=True)
     assert descending[0] == max(ModelCard.objects.values_list("parameters", flat=True))
 

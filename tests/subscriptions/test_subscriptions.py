@@ -48,9 +48,14 @@ def test_a_stale_license_hash_is_refused(client_for, owner) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "field"), [({"model": "no-such-model"}, "model"), ({"accept_license": "perhaps"}, "accept_license"),
-                        ({"license_sha256": "short"}, "license_sha256"), ({"organization": "globex"}, "organization")],
-)  # fmt: skip
+    ("body", "field"),
+    [
+        ({"model": "no-such-model"}, "model"),
+        ({"accept_license": "perhaps"}, "accept_license"),
+        ({"license_sha256": "short"}, "license_sha256"),
+        ({"organization": "globex"}, "organization"),
+    ],
+)
 def test_bad_subscription_input_names_the_field(client_for, owner, body, field) -> None:
     response = subscribe(client_for(owner), **body)
     assert response.status_code == 400
@@ -118,5 +123,7 @@ def test_a_changed_license_text_must_be_accepted_again(client_for, owner, acme, 
 
     assert subscribe(client, license_sha256=card.license_sha256).status_code == 200
     assert subscription_in_force(acme, card)
-    assert [a["license_sha256"] for a in client.get(f"{SUBSCRIPTIONS}{Subscription.objects.get().pk}/").json()[
-        "acceptances"]] == [card.license_sha256, LicenseAcceptance.objects.order_by("accepted_at").first().license_sha256]
+    assert [
+        a["license_sha256"]
+        for a in client.get(f"{SUBSCRIPTIONS}{Subscription.objects.get().pk}/").json()["acceptances"]
+    ] == [card.license_sha256, LicenseAcceptance.objects.order_by("accepted_at").first().license_sha256]

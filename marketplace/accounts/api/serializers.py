@@ -93,8 +93,12 @@ class QuotaSerializer(serializers.ModelSerializer[Quota]):
 
 
 class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     is_active = serializers.BooleanField(read_only=True)
 
     class Meta:

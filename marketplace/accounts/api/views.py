@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
@@ -45,7 +46,7 @@ class OrganizationViewSet(
     mixins.CreateModelMixin,
     mixins.UpdateModelMixin,
     mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,  # type: ignore[type-arg]
+    viewsets.GenericViewSet,
 ):
     """Organisations you belong to (platform admins: all). Platform admins create and delete them;
     owners and admins rename them."""
@@ -61,13 +62,15 @@ class OrganizationViewSet(
         return OrganizationCreateSerializer if self.action == "create" else OrganizationSerializer
 
     def get_serializer_context(self) -> dict[str, Any]:
-        context = super().get_serializer_context()
+        context = dict(super().get_serializer_context())
         user = self.request.user
         if user.is_authenticated and user.pk is not None:
-            context["roles"] = dict(Membership.objects.filter(user=user).values_list("organization_id", "role"))
+            context["roles"] = dict(
+                Membership.objects.filter(user=user).values_list("organization_id", "role")
+            )
         return context
 
-    def get_permissions(self) -> list[Any]:
+    def get_permissions(self) -> Sequence[Any]:
         if self.action in ("create", "destroy"):
             return [permissions.IsAuthenticated(), IsPlatformAdmin()]
         return super().get_permissions()
@@ -85,12 +88,17 @@ class OrganizationViewSet(
 
     def perform_update(self, serializer: Any) -> None:
         tenancy.require_manager(self.request, serializer.instance)
-        if "slug" in serializer.validated_data and serializer.validated_data["slug"] != serializer.instance.slug:
-            raise exceptions.ValidationError({"slug": ["The slug cannot change; it names the organisation in URLs."]})
+        if (
+            "slug" in serializer.validated_data
+            and serializer.validated_data["slug"] != serializer.instance.slug
+        ):
+            raise exceptions.ValidationError(
+                {"slug": ["The slug cannot change; it names the organisation in URLs."]}
+            )
         serializer.save()
 
 
-class MemberListView(generics.ListCreateAPIView):  # type: ignore[type-arg]
+class MemberListView(generics.ListCreateAPIView):
     """Members of an organisation. Owners and admins add people; only owners make owners."""
 
     serializer_class = MembershipSerializer
@@ -117,7 +125,7 @@ class MemberListView(generics.ListCreateAPIView):  # type: ignore[type-arg]
         return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
 
-class MemberDetailView(generics.GenericAPIView):  # type: ignore[type-arg]
+class MemberDetailView(generics.GenericAPIView):
     serializer_class = MembershipSerializer
 
     def _membership(self, request: Request, slug: str, username: str) -> Membership:
@@ -149,7 +157,7 @@ class MemberDetailView(generics.GenericAPIView):  # type: ignore[type-arg]
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class QuotaView(generics.GenericAPIView):  # type: ignore[type-arg]
+class QuotaView(generics.GenericAPIView):
     """An organisation's quota. Members read it; only platform admins change it."""
 
     serializer_class = QuotaSerializer
@@ -203,7 +211,7 @@ class ApiKeyViewSet(
         api_key, secret = services.create_api_key(
             organization=organization,
             name=serializer.validated_data["name"],
-            created_by=creator,  # type: ignore[arg-type]
+            created_by=creator,
             expires_at=serializer.validated_data.get("expires_at"),
         )
         data = ApiKeyCreatedSerializer(api_key).data

@@ -34,9 +34,13 @@ class InstanceTypeSerializer(serializers.ModelSerializer[InstanceType]):
 
 
 class ModelCardSerializer(serializers.ModelSerializer[ModelCard]):
-    provider = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    provider: serializers.SlugRelatedField[Provider] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     provider_name = serializers.CharField(source="provider.name", read_only=True)
-    license = serializers.SlugRelatedField(slug_field="identifier", read_only=True)
+    license: serializers.SlugRelatedField[License] = serializers.SlugRelatedField(
+        slug_field="identifier", read_only=True
+    )
     parameters_billions = serializers.FloatField(read_only=True)
 
     class Meta:
@@ -62,7 +66,9 @@ class FitSerializer(serializers.Serializer[InstanceType]):
         card: ModelCard = self.context["card"]
         if instance.gpu_count == 0:
             return None
-        return fits.smallest_tensor_parallel_size(card.gpu_memory_gb, instance.gpu_count, instance.gpu_memory_gb)
+        return fits.smallest_tensor_parallel_size(
+            card.gpu_memory_gb, instance.gpu_count, instance.gpu_memory_gb
+        )
 
 
 class ModelCardDetailSerializer(ModelCardSerializer):
@@ -74,12 +80,12 @@ class ModelCardDetailSerializer(ModelCardSerializer):
     class Meta(ModelCardSerializer.Meta):
         fields = [
             *ModelCardSerializer.Meta.fields,
-            "revision", "base_model", "pipeline_tag", "tags", "license_url", "license_terms", "license_sha256",
-            "active_parameters", "dtype",
-            "gpu_memory_stated", "embedding_dimensions", "engine_defaults", "fits", "updated_at",
+            "revision", "base_model", "pipeline_tag", "tags", "license_url", "license_terms",
+            "license_sha256", "active_parameters", "dtype", "gpu_memory_stated", "embedding_dimensions",
+            "engine_defaults", "fits", "updated_at",
         ]  # fmt: skip
 
     @extend_schema_field(FitSerializer(many=True))
     def get_fits(self, card: ModelCard) -> list[dict[str, Any]]:
         fitting = InstanceType.objects.fitting(card).order_by("hourly_price_usd", "gpu_count")
-        return list(FitSerializer(fitting, many=True, context={"card": card}).data)
+        return list(FitSerializer(fitting, many=True, context={"card": card}).data)  # type: ignore[arg-type]

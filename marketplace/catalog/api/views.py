@@ -15,7 +15,7 @@ from marketplace.catalog.filtersets import InstanceTypeFilterSet, ModelCardFilte
 from marketplace.catalog.models import InstanceType, ModelCard, Provider
 
 
-class CatalogViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+class CatalogViewSet(viewsets.ReadOnlyModelViewSet):
     """The catalog is public reading: anyone may browse before signing in."""
 
     permission_classes = [permissions.AllowAny]

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+from django.contrib.auth.models import User
 from rest_framework import serializers
 
+from marketplace.accounts.models import Organization
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.models import LicenseAcceptance, Subscription
 
 
 class LicenseAcceptanceSerializer(serializers.ModelSerializer[LicenseAcceptance]):
-    accepted_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    accepted_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
 
     class Meta:
         model = LicenseAcceptance
@@ -15,11 +19,17 @@ class LicenseAcceptanceSerializer(serializers.ModelSerializer[LicenseAcceptance]
 
 
 class SubscriptionSerializer(serializers.ModelSerializer[Subscription]):
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    model = serializers.SlugRelatedField(source="model_card", slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    model: serializers.SlugRelatedField[ModelCard] = serializers.SlugRelatedField(
+        source="model_card", slug_field="slug", read_only=True
+    )
     model_name = serializers.CharField(source="model_card.name", read_only=True)
     license = serializers.CharField(source="model_card.license.identifier", read_only=True)
-    accepted_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    accepted_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     license_current = serializers.BooleanField(read_only=True)
     in_force = serializers.BooleanField(read_only=True)
 
@@ -47,10 +57,12 @@ class SubscribeSerializer(serializers.Serializer[Subscription]):
     license_sha256 = serializers.RegexField(
         r"^[0-9a-f]{64}$",
         required=False,
-        help_text="The sha256 of the license text you read (from the model's detail); refused if it changed since",
+        help_text="sha256 of the license terms you read (model detail); refused if they changed since",
     )
 
     def validate_accept_license(self, value: bool) -> bool:
         if not value:
-            raise serializers.ValidationError("Subscribing means accepting the model's license: set it to true.")
+            raise serializers.ValidationError(
+                "Subscribing means accepting the model's license: set it to true."
+            )
         return value

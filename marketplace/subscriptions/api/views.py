@@ -29,9 +29,7 @@ class SubscriptionViewSet(
     """Your organisations' model subscriptions. Owners and admins subscribe by accepting the model's
     license (POST again to re-accept a changed license) and unsubscribe with DELETE."""
 
-    queryset = Subscription.objects.select_related(
-        "organization", "model_card__license", "accepted_by"
-    )
+    queryset = Subscription.objects.select_related("organization", "model_card__license", "accepted_by")
     filterset_fields = ["status"]
     ordering_fields = ["accepted_at", "created_at"]
     ordering = ["-accepted_at"]
@@ -45,7 +43,9 @@ class SubscriptionViewSet(
             queryset = queryset.prefetch_related("acceptances__accepted_by")
         return queryset
 
-    @extend_schema(request=SubscribeSerializer, responses={201: SubscriptionSerializer, 200: SubscriptionSerializer})
+    @extend_schema(
+        request=SubscribeSerializer, responses={201: SubscriptionSerializer, 200: SubscriptionSerializer}
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = SubscribeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -32,4 +32,6 @@ class Command(BaseCommand):
         if organization is None:
             organization = services.create_organization(slug="demo", name="Demo", owner=admin)
         Membership.objects.get_or_create(organization=organization, user=admin, defaults={"role": Role.OWNER})
-        self.stdout.write(f"Demo organisation 'demo' and platform admin 'admin' {'created' if created else 'ready'}.")
+        self.stdout.write(
+            f"Demo organisation 'demo' and platform admin 'admin' {'created' if created else 'ready'}."
+        )

@@ -1,0 +1,16 @@
+# Shortcuts for people who have make; each target is one documented command.
+.PHONY: run test lint bench
+
+run:  ## install (first time) and start everything on this machine
+	python3 run.py
+
+test:  ## the whole test suite (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)
+	python3 run.py test
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy marketplace serving
+
+bench:  ## catalog API benchmark (needs DATABASE_URL and REDIS_URL)
+	.venv/bin/python bench/catalog.py
