@@ -151,6 +151,7 @@ class ModelCard(models.Model):
             GinIndex(fields=["languages"], name="card_languages_gin"),
             GinIndex(fields=["domains"], name="card_domains_gin"),
             GinIndex(fields=["search_text"], name="card_search_trgm", opclasses=["gin_trgm_ops"]),
+            models.Index(fields=["name"], name="card_name"),
             models.Index(fields=["parameters"], name="card_parameters"),
             models.Index(fields=["context_length"], name="card_context_length"),
             models.Index(fields=["gpu_memory_gb"], name="card_gpu_memory"),

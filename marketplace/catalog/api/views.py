@@ -27,7 +27,7 @@ class ModelCardViewSet(CatalogViewSet):
     `modality`, `parameters_min`/`parameters_max` (billions), `context_length_min`/`_max`, `fits`
     (instance type slug), `cpu_capable`, `gated`; order with `ordering`."""
 
-    queryset = ModelCard.objects.select_related("provider", "license")
+    queryset = ModelCard.objects.select_related("provider", "license").defer("search_text")
     lookup_value_regex = r"[a-z0-9.-]+"
     filterset_class = ModelCardFilterSet
     ordering_fields = ["name", "parameters", "context_length", "release_date", "provider__name"]

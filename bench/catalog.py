@@ -1,0 +1,154 @@
+"""Catalog API benchmark: server time and SQL queries per request with 10,000 generated cards.
+
+    .venv/bin/python bench/catalog.py [--cards 10000] [--requests 200]
+
+Uses DATABASE_URL/REDIS_URL when set (in a separate `<name>_bench` database that it recreates),
+else embedded servers. Each request goes through the whole Django stack in process (middleware, DRF,
+filters, serializers, PostgreSQL), so the time is server time without the network. Prints p50 and p99
+per scenario and page size, queries per request, and each p50 as a ratio of the plain list's p50
+measured in the same run (the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SCENARIOS = [
+    ("list (baseline)", {}),
+    ("search 'llama instruct'", {"q": "llama instruct"}),
+    ("search 'med'", {"q": "med"}),
+    ("task=chat & fits=aws-g5-xlarge", {"task": "chat", "fits": "aws-g5-xlarge"}),
+    ("language=fr & parameters 1-10B", {"language": "fr", "parameters_min": "1", "parameters_max": "10"}),
+    ("domain=medical, by context desc", {"domain": "medical", "ordering": "-context_length"}),
+    ("context >= 32k, by parameters", {"context_length_min": "32768", "ordering": "parameters"}),
+]
+WORDS = ["chat", "instruct", "coder", "vision", "med", "fin", "legal", "sci", "base", "tiny", "mega", "multi"]
+
+
+def bench_database(url: str) -> str:
+    import psycopg2
+
+    parsed = urlparse(url)
+    name = f"{parsed.path.lstrip('/') or 'postgres'}_bench"
+    connection = psycopg2.connect(url)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    connection.close()
+    return urlunparse(parsed._replace(path=f"/{name}"))
+
+
+def generate_cards(count: int) -> None:
+    from marketplace.catalog.models import License, ModelCard, Provider
+
+    rng = random.Random(7)
+    providers = list(Provider.objects.all())
+    licenses = list(License.objects.all())
+    tasks = ["chat", "text-generation", "code-generation", "embedding", "reranking", "vision-language", "translation"]
+    languages = ["en", "fr", "de", "es", "zh", "ja", "ar", "hi", "pt", "it"]
+    domains = ["general", "code", "finance", "legal", "medical", "science", "math"]
+    cards = []
+    for number in range(count):
+        name = f"{rng.choice(WORDS)}-{rng.choice(WORDS)}-{number}"
+        provider, license_ = rng.choice(providers), rng.choice(licenses)
+        parameters = int(10 ** rng.uniform(7.5, 11.6))
+        card = ModelCard(
+            slug=f"gen-{name}", name=name.replace("-", " ").title(), provider=provider, family="Generated",
+            summary=f"A generated card for benchmarking: {rng.choice(WORDS)} {rng.choice(WORDS)}.",
+            huggingface_repo=f"{provider.slug}/{name}", tasks=rng.sample(tasks, 2), modalities_in=["text"],
+            modalities_out=["text"], languages=rng.sample(languages, rng.randint(1, 5)),
+            domains=rng.sample(domains, 1), tags=rng.sample(WORDS, 3), license=license_,
+            license_name=license_.name, parameters=parameters,
+            context_length=rng.choice([2048, 4096, 8192, 32768, 131072]), dtype="bfloat16",
+            gpu_memory_gb=max(1, int(parameters * 2.4 / 1e9) + 2),
+        )  # fmt: skip
+        card.search_text = card.compose_search_text()
+        cards.append(card)
+    ModelCard.objects.bulk_create(cards, batch_size=2000)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def run(cards: int, requests: int) -> None:
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext, setup_test_environment
+
+    from marketplace.catalog.models import ModelCard
+
+    setup_test_environment()
+    call_command("migrate", verbosity=0)
+    call_command("load_catalog", verbosity=0)
+    started = time.perf_counter()
+    generate_cards(cards)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    print(f"{ModelCard.objects.count()} cards in PostgreSQL (generated in {time.perf_counter() - started:.1f}s)")
+
+    client = Client()
+    rows = []
+    baseline: dict[int, float] = {}
+    for label, params in SCENARIOS:
+        for page_size in (20, 100):
+            query = {**params, "page_size": page_size}
+            for _ in range(10):  # warm caches and connections
+                client.get("/api/models/", query)
+            timings, queries, count = [], set(), 0
+            for _ in range(requests):
+                with CaptureQueriesContext(connection) as captured:
+                    begin = time.perf_counter()
+                    response = client.get("/api/models/", query)
+                    timings.append((time.perf_counter() - begin) * 1000)
+                assert response.status_code == 200, response.content[:200]
+                queries.add(len(captured))
+                count = response.json()["count"]
+            p50 = statistics.median(timings)
+            baseline.setdefault(page_size, p50)
+            rows.append((label, page_size, count, p50, percentile(timings, 0.99), sorted(queries), p50 / baseline[page_size]))
+
+    print(f"\n{requests} requests per row; times in ms of server time (in-process Django stack + PostgreSQL)\n")
+    print(f"{'scenario':<34} {'page':>4} {'matches':>7} {'p50':>7} {'p99':>7} {'queries':>7} {'p50/base':>8}")
+    for label, page_size, count, p50, p99, queries, ratio in rows:
+        shown = ",".join(str(q) for q in queries)
+        print(f"{label:<34} {page_size:>4} {count:>7} {p50:>7.2f} {p99:>7.2f} {shown:>7} {ratio:>8.2f}")
+    worst = max(p50 for *_, p50, _, _, _ in [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows])
+    print(f"\nworst p50: {worst:.2f} ms (goal ≤ 15 ms)")
+    grows = [r[0] for r in rows if r[1] == 100 and r[5] != next(x[5] for x in rows if x[0] == r[0] and x[1] == 20)]
+    print("queries per request grow with page size:", ", ".join(grows) if grows else "no")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cards", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+    os.environ.setdefault("SECRET_KEY", "benchmark-only")
+    from marketplace.launcher import backing_services
+
+    with backing_services(ROOT / ".data" / "bench", persist=False) as urls:
+        os.environ.update(urls)
+        os.environ["DATABASE_URL"] = bench_database(os.environ["DATABASE_URL"])
+        run(args.cards, args.requests)
+
+
+if __name__ == "__main__":
+    main()
