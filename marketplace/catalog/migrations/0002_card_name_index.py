@@ -4,14 +4,13 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('catalog', '0001_initial'),
+        ("catalog", "0001_initial"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='modelcard',
-            index=models.Index(fields=['name'], name='card_name'),
+            model_name="modelcard",
+            index=models.Index(fields=["name"], name="card_name"),
         ),
     ]
