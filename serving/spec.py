@@ -1,0 +1,73 @@
+"""What a deployment should look like, as plain data: the input of every pure builder.
+
+Built from database rows by `spec_for(deployment)`; the manifest builders and the local backend read
+only this, so they can be tested and diffed without a database or a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    policy: str  # AutoscalingPolicy value
+    min_replicas: int
+    max_replicas: int
+    # queue_depth / scale_to_zero: waiting requests per replica; kv_cache: fraction of KV cache in use (0-1).
+    target: float = 5.0
+    idle_seconds: int = 900  # scale_to_zero: no requests for this long → 0 replicas
+    scale_up_window_seconds: int = 0
+    scale_down_window_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    slug: str
+    gpu_count: int  # GPUs on one instance
+    gpu_memory_gb: int
+    gpu_product: str
+    vcpu: int
+    memory_gb: int
+    node_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    slug: str
+    huggingface_repo: str
+    revision: str  # "" when the catalog pins none
+    gated: bool
+    parameters: int
+    gpu_memory_gb: int
+    context_length: int
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    deployment_id: int
+    name: str  # DNS label, unique in the organisation; also the served model name
+    organization: str  # organisation slug
+    generation: int  # bumped on every change of what runs
+    model: ModelSpec
+    instance: InstanceSpec
+    autoscaling: Autoscaling
+    tensor_parallel_size: int
+    # Allow-listed vLLM options: max_model_len, dtype, quantization, gpu_memory_utilization, max_num_seqs,
+    # enable_prefix_caching, trust_remote_code, runner, tokenizer_mode, enable_auto_tool_choice,
+    # tool_call_parser.
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where and how the kubernetes backend runs deployments (from settings)."""
+
+    namespace: str = "marketplace-serving"
+    image: str = "vllm/vllm-openai:v0.33.0"
+    keda: bool = True
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    model_cache_pvc: str = ""  # "" → an emptyDir per pod
+    hf_token_secret: str = "huggingface-token"  # Secret with key "token", mounted for gated models
+    gpu_taint_key: str = "nvidia.com/gpu"
