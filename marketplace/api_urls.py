@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 from marketplace.accounts.api import views as accounts
 from marketplace.catalog.api import views as catalog
 from marketplace.subscriptions.api import views as subscriptions
+from serving.api import views as serving
 
 router = DefaultRouter(trailing_slash=True)
 router.register("models", catalog.ModelCardViewSet, basename="modelcard")
@@ -14,6 +15,7 @@ router.register("providers", catalog.ProviderViewSet, basename="provider")
 router.register("organizations", accounts.OrganizationViewSet, basename="organization")
 router.register("api-keys", accounts.ApiKeyViewSet, basename="apikey")
 router.register("subscriptions", subscriptions.SubscriptionViewSet, basename="subscription")
+router.register("deployments", serving.DeploymentViewSet, basename="deployment")
 
 urlpatterns = [
     path(

@@ -57,6 +57,20 @@ try:
     LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
     API_PAGE_SIZE_MAX = env.integer("API_PAGE_SIZE_MAX", 100, minimum=1, maximum=1000)
     SECURE_COOKIES = env.boolean("SECURE_COOKIES", False)
+
+    # Serving: where deployments run.
+    SERVING_BACKEND = env.choice("SERVING_BACKEND", "local", ("local", "kubernetes"))
+    KUBERNETES_NAMESPACE = env.string("KUBERNETES_NAMESPACE", "marketplace-serving")
+    KUBECONFIG = env.string("KUBECONFIG")  # unset: in-cluster configuration
+    VLLM_IMAGE = env.string("VLLM_IMAGE", "vllm/vllm-openai:v0.33.0")
+    KEDA_ENABLED = env.boolean("KEDA_ENABLED", True)
+    PROMETHEUS_URL = env.url(
+        "PROMETHEUS_URL", schemes=("http", "https"), default="http://prometheus-operated.monitoring.svc:9090"
+    )
+    MODEL_CACHE_PVC = env.string("MODEL_CACHE_PVC")
+    HF_TOKEN_SECRET = env.string("HF_TOKEN_SECRET", "huggingface-token")
+    RECONCILE_INTERVAL_SECONDS = env.integer("RECONCILE_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
+    DATA_DIR = env.string("DATA_DIR", str(BASE_DIR / ".data"))
 except env.ConfigurationError as error:
     # Django would turn an exception here into a long traceback; one line names the variable.
     sys.stderr.write(f"Configuration error: {error}\n")
@@ -172,7 +186,12 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "reconcile-deployments": {
+        "task": "serving.tasks.reconcile",
+        "schedule": float(RECONCILE_INTERVAL_SECONDS),
+    },
+}
 
 LOGGING = {
     "version": 1,

@@ -1,1 +1,97 @@
-"""Deployments, their events and usage records live here (the serving control plane)."""
+"""Deployments and their history (the serving control plane's rows)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from marketplace.accounts.models import Organization
+from marketplace.catalog.models import InstanceType, ModelCard
+from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
+
+
+class DeploymentQuerySet(models.QuerySet["Deployment"]):
+    def live(self) -> DeploymentQuerySet:
+        """Deployments that hold quota and should have objects in their backend."""
+        return self.filter(status__in=LIVE_STATUSES)
+
+
+class Deployment(models.Model):
+    """A model served on an instance type with an autoscaling policy.
+
+    Status moves only by conditional updates (see serving.services.transition); each move writes a
+    DeploymentEvent. `generation` counts changes of what should run; `observed_generation` is the last
+    generation the backend reported running, so "rolled out" means they are equal.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="deployments")
+    name = models.CharField(max_length=40)
+    model_card = models.ForeignKey(ModelCard, on_delete=models.PROTECT, related_name="deployments")
+    instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="deployments")
+    backend = models.CharField(max_length=16, choices=Backend.choices)
+    min_replicas = models.PositiveSmallIntegerField(default=1)
+    max_replicas = models.PositiveSmallIntegerField(default=1)
+    autoscaling_policy = models.CharField(
+        max_length=16, choices=AutoscalingPolicy.choices, default=AutoscalingPolicy.FIXED
+    )
+    autoscaling_target = models.FloatField(default=5.0)
+    idle_seconds = models.PositiveIntegerField(default=900)
+    scale_up_window_seconds = models.PositiveIntegerField(default=0)
+    scale_down_window_seconds = models.PositiveIntegerField(default=300)
+    tensor_parallel_size = models.PositiveSmallIntegerField(default=1)
+    engine_options = models.JSONField(default=dict, blank=True)
+    # GPUs this deployment holds against the quota: max replicas × GPUs per replica.
+    reserved_gpus = models.PositiveIntegerField(default=0)
+    gpu_model = models.CharField(max_length=100, blank=True)
+
+    status = models.CharField(
+        max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING
+    )
+    status_message = models.TextField(blank=True)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    ready_replicas = models.PositiveSmallIntegerField(default=0)
+    desired_replicas = models.PositiveSmallIntegerField(default=0)
+    generation = models.PositiveIntegerField(default=1)
+    observed_generation = models.PositiveIntegerField(default=0)
+    endpoints = models.JSONField(default=list, blank=True, help_text="Base URLs of ready replicas")
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeploymentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # A name is unique among an organisation's live deployments; a deleted one frees it.
+            models.UniqueConstraint(
+                fields=["organization", "name"],
+                condition=~models.Q(status=DeploymentStatus.DELETED),
+                name="one_live_deployment_per_name",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(min_replicas__lte=models.F("max_replicas")), name="min_le_max"
+            ),
+        ]
+        indexes = [models.Index(fields=["status"], name="deployment_status")]
+
+    def __str__(self) -> str:
+        return f"{self.organization.slug}/{self.name}"
+
+
+class DeploymentEvent(models.Model):
+    """One line of a deployment's history, written for a person."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=16, choices=DeploymentStatus.choices)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.status}: {self.message}"

@@ -69,5 +69,6 @@ class ClusterSettings:
     keda: bool = True
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     model_cache_pvc: str = ""  # "" → an emptyDir per pod
-    hf_token_secret: str = "huggingface-token"  # Secret with key "token", mounted for gated models
+    # Name of the Secret (key "token") mounted for gated models; a name, not a secret value.
+    hf_token_secret: str = "huggingface-token"  # noqa: S105
     gpu_taint_key: str = "nvidia.com/gpu"

@@ -99,3 +99,10 @@ def api_key_client(
 def _fast_password_hashing(settings: Any) -> None:
     """Real hashing is slow on purpose; tests create many users and need none of that strength."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def transactional_catalog(transactional_db: None) -> None:
+    """The catalog for tests that commit for real (threads, worker processes). pytest-django runs these
+    after all rollback-isolated tests and empties every table after each, so each loads it again."""
+    load_catalog()

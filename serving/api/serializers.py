@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from marketplace.catalog.models import InstanceType, ModelCard
+from serving.choices import POLICY_EXPLANATIONS, AutoscalingPolicy
+from serving.models import Deployment, DeploymentEvent
+
+DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+QUANTIZATIONS = ["awq", "gptq", "fp8", "bitsandbytes", "awq_marlin", "gptq_marlin", "compressed-tensors"]
+
+
+class EngineOptionsSerializer(serializers.Serializer[dict[str, Any]]):
+    """The allow-list of vLLM options a deployment may set; anything else is refused by name."""
+
+    max_model_len = serializers.IntegerField(min_value=128, max_value=10_485_760, required=False)
+    dtype = serializers.ChoiceField(choices=["auto", "bfloat16", "float16", "float32"], required=False)
+    quantization = serializers.ChoiceField(choices=QUANTIZATIONS, required=False)
+    gpu_memory_utilization = serializers.FloatField(min_value=0.1, max_value=0.99, required=False)
+    max_num_seqs = serializers.IntegerField(min_value=1, max_value=4096, required=False)
+    enable_prefix_caching = serializers.BooleanField(required=False)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                allowed = ", ".join(self.fields)
+                raise serializers.ValidationError(
+                    {key: [f"Unknown engine option; allowed: {allowed}."] for key in unknown}
+                )
+        return dict(super().to_internal_value(data))
+
+
+class ScalingSerializer(serializers.Serializer[Deployment]):
+    min_replicas = serializers.IntegerField(min_value=0, max_value=64)
+    max_replicas = serializers.IntegerField(min_value=1, max_value=64)
+    autoscaling_policy = serializers.ChoiceField(
+        choices=AutoscalingPolicy.choices, default=AutoscalingPolicy.FIXED
+    )
+    autoscaling_target = serializers.FloatField(min_value=0.01, max_value=10_000, default=5.0)
+    idle_seconds = serializers.IntegerField(min_value=60, max_value=86_400, default=900)
+    scale_up_window_seconds = serializers.IntegerField(min_value=0, max_value=3600, default=0)
+    scale_down_window_seconds = serializers.IntegerField(min_value=0, max_value=3600, default=300)
+
+
+class DeploymentCreateSerializer(ScalingSerializer):
+    organization = serializers.SlugField(required=False, help_text="Default: your only organisation")
+    name = serializers.RegexField(
+        DNS_LABEL, max_length=40, help_text="Lowercase letters, digits and hyphens; the model name apps call"
+    )
+    model = serializers.SlugRelatedField(
+        slug_field="slug", queryset=ModelCard.objects.select_related("license")
+    )
+    instance_type = serializers.SlugRelatedField(slug_field="slug", queryset=InstanceType.objects.all())
+    min_replicas = serializers.IntegerField(min_value=0, max_value=64, default=1)
+    max_replicas = serializers.IntegerField(min_value=1, max_value=64, default=1)
+    tensor_parallel_size = serializers.IntegerField(min_value=1, max_value=64, required=False)
+    engine_options = EngineOptionsSerializer(required=False, default=dict)
+
+
+class DeploymentScaleSerializer(ScalingSerializer):
+    pass
+
+
+class DeploymentUpdateSerializer(serializers.Serializer[Deployment]):
+    instance_type = serializers.SlugRelatedField(
+        slug_field="slug", queryset=InstanceType.objects.all(), required=False
+    )
+    tensor_parallel_size = serializers.IntegerField(min_value=1, max_value=64, required=False)
+    engine_options = EngineOptionsSerializer(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError(
+                {
+                    "non_field_errors": [
+                        "Change at least one of instance_type, tensor_parallel_size, engine_options."
+                    ]
+                }
+            )
+        return attrs
+
+
+class DeploymentEventSerializer(serializers.ModelSerializer[DeploymentEvent]):
+    class Meta:
+        model = DeploymentEvent
+        fields = ["created_at", "status", "message"]
+
+
+class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
+    organization = serializers.CharField(source="organization.slug", read_only=True)
+    model = serializers.CharField(source="model_card.slug", read_only=True)
+    model_name = serializers.CharField(source="model_card.name", read_only=True)
+    instance_type = serializers.CharField(source="instance_type.slug", read_only=True)
+    autoscaling_explanation = serializers.SerializerMethodField()
+    rolled_out = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id", "organization", "name", "model", "model_name", "instance_type", "backend", "status",
+            "status_message", "status_changed_at", "ready_replicas", "desired_replicas", "min_replicas",
+            "max_replicas", "autoscaling_policy", "autoscaling_explanation", "autoscaling_target",
+            "idle_seconds",
+            "scale_up_window_seconds", "scale_down_window_seconds", "tensor_parallel_size", "engine_options",
+            "reserved_gpus", "gpu_model", "generation", "observed_generation", "rolled_out", "created_at",
+            "updated_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_autoscaling_explanation(self, deployment: Deployment) -> str:
+        return POLICY_EXPLANATIONS[AutoscalingPolicy(deployment.autoscaling_policy)]
+
+    def get_rolled_out(self, deployment: Deployment) -> bool:
+        return deployment.observed_generation == deployment.generation
+
+
+class DeploymentDetailSerializer(DeploymentSerializer):
+    events = serializers.SerializerMethodField()
+
+    class Meta(DeploymentSerializer.Meta):
+        fields = [*DeploymentSerializer.Meta.fields, "events"]
+        read_only_fields = fields
+
+    def get_events(self, deployment: Deployment) -> list[dict[str, Any]]:
+        return list(DeploymentEventSerializer(deployment.events.all()[:50], many=True).data)

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from django.db.models import QuerySet
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, mixins, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from marketplace.accounts import tenancy
+from marketplace.api import TenantScopedViewSet
+from serving import services
+from serving.api.serializers import (
+    DeploymentCreateSerializer,
+    DeploymentDetailSerializer,
+    DeploymentScaleSerializer,
+    DeploymentSerializer,
+    DeploymentUpdateSerializer,
+)
+from serving.choices import Backend, DeploymentStatus
+from serving.models import Deployment
+
+
+class DeploymentViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    TenantScopedViewSet,
+):
+    """Your organisations' deployments. Members create, scale, update and delete them; deleted ones are
+    listed with `?status=deleted`."""
+
+    queryset = Deployment.objects.select_related("organization", "model_card", "instance_type")
+    filterset_fields = ["status", "backend"]
+    ordering_fields = ["created_at", "name", "status"]
+    ordering = ["-created_at"]
+
+    def get_queryset(self) -> QuerySet[Deployment]:
+        queryset = super().get_queryset()
+        if self.action == "list" and "status" not in self.request.query_params:
+            queryset = queryset.exclude(status=DeploymentStatus.DELETED)
+        return queryset
+
+    def get_serializer_class(self) -> Any:
+        return DeploymentDetailSerializer if self.action == "retrieve" else DeploymentSerializer
+
+    @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentDetailSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = DeploymentCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        organization = tenancy.resolve_organization(request, data.get("organization"))
+        deployment = services.create_deployment(
+            organization=organization,
+            user=request.user if request.user.pk is not None else None,  # type: ignore[arg-type]
+            name=data["name"],
+            card=data["model"],
+            instance_type=data["instance_type"],
+            scaling=_scaling(data),
+            engine_options=data["engine_options"],
+            tensor_parallel_size=data.get("tensor_parallel_size"),
+        )
+        return Response(DeploymentDetailSerializer(deployment).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=DeploymentScaleSerializer, responses={200: DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def scale(self, request: Request, pk: str | None = None) -> Response:
+        deployment = self.get_object()
+        serializer = DeploymentScaleSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = services.scale_deployment(deployment, _scaling(serializer.validated_data))
+        return Response(DeploymentSerializer(deployment).data)
+
+    @extend_schema(request=DeploymentUpdateSerializer, responses={200: DeploymentSerializer})
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        deployment = self.get_object()
+        serializer = DeploymentUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        deployment = services.update_deployment(
+            deployment,
+            instance_type=data.get("instance_type"),
+            engine_options=data.get("engine_options"),
+            tensor_parallel_size=data.get("tensor_parallel_size"),
+        )
+        return Response(DeploymentSerializer(deployment).data)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.delete_deployment(self.get_object())
+        return Response(status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses={(200, "application/yaml"): OpenApiResponse(description="Kubernetes objects")})
+    @action(detail=True, methods=["get"])
+    def manifests(self, request: Request, pk: str | None = None) -> HttpResponse:
+        """Exactly the Kubernetes objects the kubernetes backend applies, as YAML, for review or GitOps."""
+        deployment = self.get_object()
+        if deployment.backend != Backend.KUBERNETES:
+            raise exceptions.ValidationError(
+                {
+                    "backend": [
+                        "This deployment runs on this machine (local backend); it has no Kubernetes objects."
+                    ]
+                }
+            )
+        return HttpResponse(render_manifests(deployment), content_type="application/yaml")
+
+
+def render_manifests(deployment: Deployment) -> str:
+    from serving import manifests
+    from serving.backends.kubernetes import cluster_settings
+
+    objects = manifests.build_objects(services.spec_for(deployment), cluster_settings())
+    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+def _scaling(data: dict[str, Any]) -> services.Scaling:
+    return services.Scaling(
+        min_replicas=data["min_replicas"],
+        max_replicas=data["max_replicas"],
+        policy=data["autoscaling_policy"],
+        target=data["autoscaling_target"],
+        idle_seconds=data["idle_seconds"],
+        scale_up_window_seconds=data["scale_up_window_seconds"],
+        scale_down_window_seconds=data["scale_down_window_seconds"],
+    )

@@ -1,0 +1,261 @@
+"""The engine supervisor: runs the local backend's desired replicas as vLLM engine processes.
+
+Each pass (twice a second):
+1. Read the desired deployments from Redis.
+2. Stop the replicas of deployments no longer desired, and replicas above the desired count.
+3. For each wanted replica: start it on a free port if missing; when its generation is old, replace it,
+   one replica of a deployment at a time (so a rollout never takes all replicas down at once when there
+   are several); when its process exited, restart it after an exponential backoff (1, 2, 4 … 60 s).
+4. Health-check running engines on /health; write what runs back to Redis with a heartbeat.
+Engines run in their own process groups, each with its own log file and temporary folder, and die with
+the supervisor (PR_SET_PDEATHSIG) should it be killed without a chance to stop them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from serving.local import engine_env, state
+
+log = logging.getLogger(__name__)
+
+PASS_SECONDS = 0.5
+HEALTH_EVERY_SECONDS = 1.0
+STOP_GRACE_SECONDS = 10
+MAX_BACKOFF_SECONDS = 60
+LOG_TAIL_BYTES = 2000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it if the supervisor dies, however it dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Replica:
+    slot: int
+    generation: int
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    state: str = "starting"  # starting | ready | backoff
+    restarts: int = 0
+    last_exit_code: int | None = None
+    next_start_at: float = 0.0
+    last_health_at: float = 0.0
+    message: str = ""
+    log_path: Path = field(default_factory=Path)
+    tmpdir: Path = field(default_factory=Path)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot, "generation": self.generation, "port": self.port, "state": self.state,
+            "restarts": self.restarts, "last_exit_code": self.last_exit_code, "message": self.message,
+            "pid": self.process.pid if self.process else None, "log": str(self.log_path),
+        }  # fmt: skip
+
+
+class EngineSupervisor:
+    def __init__(self, connection: redis.Redis, data_dir: Path, engine_dir: Path) -> None:
+        self.connection = connection
+        self.folder = data_dir / "engines"
+        self.engine_dir = engine_dir
+        self.deployments: dict[int, dict[int, Replica]] = {}
+        self.names: dict[int, str] = {}
+        self.desired_counts: dict[int, int] = {}
+        self.generations: dict[int, int] = {}
+
+    # Lifecycle ------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log.info("engine supervisor running; engines in %s", self.folder)
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                except redis.RedisError as error:
+                    log.warning("Redis unreachable, engines keep running: %s", error)
+                stop.wait(PASS_SECONDS)
+        finally:
+            self.stop_all()
+
+    def stop_all(self) -> None:
+        for deployment_id in list(self.deployments):
+            self._forget(deployment_id)
+        with contextlib.suppress(redis.RedisError):
+            self.connection.delete(state.ACTUAL, state.HEARTBEAT)
+
+    # One pass -------------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        desired = state.read_hash(self.connection, state.DESIRED)
+        for deployment_id in list(self.deployments):
+            if deployment_id not in desired:
+                self._forget(deployment_id)
+        for deployment_id, spec in desired.items():
+            self._converge(deployment_id, spec)
+        state.write_actual(self.connection, self.report())
+
+    def report(self) -> dict[int, dict[str, Any]]:
+        return {
+            deployment_id: {
+                "name": self.names[deployment_id],
+                "generation": self.generations[deployment_id],
+                "desired": self.desired_counts[deployment_id],
+                "replicas": [replica.report() for _, replica in sorted(replicas.items())],
+            }
+            for deployment_id, replicas in self.deployments.items()
+        }
+
+    def _forget(self, deployment_id: int) -> None:
+        for replica in self.deployments.pop(deployment_id, {}).values():
+            self._stop(replica)
+        self.names.pop(deployment_id, None)
+        self.desired_counts.pop(deployment_id, None)
+        self.generations.pop(deployment_id, None)
+
+    def _converge(self, deployment_id: int, spec: dict[str, Any]) -> None:
+        replicas = self.deployments.setdefault(deployment_id, {})
+        generation, wanted = int(spec["generation"]), int(spec["replicas"])
+        self.names[deployment_id], self.generations[deployment_id] = spec["name"], generation
+        self.desired_counts[deployment_id] = wanted
+        for slot in [s for s in replicas if s >= wanted]:
+            self._stop(replicas.pop(slot))
+        for slot in range(wanted):
+            replica = replicas.get(slot)
+            if replica is None:
+                replicas[slot] = self._start(deployment_id, slot, generation, spec["engine"])
+            elif replica.generation != generation:
+                rolling = any(r.generation == generation and r.state != "ready" for r in replicas.values())
+                if not rolling:
+                    self._stop(replica)
+                    replicas[slot] = self._start(deployment_id, slot, generation, spec["engine"])
+            else:
+                self._poll(deployment_id, replica, spec["engine"])
+
+    # One replica ----------------------------------------------------------------------------------
+
+    def _start(
+        self, deployment_id: int, slot: int, generation: int, engine: dict[str, Any], restarts: int = 0
+    ) -> Replica:
+        replica = Replica(slot=slot, generation=generation, port=free_port(), restarts=restarts)
+        replica.log_path = self.folder / f"{deployment_id}-{slot}.log"
+        replica.tmpdir = self.folder / "tmp" / f"{deployment_id}-{slot}-{replica.port}"
+        replica.tmpdir.mkdir(parents=True, exist_ok=True)
+        command = engine_env.engine_command(
+            engine["model_path"],
+            port=replica.port,
+            served_model_name=engine["served_model_name"],
+            max_model_len=engine.get("max_model_len"),
+            runner=engine.get("runner"),
+            dtype=engine.get("dtype"),
+            python=engine_env.engine_python(self.engine_dir),
+        )
+        with replica.log_path.open("ab") as output:
+            output.write(
+                f"\n=== generation {generation}, port {replica.port}: {' '.join(command)}\n".encode()
+            )
+            output.flush()
+            replica.process = subprocess.Popen(
+                command,
+                env=engine_env.engine_environment(self.engine_dir, replica.tmpdir),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        log.info(
+            "started %s replica %s (pid %s, port %s)", deployment_id, slot, replica.process.pid, replica.port
+        )
+        return replica
+
+    def _stop(self, replica: Replica) -> None:
+        process = replica.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if process is not None:
+            # The engine's own helpers live in its process group; none may outlive it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        replica.process = None
+        shutil.rmtree(replica.tmpdir, ignore_errors=True)
+
+    def _poll(self, deployment_id: int, replica: Replica, engine: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if replica.state == "backoff":
+            if now >= replica.next_start_at:
+                fresh = self._start(
+                    deployment_id, replica.slot, replica.generation, engine, restarts=replica.restarts
+                )
+                fresh.last_exit_code, fresh.message = replica.last_exit_code, replica.message
+                self.deployments[deployment_id][replica.slot] = fresh
+            return
+        assert replica.process is not None
+        code = replica.process.poll()
+        if code is not None:
+            self._stop(replica)
+            replica.restarts += 1
+            replica.last_exit_code = code
+            replica.state = "backoff"
+            replica.next_start_at = now + min(2 ** (replica.restarts - 1), MAX_BACKOFF_SECONDS)
+            replica.message = _tail(replica.log_path)
+            log.warning(
+                "replica %s/%s exited with %s; restart %s",
+                deployment_id,
+                replica.slot,
+                code,
+                replica.restarts,
+            )
+            return
+        if now - replica.last_health_at >= HEALTH_EVERY_SECONDS:
+            replica.last_health_at = now
+            replica.state = "ready" if _healthy(replica.port) else "starting"
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def _tail(path: Path) -> str:
+    """The end of a log, for the person reading why a replica crashed."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            lines = handle.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(lines[-3:])

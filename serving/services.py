@@ -1,0 +1,440 @@
+"""Domain rules for deployments: who may create, scale, update and delete what, and the status machine.
+
+Views validate the shape of a request and call one function here. Each function decides inside one
+transaction and enqueues Celery work on commit, so a task never sees a row that was rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+from rest_framework import exceptions
+
+from marketplace.accounts.models import Organization, Quota
+from marketplace.catalog import fits
+from marketplace.catalog.models import InstanceType, ModelCard
+from marketplace.subscriptions.services import subscription_in_force
+from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
+from serving.models import Deployment, DeploymentEvent
+from serving.spec import Autoscaling, DeploymentSpec, InstanceSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min_replicas: int
+    max_replicas: int
+    policy: str = AutoscalingPolicy.FIXED
+    target: float = 5.0
+    idle_seconds: int = 900
+    scale_up_window_seconds: int = 0
+    scale_down_window_seconds: int = 300
+
+
+def _refuse(field: str, message: str) -> exceptions.ValidationError:
+    return exceptions.ValidationError({field: [message]})
+
+
+def check_model_and_instance(card: ModelCard, instance_type: InstanceType, backend: str) -> None:
+    """The model must fit the instance type, and the instance type must suit the backend."""
+    if backend == Backend.LOCAL and instance_type.gpu_count > 0:
+        raise _refuse(
+            "instance_type",
+            f"This platform runs deployments on this machine (SERVING_BACKEND=local), which has no GPUs: "
+            f"choose a CPU instance type, or run the platform with SERVING_BACKEND=kubernetes for "
+            f"{instance_type.name}.",
+        )
+    if backend == Backend.KUBERNETES and instance_type.gpu_count == 0:
+        raise _refuse(
+            "instance_type", f"{instance_type.name} has no GPUs; vLLM on Kubernetes needs a GPU instance."
+        )
+    if not fits.fits(
+        needed_gb=card.gpu_memory_gb,
+        cpu_capable=card.cpu_capable,
+        gpu_count=instance_type.gpu_count,
+        gpu_memory_gb=instance_type.gpu_memory_gb,
+    ):
+        if instance_type.gpu_count == 0:
+            raise _refuse("instance_type", f"{card.name} cannot run on CPU; choose a GPU instance type.")
+        raise _refuse(
+            "instance_type",
+            f"{card.name} needs {card.gpu_memory_gb} GB of GPU memory; {instance_type.name} offers at most "
+            f"{instance_type.tensor_parallel_memory_gb} GB to one tensor-parallel group "
+            f"({instance_type.gpu_count} × {instance_type.gpu_memory_gb} GB).",
+        )
+
+
+def check_runnable_here(card: ModelCard, backend: str) -> None:
+    """The local backend serves only models whose weights `make engine` prepared on this machine."""
+    if backend != Backend.LOCAL:
+        return
+    from serving.local import engine_env
+
+    directory = engine_env.engine_dir()
+    if (
+        not engine_env.engine_python(directory).exists()
+        or engine_env.model_path(directory, card.slug) is None
+    ):
+        raise _refuse(
+            "model",
+            f"{card.name} cannot run on this machine: the local backend serves the CPU-capable models that "
+            "`make engine` prepares (SmolLM2 135M Instruct, all-MiniLM-L6-v2). Run `make engine` first, or "
+            "deploy to a cluster with SERVING_BACKEND=kubernetes.",
+        )
+
+
+def resolve_tensor_parallel_size(card: ModelCard, instance_type: InstanceType, requested: int | None) -> int:
+    if instance_type.gpu_count == 0:
+        if requested not in (None, 1):
+            raise _refuse("tensor_parallel_size", "A CPU instance runs one engine per replica: use 1.")
+        return 1
+    smallest = fits.smallest_tensor_parallel_size(
+        card.gpu_memory_gb, instance_type.gpu_count, instance_type.gpu_memory_gb
+    )
+    assert smallest is not None  # check_model_and_instance ran first
+    if requested is None:
+        return smallest
+    if requested & (requested - 1) or requested > instance_type.gpu_count:
+        raise _refuse(
+            "tensor_parallel_size",
+            f"Must be a power of two no larger than the instance's {instance_type.gpu_count} GPUs.",
+        )
+    if requested < smallest:
+        raise _refuse(
+            "tensor_parallel_size",
+            f"{card.name} needs at least {smallest} GPUs of {instance_type.gpu_memory_gb} GB to fit.",
+        )
+    return requested
+
+
+def check_engine_options(card: ModelCard, options: dict[str, Any]) -> dict[str, Any]:
+    """Options beyond their API shape: limits that depend on the model."""
+    max_len = options.get("max_model_len")
+    if max_len is not None and max_len > card.context_length:
+        raise _refuse(
+            "engine_options",
+            f"max_model_len {max_len} is above {card.name}'s context length {card.context_length}.",
+        )
+    return options
+
+
+def check_quota(
+    organization: Organization,
+    *,
+    instance_type: InstanceType,
+    max_replicas: int,
+    replacing: Deployment | None = None,
+) -> int:
+    """Raise unless the organisation's quota has room; return the GPUs to reserve.
+
+    Call inside a transaction: the quota row is locked (select_for_update), so concurrent requests of
+    the same organisation decide one after another and can never overshoot together. A replica is a
+    whole instance, so it holds all of the instance's GPUs.
+    """
+    quota = Quota.objects.select_for_update().get_or_create(organization=organization)[0]
+    live = Deployment.objects.filter(organization=organization, status__in=LIVE_STATUSES)
+    if replacing is not None:
+        live = live.exclude(pk=replacing.pk)
+    usage = live.aggregate(
+        count=Count("id"),
+        total=Sum("reserved_gpus"),
+        same_model=Sum("reserved_gpus", filter=Q(gpu_model=instance_type.gpu_model)),
+    )
+    if replacing is None and usage["count"] >= quota.max_deployments:
+        raise _refuse(
+            "quota",
+            f"The organisation already has {usage['count']} of {quota.max_deployments} deployments: "
+            "delete one or ask a platform admin to raise the quota.",
+        )
+    needed = max_replicas * instance_type.gpu_count
+    if needed == 0:
+        return 0
+    model_left = quota.gpu_limit(instance_type.gpu_model) - (usage["same_model"] or 0)
+    if instance_type.gpu_model in quota.gpus_per_model and needed > model_left:
+        raise _refuse(
+            "max_replicas",
+            f"Needs {needed} × {instance_type.gpu_model} ({max_replicas} × {instance_type.gpu_count} GPUs), "
+            f"quota leaves {max(model_left, 0)}: lower max replicas, or ask a platform admin to raise the "
+            "quota.",
+        )
+    total_left = quota.max_gpus - (usage["total"] or 0)
+    if needed > total_left:
+        raise _refuse(
+            "max_replicas",
+            f"Needs {needed} GPUs, the organisation's GPU quota leaves {max(total_left, 0)} of "
+            f"{quota.max_gpus}: "
+            "lower max replicas, or ask a platform admin to raise the quota.",
+        )
+    return needed
+
+
+def record(deployment: Deployment, status: str, message: str) -> None:
+    DeploymentEvent.objects.create(deployment=deployment, status=status, message=message)
+
+
+def transition(
+    deployment_id: int,
+    *,
+    to: DeploymentStatus,
+    message: str,
+    allowed_from: tuple[str, ...] | None = None,
+    **fields: Any,
+) -> bool:
+    """Move a deployment's status by a conditional update, writing an event when status or message change.
+
+    Returns False (and changes nothing) when the row is not in one of `allowed_from`: another worker got
+    there first, or the deployment was deleted meanwhile.
+    """
+    with transaction.atomic():
+        row = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
+        if row is None or (allowed_from is not None and row.status not in allowed_from):
+            return False
+        changed = row.status != to or row.status_message != message
+        updates: dict[str, Any] = {"status": to, "status_message": message, **fields}
+        if row.status != to:
+            updates["status_changed_at"] = timezone.now()
+        Deployment.objects.filter(pk=deployment_id).update(**updates, updated_at=timezone.now())
+        if changed:
+            record(row, to, message)
+        return True
+
+
+def _enqueue(task_name: str, deployment_id: int) -> None:
+    from serving import tasks
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.delay(deployment_id))
+
+
+def create_deployment(
+    *,
+    organization: Organization,
+    user: User | None,
+    name: str,
+    card: ModelCard,
+    instance_type: InstanceType,
+    scaling: Scaling,
+    engine_options: dict[str, Any],
+    tensor_parallel_size: int | None = None,
+) -> Deployment:
+    """Admit and save a deployment in PENDING, then provision it once the transaction commits."""
+    backend = settings.SERVING_BACKEND
+    if not subscription_in_force(organization, card):
+        raise _refuse(
+            "model",
+            f"{organization.name} is not subscribed to {card.name} under its current license: "
+            "subscribe first "
+            "(an owner or admin accepts the license on the model's page).",
+        )
+    check_model_and_instance(card, instance_type, backend)
+    tp = resolve_tensor_parallel_size(card, instance_type, tensor_parallel_size)
+    check_engine_options(card, engine_options)
+    check_scaling(scaling, backend)
+    check_runnable_here(card, backend)
+    with transaction.atomic():
+        reserved = check_quota(organization, instance_type=instance_type, max_replicas=scaling.max_replicas)
+        if (
+            Deployment.objects.filter(organization=organization, name=name)
+            .exclude(status=DeploymentStatus.DELETED)
+            .exists()
+        ):
+            raise _refuse("name", f"{organization.slug} already has a deployment named '{name}'.")
+        deployment = Deployment.objects.create(
+            organization=organization,
+            name=name,
+            model_card=card,
+            instance_type=instance_type,
+            backend=backend,
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            autoscaling_policy=scaling.policy,
+            autoscaling_target=scaling.target,
+            idle_seconds=scaling.idle_seconds,
+            scale_up_window_seconds=scaling.scale_up_window_seconds,
+            scale_down_window_seconds=scaling.scale_down_window_seconds,
+            tensor_parallel_size=tp,
+            engine_options=engine_options,
+            reserved_gpus=reserved,
+            gpu_model=instance_type.gpu_model if instance_type.gpu_count else "",
+            created_by=user,
+            status=DeploymentStatus.PENDING,
+            status_message="Waiting for a worker to create the engine.",
+        )
+        record(deployment, DeploymentStatus.PENDING, f"Requested {card.name} on {instance_type.name}.")
+        _enqueue("provision_deployment", deployment.pk)
+    return deployment
+
+
+def check_scaling(scaling: Scaling, backend: str) -> None:
+    if scaling.min_replicas > scaling.max_replicas:
+        raise _refuse("min_replicas", "Must not be above max_replicas.")
+    if scaling.policy == AutoscalingPolicy.FIXED and scaling.min_replicas != scaling.max_replicas:
+        raise _refuse("max_replicas", "With fixed replicas, min and max must be equal.")
+    if scaling.policy == AutoscalingPolicy.SCALE_TO_ZERO:
+        if scaling.min_replicas != 0:
+            raise _refuse("min_replicas", "Scale to zero needs min_replicas 0.")
+        if backend == Backend.KUBERNETES and not settings.KEDA_ENABLED:
+            raise _refuse(
+                "autoscaling_policy", "Scale to zero needs KEDA, and this platform runs without it."
+            )
+    elif scaling.min_replicas == 0:
+        raise _refuse("min_replicas", "Only the scale-to-zero policy may run zero replicas.")
+    if scaling.policy == AutoscalingPolicy.KV_CACHE and not 0 < scaling.target < 1:
+        raise _refuse("autoscaling_target", "For KV-cache pressure, a fraction between 0 and 1 (e.g. 0.8).")
+    if backend == Backend.LOCAL and scaling.policy not in (AutoscalingPolicy.FIXED,):
+        raise _refuse(
+            "autoscaling_policy",
+            "This machine runs fixed replicas only; autoscaling needs the kubernetes backend.",
+        )
+
+
+EDITABLE = (DeploymentStatus.PENDING, DeploymentStatus.PROVISIONING, DeploymentStatus.READY,
+            DeploymentStatus.UPDATING, DeploymentStatus.FAILED)  # fmt: skip
+
+
+def scale_deployment(deployment: Deployment, scaling: Scaling) -> Deployment:
+    """Change replica bounds and policy; quota is checked again for the new maximum."""
+    check_scaling(scaling, deployment.backend)
+    with transaction.atomic():
+        row = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        if row.status not in EDITABLE:
+            raise _refuse("status", f"A {row.get_status_display().lower()} deployment cannot be scaled.")
+        reserved = check_quota(
+            row.organization,
+            instance_type=row.instance_type,
+            max_replicas=scaling.max_replicas,
+            replacing=row,
+        )
+        Deployment.objects.filter(pk=row.pk).update(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            autoscaling_policy=scaling.policy,
+            autoscaling_target=scaling.target,
+            idle_seconds=scaling.idle_seconds,
+            scale_up_window_seconds=scaling.scale_up_window_seconds,
+            scale_down_window_seconds=scaling.scale_down_window_seconds,
+            reserved_gpus=reserved,
+            updated_at=timezone.now(),
+        )
+        record(
+            row,
+            row.status,
+            f"Scaling to {scaling.min_replicas}–{scaling.max_replicas} replicas ({scaling.policy}).",
+        )
+        _enqueue("scale_deployment", row.pk)
+    row.refresh_from_db()
+    return row
+
+
+def update_deployment(
+    deployment: Deployment,
+    *,
+    instance_type: InstanceType | None = None,
+    engine_options: dict[str, Any] | None = None,
+    tensor_parallel_size: int | None = None,
+) -> Deployment:
+    """Change what runs (engine options, instance type); the backend rolls it out as a new generation."""
+    with transaction.atomic():
+        row = (
+            Deployment.objects.select_for_update()
+            .select_related("model_card", "instance_type")
+            .get(pk=deployment.pk)
+        )
+        if row.status not in EDITABLE:
+            raise _refuse("status", f"A {row.get_status_display().lower()} deployment cannot be updated.")
+        new_instance = instance_type or row.instance_type
+        check_model_and_instance(row.model_card, new_instance, row.backend)
+        tp_request = tensor_parallel_size if tensor_parallel_size is not None else (
+            row.tensor_parallel_size if instance_type is None else None
+        )  # fmt: skip
+        tp = resolve_tensor_parallel_size(row.model_card, new_instance, tp_request)
+        options = check_engine_options(
+            row.model_card, row.engine_options if engine_options is None else engine_options
+        )
+        reserved = check_quota(
+            row.organization, instance_type=new_instance, max_replicas=row.max_replicas, replacing=row
+        )
+        if (new_instance.pk, tp, options) == (
+            row.instance_type_id,
+            row.tensor_parallel_size,
+            row.engine_options,
+        ):
+            return row  # nothing changes: no new generation, no rollout
+        Deployment.objects.filter(pk=row.pk).update(
+            instance_type=new_instance,
+            tensor_parallel_size=tp,
+            engine_options=options,
+            reserved_gpus=reserved,
+            gpu_model=new_instance.gpu_model if new_instance.gpu_count else "",
+            generation=row.generation + 1,
+            updated_at=timezone.now(),
+        )
+        transition(
+            row.pk, to=DeploymentStatus.UPDATING, message=f"Rolling out a change on {new_instance.name}."
+        )
+        _enqueue("provision_deployment", row.pk)
+    row.refresh_from_db()
+    return row
+
+
+def delete_deployment(deployment: Deployment) -> Deployment:
+    """Mark for deletion (which frees its quota at once) and remove its objects on commit. Idempotent."""
+    with transaction.atomic():
+        moved = transition(
+            deployment.pk,
+            to=DeploymentStatus.DELETING,
+            message="Removing the engine and its objects.",
+            allowed_from=LIVE_STATUSES,
+            reserved_gpus=0,
+        )
+        if moved:
+            _enqueue("delete_deployment", deployment.pk)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def spec_for(deployment: Deployment) -> DeploymentSpec:
+    """The plain-data spec every builder and backend works from."""
+    card, instance = deployment.model_card, deployment.instance_type
+    # The card's defaults, overridden by what the deployment chose.
+    options = {**card.engine_defaults, **deployment.engine_options}
+    return DeploymentSpec(
+        deployment_id=deployment.pk,
+        name=deployment.name,
+        organization=deployment.organization.slug,
+        generation=deployment.generation,
+        model=ModelSpec(
+            slug=card.slug,
+            huggingface_repo=card.huggingface_repo,
+            revision=card.revision,
+            gated=card.gated,
+            parameters=card.parameters,
+            gpu_memory_gb=card.gpu_memory_gb,
+            context_length=card.context_length,
+        ),
+        instance=InstanceSpec(
+            slug=instance.slug,
+            gpu_count=instance.gpu_count,
+            gpu_memory_gb=instance.gpu_memory_gb,
+            gpu_product=instance.gpu_product,
+            vcpu=instance.vcpu,
+            memory_gb=instance.memory_gb,
+            node_labels=dict(instance.node_labels),
+        ),
+        autoscaling=Autoscaling(
+            policy=deployment.autoscaling_policy,
+            min_replicas=deployment.min_replicas,
+            max_replicas=deployment.max_replicas,
+            target=deployment.autoscaling_target,
+            idle_seconds=deployment.idle_seconds,
+            scale_up_window_seconds=deployment.scale_up_window_seconds,
+            scale_down_window_seconds=deployment.scale_down_window_seconds,
+        ),
+        tensor_parallel_size=deployment.tensor_parallel_size,
+        engine_options=options,
+    )

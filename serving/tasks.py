@@ -1,0 +1,228 @@
+"""Celery tasks of the control plane. Every task takes an id, re-reads the row and applies the desired
+state, so running one twice (a retry, a redelivery after a worker died) is harmless.
+
+The periodic `reconcile` is the source of truth: it compares what the backends run with the rows, moves
+statuses, re-applies what a lost task left undone, finishes deletions and removes orphaned objects.
+Tasks only make that faster.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from serving import services
+from serving.backends import get_backend
+from serving.backends.base import ObservationPass, PermanentBackendError, TransientBackendError
+from serving.choices import LIVE_STATUSES, DeploymentStatus
+from serving.models import Deployment
+from serving.status import assess
+
+log = logging.getLogger(__name__)
+
+# A row whose objects should exist but do not, for this long, gets its provisioning re-enqueued: the task
+# that should have done it was lost (worker killed, broker restarted).
+LOST_TASK_GRACE = timedelta(seconds=15)
+RETRY = {
+    "autoretry_for": (TransientBackendError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": 8,
+}
+
+
+def _load(deployment_id: int) -> Deployment | None:
+    return (
+        Deployment.objects.select_related("organization", "model_card", "instance_type")
+        .filter(pk=deployment_id)
+        .first()
+    )
+
+
+def _fail(deployment_id: int, error: Exception) -> None:
+    services.transition(
+        deployment_id, to=DeploymentStatus.FAILED, message=str(error), allowed_from=LIVE_STATUSES
+    )
+
+
+@shared_task(bind=True, acks_late=True, **RETRY)
+def provision_deployment(self: Any, deployment_id: int) -> str:
+    """Apply the deployment's objects (create or roll out a new generation). Idempotent."""
+    deployment = _load(deployment_id)
+    if deployment is None or deployment.status not in LIVE_STATUSES:
+        return "nothing to do"
+    try:
+        get_backend(deployment.backend).apply(services.spec_for(deployment))
+    except PermanentBackendError as error:
+        _fail(deployment_id, error)
+        return "failed"
+    except TransientBackendError as error:
+        if self.request.retries >= self.max_retries:
+            _fail(deployment_id, error)
+            return "failed"
+        raise
+    what = f"{deployment.min_replicas or 1} replica(s) of {deployment.model_card.name}"
+    services.transition(
+        deployment_id,
+        to=DeploymentStatus.PROVISIONING,
+        message=f"Creating {what} on {deployment.instance_type.name}.",
+        allowed_from=(DeploymentStatus.PENDING,),
+    )
+    return "applied"
+
+
+@shared_task(bind=True, acks_late=True, **RETRY)
+def scale_deployment(self: Any, deployment_id: int) -> str:
+    """Bring the backend's replica bounds to the row's. Idempotent."""
+    deployment = _load(deployment_id)
+    if deployment is None or deployment.status not in LIVE_STATUSES:
+        return "nothing to do"
+    try:
+        get_backend(deployment.backend).scale(services.spec_for(deployment))
+    except PermanentBackendError as error:
+        _fail(deployment_id, error)
+        return "failed"
+    return "scaled"
+
+
+@shared_task(bind=True, acks_late=True, **RETRY)
+def delete_deployment(self: Any, deployment_id: int) -> str:
+    """Ask the backend to remove the deployment's objects. Not found means done; `reconcile` marks the
+    row DELETED once the backend reports nothing left of it."""
+    deployment = _load(deployment_id)
+    if deployment is None or deployment.status != DeploymentStatus.DELETING:
+        return "nothing to do"
+    get_backend(deployment.backend).delete(deployment_id)
+    return "deleting"
+
+
+@shared_task(acks_late=True, expires=30)
+def reconcile() -> dict[str, int]:
+    """One pass over every backend in use; skipped when another pass still runs."""
+    if not cache.add("serving:reconcile:lock", "1", timeout=120):
+        return {"skipped": 1}
+    try:
+        return reconcile_once()
+    finally:
+        cache.delete("serving:reconcile:lock")
+
+
+def reconcile_once() -> dict[str, int]:
+    """1. Observe each backend once (one list call per kind).
+    2. For each live row: move its status by what was seen, or re-enqueue provisioning a lost task left
+       undone.
+    3. Finish deletions: re-delete what remains, mark DELETED what is gone.
+    4. Delete objects that belong to no live or deleting row (orphans).
+    Returns counts for logs and benchmarks.
+    """
+    counts = {"observed": 0, "changed": 0, "reapplied": 0, "deleted": 0, "orphans": 0, "api_calls": 0}
+    rows = Deployment.objects.select_related("model_card", "instance_type").filter(
+        status__in=(*LIVE_STATUSES, DeploymentStatus.DELETING)
+    )
+    by_backend: dict[str, list[Deployment]] = {}
+    for row in rows:
+        by_backend.setdefault(row.backend, []).append(row)
+    by_backend.setdefault(settings.SERVING_BACKEND, [])
+    for backend_name, backend_rows in by_backend.items():
+        backend = get_backend(backend_name)
+        try:
+            seen = backend.observe()
+        except TransientBackendError as error:
+            log.warning("reconcile: %s backend unavailable: %s", backend_name, error)
+            _note_unavailable(backend_rows, str(error))
+            continue
+        counts["api_calls"] += seen.api_calls
+        _reconcile_backend(backend, backend_rows, seen, counts)
+    return counts
+
+
+def _note_unavailable(rows: list[Deployment], message: str) -> None:
+    for row in rows:
+        if (
+            row.status in (DeploymentStatus.PENDING, DeploymentStatus.PROVISIONING)
+            and row.status_message != message
+        ):
+            services.transition(
+                row.pk, to=DeploymentStatus(row.status), message=message, allowed_from=(row.status,)
+            )
+
+
+def _reconcile_backend(
+    backend: Any, rows: list[Deployment], seen: ObservationPass, counts: dict[str, int]
+) -> None:
+    now = timezone.now()
+    known = {row.pk for row in rows}
+    for row in rows:
+        try:
+            if row.status == DeploymentStatus.DELETING:
+                if row.pk in seen.owned_ids:
+                    backend.delete(row.pk)  # again: harmless, and finishes what a lost task began
+                else:
+                    services.transition(
+                        row.pk, to=DeploymentStatus.DELETED, message="Deleted: nothing of it runs any more.",
+                        allowed_from=(DeploymentStatus.DELETING,), ready_replicas=0, desired_replicas=0,
+                        endpoints=[],
+                    )  # fmt: skip
+                    counts["deleted"] += 1
+                continue
+            counts["observed"] += 1
+            observation = seen.observations.get(row.pk)
+            stale = now - row.status_changed_at > LOST_TASK_GRACE and now - row.updated_at > LOST_TASK_GRACE
+            missing = observation is None and row.pk not in seen.owned_ids
+            behind = observation is not None and observation.generation not in (None, row.generation)
+            if (missing or behind) and row.status != DeploymentStatus.FAILED and stale:
+                provision_deployment.delay(row.pk)
+                Deployment.objects.filter(pk=row.pk).update(updated_at=now)
+                counts["reapplied"] += 1
+                continue
+            if observation is None:
+                continue
+            if row.status == DeploymentStatus.FAILED and observation.ready_replicas == 0:
+                continue  # stays failed until a person changes something
+            result = assess(
+                observation,
+                current=DeploymentStatus(row.status),
+                generation=row.generation,
+                instance_description=row.instance_type.name,
+                seconds_in_status=(now - row.status_changed_at).total_seconds(),
+            )
+            fields: dict[str, Any] = {
+                "ready_replicas": result.ready_replicas,
+                "desired_replicas": result.desired_replicas,
+                "endpoints": list(result.endpoints),
+            }
+            if result.observed_generation is not None:
+                fields["observed_generation"] = result.observed_generation
+            unchanged = (
+                result.status == row.status
+                and result.message == row.status_message
+                and all(getattr(row, name) == value for name, value in fields.items())
+            )
+            if not unchanged and services.transition(
+                row.pk, to=result.status, message=result.message, allowed_from=(row.status,), **fields
+            ):
+                counts["changed"] += 1
+        except TransientBackendError as error:
+            log.warning("reconcile: deployment %s: %s", row.pk, error)
+        except PermanentBackendError as error:
+            _fail(row.pk, error)
+    live_or_deleting = (
+        set(
+            Deployment.objects.filter(
+                pk__in=seen.owned_ids, status__in=(*LIVE_STATUSES, DeploymentStatus.DELETING)
+            ).values_list("pk", flat=True)
+        )
+        | known
+    )
+    for orphan in seen.owned_ids - live_or_deleting:
+        try:
+            backend.delete(orphan)
+            counts["orphans"] += 1
+        except TransientBackendError as error:
+            log.warning("reconcile: orphan %s: %s", orphan, error)
