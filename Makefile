@@ -1,11 +1,14 @@
 # Shortcuts for people who have make; each target is one documented command.
-.PHONY: run test lint bench
+.PHONY: run test engine lint bench
 
 run:  ## install (first time) and start everything on this machine
 	python3 run.py
 
 test:  ## the whole test suite (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL are set)
 	python3 run.py test
+
+engine:  ## the local backend's engine: vLLM on CPU in its own venv, and the two small models (~3 min once)
+	python3 run.py engine
 
 lint:
 	.venv/bin/ruff check .

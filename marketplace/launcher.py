@@ -10,6 +10,7 @@
    after a grace period), then the embedded servers, so nothing is left behind.
 
 `test` starts the same embedded servers (in a throw-away folder) when no URLs are set and runs pytest.
+`engine` prepares the local backend's engine environment (vLLM on CPU, the two small models).
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def up() -> int:
     port = env.integer("PORT", 8000, minimum=1, maximum=65535)
     web_workers = env.integer("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
     worker_concurrency = env.integer("WORKER_CONCURRENCY", 2, minimum=1, maximum=64)
+    serving_backend = env.choice("SERVING_BACKEND", "local", ("local", "kubernetes"))
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -174,6 +176,7 @@ def up() -> int:
                 **os.environ,
                 **urls,
                 "DJANGO_SETTINGS_MODULE": "marketplace.settings",
+                "DATA_DIR": str(data_dir),
                 "SECRET_KEY": os.environ.get("SECRET_KEY")
                 or _private_file(data_dir / "secret-key", secrets.token_urlsafe(50)),
                 "DEMO_ADMIN_PASSWORD": os.environ.get("DEMO_ADMIN_PASSWORD")
@@ -199,10 +202,14 @@ def up() -> int:
                 python, "-m", "celery", "--app", "marketplace", "beat", "--loglevel", "INFO",
                 "--schedule", str(data_dir / "celerybeat-schedule"),
             ])  # fmt: skip
+            if serving_backend == "local":
+                supervisor.start("engines", [python, "-m", "django", "run_engines"])
             url = f"http://{host}:{port}"
             _wait_until_up(f"{url}/healthz", supervisor)
             log(f"Running at {url}/  (API docs {url}/api/docs/, admin {url}/admin/)")
             log(f"Sign in as admin / {environment['DEMO_ADMIN_PASSWORD']}   Press Ctrl-C to stop.")
+            if serving_backend == "local" and not _engine_ready():
+                log("To serve models on this machine, prepare the engine once: python3 run.py engine")
             while (gone := supervisor.exited()) is None:
                 time.sleep(0.5)
             log(f"{gone[0]} exited with status {gone[1]}; stopping everything.")
@@ -210,6 +217,21 @@ def up() -> int:
     except _Stop:
         log("Stopped.")
         return 0
+
+
+def _engine_ready() -> bool:
+    from serving.local import engine_env
+
+    directory = engine_env.engine_dir()
+    return engine_env.engine_python(directory).exists()
+
+
+def engine(arguments: list[str]) -> int:
+    """Prepare the local engine environment (vLLM on CPU and the two small models)."""
+    from serving.local import engine_env
+
+    engine_env.main(arguments)
+    return 0
 
 
 def test(pytest_args: list[str]) -> int:
@@ -232,9 +254,11 @@ def main() -> None:
             raise SystemExit(up())
         if command == "test":
             raise SystemExit(test(rest))
+        if command == "engine":
+            raise SystemExit(engine(rest))
     except env.ConfigurationError as error:
         raise SystemExit(f"Configuration error: {error}") from None
-    raise SystemExit(f"Unknown command {command!r}: use `up` or `test`.")
+    raise SystemExit(f"Unknown command {command!r}: use `up`, `test` or `engine`.")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def _pod_problem(pod: PodState) -> tuple[bool, str] | None:
                 "The engine ran out of memory and was killed (OOMKilled): choose an instance type with more "
                 "memory, or lower max model length or max concurrent sequences."
             )
-        if container.waiting_reason == "CrashLoopBackOff" or container.restart_count >= CRASH_LOOP_RESTARTS:
+        if container.waiting_reason == "CrashLoopBackOff":
             code = f" (exit code {container.last_exit_code})" if container.last_exit_code is not None else ""
             return True, (
                 f"The engine keeps crashing{code} after {container.restart_count} restarts: "

@@ -21,6 +21,7 @@ from serving.backends.base import (
 )
 from serving.local import engine_env, state
 from serving.spec import DeploymentSpec
+from serving.status import CRASH_LOOP_RESTARTS
 
 # The KV cache is 1 GiB on CPU (VLLM_CPU_KVCACHE_SPACE): a long default context would not fit in it.
 LOCAL_MAX_MODEL_LEN = 2048
@@ -111,7 +112,9 @@ class LocalBackend:
 def _observation(deployment_id: int, entry: dict[str, Any]) -> Observation:
     pods = []
     for replica in entry.get("replicas", []):
-        waiting = "CrashLoopBackOff" if replica["state"] == "backoff" else ""
+        # Like Kubernetes, a replica that crashed only once or twice is restarting, not crash-looping.
+        crash_looping = replica["state"] == "backoff" and replica.get("restarts", 0) >= CRASH_LOOP_RESTARTS
+        waiting = "CrashLoopBackOff" if crash_looping else ""
         pods.append(
             PodState(
                 name=f"{entry['name']}-{replica['slot']}",

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -39,6 +40,8 @@ HEALTH_EVERY_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10
 MAX_BACKOFF_SECONDS = 60
 LOG_TAIL_BYTES = 2000
+# Set in every engine's environment to the supervisor's folder, so a person (or a test) can tell whose it is.
+OWNER_VARIABLE = "MARKETPLACE_ENGINES"
 
 
 def free_port() -> int:
@@ -162,8 +165,9 @@ class EngineSupervisor:
     ) -> Replica:
         replica = Replica(slot=slot, generation=generation, port=free_port(), restarts=restarts)
         replica.log_path = self.folder / f"{deployment_id}-{slot}.log"
-        replica.tmpdir = self.folder / "tmp" / f"{deployment_id}-{slot}-{replica.port}"
-        replica.tmpdir.mkdir(parents=True, exist_ok=True)
+        # Short, in the system's temp folder: vLLM puts IPC sockets there, and a socket path over 107
+        # characters cannot be bound.
+        replica.tmpdir = Path(tempfile.mkdtemp(prefix=f"engine-{deployment_id}-{slot}-"))
         command = engine_env.engine_command(
             engine["model_path"],
             port=replica.port,
@@ -180,7 +184,10 @@ class EngineSupervisor:
             output.flush()
             replica.process = subprocess.Popen(
                 command,
-                env=engine_env.engine_environment(self.engine_dir, replica.tmpdir),
+                env={
+                    **engine_env.engine_environment(self.engine_dir, replica.tmpdir),
+                    OWNER_VARIABLE: str(self.folder),
+                },
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
