@@ -57,7 +57,7 @@ class DeploymentViewSet(
         organization = tenancy.resolve_organization(request, data.get("organization"))
         deployment = services.create_deployment(
             organization=organization,
-            user=request.user if request.user.pk is not None else None,  # type: ignore[arg-type]
+            user=request.user if request.user.pk is not None else None,
             name=data["name"],
             card=data["model"],
             instance_type=data["instance_type"],

@@ -1,0 +1,502 @@
+"""The Kubernetes backend: every deployment as a vLLM Deployment and its companions in one namespace.
+
+This is the only module that imports the official `kubernetes` client (STYLE.md, "one seam per outside
+system"). The client serves for configuration, authentication and URLs only: every reply is read as plain
+JSON (`_preload_content=False`), because
+- typed kinds and the KEDA custom kind then share one code path;
+- the client's generated models reject replies that lack fields they call required, and cannot parse
+  some delete replies (a Status where they expect the object);
+- nothing outside this module ever holds a client type.
+
+Writes are server-side apply (`application/apply-patch+yaml`, field manager `model-marketplace`, forced),
+so applying the same spec twice is harmless and a field another manager took is taken back. The client
+only sends that content type when told to (`_content_type`): left alone it picks a strategic merge patch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from django.conf import settings
+from kubernetes import client, config
+
+from serving import manifests
+from serving.backends.base import (
+    ContainerState,
+    EventState,
+    Observation,
+    ObservationPass,
+    PermanentBackendError,
+    PodState,
+    TransientBackendError,
+)
+from serving.spec import ClusterSettings, DeploymentSpec
+
+FIELD_MANAGER = "model-marketplace"
+APPLY_PATCH = "application/apply-patch+yaml"
+# (connect, read) seconds: a hung API server must not hold a worker forever.
+REQUEST_TIMEOUT = (5, 30)
+KEDA_MISSING = "KEDA is not installed in the cluster: install it or set KEDA_ENABLED=False"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one kind is reached through the client: a typed API and its method suffix, or a custom kind."""
+
+    kind: str
+    api_version: str
+    plural: str
+    api: str  # client class, e.g. "AppsV1Api"
+    suffix: str = ""  # typed methods are `<verb>_<suffix>`; "" means a custom kind (CustomObjectsApi)
+
+    @property
+    def custom(self) -> bool:
+        return not self.suffix
+
+
+DEPLOYMENT = _Kind("Deployment", "apps/v1", "deployments", "AppsV1Api", "namespaced_deployment")
+SERVICE = _Kind("Service", "v1", "services", "CoreV1Api", "namespaced_service")
+PDB = _Kind(
+    "PodDisruptionBudget",
+    "policy/v1",
+    "poddisruptionbudgets",
+    "PolicyV1Api",
+    "namespaced_pod_disruption_budget",
+)
+HPA = _Kind(
+    "HorizontalPodAutoscaler",
+    "autoscaling/v2",
+    "horizontalpodautoscalers",
+    "AutoscalingV2Api",
+    "namespaced_horizontal_pod_autoscaler",
+)
+SCALED_OBJECT = _Kind("ScaledObject", "keda.sh/v1alpha1", "scaledobjects", "CustomObjectsApi")
+POD = _Kind("Pod", "v1", "pods", "CoreV1Api", "namespaced_pod")
+EVENT = _Kind("Event", "v1", "events", "CoreV1Api", "namespaced_event")
+
+APPLIED_KINDS = {
+    (kind.api_version, kind.kind): kind for kind in (DEPLOYMENT, SERVICE, PDB, HPA, SCALED_OBJECT)
+}
+AUTOSCALERS = (SCALED_OBJECT, HPA)
+# Autoscalers first, so nothing scales the Deployment back up while it goes.
+DELETE_ORDER = (SCALED_OBJECT, HPA, DEPLOYMENT, SERVICE, PDB)
+
+
+class _Refused(PermanentBackendError):
+    """A 4xx reply that callers may want to look at (404: gone or unknown kind; 405: verb unsupported)."""
+
+    def __init__(self, message: str, status: int, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.details = details
+
+    @property
+    def namespace_missing(self) -> bool:
+        return self.details.get("kind") == "namespaces"
+
+
+def cluster_settings() -> ClusterSettings:
+    """Where and how deployments run on the cluster, from the platform's settings."""
+    return ClusterSettings(
+        namespace=settings.KUBERNETES_NAMESPACE,
+        image=settings.VLLM_IMAGE,
+        keda=settings.KEDA_ENABLED,
+        prometheus_url=settings.PROMETHEUS_URL,
+        model_cache_pvc=settings.MODEL_CACHE_PVC,
+        hf_token_secret=settings.HF_TOKEN_SECRET,
+    )
+
+
+class KubernetesBackend:
+    """Runs deployments on a cluster through server-side apply; reads them back by label.
+
+    Every method is idempotent: apply is create-or-update, delete of what is gone is done, and observe
+    only reads.
+    """
+
+    name = "kubernetes"
+
+    def __init__(self, api_client: Any, cluster: ClusterSettings) -> None:
+        """`api_client` is a `kubernetes.client.ApiClient`: tests point its host at a fake API server."""
+        self.api_client = api_client
+        self.cluster = cluster
+        self._apis: dict[str, Any] = {
+            name: getattr(client, name)(api_client)
+            for name in ("CoreV1Api", "AppsV1Api", "PolicyV1Api", "AutoscalingV2Api", "CustomObjectsApi")
+        }
+
+    @classmethod
+    def from_settings(cls) -> KubernetesBackend:
+        """The backend for this process: the kubeconfig KUBECONFIG names, else the pod's service account."""
+        cluster = cluster_settings()
+        try:
+            if settings.KUBECONFIG:
+                # persist_config=False: a refreshed token must not be written into a (maybe read-only) file.
+                api_client = config.new_client_from_config(
+                    config_file=settings.KUBECONFIG, persist_config=False
+                )
+            else:
+                configuration = client.Configuration()
+                config.load_incluster_config(client_configuration=configuration)
+                api_client = client.ApiClient(configuration)
+        except (config.ConfigException, OSError) as error:
+            where = (
+                f"the kubeconfig {settings.KUBECONFIG}"
+                if settings.KUBECONFIG
+                else "the pod's service account"
+            )
+            raise PermanentBackendError(
+                f"Cannot configure the Kubernetes client from {where}: {str(error).rstrip('.')}. Set "
+                "KUBECONFIG to a readable kubeconfig, run the platform inside the cluster, or set "
+                "SERVING_BACKEND=local."
+            ) from error
+        return cls(api_client, cluster)
+
+    # The Backend protocol.
+
+    def apply(self, spec: DeploymentSpec) -> None:
+        """Server-side apply every object the manifests build, then delete the autoscaler kind the policy
+        no longer wants (fixed now, or an HPA↔ScaledObject switch).
+
+        The stale autoscaler is deleted by name, never by label: KEDA copies a ScaledObject's labels onto
+        the HPA it creates (`keda-hpa-<name>`), and deleting that by label would fight KEDA.
+        """
+        try:
+            objects = manifests.build_objects(spec, self.cluster)
+        except ValueError as error:  # e.g. scale to zero without KEDA: no retry will change that
+            raise PermanentBackendError(str(error)) from error
+        for obj in objects:
+            self._apply_object(obj)
+        wanted = {obj["kind"] for obj in objects}
+        name = manifests.object_name(spec)
+        for kind in AUTOSCALERS:
+            if kind.kind not in wanted:
+                self._delete_named(kind, name)
+
+    def scale(self, spec: DeploymentSpec) -> None:
+        """Same as apply: the replica bounds live in the Deployment (fixed) or the autoscaler, and applying
+        everything keeps one path that is known to converge."""
+        self.apply(spec)
+
+    def delete(self, deployment_id: int) -> None:
+        """Delete every kind of the deployment's objects by label (one delete-collection call per kind).
+
+        Not found means done. Pods go with their Deployment (background propagation); `observe` reports
+        what remains until the cluster has finished.
+        """
+        selector = f"{manifests.MANAGED_SELECTOR},{manifests.DEPLOYMENT_ID_LABEL}={deployment_id}"
+        for kind in DELETE_ORDER:
+            self._delete_collection(
+                kind, selector, f"deleting the {kind.kind}s of deployment {deployment_id}"
+            )
+
+    def observe(self) -> ObservationPass:
+        """Read what runs, in one list call per kind, whatever the number of deployments.
+
+        1. Deployments (managed selector): one Observation per deployment id, with desired replicas (spec),
+           status counts, conditions and the generation last applied (annotation).
+        2. Pods (managed selector): PodStates on their deployment's Observation; ready pods with an IP are
+           its endpoints.
+        3. Events of the namespace (they carry no labels, so one unfiltered list): kept when they concern
+           one of our Deployments, its ReplicaSets or its Pods; newest first.
+        4. Services, PodDisruptionBudgets, HPAs and ScaledObjects: only their ids, so that objects left
+           without a Deployment (orphans, half-done deletions) show in `owned_ids`. A 404 on ScaledObjects
+           means KEDA is not installed: none.
+        Seven calls in all, counted in `api_calls`.
+        """
+        seen = ObservationPass(observations={})
+        by_name: dict[tuple[str, str], int] = {}  # (kind, name) → deployment id, to place events
+
+        for item in self._list(DEPLOYMENT, seen):
+            deployment_id = _deployment_id(item)
+            if deployment_id is None:
+                continue
+            seen.observations[deployment_id] = _deployment_observation(deployment_id, item)
+            by_name[("Deployment", item["metadata"]["name"])] = deployment_id
+
+        for item in self._list(POD, seen):
+            deployment_id = _deployment_id(item)
+            observation = seen.observations.get(deployment_id) if deployment_id is not None else None
+            if observation is None:
+                continue
+            pod = _pod_state(item)
+            observation.pods.append(pod)
+            by_name[("Pod", pod.name)] = observation.deployment_id
+            if pod.ready and pod.address and not item["metadata"].get("deletionTimestamp"):
+                observation.endpoints.append(pod.address)
+
+        events = self._list(EVENT, seen, managed_only=False)
+        for item in sorted(events, key=_event_time, reverse=True):
+            deployment_id = _event_owner(item.get("involvedObject") or {}, by_name)
+            if deployment_id is not None and deployment_id in seen.observations:
+                seen.observations[deployment_id].events.append(_event_state(item))
+
+        for kind in (SERVICE, PDB, HPA, SCALED_OBJECT):
+            for item in self._list(kind, seen):
+                deployment_id = _deployment_id(item)
+                if deployment_id is not None:
+                    seen.owned_ids.add(deployment_id)
+
+        for observation in seen.observations.values():
+            observation.endpoints.sort()
+        return seen
+
+    # Requests.
+
+    def _apply_object(self, obj: dict[str, Any]) -> None:
+        kind = APPLIED_KINDS.get((obj.get("apiVersion", ""), obj.get("kind", "")))
+        if kind is None:
+            raise ValueError(f"The kubernetes backend cannot apply {obj.get('apiVersion')} {obj.get('kind')}")
+        name = obj["metadata"]["name"]
+        try:
+            self._request(
+                f"applying {kind.kind} {name}",
+                "patch",
+                kind,
+                name,
+                obj,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY_PATCH,
+            )
+        except _Refused as error:
+            if error.status != 404:
+                raise
+            if error.namespace_missing:
+                raise PermanentBackendError(self._namespace_missing()) from error
+            if kind is SCALED_OBJECT:
+                raise PermanentBackendError(KEDA_MISSING) from error
+            raise
+
+    def _delete_named(self, kind: _Kind, name: str) -> None:
+        try:
+            self._request(f"deleting {kind.kind} {name}", "delete", kind, name)
+        except _Refused as error:
+            if error.status != 404:  # gone already, or the kind is not installed: either way, done
+                raise
+
+    def _delete_collection(self, kind: _Kind, selector: str, action: str) -> None:
+        options: dict[str, Any] = {"label_selector": selector}
+        if not kind.custom:
+            options["propagation_policy"] = "Background"
+        try:
+            self._request(action, "delete_collection", kind, **options)
+        except _Refused as error:
+            if error.status == 404:
+                return
+            if error.status != 405:
+                raise
+            # Older API servers have no delete-collection for Services: delete them one by one.
+            reply = self._request(action, "list", kind, label_selector=selector)
+            for item in reply.get("items") or []:
+                self._delete_named(kind, item["metadata"]["name"])
+
+    def _list(self, kind: _Kind, seen: ObservationPass, *, managed_only: bool = True) -> list[dict[str, Any]]:
+        """One list call in the namespace (only the platform's objects unless told), counted in `seen`."""
+        options: dict[str, Any] = {"label_selector": manifests.MANAGED_SELECTOR} if managed_only else {}
+        seen.api_calls += 1
+        try:
+            reply = self._request(f"listing {kind.kind}s", "list", kind, **options)
+        except _Refused as error:
+            if error.status == 404 and kind.custom:
+                return []
+            raise
+        return list(reply.get("items") or [])
+
+    def _request(
+        self, action: str, verb: str, kind: _Kind, name: str | None = None, body: Any = None, **options: Any
+    ) -> dict[str, Any]:
+        """Call `verb` (patch, delete, delete_collection, list) on `kind` in our namespace; the reply as JSON.
+
+        Client and transport errors become TransientBackendError or PermanentBackendError (`_Refused`
+        for a 4xx) with a message for a person; `action` says what was being done.
+        """
+        api = self._apis[kind.api]
+        args: list[Any]
+        if kind.custom:
+            group, version = kind.api_version.split("/")
+            method = getattr(api, f"{verb}_namespaced_custom_object")
+            args = [group, version, self.cluster.namespace, kind.plural]
+            if name is not None:
+                args.append(name)
+        else:
+            method = getattr(api, f"{verb}_{kind.suffix}")
+            args = [self.cluster.namespace] if name is None else [name, self.cluster.namespace]
+        if body is not None:
+            args.append(body)
+        try:
+            response = method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **options)
+            data = response.data
+        except client.ApiException as error:
+            raise self._api_error(error, action) from error
+        except urllib3.exceptions.HTTPError as error:
+            raise TransientBackendError(
+                f"The Kubernetes API at {self._host()} cannot be reached while {action}: {_reason(error)}."
+            ) from error
+        try:
+            return json.loads(data) if data else {}
+        except ValueError as error:
+            raise TransientBackendError(
+                f"The Kubernetes API sent an unreadable reply while {action}."
+            ) from error
+
+    def _api_error(self, error: Any, action: str) -> Exception:
+        """A person-readable backend error for an ApiException (0 means no HTTP reply: TLS, proxy)."""
+        status = int(error.status or 0)
+        reply = _status_reply(error.body)
+        detail = reply.get("message") or error.reason or "no details given"
+        if status == 0:
+            return TransientBackendError(
+                f"The Kubernetes API at {self._host()} cannot be reached while {action}: {detail}."
+            )
+        if status == 429:
+            return TransientBackendError(f"The Kubernetes API is rate limiting the platform while {action}.")
+        if status >= 500:
+            return TransientBackendError(f"The Kubernetes API failed while {action} ({status}): {detail}.")
+        if status == 409:
+            return TransientBackendError(f"Kubernetes reported a conflict while {action}: {detail}.")
+        if status == 401:
+            message = (
+                f"The Kubernetes API rejected the platform's credentials while {action} (401): check "
+                "KUBECONFIG or the service account token."
+            )
+        elif status == 403:
+            message = (
+                f"The platform is not allowed to do this in namespace {self.cluster.namespace} while "
+                f"{action} (403): {detail}. Grant it in the platform's Role."
+            )
+        else:
+            message = f"Kubernetes refused the request while {action} ({status}): {detail}."
+        return _Refused(message, status, reply.get("details") or {})
+
+    def _namespace_missing(self) -> str:
+        return (
+            f"The namespace {self.cluster.namespace} does not exist in the cluster: create it or set "
+            "KUBERNETES_NAMESPACE."
+        )
+
+    def _host(self) -> str:
+        return str(getattr(self.api_client.configuration, "host", "") or "(unknown host)")
+
+
+# Reading objects (plain JSON) into observations.
+
+
+def _deployment_id(obj: dict[str, Any]) -> int | None:
+    value = ((obj.get("metadata") or {}).get("labels") or {}).get(manifests.DEPLOYMENT_ID_LABEL, "")
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _deployment_observation(deployment_id: int, obj: dict[str, Any]) -> Observation:
+    metadata = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    try:
+        generation: int | None = int((metadata.get("annotations") or {})[manifests.GENERATION_ANNOTATION])
+    except (KeyError, ValueError):
+        generation = None
+    desired = spec.get("replicas")
+    return Observation(
+        deployment_id=deployment_id,
+        generation=generation,
+        # spec.replicas is what we or an autoscaler want (0 when scaled to zero); status.replicas is what is.
+        desired_replicas=int(desired if desired is not None else status.get("replicas") or 0),
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        available_replicas=int(status.get("availableReplicas") or 0),
+        updated_replicas=int(status.get("updatedReplicas") or 0),
+        conditions={
+            condition["type"]: (
+                condition.get("status", ""),
+                condition.get("reason", ""),
+                condition.get("message", ""),
+            )
+            for condition in status.get("conditions") or []
+            if condition.get("type")
+        },
+    )
+
+
+def _pod_state(obj: dict[str, Any]) -> PodState:
+    status = obj.get("status") or {}
+    conditions = {condition.get("type"): condition for condition in status.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled") or {}
+    ip = status.get("podIP") or ""
+    address = ""
+    if ip:
+        address = f"http://[{ip}]:{manifests.PORT}" if ":" in ip else f"http://{ip}:{manifests.PORT}"
+    # Init containers first: a failing model download stops the engine before it starts.
+    statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    return PodState(
+        name=obj["metadata"]["name"],
+        phase=status.get("phase") or "Unknown",
+        ready=(conditions.get("Ready") or {}).get("status") == "True",
+        containers=tuple(_container_state(item) for item in statuses),
+        unschedulable_message=scheduled.get("message", "") if scheduled.get("status") == "False" else "",
+        address=address,
+    )
+
+
+def _container_state(item: dict[str, Any]) -> ContainerState:
+    waiting = (item.get("state") or {}).get("waiting") or {}
+    terminated = (item.get("lastState") or {}).get("terminated") or {}
+    exit_code = terminated.get("exitCode")
+    return ContainerState(
+        name=item.get("name", ""),
+        ready=bool(item.get("ready")),
+        restart_count=int(item.get("restartCount") or 0),
+        waiting_reason=waiting.get("reason", ""),
+        waiting_message=waiting.get("message", ""),
+        last_terminated_reason=terminated.get("reason", ""),
+        last_exit_code=int(exit_code) if exit_code is not None else None,
+    )
+
+
+def _event_owner(involved: dict[str, Any], by_name: dict[tuple[str, str], int]) -> int | None:
+    """The deployment id an event is about: one of our Pods or Deployments, or a ReplicaSet of one of our
+    Deployments (`<deployment>-<pod-template-hash>`, where e.g. quota refusals are reported)."""
+    kind, name = involved.get("kind", ""), involved.get("name", "")
+    if kind == "ReplicaSet":
+        kind, name = "Deployment", name.rsplit("-", 1)[0]
+    return by_name.get((kind, name))
+
+
+def _event_time(obj: dict[str, Any]) -> str:
+    # RFC 3339 timestamps in UTC sort as strings.
+    return str(
+        obj.get("lastTimestamp")
+        or obj.get("eventTime")
+        or (obj.get("metadata") or {}).get("creationTimestamp")
+        or ""
+    )
+
+
+def _event_state(obj: dict[str, Any]) -> EventState:
+    count = obj.get("count") or (obj.get("series") or {}).get("count") or 1
+    return EventState(
+        object_name=(obj.get("involvedObject") or {}).get("name", ""),
+        reason=obj.get("reason", ""),
+        message=obj.get("message", ""),
+        type=obj.get("type") or "Normal",
+        count=int(count),
+    )
+
+
+def _status_reply(body: Any) -> dict[str, Any]:
+    """The Status object of an error reply, or {} when the body is not one (a proxy's HTML page)."""
+    try:
+        reply = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return reply if isinstance(reply, dict) else {}
+
+
+def _reason(error: urllib3.exceptions.HTTPError) -> str:
+    """MaxRetryError wraps the real cause (refused, timed out, name not resolved)."""
+    cause = getattr(error, "reason", None) or error
+    return str(cause)
