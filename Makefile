@@ -15,5 +15,6 @@ lint:
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy marketplace serving
 
-bench:  ## catalog API benchmark (needs DATABASE_URL and REDIS_URL)
+bench:  ## benchmarks that print their figures (DATABASE_URL/REDIS_URL when set, else embedded servers)
 	.venv/bin/python bench/catalog.py
+	.venv/bin/python bench/provision.py
