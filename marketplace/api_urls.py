@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 from marketplace.accounts.api import views as accounts
 from marketplace.catalog.api import views as catalog
 from marketplace.subscriptions.api import views as subscriptions
+from serving.api import usage
 from serving.api import views as serving
 
 router = DefaultRouter(trailing_slash=True)
@@ -29,5 +30,6 @@ urlpatterns = [
         name="organization-member",
     ),
     path("organizations/<slug:slug>/quota/", accounts.QuotaView.as_view(), name="organization-quota"),
+    path("usage/", usage.UsageView.as_view(), name="usage"),
     *router.urls,
 ]

@@ -71,6 +71,14 @@ try:
     HF_TOKEN_SECRET = env.string("HF_TOKEN_SECRET", "huggingface-token")
     RECONCILE_INTERVAL_SECONDS = env.integer("RECONCILE_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
     DATA_DIR = env.string("DATA_DIR", str(BASE_DIR / ".data"))
+
+    # Gateway (the invoke API).
+    GATEWAY_ONLY = env.boolean("GATEWAY_ONLY", False)
+    GATEWAY_CACHE_SECONDS = env.integer("GATEWAY_CACHE_SECONDS", 3, minimum=0, maximum=300)
+    GATEWAY_CONNECT_TIMEOUT = env.integer("GATEWAY_CONNECT_TIMEOUT", 3, minimum=1, maximum=60)
+    GATEWAY_READ_TIMEOUT = env.integer("GATEWAY_READ_TIMEOUT", 300, minimum=1, maximum=3600)
+    GATEWAY_MAX_BODY_BYTES = env.integer("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+    USAGE_FLUSH_INTERVAL_SECONDS = env.integer("USAGE_FLUSH_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
 except env.ConfigurationError as error:
     # Django would turn an exception here into a long traceback; one line names the variable.
     sys.stderr.write(f"Configuration error: {error}\n")
@@ -105,8 +113,16 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+if GATEWAY_ONLY:
+    MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
+        "django.middleware.common.CommonMiddleware",
+    ]
 
-ROOT_URLCONF = "marketplace.urls"
+# A gateway-only process serves just the invoke routes, through the fewest middlewares.
+ROOT_URLCONF = "serving.gateway.only_urls" if GATEWAY_ONLY else "marketplace.urls"
+# Bodies above this are refused by the gateway with a clear 413 before Django would raise.
+DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES + 1
 WSGI_APPLICATION = "marketplace.wsgi.application"
 ASGI_APPLICATION = "marketplace.asgi.application"
 
@@ -191,6 +207,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "serving.tasks.reconcile",
         "schedule": float(RECONCILE_INTERVAL_SECONDS),
     },
+    "flush-usage": {"task": "serving.tasks.flush_usage", "schedule": float(USAGE_FLUSH_INTERVAL_SECONDS)},
 }
 
 LOGGING = {

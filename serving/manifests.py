@@ -17,7 +17,6 @@ Metrics contract (what the autoscalers expect from the cluster's monitoring):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from typing import Any
@@ -44,7 +43,6 @@ GATEWAY_REQUESTS_METRIC = "marketplace_gateway_requests_total"
 # generateName base to 58 characters, so names longer than 46 would lose their tail in pod names (and
 # the pod regex below would stop matching). 46 keeps every derived name whole and ≤ 63.
 MAX_OBJECT_NAME = 63 - len("-") - 10 - len("-") - 5
-_HASH_LENGTH = 8
 
 STARTUP_BASE_SECONDS = 600
 STARTUP_SECONDS_PER_10B = 60
@@ -73,19 +71,17 @@ ENGINE_OPTIONS = frozenset({"max_model_len", *_VALUE_FLAGS, *_BOOLEAN_FLAGS})
 
 
 def object_name(spec: DeploymentSpec) -> str:
-    """`<organization>-<name>` as a DNS-1035 label of at most MAX_OBJECT_NAME characters.
+    """`<organization>-<name>-<deployment id>` as a DNS-1035 label of at most MAX_OBJECT_NAME characters.
 
-    When the plain form had to change (invalid characters, too long), a hash of the original is
-    appended, so two deployments never share a name. Stable: the same spec always gives the same name.
+    The id makes the name unique whatever the other parts are: `acme` + `prod-chat` and `acme-prod` +
+    `chat` must never share objects (server-side apply with force would take the other's over). The
+    readable part is shortened to make room for the id. Stable: the same spec always gives the same name.
     """
-    raw = f"{spec.organization}-{spec.name}"
-    name = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")
+    suffix = f"-{spec.deployment_id}"
+    name = re.sub(r"[^a-z0-9-]+", "-", f"{spec.organization}-{spec.name}".lower()).strip("-")
     if not name[:1].isalpha():
         name = f"m-{name}"
-    if name == raw and len(name) <= MAX_OBJECT_NAME:
-        return name
-    digest = hashlib.sha256(raw.encode()).hexdigest()[:_HASH_LENGTH]
-    return f"{name[: MAX_OBJECT_NAME - _HASH_LENGTH - 1].rstrip('-')}-{digest}"
+    return f"{name[: MAX_OBJECT_NAME - len(suffix)].rstrip('-')}{suffix}"
 
 
 def _label_value(value: str) -> str:

@@ -95,3 +95,36 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.status}: {self.message}"
+
+
+class UsageRecord(models.Model):
+    """One invocation through the gateway: who called what, how much it cost in tokens, how fast.
+
+    Written off the hot path: the gateway queues records in Redis and a periodic task inserts them in
+    batches. `request_id` is unique, so re-inserting a batch after a crash changes nothing.
+    """
+
+    request_id = models.CharField(max_length=64, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="usage_records")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_records"
+    )
+    deployment = models.ForeignKey(
+        Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_records"
+    )
+    model = models.CharField(max_length=100, help_text="The model name the caller asked for")
+    route = models.CharField(max_length=40, help_text="e.g. chat.completions, embeddings, bedrock.converse")
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    latency_ms = models.PositiveIntegerField(default=0)
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    streamed = models.BooleanField(default=False)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organization", "created_at"], name="usage_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model} {self.status_code}"

@@ -183,16 +183,20 @@ def transition(
     to: DeploymentStatus,
     message: str,
     allowed_from: tuple[str, ...] | None = None,
+    generation: int | None = None,
     **fields: Any,
 ) -> bool:
     """Move a deployment's status by a conditional update, writing an event when status or message change.
 
-    Returns False (and changes nothing) when the row is not in one of `allowed_from`: another worker got
-    there first, or the deployment was deleted meanwhile.
+    Returns False (and changes nothing) when the row is not in one of `allowed_from`, or no longer at
+    `generation`: another worker got there first, the deployment was deleted, or changed since the
+    caller looked (an assessment of an older generation must not mark a newer one rolled out).
     """
     with transaction.atomic():
         row = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
         if row is None or (allowed_from is not None and row.status not in allowed_from):
+            return False
+        if generation is not None and row.generation != generation:
             return False
         changed = row.status != to or row.status_message != message
         updates: dict[str, Any] = {"status": to, "status_message": message, **fields}

@@ -45,9 +45,19 @@ def _load(deployment_id: int) -> Deployment | None:
     )
 
 
+# What tenants read when the platform itself is misconfigured: the details (hosts, file paths) are for
+# the platform's admins, in the worker's log.
+PLATFORM_FAILURE = (
+    "The platform could not run this deployment on its cluster: a platform admin can find the reason in "
+    "the worker's log. Deleting and creating the deployment again retries."
+)
+PLATFORM_UNAVAILABLE = "The platform cannot reach its cluster right now; it keeps trying."
+
+
 def _fail(deployment_id: int, error: Exception) -> None:
+    log.warning("deployment %s failed: %s", deployment_id, error)
     services.transition(
-        deployment_id, to=DeploymentStatus.FAILED, message=str(error), allowed_from=LIVE_STATUSES
+        deployment_id, to=DeploymentStatus.FAILED, message=PLATFORM_FAILURE, allowed_from=LIVE_STATUSES
     )
 
 
@@ -135,7 +145,9 @@ def reconcile_once() -> dict[str, int]:
             seen = backend.observe()
         except TransientBackendError as error:
             log.warning("reconcile: %s backend unavailable: %s", backend_name, error)
-            _note_unavailable(backend_rows, str(error))
+            # The local supervisor's message is for the person running this machine; a cluster's may
+            # name hosts and paths that tenants have no business reading.
+            _note_unavailable(backend_rows, str(error) if backend_name == "local" else PLATFORM_UNAVAILABLE)
             continue
         counts["api_calls"] += seen.api_calls
         _reconcile_backend(backend, backend_rows, seen, counts)
@@ -205,8 +217,9 @@ def _reconcile_backend(
                 and all(getattr(row, name) == value for name, value in fields.items())
             )
             if not unchanged and services.transition(
-                row.pk, to=result.status, message=result.message, allowed_from=(row.status,), **fields
-            ):
+                row.pk, to=result.status, message=result.message, allowed_from=(row.status,),
+                generation=row.generation, **fields,
+            ):  # fmt: skip
                 counts["changed"] += 1
         except TransientBackendError as error:
             log.warning("reconcile: deployment %s: %s", row.pk, error)
@@ -224,5 +237,20 @@ def _reconcile_backend(
         try:
             backend.delete(orphan)
             counts["orphans"] += 1
-        except TransientBackendError as error:
-            log.warning("reconcile: orphan %s: %s", orphan, error)
+        except (TransientBackendError, PermanentBackendError) as error:
+            log.warning("reconcile: cannot delete the objects of deleted deployment %s: %s", orphan, error)
+
+
+@shared_task(acks_late=True, expires=60)
+def flush_usage() -> int:
+    """Move queued usage records from Redis to PostgreSQL in batches; skipped when a flush still runs."""
+    if not cache.add("serving:flush-usage:lock", "1", timeout=300):
+        return 0
+    try:
+        import redis
+
+        from serving.gateway.metering import flush_usage as flush
+
+        return flush(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10))
+    finally:
+        cache.delete("serving:flush-usage:lock")

@@ -60,7 +60,7 @@ class Quota(models.Model):
     max_deployments = models.PositiveIntegerField(default=5)
     monthly_token_budget = models.PositiveBigIntegerField(default=100_000_000)
     requests_per_minute = models.PositiveIntegerField(default=600)
-    tokens_per_minute = models.PositiveIntegerField(default=200_000)
+    tokens_per_minute = models.PositiveBigIntegerField(default=200_000)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -99,6 +99,11 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # Limits of this key on top of its organisation's; null means only the organisation's apply.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
+    # Names of the deployments this key may call; empty means all of its organisation's.
+    allowed_deployments = models.JSONField(default=list, blank=True)
 
     objects = ApiKeyQuerySet.as_manager()
 

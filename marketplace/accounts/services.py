@@ -23,9 +23,11 @@ def create_organization(*, slug: str, name: str, owner: User | None) -> Organiza
 
 
 def _owners_left_after(membership: Membership) -> int:
+    """Owners other than this member. Locks the organisation's row first, so two owners stepping down
+    at the same moment decide one after the other (a locked COUNT would lock nothing)."""
+    Organization.objects.select_for_update().filter(pk=membership.organization_id).first()
     return (
-        Membership.objects.select_for_update()
-        .filter(organization=membership.organization_id, role=Role.OWNER)
+        Membership.objects.filter(organization=membership.organization_id, role=Role.OWNER)
         .exclude(pk=membership.pk)
         .count()
     )

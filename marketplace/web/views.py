@@ -1,9 +1,13 @@
+import logging
+
 from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 
 @require_GET
@@ -19,13 +23,15 @@ def healthz(request: HttpRequest) -> HttpResponse:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except DatabaseError as error:
-        problems["database"] = str(error).strip() or error.__class__.__name__
+        log.error("healthz: database: %s", error)  # details (host, user) stay in the log
+        problems["database"] = "unreachable"
     try:
         cache.set("healthz", "ok", timeout=10)
         if cache.get("healthz") != "ok":
             problems["redis"] = "the value written was not read back"
     except RedisError as error:
-        problems["redis"] = str(error) or error.__class__.__name__
+        log.error("healthz: redis: %s", error)
+        problems["redis"] = "unreachable"
     if problems:
         return JsonResponse({"status": "unavailable", "problems": problems}, status=503)
     return JsonResponse({"status": "ok"})

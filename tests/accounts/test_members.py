@@ -12,7 +12,7 @@ MEMBERS = "/api/organizations/acme/members/"
 
 
 def test_members_see_the_member_list(client_for, member) -> None:
-    rows = client_for(member).get(MEMBERS).json()
+    rows = client_for(member).get(MEMBERS).json()["results"]
     assert {(r["username"], r["role"]) for r in rows} == {("olivia", "owner"), ("mario", "member")}
 
 
@@ -69,3 +69,39 @@ def test_the_last_owner_cannot_leave_or_be_demoted(client_for, owner) -> None:
 def test_a_member_may_leave(client_for, member) -> None:
     assert client_for(member).delete(f"{MEMBERS}mario/").status_code == 204
     assert not Membership.objects.filter(user=member).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_owners_stepping_down_at_once_leave_one_owner() -> None:
+    """The organisation row is locked while owners are counted, so concurrent demotions serialise."""
+    import threading
+
+    from django.db import connection
+    from rest_framework.exceptions import ValidationError
+
+    from marketplace.accounts import services
+    from marketplace.accounts.models import Organization
+
+    first, second = make_user("ann"), make_user("bob")
+    organization = services.create_organization(slug="duo", name="Duo", owner=first)
+    Membership.objects.create(organization=organization, user=second, role=Role.OWNER)
+    start = threading.Barrier(2)
+    refused: list[str] = []
+
+    def step_down(user_id: int) -> None:
+        try:
+            start.wait()
+            membership = Membership.objects.get(organization=organization, user_id=user_id)
+            services.change_role(membership, Role.MEMBER, by_owner=True)
+        except ValidationError as error:
+            refused.append(str(error))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=step_down, args=(user.pk,)) for user in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Organization.objects.get(slug="duo").memberships.filter(role=Role.OWNER).count() == 1
+    assert len(refused) == 1

@@ -76,3 +76,21 @@ def test_malformed_json_is_a_400(client_for, owner) -> None:
     )
     assert response.status_code == 400
     assert "JSON parse error" in response.json()["detail"]
+
+
+def test_the_slug_cannot_change_and_reveals_nothing(client_for, owner) -> None:
+    response = client_for(owner).patch(
+        "/api/organizations/acme/", {"slug": "globex", "name": "Acme"}, format="json"
+    )
+    assert response.status_code == 200
+    assert response.json()["slug"] == "acme"
+    assert Organization.objects.filter(slug="acme").exists()
+
+
+def test_people_sign_in_with_a_session(owner, acme) -> None:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    assert client.get("/api/auth/login/").status_code == 200
+    assert client.login(username=owner.username, password="correct horse battery")
+    assert [row["slug"] for row in client.get("/api/organizations/").json()["results"]] == ["acme"]

@@ -63,3 +63,9 @@ def test_bad_quota_values_are_refused_naming_the_field(client_for, platform_admi
     assert field in response.json()
     quota = Quota.objects.get(organization__slug="acme")
     assert (quota.max_gpus, quota.max_deployments) == (before, 5)  # nothing half-written
+
+
+def test_large_token_limits_fit(client_for, platform_admin) -> None:
+    response = client_for(platform_admin).patch(QUOTA, {"tokens_per_minute": 10_000_000_000}, format="json")
+    assert response.status_code == 200, response.content
+    assert Quota.objects.get(organization__slug="acme").tokens_per_minute == 10_000_000_000

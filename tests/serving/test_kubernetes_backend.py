@@ -386,7 +386,7 @@ def test_observe_finds_objects_left_without_a_deployment(
     fake_kubernetes: FakeKubernetes, kubernetes_backend: KubernetesBackend
 ) -> None:
     kubernetes_backend.apply(make_spec(9, "orphan", policy="queue_depth"))
-    fake_kubernetes.objects.pop(("apps/v1", "deployments", NAMESPACE, "acme-orphan"))
+    fake_kubernetes.objects.pop(("apps/v1", "deployments", NAMESPACE, "acme-orphan-9"))
 
     seen = kubernetes_backend.observe()
 

@@ -129,8 +129,15 @@ def flag_value(args: list[str], flag: str) -> str:
 # Names and labels
 
 
-def test_object_name_joins_organization_and_name() -> None:
-    assert manifests.object_name(make_spec()) == "acme-chat"
+def test_object_name_joins_organization_name_and_deployment_id() -> None:
+    assert manifests.object_name(make_spec()) == "acme-chat-42"
+
+
+def test_names_of_different_organisations_never_collide() -> None:
+    # "acme" + "prod-chat" and "acme-prod" + "chat" read alike; the deployment id keeps them apart.
+    first = dataclasses.replace(make_spec(organization="acme", name="prod-chat"), deployment_id=1)
+    second = dataclasses.replace(make_spec(organization="acme-prod", name="chat"), deployment_id=2)
+    assert manifests.object_name(first) != manifests.object_name(second)
 
 
 def test_names_never_exceed_63_characters_for_60_character_organization_and_name() -> None:
@@ -146,8 +153,8 @@ def test_names_never_exceed_63_characters_for_60_character_organization_and_name
 
 
 def test_truncated_names_stay_distinct_and_stable() -> None:
-    first = make_spec(organization="o" * 60, name="n" * 59 + "a")
-    second = make_spec(organization="o" * 60, name="n" * 59 + "b")
+    first = dataclasses.replace(make_spec(organization="o" * 60, name="n" * 59 + "a"), deployment_id=7)
+    second = dataclasses.replace(make_spec(organization="o" * 60, name="n" * 59 + "b"), deployment_id=8)
     assert manifests.object_name(first) != manifests.object_name(second)
     assert manifests.object_name(first) == manifests.object_name(dataclasses.replace(first))
 
@@ -156,13 +163,14 @@ def test_names_are_made_dns_safe() -> None:
     name = manifests.object_name(make_spec(organization="9Lives_Inc", name="chat"))
     assert name[0].isalpha()
     assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
-    assert name != manifests.object_name(make_spec(organization="9lives-inc", name="chat"))
+    other = dataclasses.replace(make_spec(organization="9lives-inc", name="chat"), deployment_id=43)
+    assert name != manifests.object_name(other)
 
 
 def test_labels_identify_the_deployment() -> None:
     assert manifests.labels(make_spec()) == {
         "app.kubernetes.io/name": "vllm",
-        "app.kubernetes.io/instance": "acme-chat",
+        "app.kubernetes.io/instance": "acme-chat-42",
         "app.kubernetes.io/component": "model-server",
         "app.kubernetes.io/part-of": "model-marketplace",
         "app.kubernetes.io/managed-by": "model-marketplace",
@@ -395,7 +403,7 @@ def test_fixed_policy_renders_no_autoscaler() -> None:
 def test_queue_depth_with_keda_scales_on_waiting_requests() -> None:
     scaled = manifests.build_autoscaler(make_spec(policy=AutoscalingPolicy.QUEUE_DEPTH), ClusterSettings())
     assert scaled is not None and scaled["kind"] == "ScaledObject"
-    assert scaled["spec"]["scaleTargetRef"]["name"] == "acme-chat"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "acme-chat-42"
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 4)
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
@@ -403,7 +411,7 @@ def test_queue_depth_with_keda_scales_on_waiting_requests() -> None:
     assert trigger["metadata"] == {
         "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
         "query": 'sum(vllm:num_requests_waiting{namespace="marketplace-serving",'
-        'pod=~"acme-chat-[a-z0-9]+-[a-z0-9]{5}"})',
+        'pod=~"acme-chat-42-[a-z0-9]+-[a-z0-9]{5}"})',
         "threshold": "5",
     }
     behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
@@ -437,7 +445,7 @@ def test_scale_to_zero_with_keda_idles_down_and_wakes_on_demand() -> None:
 def test_pod_pattern_does_not_reach_a_deployment_with_a_longer_name() -> None:
     scaled = manifests.build_autoscaler(make_spec(policy=AutoscalingPolicy.QUEUE_DEPTH), ClusterSettings())
     assert scaled is not None
-    assert 'pod=~"acme-chat-[a-z0-9]+-[a-z0-9]{5}"' in scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert 'pod=~"acme-chat-42-[a-z0-9]+-[a-z0-9]{5}"' in scaled["spec"]["triggers"][0]["metadata"]["query"]
 
 
 @pytest.mark.parametrize(
@@ -456,7 +464,7 @@ def test_without_keda_an_hpa_scales_on_the_external_metric(
     (external,) = [m["external"] for m in hpa["spec"]["metrics"] if m["type"] == "External"]
     assert external["metric"] == {
         "name": metric,
-        "selector": {"matchLabels": {"app_kubernetes_io_instance": "acme-chat"}},
+        "selector": {"matchLabels": {"app_kubernetes_io_instance": "acme-chat-42"}},
     }
     assert external["target"] == {"type": "AverageValue", "averageValue": average}
     assert hpa["spec"]["behavior"]["scaleDown"] == {"stabilizationWindowSeconds": 420}

@@ -217,11 +217,15 @@ def test_reconcile_makes_one_list_call_per_kind(deployment, fake_kubernetes) -> 
     assert len({call.path for call in lists}) == 7
 
 
-def test_a_permanent_api_refusal_fails_the_deployment_with_the_reason(deployment, fake_kubernetes) -> None:
+def test_a_permanent_api_refusal_fails_the_deployment_and_logs_the_reason(
+    deployment, fake_kubernetes, caplog
+) -> None:
     fake_kubernetes.fail_next(403, message="deployments.apps is forbidden")
     assert tasks.provision_deployment.apply(args=[deployment.pk]).get() == "failed"
     deployment.refresh_from_db()
-    assert deployment.status == "failed" and "forbidden" in deployment.status_message.lower()
+    # The tenant reads what happened and what to do; the cluster's details are for platform admins.
+    assert (deployment.status, deployment.status_message) == ("failed", tasks.PLATFORM_FAILURE)
+    assert "forbidden" in caplog.text
 
 
 def test_transient_api_errors_are_retried(deployment, fake_kubernetes) -> None:

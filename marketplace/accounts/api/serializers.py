@@ -19,7 +19,7 @@ class OrganizationSerializer(serializers.ModelSerializer[Organization]):
     class Meta:
         model = Organization
         fields = ["slug", "name", "created_at", "role"]
-        read_only_fields = ["created_at"]
+        read_only_fields = ["slug", "created_at"]
 
     def get_role(self, organization: Organization) -> str | None:
         roles: dict[int, str] = self.context.get("roles", {})

@@ -87,14 +87,7 @@ class OrganizationViewSet(
         return Response(OrganizationSerializer(organization).data, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer: Any) -> None:
-        tenancy.require_manager(self.request, serializer.instance)
-        if (
-            "slug" in serializer.validated_data
-            and serializer.validated_data["slug"] != serializer.instance.slug
-        ):
-            raise exceptions.ValidationError(
-                {"slug": ["The slug cannot change; it names the organisation in URLs."]}
-            )
+        tenancy.require_manager(self.request, serializer.instance)  # the slug is read-only: it names URLs
         serializer.save()
 
 
@@ -102,7 +95,6 @@ class MemberListView(generics.ListCreateAPIView):
     """Members of an organisation. Owners and admins add people; only owners make owners."""
 
     serializer_class = MembershipSerializer
-    pagination_class = None
 
     def get_queryset(self) -> QuerySet[Membership]:
         if getattr(self, "swagger_fake_view", False):

@@ -1,0 +1,207 @@
+"""Bedrock-runtime-compatible routes: Converse, ConverseStream, InvokeModel, InvokeModelWithResponseStream.
+
+The model id is the deployment's name. Requests are translated to the engine's OpenAI chat API and
+answers back (serving.gateway.bedrock); streams are framed as AWS event streams, one event per engine
+event, as they come.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from serving.gateway import bedrock, pipeline, upstream
+from serving.gateway.errors import bedrock_error
+from serving.gateway.openai_api import read_json
+
+EVENT_STREAM = "application/vnd.amazon.eventstream"
+
+
+async def _prepare(
+    request: HttpRequest, model_id: str, route: str, translate: Callable[[], dict[str, Any]]
+) -> pipeline.Call | HttpResponse:
+    """Authenticate, translate, resolve and admit; an error answer in Bedrock's format otherwise."""
+    if request.method != "POST":
+        return bedrock_error(405, "Use POST.")
+    gateway = pipeline.services()
+    caller = await gateway.directory.caller(request.headers.get("authorization", ""))
+    if caller is None:
+        return bedrock_error(403, "The API key is missing, unknown, expired or revoked.")
+    try:
+        payload = translate()
+    except bedrock.BedrockValidationError as error:
+        return bedrock_error(400, str(error))
+    target = await gateway.directory.target(caller, model_id)
+    if target is None:
+        return bedrock_error(404, f"The model {model_id} does not exist or you do not have access to it.")
+    call = pipeline.Call(
+        caller=caller,
+        target=target,
+        route=route,
+        model=model_id,
+        streamed=route.endswith("stream"),
+        estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload),
+    )
+    call.payload = payload
+    decision = await pipeline.admit(call)
+    if not decision.allowed:
+        headers = {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)}
+        return bedrock_error(429, f"Too many requests: {decision.reason}. Retry later.", headers=headers)
+    return call
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    payload = read_json(request)
+    if isinstance(payload, str):
+        raise bedrock.BedrockValidationError(payload)
+    return payload
+
+
+async def _complete(
+    call: pipeline.Call, payload: dict[str, Any]
+) -> tuple[dict[str, Any] | None, HttpResponse | None]:
+    """Run a non-streamed chat completion; (answer, None) or (None, an error answer)."""
+    try:
+        exchange = await upstream.call("/v1/chat/completions", payload, call.target.endpoints)
+    except upstream.UpstreamError as error:
+        call.status_code = error.status
+        await pipeline.finish(call)
+        return None, bedrock_error(error.status, error.message)
+    call.status_code = exchange.status
+    if exchange.status != 200:
+        await pipeline.finish(call)
+        return None, bedrock_error(400 if exchange.status < 500 else 502, _engine_message(exchange.body))
+    answer = json.loads(exchange.body)
+    call.saw_usage(answer.get("usage"))
+    await pipeline.finish(call)
+    return answer, None
+
+
+def _engine_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return "The model could not answer this request."
+
+
+@csrf_exempt
+async def converse(request: HttpRequest, model_id: str) -> HttpResponse:
+    prepared = await _prepare(
+        request,
+        model_id,
+        "bedrock.converse",
+        lambda: bedrock.converse_to_openai(model_id, _json_body(request)),
+    )
+    if isinstance(prepared, HttpResponse):
+        return prepared
+    answer, error = await _complete(prepared, prepared.payload)
+    if error is not None:
+        return error
+    assert answer is not None
+    latency = round((time.perf_counter() - prepared.started) * 1000)
+    return HttpResponse(
+        json.dumps(bedrock.openai_to_converse(answer, latency_ms=latency)), content_type="application/json"
+    )
+
+
+@csrf_exempt
+async def invoke(request: HttpRequest, model_id: str) -> HttpResponse:
+    prepared = await _prepare(
+        request, model_id, "bedrock.invoke", lambda: bedrock.invoke_body_to_openai(model_id, request.body)
+    )
+    if isinstance(prepared, HttpResponse):
+        return prepared
+    payload = {**prepared.payload, "stream": False}
+    answer, error = await _complete(prepared, payload)
+    if error is not None:
+        return error
+    assert answer is not None
+    return HttpResponse(bedrock.openai_to_invoke_body(answer), content_type="application/json")
+
+
+async def _stream(
+    call: pipeline.Call,
+    payload: dict[str, Any],
+    frame: Callable[[dict[str, Any]], list[bytes]],
+    close: Callable[[int], list[bytes]],
+) -> HttpResponse | StreamingHttpResponse:
+    upstream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+    try:
+        exchange = await upstream.open_stream("/v1/chat/completions", upstream_payload, call.target.endpoints)
+    except upstream.UpstreamError as error:
+        call.status_code = error.status
+        await pipeline.finish(call)
+        return bedrock_error(error.status, error.message)
+    if exchange.status != 200:
+        assert exchange.response is not None
+        body = await exchange.response.aread()
+        await upstream.close(exchange)
+        call.status_code = exchange.status
+        await pipeline.finish(call)
+        return bedrock_error(400 if exchange.status < 500 else 502, _engine_message(body))
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for event in upstream.events(exchange):
+                if not event.startswith(b"data: {"):
+                    continue  # "data: [DONE]" and comments have no Bedrock counterpart
+                chunk = json.loads(event[6:])
+                if chunk.get("usage") and not chunk.get("choices"):
+                    call.saw_usage(chunk["usage"])
+                elif chunk.get("choices"):
+                    call.first_token()
+                for framed in frame(chunk):
+                    yield framed
+            for framed in close(round((time.perf_counter() - call.started) * 1000)):
+                yield framed
+        except upstream.UpstreamError as error:
+            call.status_code = error.status
+            yield bedrock.encode_exception("ModelStreamErrorException", error.message)
+        finally:
+            await upstream.close(exchange)
+            await pipeline.finish(call)
+
+    return StreamingHttpResponse(relay(), content_type=EVENT_STREAM)
+
+
+@csrf_exempt
+async def converse_stream(request: HttpRequest, model_id: str) -> HttpResponse | StreamingHttpResponse:
+    prepared = await _prepare(
+        request,
+        model_id,
+        "bedrock.converse-stream",
+        lambda: bedrock.converse_to_openai(model_id, _json_body(request), stream=True),
+    )
+    if isinstance(prepared, HttpResponse):
+        return prepared
+    translator = bedrock.ConverseStreamTranslator()
+
+    def frame(chunk: dict[str, Any]) -> list[bytes]:
+        return [bedrock.encode_event(kind, body) for kind, body in translator.feed(chunk)]
+
+    def close(latency_ms: int) -> list[bytes]:
+        return [bedrock.encode_event(kind, body) for kind, body in translator.finish(latency_ms)]
+
+    return await _stream(prepared, prepared.payload, frame, close)
+
+
+@csrf_exempt
+async def invoke_stream(request: HttpRequest, model_id: str) -> HttpResponse | StreamingHttpResponse:
+    prepared = await _prepare(
+        request,
+        model_id,
+        "bedrock.invoke-stream",
+        lambda: bedrock.invoke_body_to_openai(model_id, request.body, stream=True),
+    )
+    if isinstance(prepared, HttpResponse):
+        return prepared
+
+    def frame(chunk: dict[str, Any]) -> list[bytes]:
+        return [bedrock.invoke_stream_chunk(json.dumps(chunk).encode())]
+
+    return await _stream(prepared, prepared.payload, frame, lambda latency_ms: [])

@@ -1,0 +1,139 @@
+"""Who is calling and what they may call: API keys and ready deployments, cached in process.
+
+In steady state a request costs no database query: a key's record and an organisation's deployments are
+read at most once per TTL per process. A revoked key or a deployment that stopped being ready is
+therefore noticed within the TTL (a few seconds), which is the price of that speed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from marketplace.accounts.models import API_KEY_PREFIX, ApiKey, Quota, hash_api_key
+from serving.choices import DeploymentStatus
+from serving.gateway.limits import Limits
+from serving.models import Deployment
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: int
+    organization_id: int
+    allowed_deployments: frozenset[str]  # empty: every deployment of the organisation
+    limits: Limits
+
+    def may_call(self, name: str) -> bool:
+        return not self.allowed_deployments or name in self.allowed_deployments
+
+
+@dataclass(frozen=True)
+class Target:
+    deployment_id: int
+    name: str
+    model_slug: str
+    endpoints: tuple[str, ...]
+    is_embedding: bool
+
+
+class _TtlCache:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.entries: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> tuple[bool, Any]:
+        entry = self.entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self.entries) > 50_000:  # a flood of made-up keys must not grow memory without end
+            self.entries.clear()
+        self.entries[key] = (time.monotonic() + self.ttl, value)
+
+
+class Directory:
+    def __init__(self, ttl: float | None = None) -> None:
+        ttl = settings.GATEWAY_CACHE_SECONDS if ttl is None else ttl
+        self.keys = _TtlCache(ttl)
+        self.deployments = _TtlCache(ttl)
+
+    async def caller(self, authorization: str) -> Caller | None:
+        """The caller behind `Authorization: Bearer mk-…`, or None for a missing, unknown, expired or
+        revoked key (all answered alike)."""
+        scheme, _, secret = authorization.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret.startswith(API_KEY_PREFIX):
+            return None
+        hashed = hash_api_key(secret)
+        found, caller = self.keys.get(hashed)
+        if not found:
+            caller = await sync_to_async(_load_caller)(hashed)
+            self.keys.put(hashed, caller)
+        return caller
+
+    async def target(self, caller: Caller, name: str) -> Target | None:
+        """The caller's organisation's ready deployment called `name`; None when there is none or the
+        key may not call it, so an outsider learns nothing from the answer."""
+        if not caller.may_call(name):
+            return None
+        found, targets = self.deployments.get(caller.organization_id)
+        if not found:
+            targets = await sync_to_async(_load_targets)(caller.organization_id)
+            self.deployments.put(caller.organization_id, targets)
+        return targets.get(name)
+
+    async def targets(self, caller: Caller) -> list[Target]:
+        found, targets = self.deployments.get(caller.organization_id)
+        if not found:
+            targets = await sync_to_async(_load_targets)(caller.organization_id)
+            self.deployments.put(caller.organization_id, targets)
+        return [t for name, t in sorted(targets.items()) if caller.may_call(name)]
+
+
+def _load_caller(hashed: str) -> Caller | None:
+    key = ApiKey.objects.usable().filter(hashed_key=hashed).first()
+    if key is None:
+        return None
+    quota = Quota.objects.get_or_create(organization_id=key.organization_id)[0]
+    if key.last_used_at is None or (timezone.now() - key.last_used_at).total_seconds() > 60:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    return Caller(
+        key_id=key.pk,
+        organization_id=key.organization_id,
+        allowed_deployments=frozenset(key.allowed_deployments or ()),
+        limits=Limits(
+            key_rpm=key.requests_per_minute,
+            key_tpm=key.tokens_per_minute,
+            org_rpm=quota.requests_per_minute,
+            org_tpm=quota.tokens_per_minute,
+            org_monthly_tokens=quota.monthly_token_budget,
+        ),
+    )
+
+
+def _load_targets(organization_id: int) -> dict[str, Target]:
+    rows = (
+        Deployment.objects.filter(
+            organization_id=organization_id, status__in=(DeploymentStatus.READY, DeploymentStatus.UPDATING)
+        )
+        .filter(~Q(endpoints=[]))
+        .select_related("model_card")
+    )
+    return {
+        row.name: Target(
+            deployment_id=row.pk,
+            name=row.name,
+            model_slug=row.model_card.slug,
+            endpoints=tuple(row.endpoints),
+            is_embedding="embedding" in row.model_card.tasks,
+        )
+        for row in rows
+    }

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the gateway, by deployment. With PROMETHEUS_MULTIPROC_DIR set (gunicorn with
+several workers), every worker writes its own files and /metrics adds them up."""
+
+from __future__ import annotations
+
+import os
+
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+REQUESTS = Counter(
+    "marketplace_gateway_requests_total",
+    "Invocations by deployment, route and status",
+    ["deployment", "route", "status"],
+)
+TOKENS = Counter("marketplace_gateway_tokens_total", "Tokens by deployment and kind", ["deployment", "kind"])
+LATENCY = Histogram(
+    "marketplace_gateway_request_seconds", "Time to the last byte", ["deployment", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)  # fmt: skip
+TTFT = Histogram(
+    "marketplace_gateway_time_to_first_token_seconds", "Time to the first streamed token", ["deployment"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)  # fmt: skip
+ERRORS = Counter(
+    "marketplace_gateway_errors_total", "Answers of 4xx/5xx by deployment", ["deployment", "status"]
+)
+METERING_ERRORS = Counter(
+    "marketplace_gateway_metering_errors_total", "Usage records that could not be queued"
+)
+
+
+def observe(
+    deployment: str, route: str, status: int, seconds: float, ttft: float | None, prompt: int, completion: int
+) -> None:
+    REQUESTS.labels(deployment, route, str(status)).inc()
+    LATENCY.labels(deployment, route).observe(seconds)
+    TOKENS.labels(deployment, "prompt").inc(prompt)
+    TOKENS.labels(deployment, "completion").inc(completion)
+    if ttft is not None:
+        TTFT.labels(deployment).observe(ttft)
+    if status >= 400:
+        ERRORS.labels(deployment, str(status)).inc()
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        output = generate_latest(registry)
+    else:
+        output = generate_latest()
+    return HttpResponse(output, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,218 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+
+Each is a thin async view over serving.gateway.pipeline; streams pass through event by event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from serving.gateway import pipeline, upstream
+from serving.gateway.errors import openai_error
+
+COMMON = {"model", "user", "stream", "stream_options", "n", "seed", "max_tokens", "temperature", "top_p",
+          "stop", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_k", "min_p",
+          "repetition_penalty"}  # fmt: skip
+ALLOWED = {
+    "chat.completions": COMMON | {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
+                                  "parallel_tool_calls", "response_format", "metadata", "store"},
+    "completions": COMMON | {"prompt", "echo", "best_of", "suffix"},
+    "embeddings": {"model", "input", "encoding_format", "dimensions", "user"},
+}  # fmt: skip
+REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
+PATHS = {
+    "chat.completions": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+
+
+def read_json(request: HttpRequest) -> dict[str, Any] | str:
+    """The request's JSON object, or a sentence saying what is wrong with it."""
+    declared = request.headers.get("content-length")
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    if declared and declared.isdigit() and int(declared) > limit:
+        return f"The request body is {int(declared)} bytes; the limit is {limit}."
+    try:
+        payload = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        return "We could not parse the JSON body of your request: send a JSON object."
+    if not isinstance(payload, dict):
+        return "The request body must be a JSON object."
+    return payload
+
+
+def check_shape(route: str, payload: dict[str, Any]) -> tuple[str, str] | None:
+    """(param, message) for the first thing a client got wrong, checked before anything is spent."""
+    unknown = sorted(set(payload) - ALLOWED[route])
+    if unknown:
+        return unknown[0], f"Unrecognized request argument supplied: {unknown[0]}"
+    if not isinstance(payload.get("model"), str) or not payload["model"]:
+        return "model", "You must provide a model parameter (the name of one of your deployments)."
+    required = REQUIRED[route]
+    value = payload.get(required)
+    if route == "chat.completions" and (not isinstance(value, list) or not value):
+        return "messages", "'messages' must be a non-empty array of messages."
+    if route == "chat.completions" and not all(isinstance(m, dict) and "role" in m for m in value or ()):
+        return "messages", "Each message must be an object with a 'role'."
+    if route != "chat.completions" and (not isinstance(value, str | list) or value in ("", [])):
+        return required, f"'{required}' must be a non-empty string or array."
+    if "stream" in payload and not isinstance(payload["stream"], bool):
+        return "stream", "'stream' must be true or false."
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        if (
+            name in payload
+            and payload[name] is not None
+            and (not isinstance(payload[name], int) or isinstance(payload[name], bool) or payload[name] < 1)
+        ):
+            return name, f"'{name}' must be a whole number of at least 1."
+    for name in ("temperature", "top_p"):
+        if (
+            name in payload
+            and payload[name] is not None
+            and (not isinstance(payload[name], int | float) or isinstance(payload[name], bool))
+        ):
+            return name, f"'{name}' must be a number."
+    if payload.get("stream_options") is not None and not isinstance(payload["stream_options"], dict):
+        return "stream_options", "'stream_options' must be an object."
+    return None
+
+
+async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingHttpResponse:
+    if request.method != "POST":
+        return openai_error(405, f"Use POST for {PATHS[route]}.")
+    gateway = pipeline.services()
+    caller = await gateway.directory.caller(request.headers.get("authorization", ""))
+    if caller is None:
+        return openai_error(401, "Incorrect, expired or revoked API key provided.", code="invalid_api_key")
+    payload = read_json(request)
+    if isinstance(payload, str):
+        status = 413 if "limit is" in payload else 400
+        return openai_error(status, payload)
+    problem = check_shape(route, payload)
+    if problem:
+        return openai_error(400, problem[1], param=problem[0])
+    model = payload["model"]
+    target = await gateway.directory.target(caller, model)
+    if target is None:
+        return openai_error(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+    streamed = bool(payload.get("stream")) and route != "embeddings"
+    call = pipeline.Call(
+        caller=caller, target=target, route=route, model=model, streamed=streamed,
+        estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload),
+    )  # fmt: skip
+    decision = await pipeline.admit(call)
+    if not decision.allowed:
+        headers = {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)}
+        code = "insufficient_quota" if "monthly" in decision.reason else "rate_limit_exceeded"
+        return openai_error(
+            429, f"Rate limit reached: {decision.reason}. Retry later.", code=code, headers=headers
+        )
+    if streamed:
+        return await _stream(call, route, payload)
+    try:
+        exchange = await upstream.call(PATHS[route], payload, target.endpoints)
+    except upstream.UpstreamError as error:
+        call.status_code = error.status
+        await pipeline.finish(call)
+        return openai_error(error.status, error.message)
+    call.status_code = exchange.status
+    if exchange.status == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            call.saw_usage(json.loads(exchange.body).get("usage"))
+    await pipeline.finish(call)
+    response = HttpResponse(exchange.body, status=exchange.status, content_type="application/json")
+    for name, value in decision.headers().items():
+        response[name] = value
+    return response
+
+
+async def _stream(
+    call: pipeline.Call, route: str, payload: dict[str, Any]
+) -> HttpResponse | StreamingHttpResponse:
+    """Pass the engine's events through as they come. The engine is always asked for the usage chunk;
+    it reaches the client only if the client asked for it too."""
+    wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    upstream_payload = {
+        **payload,
+        "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True},
+    }
+    try:
+        exchange = await upstream.open_stream(PATHS[route], upstream_payload, call.target.endpoints)
+    except upstream.UpstreamError as error:
+        call.status_code = error.status
+        await pipeline.finish(call)
+        return openai_error(error.status, error.message)
+    if exchange.status != 200:
+        assert exchange.response is not None
+        body = await exchange.response.aread()
+        await upstream.close(exchange)
+        call.status_code = exchange.status
+        await pipeline.finish(call)
+        return HttpResponse(body, status=exchange.status, content_type="application/json")
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for event in upstream.events(exchange):
+                if event.startswith(b"data: {") and b'"usage"' in event:
+                    chunk = json.loads(event[6:])
+                    if chunk.get("usage") and not chunk.get("choices"):
+                        call.saw_usage(chunk["usage"])
+                        if not wants_usage:
+                            continue
+                    elif chunk.get("choices"):
+                        call.first_token()
+                elif event.startswith(b"data: {"):
+                    call.first_token()
+                yield event
+        except upstream.UpstreamError as error:
+            call.status_code = error.status
+            message = json.dumps({"error": {"message": error.message, "type": "server_error"}})
+            yield f"data: {message}\n\n".encode()
+        finally:
+            await upstream.close(exchange)  # also when the client went away: the engine stops generating
+            await pipeline.finish(call)
+
+    response = StreamingHttpResponse(relay(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    assert call.decision is not None
+    for name, value in call.decision.headers().items():
+        response[name] = value
+    return response
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    return await _invoke(request, "chat.completions")
+
+
+@csrf_exempt
+async def completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    return await _invoke(request, "completions")
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    return await _invoke(request, "embeddings")
+
+
+async def models(request: HttpRequest) -> HttpResponse:
+    """The caller's organisation's ready deployments, as OpenAI lists models."""
+    caller = await pipeline.services().directory.caller(request.headers.get("authorization", ""))
+    if caller is None:
+        return openai_error(401, "Incorrect, expired or revoked API key provided.", code="invalid_api_key")
+    targets = await pipeline.services().directory.targets(caller)
+    data = [{"id": t.name, "object": "model", "created": 0, "owned_by": "organization"} for t in targets]
+    return HttpResponse(json.dumps({"object": "list", "data": data}), content_type="application/json")

@@ -1,0 +1,134 @@
+"""What every invoke route does, whatever its API: authenticate, resolve, admit, proxy, meter.
+
+1. The API key → the caller (cached; no database query in steady state).
+2. The model name → a ready deployment of the caller's organisation (cached), or the same 404 as for a
+   name that does not exist.
+3. Limits: one atomic Redis round trip checks and counts requests and prompt tokens (estimated from the
+   request's size; corrected when the engine reports usage).
+4. Proxy to a replica (serving.gateway.upstream).
+5. Meter: completion tokens to the limiter, a usage record to the Redis queue a periodic task flushes to
+   PostgreSQL, and Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio
+from django.conf import settings
+from django.utils import timezone
+
+from serving.gateway import metrics
+from serving.gateway.directory import Caller, Directory, Target
+from serving.gateway.limits import Decision, RateLimiter
+from serving.gateway.metering import UsageQueue
+
+BYTES_PER_TOKEN = 4  # a rough, conservative guess of prompt tokens before the engine has counted them
+
+
+class Services:
+    """The per-event-loop clients (Redis connections belong to the loop that opened them)."""
+
+    def __init__(self) -> None:
+        connection = redis.asyncio.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        self.directory = Directory()
+        self.limiter = RateLimiter(connection)
+        self.queue = UsageQueue(connection)
+
+
+_services: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Services] = weakref.WeakKeyDictionary()
+
+
+def services() -> Services:
+    loop = asyncio.get_running_loop()
+    found = _services.get(loop)
+    if found is None:
+        found = _services[loop] = Services()
+    return found
+
+
+def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
+    text = payload.get("messages") or payload.get("prompt") or payload.get("input") or ""
+    return max(1, len(json.dumps(text, ensure_ascii=False)) // BYTES_PER_TOKEN)
+
+
+@dataclass
+class Call:
+    """One invocation as it goes through the pipeline, and what is metered of it."""
+
+    caller: Caller
+    target: Target
+    route: str
+    model: str
+    streamed: bool
+    estimated_prompt_tokens: int
+    decision: Decision | None = None
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+    status_code: int = 200
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    payload: dict[str, Any] = field(default_factory=dict)  # the engine request, once translated
+
+    def saw_usage(self, usage: dict[str, Any] | None) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+
+async def admit(call: Call) -> Decision:
+    decision = await services().limiter.admit(
+        key_id=call.caller.key_id,
+        org_id=call.caller.organization_id,
+        limits=call.caller.limits,
+        prompt_tokens=call.estimated_prompt_tokens,
+    )
+    call.decision = decision
+    return decision
+
+
+async def finish(call: Call) -> None:
+    """Meter a finished call. Never raises: metering must not turn an answered request into an error."""
+    elapsed = time.perf_counter() - call.started
+    ttft = None if call.first_token_at is None else call.first_token_at - call.started
+    prompt = call.prompt_tokens if call.prompt_tokens is not None else call.estimated_prompt_tokens
+    # The estimate was counted at admission; now count what the engine really used.
+    correction = prompt - call.estimated_prompt_tokens + call.completion_tokens
+    record = {
+        "request_id": call.request_id,
+        "organization_id": call.caller.organization_id,
+        "api_key_id": call.caller.key_id,
+        "deployment_id": call.target.deployment_id,
+        "model": call.model,
+        "route": call.route,
+        "prompt_tokens": prompt,
+        "completion_tokens": call.completion_tokens,
+        "latency_ms": round(elapsed * 1000),
+        "time_to_first_token_ms": None if ttft is None else round(ttft * 1000),
+        "status_code": call.status_code,
+        "streamed": call.streamed,
+        "created_at": timezone.now().isoformat(),
+    }
+    metrics.observe(
+        call.target.name, call.route, call.status_code, elapsed, ttft, prompt, call.completion_tokens
+    )
+    gateway = services()
+    try:
+        if correction > 0:
+            await gateway.limiter.add_tokens(
+                key_id=call.caller.key_id, org_id=call.caller.organization_id, tokens=correction
+            )
+        await gateway.queue.push(record)
+    except redis.RedisError:
+        metrics.METERING_ERRORS.inc()

@@ -1,0 +1,21 @@
+"""The invoke API's routes. Included by the platform's URLconf, or served alone when GATEWAY_ONLY=True."""
+
+from django.urls import path
+
+from serving.gateway import bedrock_api, metrics, openai_api
+
+urlpatterns = [
+    path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
+    path("v1/completions", openai_api.completions, name="openai-completions"),
+    path("v1/embeddings", openai_api.embeddings, name="openai-embeddings"),
+    path("v1/models", openai_api.models, name="openai-models"),
+    path("model/<str:model_id>/converse", bedrock_api.converse, name="bedrock-converse"),
+    path("model/<str:model_id>/converse-stream", bedrock_api.converse_stream, name="bedrock-converse-stream"),
+    path("model/<str:model_id>/invoke", bedrock_api.invoke, name="bedrock-invoke"),
+    path(
+        "model/<str:model_id>/invoke-with-response-stream",
+        bedrock_api.invoke_stream,
+        name="bedrock-invoke-stream",
+    ),
+    path("metrics", metrics.metrics_view, name="metrics"),
+]

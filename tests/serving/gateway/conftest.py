@@ -1,0 +1,246 @@
+"""Fixtures of the gateway tests: real vLLM engines (CPU), a real gateway under gunicorn with two
+uvicorn workers, and a tenant whose deployments point at the engines."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from marketplace.accounts import services as account_services
+from marketplace.accounts.models import ApiKey, Organization, Quota
+from marketplace.catalog.models import InstanceType, ModelCard
+from serving.choices import Backend, DeploymentStatus
+from serving.local import engine_env
+from serving.models import Deployment
+from tests.conftest import make_user
+
+ROOT = Path(__file__).resolve().parents[3]
+GATEWAY_REDIS_DB = 8
+CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], timeout: float, context: ssl.SSLContext | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not become healthy in {timeout}s")
+
+
+def engine_prepared() -> bool:
+    directory = engine_env.engine_dir()
+    return engine_env.engine_python(directory).exists() and all(
+        engine_env.model_path(directory, slug) for slug in (CHAT, EMBED)
+    )
+
+
+@pytest.fixture(scope="package")
+def engines() -> Iterator[dict[str, str]]:
+    """The two small catalog models served by real vLLM engines, for this package's tests (then stopped,
+    so their memory is free for the other end-to-end tests)."""
+    if not engine_prepared():
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
+        pytest.skip("the local engine is not prepared: python3 run.py engine")
+    directory = engine_env.engine_dir()
+    processes, urls = [], {}
+    for slug, served, extra in (
+        (CHAT, "tiny-chat", {"dtype": "float32", "max_model_len": 2048}),
+        (EMBED, "minilm", {"runner": "pooling", "max_model_len": 256}),
+    ):
+        port = free_port()
+        tmp = Path(tempfile.mkdtemp(prefix="gw-engine-"))
+        command = engine_env.engine_command(
+            engine_env.model_path(directory, slug), port=port, served_model_name=served, **extra
+        )
+        log = (tmp / "engine.log").open("wb")
+        processes.append(
+            subprocess.Popen(
+                command,
+                env=engine_env.engine_environment(directory, tmp),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
+        urls[slug] = f"http://127.0.0.1:{port}"
+    try:
+        for process, url in zip(processes, urls.values(), strict=True):
+            wait_healthy(f"{url}/health", process, timeout=240)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="package")
+def tls_certificate(tmp_path_factory: Any) -> Iterator[Path]:
+    """A self-signed certificate for 127.0.0.1. boto3 sends a bearer token only over HTTPS, so the
+    gateway under test serves HTTPS; clients trust this certificate through the usual variables."""
+    folder = tmp_path_factory.mktemp("tls")
+    certificate, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    saved = {name: os.environ.get(name) for name in ("SSL_CERT_FILE", "AWS_CA_BUNDLE")}
+    os.environ["SSL_CERT_FILE"] = os.environ["AWS_CA_BUNDLE"] = str(certificate)  # httpx/openai, boto3
+    try:
+        yield certificate
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="package")
+def gateway_url(
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any, tls_certificate: Path
+) -> Iterator[str]:
+    """The platform under gunicorn with two uvicorn workers, on the test database: two processes, so
+    limits and caches are shared only through Redis, as in production."""
+    port = free_port()
+    metrics_dir = tmp_path_factory.mktemp("prometheus")
+    base_redis = settings.REDIS_URL.rsplit("/", 1)[0]
+    database = connection.settings_dict
+    environment = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{database['USER']}:{database['PASSWORD']}@"
+        f"{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}/{database['NAME']}",
+        "REDIS_URL": f"{base_redis}/{GATEWAY_REDIS_DB}",
+        "GATEWAY_CACHE_SECONDS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    if database["HOST"] and database["HOST"].startswith("/"):
+        environment["DATABASE_URL"] = (
+            f"postgres://{database['USER']}@/{database['NAME']}?host={database['HOST']}"
+        )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "marketplace.asgi:application",
+            "--worker-class",
+            "uvicorn_worker.UvicornWorker",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--certfile",
+            str(tls_certificate),
+            "--keyfile",
+            str(tls_certificate.parent / "key.pem"),
+        ],
+        cwd=ROOT,
+        env=environment,
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(tls_certificate))
+        wait_healthy(f"https://127.0.0.1:{port}/healthz", process, timeout=60, context=context)
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@dataclass
+class Tenant:
+    organization: Organization
+    key: str
+    chat: Deployment
+    embed: Deployment
+
+
+def deploy(organization: Organization, name: str, slug: str, endpoint: str) -> Deployment:
+    """A ready deployment row whose replica is the given engine (what the reconciler would record)."""
+    return Deployment.objects.create(
+        organization=organization,
+        name=name,
+        model_card=ModelCard.objects.get(slug=slug),
+        instance_type=InstanceType.objects.get(slug="local-cpu"),
+        backend=Backend.LOCAL,
+        status=DeploymentStatus.READY,
+        status_message="Ready.",
+        ready_replicas=1,
+        desired_replicas=1,
+        endpoints=[endpoint],
+    )
+
+
+@pytest.fixture
+def tenant(transactional_catalog: None, engines: dict[str, str]) -> Tenant:
+    redis.Redis.from_url(settings.REDIS_URL.rsplit("/", 1)[0] + f"/{GATEWAY_REDIS_DB}").flushdb()
+    owner = make_user("gina")
+    organization = account_services.create_organization(slug="gw", name="Gateway Org", owner=owner)
+    Quota.objects.filter(organization=organization).update(
+        requests_per_minute=10_000, tokens_per_minute=10**7
+    )
+    _, key = account_services.create_api_key(
+        organization=organization, name="tests", created_by=owner, expires_at=None
+    )
+    return Tenant(
+        organization,
+        key,
+        deploy(organization, "tiny-chat", CHAT, engines[CHAT]),
+        deploy(organization, "minilm", EMBED, engines[EMBED]),
+    )
+
+
+def key_for(organization: Organization, **fields: Any) -> str:
+    key, secret = account_services.create_api_key(
+        organization=organization, name="more", created_by=None, expires_at=None
+    )
+    if fields:
+        ApiKey.objects.filter(pk=key.pk).update(**fields)
+    return secret
