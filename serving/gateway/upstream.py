@@ -8,8 +8,10 @@ event by event, as the engine sends them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,14 +29,19 @@ class UpstreamError(Exception):
         self.message = message
 
 
-_client: httpx.AsyncClient | None = None
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
 _outstanding: defaultdict[str, int] = defaultdict(int)
 
 
 def client() -> httpx.AsyncClient:
-    global _client  # one per process: connection pools are what make the proxy cheap
-    if _client is None:
-        _client = httpx.AsyncClient(
+    """The process's client (one per event loop, which in a server is one per process): its connection
+    pool is what makes proxying cheap."""
+    loop = asyncio.get_running_loop()
+    found = _clients.get(loop)
+    if found is None:
+        found = _clients[loop] = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=settings.GATEWAY_CONNECT_TIMEOUT,
                 read=settings.GATEWAY_READ_TIMEOUT,
@@ -43,7 +50,7 @@ def client() -> httpx.AsyncClient:
             ),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         )
-    return _client
+    return found
 
 
 def order_replicas(endpoints: tuple[str, ...]) -> list[str]:
