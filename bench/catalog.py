@@ -12,16 +12,16 @@ measured in the same run (the baseline).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import run_with_services  # noqa: E402 (after the path is set)
 
 SCENARIOS = [
     ("list (baseline)", {}),
@@ -33,20 +33,6 @@ SCENARIOS = [
     ("context >= 32k, by parameters", {"context_length_min": "32768", "ordering": "parameters"}),
 ]
 WORDS = ["chat", "instruct", "coder", "vision", "med", "fin", "legal", "sci", "base", "tiny", "mega", "multi"]
-
-
-def bench_database(url: str) -> str:
-    import psycopg2
-
-    parsed = urlparse(url)
-    name = f"{parsed.path.lstrip('/') or 'postgres'}_bench"
-    connection = psycopg2.connect(url)
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    connection.close()
-    return urlunparse(parsed._replace(path=f"/{name}"))
 
 
 def generate_cards(count: int) -> None:
@@ -152,14 +138,7 @@ def main() -> None:
     parser.add_argument("--cards", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
-    os.environ.setdefault("SECRET_KEY", "benchmark-only")
-    from marketplace.launcher import backing_services
-
-    with backing_services(ROOT / ".data" / "bench", persist=False) as urls:
-        os.environ.update(urls)
-        os.environ["DATABASE_URL"] = bench_database(os.environ["DATABASE_URL"])
-        run(args.cards, args.requests)
+    run_with_services(lambda: run(args.cards, args.requests))
 
 
 if __name__ == "__main__":

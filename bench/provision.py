@@ -14,7 +14,6 @@ servers.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import run_with_services  # noqa: E402 (after the path is set)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -142,15 +143,7 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=100)
     parser.add_argument("--deployments", type=int, default=1000)
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
-    os.environ.setdefault("SECRET_KEY", "benchmark-only")
-    from bench.catalog import bench_database
-    from marketplace.launcher import backing_services
-
-    with backing_services(ROOT / ".data" / "bench", persist=False) as urls:
-        os.environ.update(urls)
-        os.environ["DATABASE_URL"] = bench_database(os.environ["DATABASE_URL"])
-        run(args.creates, args.deployments)
+    run_with_services(lambda: run(args.creates, args.deployments))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,18 @@ class Scaling:
     scale_up_window_seconds: int = 0
     scale_down_window_seconds: int = 300
 
+    def fields(self) -> dict[str, Any]:
+        """The Deployment columns these settings are stored in."""
+        return {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "autoscaling_policy": self.policy,
+            "autoscaling_target": self.target,
+            "idle_seconds": self.idle_seconds,
+            "scale_up_window_seconds": self.scale_up_window_seconds,
+            "scale_down_window_seconds": self.scale_down_window_seconds,
+        }
+
 
 def _refuse(field: str, message: str) -> exceptions.ValidationError:
     return exceptions.ValidationError({field: [message]})
@@ -254,13 +266,7 @@ def create_deployment(
             model_card=card,
             instance_type=instance_type,
             backend=backend,
-            min_replicas=scaling.min_replicas,
-            max_replicas=scaling.max_replicas,
-            autoscaling_policy=scaling.policy,
-            autoscaling_target=scaling.target,
-            idle_seconds=scaling.idle_seconds,
-            scale_up_window_seconds=scaling.scale_up_window_seconds,
-            scale_down_window_seconds=scaling.scale_down_window_seconds,
+            **scaling.fields(),
             tensor_parallel_size=tp,
             engine_options=engine_options,
             reserved_gpus=reserved,
@@ -315,13 +321,7 @@ def scale_deployment(deployment: Deployment, scaling: Scaling) -> Deployment:
             replacing=row,
         )
         Deployment.objects.filter(pk=row.pk).update(
-            min_replicas=scaling.min_replicas,
-            max_replicas=scaling.max_replicas,
-            autoscaling_policy=scaling.policy,
-            autoscaling_target=scaling.target,
-            idle_seconds=scaling.idle_seconds,
-            scale_up_window_seconds=scaling.scale_up_window_seconds,
-            scale_down_window_seconds=scaling.scale_down_window_seconds,
+            **scaling.fields(),
             reserved_gpus=reserved,
             updated_at=timezone.now(),
         )

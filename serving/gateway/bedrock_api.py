@@ -131,19 +131,11 @@ async def _stream(
     close: Callable[[int], list[bytes]],
 ) -> HttpResponse | StreamingHttpResponse:
     upstream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
-    try:
-        exchange = await upstream.open_stream("/v1/chat/completions", upstream_payload, call.target.endpoints)
-    except upstream.UpstreamError as error:
-        call.status_code = error.status
-        await pipeline.finish(call)
-        return bedrock_error(error.status, error.message)
-    if exchange.status != 200:
-        assert exchange.response is not None
-        body = await exchange.response.aread()
-        await upstream.close(exchange)
-        call.status_code = exchange.status
-        await pipeline.finish(call)
-        return bedrock_error(400 if exchange.status < 500 else 502, _engine_message(body))
+    exchange = await pipeline.start_stream(call, "/v1/chat/completions", upstream_payload)
+    if isinstance(exchange, pipeline.Refusal):
+        if exchange.message:
+            return bedrock_error(exchange.status, exchange.message)
+        return bedrock_error(400 if exchange.status < 500 else 502, _engine_message(exchange.body))
 
     async def relay() -> AsyncIterator[bytes]:
         try:

@@ -148,19 +148,11 @@ async def _stream(
         **payload,
         "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True},
     }
-    try:
-        exchange = await upstream.open_stream(PATHS[route], upstream_payload, call.target.endpoints)
-    except upstream.UpstreamError as error:
-        call.status_code = error.status
-        await pipeline.finish(call)
-        return openai_error(error.status, error.message)
-    if exchange.status != 200:
-        assert exchange.response is not None
-        body = await exchange.response.aread()
-        await upstream.close(exchange)
-        call.status_code = exchange.status
-        await pipeline.finish(call)
-        return HttpResponse(body, status=exchange.status, content_type="application/json")
+    exchange = await pipeline.start_stream(call, PATHS[route], upstream_payload)
+    if isinstance(exchange, pipeline.Refusal):
+        if exchange.message:
+            return openai_error(exchange.status, exchange.message)
+        return HttpResponse(exchange.body, status=exchange.status, content_type="application/json")
 
     async def relay() -> AsyncIterator[bytes]:
         try:

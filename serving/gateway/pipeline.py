@@ -24,7 +24,7 @@ import redis.asyncio
 from django.conf import settings
 from django.utils import timezone
 
-from serving.gateway import metrics
+from serving.gateway import metrics, upstream
 from serving.gateway.directory import Caller, Directory, Target
 from serving.gateway.limits import Decision, RateLimiter
 from serving.gateway.metering import UsageQueue
@@ -132,3 +132,30 @@ async def finish(call: Call) -> None:
         await gateway.queue.push(record)
     except redis.RedisError:
         metrics.METERING_ERRORS.inc()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a stream could not start: the gateway's own message, or the engine's error body."""
+
+    status: int
+    message: str = ""
+    body: bytes = b""
+
+
+async def start_stream(call: Call, path: str, payload: dict[str, Any]) -> upstream.Exchange | Refusal:
+    """Open the engine's stream; when that fails, meter the call and say why."""
+    try:
+        exchange = await upstream.open_stream(path, payload, call.target.endpoints)
+    except upstream.UpstreamError as error:
+        call.status_code = error.status
+        await finish(call)
+        return Refusal(error.status, error.message)
+    if exchange.status != 200:
+        assert exchange.response is not None
+        body = await exchange.response.aread()
+        await upstream.close(exchange)
+        call.status_code = exchange.status
+        await finish(call)
+        return Refusal(exchange.status, body=body)
+    return exchange
