@@ -13,7 +13,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from marketplace.accounts.models import API_KEY_PREFIX, ApiKey, Quota, hash_api_key
@@ -120,13 +119,11 @@ def _load_caller(hashed: str) -> Caller | None:
 
 
 def _load_targets(organization_id: int) -> dict[str, Target]:
-    rows = (
-        Deployment.objects.filter(
-            organization_id=organization_id, status__in=(DeploymentStatus.READY, DeploymentStatus.UPDATING)
-        )
-        .filter(~Q(endpoints=[]))
-        .select_related("model_card")
-    )
+    # A ready deployment scaled to zero has no endpoint: it is still a target, so that its request is
+    # counted (the metric its KEDA trigger wakes on) and answered 503 "try again shortly".
+    rows = Deployment.objects.filter(
+        organization_id=organization_id, status__in=(DeploymentStatus.READY, DeploymentStatus.UPDATING)
+    ).select_related("model_card")
     return {
         row.name: Target(
             deployment_id=row.pk,

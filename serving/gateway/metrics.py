@@ -8,10 +8,12 @@ import os
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+# `deployment_id` is what a scale-to-zero deployment's KEDA trigger watches (names repeat across
+# organisations; ids do not); `deployment` is for people reading dashboards.
 REQUESTS = Counter(
     "marketplace_gateway_requests_total",
     "Invocations by deployment, route and status",
-    ["deployment", "route", "status"],
+    ["deployment_id", "deployment", "route", "status"],
 )
 TOKENS = Counter("marketplace_gateway_tokens_total", "Tokens by deployment and kind", ["deployment", "kind"])
 LATENCY = Histogram(
@@ -31,9 +33,10 @@ METERING_ERRORS = Counter(
 
 
 def observe(
-    deployment: str, route: str, status: int, seconds: float, ttft: float | None, prompt: int, completion: int
-) -> None:
-    REQUESTS.labels(deployment, route, str(status)).inc()
+    deployment_id: int, deployment: str, route: str, status: int, seconds: float, ttft: float | None,
+    prompt: int, completion: int,
+) -> None:  # fmt: skip
+    REQUESTS.labels(str(deployment_id), deployment, route, str(status)).inc()
     LATENCY.labels(deployment, route).observe(seconds)
     TOKENS.labels(deployment, "prompt").inc(prompt)
     TOKENS.labels(deployment, "completion").inc(completion)

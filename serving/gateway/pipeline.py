@@ -121,7 +121,14 @@ async def finish(call: Call) -> None:
         "created_at": timezone.now().isoformat(),
     }
     metrics.observe(
-        call.target.name, call.route, call.status_code, elapsed, ttft, prompt, call.completion_tokens
+        call.target.deployment_id,
+        call.target.name,
+        call.route,
+        call.status_code,
+        elapsed,
+        ttft,
+        prompt,
+        call.completion_tokens,
     )
     gateway = services()
     try:

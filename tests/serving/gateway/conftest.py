@@ -3,7 +3,9 @@ uvicorn workers, and a tenant whose deployments point at the engines."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -55,6 +57,17 @@ def wait_healthy(
     raise RuntimeError(f"{url} did not become healthy in {timeout}s")
 
 
+def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def engine_prepared() -> bool:
     directory = engine_env.engine_dir()
     return engine_env.engine_python(directory).exists() and all(
@@ -98,9 +111,7 @@ def engines() -> Iterator[dict[str, str]]:
         yield urls
     finally:
         for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
+            stop_group(process)
 
 
 @pytest.fixture(scope="package")
@@ -181,17 +192,20 @@ def gateway_url(
             str(tls_certificate),
             "--keyfile",
             str(tls_certificate.parent / "key.pem"),
+            # Clients in the tests keep connections alive; don't wait out the default 30 s for them.
+            "--graceful-timeout",
+            "5",
         ],
         cwd=ROOT,
         env=environment,
+        start_new_session=True,
     )
     try:
         context = ssl.create_default_context(cafile=str(tls_certificate))
         wait_healthy(f"https://127.0.0.1:{port}/healthz", process, timeout=60, context=context)
         yield f"https://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_group(process)
 
 
 @dataclass

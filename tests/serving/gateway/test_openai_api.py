@@ -171,4 +171,22 @@ def test_a_dead_replica_gives_a_clear_502(gateway_url: str, tenant: Tenant) -> N
 def test_metrics_are_exposed(gateway_url: str, tenant: Tenant) -> None:
     client(gateway_url, tenant.key).embeddings.create(model="minilm", input="hi")
     text = httpx.get(f"{gateway_url}/metrics").text
-    assert 'marketplace_gateway_requests_total{deployment="minilm",route="embeddings",status="200"}' in text
+    expected = (
+        f'marketplace_gateway_requests_total{{deployment="minilm",deployment_id="{tenant.embed.pk}",'
+        'route="embeddings",status="200"}'
+    )
+    assert expected in text
+
+
+def test_a_deployment_scaled_to_zero_answers_503_and_counts_the_request(
+    gateway_url: str, tenant: Tenant
+) -> None:
+    """At zero replicas the request must still be counted: it is what wakes the deployment (KEDA)."""
+    Deployment.objects.filter(pk=tenant.embed.pk).update(endpoints=[], ready_replicas=0, desired_replicas=0)
+    time.sleep(1.5)  # the gateway's cache
+    with pytest.raises(openai.APIStatusError) as error:
+        client(gateway_url, tenant.key).embeddings.create(model="minilm", input="hi")
+    assert error.value.status_code == 503
+    assert "no ready replica right now" in error.value.message
+    text = httpx.get(f"{gateway_url}/metrics").text
+    assert f'deployment_id="{tenant.embed.pk}",route="embeddings",status="503"' in text
