@@ -156,7 +156,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 # Where `collectstatic` gathers files for an image; unset, files are served from the apps and static/.
 STATIC_ROOT = env.string("STATIC_ROOT") or None
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# The project's own static/ folder exists in a source tree; an installed package (an image) has its
+# files collected into STATIC_ROOT at build time instead.
+STATICFILES_DIRS = [folder for folder in [BASE_DIR / "static"] if folder.is_dir()]
 WHITENOISE_USE_FINDERS = STATIC_ROOT is None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,0 +1,63 @@
+#!/bin/sh
+# The one image's entry points: `entrypoint web|gateway|worker|beat|migrate [extra arguments]`.
+#
+# Each process is exec'd, so it is the container's PID 1 and receives Kubernetes' SIGTERM itself:
+# gunicorn and Celery both stop gracefully on it. Extra arguments go to gunicorn or Celery.
+# Besides the platform's settings it reads (the first three mean what they mean for run.py):
+#   PORT                where web and gateway listen (default 8000, as the chart's Services expect)
+#   WEB_CONCURRENCY     gunicorn worker processes (gunicorn reads it itself; default 1)
+#   WORKER_CONCURRENCY  Celery worker processes; unset, Celery starts one per CPU of the node, not of
+#                       the container's share of it
+#   LOG_LEVEL           Celery's log level, the variable the Django settings read too (default INFO)
+#   TMPDIR              where beat keeps its schedule file (default /tmp, an emptyDir in the chart)
+set -eu
+
+usage() {
+    echo "usage: entrypoint web|gateway|worker|beat|migrate [extra arguments]" >&2
+    exit 64 # EX_USAGE
+}
+
+# prometheus_client's multiprocess mode keeps one file per gunicorn worker; files left by an earlier run
+# of the container (an emptyDir outlives a container restart) would be added into this run's counters.
+reset_metrics_dir() {
+    if [ -n "${PROMETHEUS_MULTIPROC_DIR-}" ]; then
+        mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+        rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
+    fi
+}
+
+[ $# -ge 1 ] || usage
+process=$1
+shift
+
+case "$process" in
+web)
+    reset_metrics_dir
+    exec gunicorn marketplace.asgi:application --worker-class uvicorn_worker.UvicornWorker \
+        --bind "0.0.0.0:${PORT:-8000}" "$@"
+    ;;
+gateway)
+    reset_metrics_dir
+    export GATEWAY_ONLY=True
+    exec gunicorn marketplace.asgi:application --worker-class uvicorn_worker.UvicornWorker \
+        --bind "0.0.0.0:${PORT:-8000}" "$@"
+    ;;
+worker)
+    if [ -n "${WORKER_CONCURRENCY-}" ]; then
+        set -- --concurrency "$WORKER_CONCURRENCY" "$@"
+    fi
+    exec celery --app marketplace worker --loglevel "${LOG_LEVEL:-INFO}" "$@"
+    ;;
+beat)
+    exec celery --app marketplace beat --loglevel "${LOG_LEVEL:-INFO}" \
+        --schedule "${TMPDIR:-/tmp}/celerybeat-schedule" "$@"
+    ;;
+migrate)
+    # Both steps are idempotent, so a retried Job (or two upgrades in a row) is harmless.
+    python -m django migrate --noinput
+    exec python -m django load_catalog
+    ;;
+*)
+    usage
+    ;;
+esac

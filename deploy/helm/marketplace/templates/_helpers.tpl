@@ -1,0 +1,237 @@
+{{/*
+Names. Kubernetes names and label values are at most 63 characters. The base is cut first, so that
+"<base>-<component>" fits whole and two components never end up with the same truncated name.
+*/}}
+{{- define "marketplace.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "marketplace.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<component>", within 63 characters: call with (dict "root" $ "component" "web"). */}}
+{{- define "marketplace.componentName" -}}
+{{- $base := include "marketplace.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "marketplace.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object; call with (dict "root" $ "component" "web"). */}}
+{{- define "marketplace.labels" -}}
+helm.sh/chart: {{ include "marketplace.chart" .root }}
+{{ include "marketplace.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: model-marketplace
+{{- end }}
+
+{{/* The labels a component's Service, PodDisruptionBudget and ServiceMonitor select its pods by. */}}
+{{- define "marketplace.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "marketplace.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "marketplace.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* Where the worker creates model deployments (KUBERNETES_NAMESPACE). */}}
+{{- define "marketplace.servingNamespace" -}}
+{{- .Values.serving.namespace | default .Release.Namespace }}
+{{- end }}
+
+{{- define "marketplace.serviceAccountName.worker" -}}
+{{- if .Values.worker.serviceAccount.create }}
+{{- .Values.worker.serviceAccount.name | default (include "marketplace.componentName" (dict "root" . "component" "worker")) }}
+{{- else }}
+{{- .Values.worker.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
+{{- define "marketplace.huggingfaceTokenSecret" -}}
+{{- if .Values.secrets.huggingfaceToken.value }}
+{{- include "marketplace.componentName" (dict "root" . "component" "huggingface-token") }}
+{{- else }}
+{{- .Values.secrets.huggingfaceToken.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* ALLOWED_HOSTS: the configured hosts, the Ingress hosts, the Services' in-cluster names and localhost.
+Each pod appends its own IP (see marketplace.env), since probes and Prometheus address pods by IP. */}}
+{{- define "marketplace.allowedHosts" -}}
+{{- $hosts := list }}
+{{- range .Values.config.allowedHosts }}{{ $hosts = append $hosts . }}{{ end }}
+{{- if .Values.ingress.enabled }}
+{{- range .Values.ingress.hosts }}{{ $hosts = append $hosts . }}{{ end }}
+{{- end }}
+{{- $components := list "web" }}
+{{- if .Values.gateway.enabled }}{{ $components = append $components "gateway" }}{{ end }}
+{{- range $components }}
+{{- $service := include "marketplace.componentName" (dict "root" $ "component" .) }}
+{{- $hosts = append $hosts $service }}
+{{- $hosts = append $hosts (printf "%s.%s" $service $.Release.Namespace) }}
+{{- $hosts = append $hosts (printf "%s.%s.svc" $service $.Release.Namespace) }}
+{{- $hosts = append $hosts (printf "%s.%s.svc.%s" $service $.Release.Namespace $.Values.clusterDomain) }}
+{{- end }}
+{{- $hosts = concat $hosts (list "localhost" "127.0.0.1" "[::1]") }}
+{{- $hosts | uniq | join "," }}
+{{- end }}
+
+{{/* CSRF_TRUSTED_ORIGINS: the configured origins and https://<host> of every Ingress host with TLS. Behind
+a TLS-terminating Ingress the pods see plain HTTP, so Django cannot match an https Origin by itself. */}}
+{{- define "marketplace.csrfTrustedOrigins" -}}
+{{- $origins := list }}
+{{- range .Values.config.csrfTrustedOrigins }}{{ $origins = append $origins . }}{{ end }}
+{{- if .Values.ingress.enabled }}
+{{- range .Values.ingress.tls }}
+{{- range .hosts }}{{ $origins = append $origins (printf "https://%s" .) }}{{ end }}
+{{- end }}
+{{- end }}
+{{- $origins | uniq | join "," }}
+{{- end }}
+
+{{/* The non-secret settings (README.md, "Configuration") as a YAML map of strings: the ConfigMap's data,
+and the migrations Job's environment (the hook runs before the ConfigMap exists). */}}
+{{- define "marketplace.settings" -}}
+SERVING_BACKEND: kubernetes
+KUBERNETES_NAMESPACE: {{ include "marketplace.servingNamespace" . | quote }}
+VLLM_IMAGE: {{ .Values.serving.vllmImage | quote }}
+KEDA_ENABLED: {{ ternary "True" "False" .Values.serving.kedaEnabled | quote }}
+PROMETHEUS_URL: {{ .Values.serving.prometheusUrl | quote }}
+MODEL_CACHE_PVC: {{ .Values.serving.modelCachePvc | quote }}
+HF_TOKEN_SECRET: {{ include "marketplace.huggingfaceTokenSecret" . | quote }}
+ALLOWED_HOSTS: {{ include "marketplace.allowedHosts" . | quote }}
+CSRF_TRUSTED_ORIGINS: {{ include "marketplace.csrfTrustedOrigins" . | quote }}
+SECURE_COOKIES: {{ ternary "True" "False" .Values.config.secureCookies | quote }}
+LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+API_PAGE_SIZE_MAX: {{ .Values.config.apiPageSizeMax | int64 | quote }}
+DATABASE_CONN_MAX_AGE: {{ .Values.config.databaseConnMaxAge | int64 | quote }}
+RECONCILE_INTERVAL_SECONDS: {{ .Values.config.reconcileIntervalSeconds | int64 | quote }}
+USAGE_FLUSH_INTERVAL_SECONDS: {{ .Values.config.usageFlushIntervalSeconds | int64 | quote }}
+GATEWAY_CACHE_SECONDS: {{ .Values.config.gateway.cacheSeconds | int64 | quote }}
+GATEWAY_CONNECT_TIMEOUT: {{ .Values.config.gateway.connectTimeout | int64 | quote }}
+GATEWAY_READ_TIMEOUT: {{ .Values.config.gateway.readTimeout | int64 | quote }}
+GATEWAY_MAX_BODY_BYTES: {{ .Values.config.gateway.maxBodyBytes | int64 | quote }}
+{{- range $name, $value := .Values.config.extraEnv }}
+{{ $name }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The three secrets: (name, key in the Secret, variable). The chart's own Secret uses the variable as key. */}}
+{{- define "marketplace.secretRefs" -}}
+{{- $ownSecret := .secretName }}
+{{- range $variable, $field := dict "SECRET_KEY" "secretKey" "DATABASE_URL" "databaseUrl" "REDIS_URL" "redisUrl" }}
+{{- $secret := index $.root.Values.secrets $field }}
+- variable: {{ $variable }}
+  secret: {{ $secret.existingSecret | default $ownSecret }}
+  key: {{ ternary $secret.key $variable (not (empty $secret.existingSecret)) }}
+{{- end }}
+{{- end }}
+
+{{/* True when at least one of the three secrets is given as a value, so the chart must store it. */}}
+{{- define "marketplace.hasSecretValues" -}}
+{{- $s := .Values.secrets }}
+{{- if or $s.secretKey.value $s.databaseUrl.value $s.redisUrl.value }}true{{ end }}
+{{- end }}
+
+{{/* The Secret data of the values given inline. */}}
+{{- define "marketplace.secretData" -}}
+{{- $s := .Values.secrets }}
+{{- if $s.secretKey.value }}
+SECRET_KEY: {{ $s.secretKey.value | b64enc | quote }}
+{{- end }}
+{{- if $s.databaseUrl.value }}
+DATABASE_URL: {{ $s.databaseUrl.value | b64enc | quote }}
+{{- end }}
+{{- if $s.redisUrl.value }}
+REDIS_URL: {{ $s.redisUrl.value | b64enc | quote }}
+{{- end }}
+{{- end }}
+
+{{/* A projected volume of the three secrets, one file per variable; call with
+(dict "root" $ "secretName" <the chart's Secret holding inline values>). */}}
+{{- define "marketplace.secretsVolume" -}}
+- name: secrets
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- range (include "marketplace.secretRefs" . | fromYamlArray) }}
+      - secret:
+          name: {{ .secret }}
+          items:
+            - key: {{ .key }}
+              path: {{ .variable }}
+      {{- end }}
+{{- end }}
+
+{{/* Environment of every container: the settings' files and the pod's own IP; call with
+(dict "root" $ "http" true|false). `$(ALLOWED_HOSTS)` expands to the ConfigMap's value. */}}
+{{- define "marketplace.env" -}}
+- name: SECRET_KEY_FILE
+  value: /var/run/secrets/marketplace/SECRET_KEY
+- name: DATABASE_URL_FILE
+  value: /var/run/secrets/marketplace/DATABASE_URL
+- name: REDIS_URL_FILE
+  value: /var/run/secrets/marketplace/REDIS_URL
+{{- if .http }}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: ALLOWED_HOSTS
+  value: "$(ALLOWED_HOSTS),$(POD_IP)"
+{{- end }}
+{{- end }}
+
+{{- define "marketplace.volumeMounts" -}}
+- name: secrets
+  mountPath: /var/run/secrets/marketplace
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Annotations that roll the pods when the settings or the secrets change. */}}
+{{- define "marketplace.checksums" -}}
+checksum/config: {{ include "marketplace.settings" . | sha256sum }}
+checksum/secret: {{ printf "%s%s" (include "marketplace.secretData" .) (include "marketplace.secretRefs" (dict "root" . "secretName" "")) | sha256sum }}
+{{- end }}
+
+{{/* Checks the schema cannot express; included by the ConfigMap, which every release renders. */}}
+{{- define "marketplace.validate" -}}
+{{- range $field := list "secretKey" "databaseUrl" "redisUrl" }}
+{{- $secret := index $.Values.secrets $field }}
+{{- if and $secret.value $secret.existingSecret }}
+{{- fail (printf "secrets.%s: give either value or existingSecret, not both" $field) }}
+{{- end }}
+{{- end }}
+{{- if eq (toString .Values.image.tag) "latest" }}
+{{- fail (printf "image.tag: `latest` is refused, pin a build (empty means the chart's appVersion, %s)" .Chart.AppVersion) }}
+{{- end }}
+{{- if hasSuffix ":latest" .Values.serving.vllmImage }}
+{{- fail "serving.vllmImage: `latest` is refused, pin the engine's version (e.g. vllm/vllm-openai:v0.33.0)" }}
+{{- end }}
+{{- if eq (toString .Values.tests.image.tag) "latest" }}
+{{- fail "tests.image.tag: `latest` is refused, pin a version" }}
+{{- end }}
+{{- range $component := list "web" "gateway" }}
+{{- $autoscaling := (index $.Values $component).autoscaling }}
+{{- if gt (int $autoscaling.minReplicas) (int $autoscaling.maxReplicas) }}
+{{- fail (printf "%s.autoscaling: minReplicas (%d) is above maxReplicas (%d)" $component (int $autoscaling.minReplicas) (int $autoscaling.maxReplicas)) }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,1 @@
+"""The container image's entry points and the Helm chart."""
