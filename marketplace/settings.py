@@ -40,7 +40,9 @@ def _database(url: str) -> dict[str, object]:
         "HOST": host,
         "PORT": str(parsed.port or ""),
         "OPTIONS": query,
-        "CONN_MAX_AGE": env.integer("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+        # 0: under ASGI each request's database work runs in a thread of its own, so a kept connection
+        # would outlive its thread and leak (Django's advice for ASGI; pool outside Django instead).
+        "CONN_MAX_AGE": env.integer("DATABASE_CONN_MAX_AGE", 0, minimum=0),
         "CONN_HEALTH_CHECKS": True,
     }
 

@@ -7,6 +7,7 @@ therefore noticed within the TTL (a few seconds), which is the price of that spe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,22 @@ class Directory:
         ttl = settings.GATEWAY_CACHE_SECONDS if ttl is None else ttl
         self.keys = _TtlCache(ttl)
         self.deployments = _TtlCache(ttl)
+        # One load per missing entry at a time: a burst of requests with a cold cache makes one query,
+        # not one query (and one database connection) per request.
+        self.loading: dict[Any, asyncio.Lock] = {}
+
+    async def _load(self, cache: _TtlCache, key: Any, load: Any, argument: Any) -> Any:
+        found, value = cache.get(key)
+        if found:
+            return value
+        lock = self.loading.setdefault(key, asyncio.Lock())
+        async with lock:
+            found, value = cache.get(key)  # another request may have loaded it while we waited
+            if not found:
+                value = await sync_to_async(load)(argument)
+                cache.put(key, value)
+        self.loading.pop(key, None)
+        return value
 
     async def caller(self, authorization: str) -> Caller | None:
         """The caller behind `Authorization: Bearer mk-…`, or None for a missing, unknown, expired or
@@ -72,10 +89,7 @@ class Directory:
         if scheme.lower() != "bearer" or not secret.startswith(API_KEY_PREFIX):
             return None
         hashed = hash_api_key(secret)
-        found, caller = self.keys.get(hashed)
-        if not found:
-            caller = await sync_to_async(_load_caller)(hashed)
-            self.keys.put(hashed, caller)
+        caller: Caller | None = await self._load(self.keys, hashed, _load_caller, hashed)
         return caller
 
     async def target(self, caller: Caller, name: str) -> Target | None:
@@ -83,18 +97,17 @@ class Directory:
         key may not call it, so an outsider learns nothing from the answer."""
         if not caller.may_call(name):
             return None
-        found, targets = self.deployments.get(caller.organization_id)
-        if not found:
-            targets = await sync_to_async(_load_targets)(caller.organization_id)
-            self.deployments.put(caller.organization_id, targets)
-        return targets.get(name)
+        return (await self._targets_of(caller.organization_id)).get(name)
 
     async def targets(self, caller: Caller) -> list[Target]:
-        found, targets = self.deployments.get(caller.organization_id)
-        if not found:
-            targets = await sync_to_async(_load_targets)(caller.organization_id)
-            self.deployments.put(caller.organization_id, targets)
+        targets = await self._targets_of(caller.organization_id)
         return [t for name, t in sorted(targets.items()) if caller.may_call(name)]
+
+    async def _targets_of(self, organization_id: int) -> dict[str, Target]:
+        targets: dict[str, Target] = await self._load(
+            self.deployments, ("org", organization_id), _load_targets, organization_id
+        )
+        return targets
 
 
 def _load_caller(hashed: str) -> Caller | None:
