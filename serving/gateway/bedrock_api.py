@@ -48,7 +48,10 @@ async def _prepare(
         estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload),
     )
     call.payload = payload
-    decision = await pipeline.admit(call)
+    try:
+        decision = await pipeline.admit(call)
+    except pipeline.LimitsUnavailable:
+        return bedrock_error(503, "The gateway cannot check rate limits right now; retry shortly.")
     if not decision.allowed:
         headers = {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)}
         return bedrock_error(429, f"Too many requests: {decision.reason}. Retry later.", headers=headers)

@@ -112,7 +112,10 @@ async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingH
         caller=caller, target=target, route=route, model=model, streamed=streamed,
         estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload),
     )  # fmt: skip
-    decision = await pipeline.admit(call)
+    try:
+        decision = await pipeline.admit(call)
+    except pipeline.LimitsUnavailable:
+        return openai_error(503, "The gateway cannot check rate limits right now; retry shortly.")
     if not decision.allowed:
         headers = {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)}
         code = "insufficient_quota" if "monthly" in decision.reason else "rate_limit_exceeded"

@@ -36,7 +36,11 @@ class Services:
     """The per-event-loop clients (Redis connections belong to the loop that opened them)."""
 
     def __init__(self) -> None:
-        connection = redis.asyncio.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        # A blocking pool: a burst waits (up to 5 s) for a free connection instead of failing.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=200, timeout=5, socket_timeout=5
+        )
+        connection = redis.asyncio.Redis(connection_pool=pool)
         self.directory = Directory()
         self.limiter = RateLimiter(connection)
         self.queue = UsageQueue(connection)
@@ -87,13 +91,20 @@ class Call:
             self.first_token_at = time.perf_counter()
 
 
+class LimitsUnavailable(Exception):
+    """Redis could not be asked: nobody is admitted unchecked."""
+
+
 async def admit(call: Call) -> Decision:
-    decision = await services().limiter.admit(
-        key_id=call.caller.key_id,
-        org_id=call.caller.organization_id,
-        limits=call.caller.limits,
-        prompt_tokens=call.estimated_prompt_tokens,
-    )
+    try:
+        decision = await services().limiter.admit(
+            key_id=call.caller.key_id,
+            org_id=call.caller.organization_id,
+            limits=call.caller.limits,
+            prompt_tokens=call.estimated_prompt_tokens,
+        )
+    except redis.RedisError as error:
+        raise LimitsUnavailable(str(error)) from error
     call.decision = decision
     return decision
 

@@ -137,3 +137,32 @@ def test_a_gateway_only_process_serves_only_the_invoke_routes() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "no api"
+
+
+def test_when_redis_is_down_callers_get_a_503_in_json_not_a_crash(
+    transactional_catalog: None, settings: Any
+) -> None:
+    settings.GATEWAY_CACHE_SECONDS = 0
+    organization = account_services.create_organization(
+        slug="nored", name="No Redis", owner=make_user("nora")
+    )
+    deploy(organization, "chat", CHAT, "http://127.0.0.1:9")
+    _, key = account_services.create_api_key(
+        organization=organization, name="k", created_by=None, expires_at=None
+    )
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+
+    async def ask() -> Any:
+        try:
+            return await AsyncClient().post(
+                "/v1/chat/completions",
+                {"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+                content_type="application/json",
+                headers={"Authorization": f"Bearer {key}"},
+            )
+        finally:
+            await sync_to_async(connections.close_all)()
+
+    response = asyncio.run(ask())
+    assert response.status_code == 503
+    assert "cannot check rate limits" in response.json()["error"]["message"]
