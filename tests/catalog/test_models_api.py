@@ -151,3 +151,12 @@ def test_detail_query_count_is_pinned() -> None:
     with CaptureQueriesContext(connection) as queries:
         assert APIClient().get("/api/models/llama-3.1-8b-instruct/").status_code == 200
     assert len(queries) == 2  # the card with provider and license; its fitting instance types
+
+
+def test_the_fast_list_rows_equal_the_generic_serializer_on_every_card() -> None:
+    from marketplace.catalog.api.serializers import ModelCardListSerializer, ModelCardSerializer
+
+    cards = list(ModelCard.objects.select_related("provider", "license"))
+    fast = ModelCardListSerializer(cards, many=True).data
+    generic = ModelCardSerializer(cards, many=True).data
+    assert [dict(row) for row in fast] == [dict(row) for row in generic]

@@ -8,7 +8,7 @@ from rest_framework import permissions, viewsets
 from marketplace.catalog.api.serializers import (
     InstanceTypeSerializer,
     ModelCardDetailSerializer,
-    ModelCardSerializer,
+    ModelCardListSerializer,
     ProviderSerializer,
 )
 from marketplace.catalog.filtersets import InstanceTypeFilterSet, ModelCardFilterSet
@@ -34,7 +34,7 @@ class ModelCardViewSet(CatalogViewSet):
     ordering = ["name"]
 
     def get_serializer_class(self) -> Any:
-        return ModelCardDetailSerializer if self.action == "retrieve" else ModelCardSerializer
+        return ModelCardDetailSerializer if self.action == "retrieve" else ModelCardListSerializer
 
 
 class InstanceTypeViewSet(CatalogViewSet):
