@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 from rest_framework import exceptions
 
@@ -21,7 +21,7 @@ from marketplace.catalog import fits
 from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions.services import subscription_in_force
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
-from serving.models import Deployment, DeploymentEvent
+from serving.models import Deployment, DeploymentEvent, UsageRecord
 from serving.spec import Autoscaling, DeploymentSpec, InstanceSpec, ModelSpec
 
 
@@ -152,11 +152,7 @@ def check_quota(
     live = Deployment.objects.filter(organization=organization, status__in=LIVE_STATUSES)
     if replacing is not None:
         live = live.exclude(pk=replacing.pk)
-    usage = live.aggregate(
-        count=Count("id"),
-        total=Sum("reserved_gpus"),
-        same_model=Sum("reserved_gpus", filter=Q(gpu_model=instance_type.gpu_model)),
-    )
+    usage = _reservations(live, gpu_model=instance_type.gpu_model)
     if replacing is None and usage["count"] >= quota.max_deployments:
         raise _refuse(
             "quota",
@@ -166,7 +162,7 @@ def check_quota(
     needed = max_replicas * instance_type.gpu_count
     if needed == 0:
         return 0
-    model_left = quota.gpu_limit(instance_type.gpu_model) - (usage["same_model"] or 0)
+    model_left = quota.gpu_limit(instance_type.gpu_model) - usage["same_model"]
     if instance_type.gpu_model in quota.gpus_per_model and needed > model_left:
         raise _refuse(
             "max_replicas",
@@ -174,7 +170,7 @@ def check_quota(
             f"quota leaves {max(model_left, 0)}: lower max replicas, or ask a platform admin to raise the "
             "quota.",
         )
-    total_left = quota.max_gpus - (usage["total"] or 0)
+    total_left = quota.max_gpus - usage["total"]
     if needed > total_left:
         raise _refuse(
             "max_replicas",
@@ -183,6 +179,47 @@ def check_quota(
             "lower max replicas, or ask a platform admin to raise the quota.",
         )
     return needed
+
+
+def _reservations(live: QuerySet[Deployment], *, gpu_model: str) -> dict[str, int]:
+    """How many live deployments there are, and the GPUs they hold in all and of `gpu_model`."""
+    usage = live.aggregate(
+        count=Count("id"),
+        total=Sum("reserved_gpus"),
+        same_model=Sum("reserved_gpus", filter=Q(gpu_model=gpu_model)),
+    )
+    return {name: value or 0 for name, value in usage.items()}
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    """An organisation's quota and how much of it is in use, for people to read (nothing is locked)."""
+
+    quota: Quota
+    deployments: int
+    gpus: int
+    gpus_by_model: dict[str, int]  # every GPU model with a limit of its own or in use
+    tokens_this_month: int
+
+
+def quota_use(organization: Organization) -> QuotaUse:
+    quota = Quota.objects.get_or_create(organization=organization)[0]
+    live = Deployment.objects.filter(organization=organization, status__in=LIVE_STATUSES)
+    usage = _reservations(live, gpu_model="")
+    by_model = dict.fromkeys(quota.gpus_per_model, 0)
+    for row in live.exclude(gpu_model="").values("gpu_model").annotate(gpus=Sum("reserved_gpus")):
+        by_model[row["gpu_model"]] = row["gpus"] or 0
+    month_start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    tokens = UsageRecord.objects.filter(organization=organization, created_at__gte=month_start).aggregate(
+        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
+    )
+    return QuotaUse(
+        quota=quota,
+        deployments=usage["count"],
+        gpus=usage["total"],
+        gpus_by_model=dict(sorted(by_model.items())),
+        tokens_this_month=(tokens["prompt"] or 0) + (tokens["completion"] or 0),
+    )
 
 
 def record(deployment: Deployment, status: str, message: str) -> None:

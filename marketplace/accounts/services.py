@@ -22,6 +22,15 @@ def create_organization(*, slug: str, name: str, owner: User | None) -> Organiza
     return organization
 
 
+def add_member(organization: Organization, user: User, role: str, *, by_owner: bool) -> Membership:
+    """Only owners make owners; a person is a member once."""
+    if role == Role.OWNER and not by_owner:
+        raise exceptions.PermissionDenied("Only an owner may make someone an owner.")
+    if organization.memberships.filter(user=user).exists():
+        raise exceptions.ValidationError({"username": [f"{user.username} is already a member."]})
+    return Membership.objects.create(organization=organization, user=user, role=role)
+
+
 def _owners_left_after(membership: Membership) -> int:
     """Owners other than this member. Locks the organisation's row first, so two owners stepping down
     at the same moment decide one after the other (a locked COUNT would lock nothing)."""

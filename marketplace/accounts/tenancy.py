@@ -4,11 +4,14 @@ Every view asks here; nothing else decides who belongs where.
 - A signed-in user sees the organisations they are a member of, with their membership's role.
 - An API key sees only its own organisation, with a member's rights.
 - A platform admin (staff) sees every organisation and may do everything.
+
+The REST API passes DRF requests and the web UI Django's own; only `request.user` is read.
 """
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.http import HttpRequest
 from rest_framework import exceptions
 from rest_framework.request import Request
 
@@ -16,13 +19,15 @@ from marketplace.accounts.authentication import ApiKeyPrincipal
 from marketplace.accounts.choices import MANAGERS, Role
 from marketplace.accounts.models import Membership, Organization
 
+AnyRequest = Request | HttpRequest
 
-def is_platform_admin(request: Request) -> bool:
+
+def is_platform_admin(request: AnyRequest) -> bool:
     user = request.user
     return bool(user and user.is_authenticated and user.is_staff)
 
 
-def visible_organizations(request: Request) -> QuerySet[Organization]:
+def visible_organizations(request: AnyRequest) -> QuerySet[Organization]:
     user = request.user
     if isinstance(user, ApiKeyPrincipal):
         return Organization.objects.filter(pk=user.api_key.organization_id)
@@ -33,7 +38,7 @@ def visible_organizations(request: Request) -> QuerySet[Organization]:
     return Organization.objects.filter(memberships__user=user)
 
 
-def role_in(request: Request, organization: Organization) -> str | None:
+def role_in(request: AnyRequest, organization: Organization) -> str | None:
     user = request.user
     if isinstance(user, ApiKeyPrincipal):
         return Role.MEMBER if user.api_key.organization_id == organization.pk else None
@@ -46,18 +51,20 @@ def role_in(request: Request, organization: Organization) -> str | None:
     )
 
 
-def can_manage(request: Request, organization: Organization) -> bool:
+def can_manage(request: AnyRequest, organization: Organization) -> bool:
     return role_in(request, organization) in MANAGERS
 
 
-def require_manager(request: Request, organization: Organization) -> None:
+def require_manager(request: AnyRequest, organization: Organization) -> None:
     if not can_manage(request, organization):
         raise exceptions.PermissionDenied(
             f"Only an owner or admin of '{organization.slug}' may do this; ask one of them."
         )
 
 
-def resolve_organization(request: Request, slug: str | None, *, field: str = "organization") -> Organization:
+def resolve_organization(
+    request: AnyRequest, slug: str | None, *, field: str = "organization"
+) -> Organization:
     """The organisation a write is for: the one named, or the caller's only one when none is named.
 
     An organisation the caller does not belong to gets the same answer as one that does not exist.

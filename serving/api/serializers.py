@@ -9,6 +9,7 @@ from serving.choices import POLICY_EXPLANATIONS, AutoscalingPolicy
 from serving.models import Deployment, DeploymentEvent
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DTYPES = ["auto", "bfloat16", "float16", "float32"]
 QUANTIZATIONS = ["awq", "gptq", "fp8", "bitsandbytes", "awq_marlin", "gptq_marlin", "compressed-tensors"]
 
 
@@ -16,7 +17,7 @@ class EngineOptionsSerializer(serializers.Serializer[dict[str, Any]]):
     """The allow-list of vLLM options a deployment may set; anything else is refused by name."""
 
     max_model_len = serializers.IntegerField(min_value=128, max_value=10_485_760, required=False)
-    dtype = serializers.ChoiceField(choices=["auto", "bfloat16", "float16", "float32"], required=False)
+    dtype = serializers.ChoiceField(choices=DTYPES, required=False)
     quantization = serializers.ChoiceField(choices=QUANTIZATIONS, required=False)
     gpu_memory_utilization = serializers.FloatField(min_value=0.1, max_value=0.99, required=False)
     max_num_seqs = serializers.IntegerField(min_value=1, max_value=4096, required=False)

@@ -24,7 +24,7 @@ from serving.models import Deployment
 
 @dataclass(frozen=True)
 class Caller:
-    key_id: int
+    key_id: int | None  # None: a signed-in person in the web playground, limited as their organisation
     organization_id: int
     allowed_deployments: frozenset[str]  # empty: every deployment of the organisation
     limits: Limits
@@ -92,6 +92,14 @@ class Directory:
         caller: Caller | None = await self._load(self.keys, hashed, _load_caller, hashed)
         return caller
 
+    async def person(self, organization_id: int) -> Caller:
+        """A signed-in person calling from the web playground: no key, so only the organisation's limits
+        apply (and its budget is spent), and their calls are metered without a key."""
+        caller: Caller = await self._load(
+            self.keys, ("person", organization_id), _load_person, organization_id
+        )
+        return caller
+
     async def target(self, caller: Caller, name: str) -> Target | None:
         """The caller's organisation's ready deployment called `name`; None when there is none or the
         key may not call it, so an outsider learns nothing from the answer."""
@@ -114,16 +122,24 @@ def _load_caller(hashed: str) -> Caller | None:
     key = ApiKey.objects.usable().filter(hashed_key=hashed).first()
     if key is None:
         return None
-    quota = Quota.objects.get_or_create(organization_id=key.organization_id)[0]
     if key.last_used_at is None or (timezone.now() - key.last_used_at).total_seconds() > 60:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    return _caller(key.organization_id, key)
+
+
+def _load_person(organization_id: int) -> Caller:
+    return _caller(organization_id, None)
+
+
+def _caller(organization_id: int, key: ApiKey | None) -> Caller:
+    quota = Quota.objects.get_or_create(organization_id=organization_id)[0]
     return Caller(
-        key_id=key.pk,
-        organization_id=key.organization_id,
-        allowed_deployments=frozenset(key.allowed_deployments or ()),
+        key_id=None if key is None else key.pk,
+        organization_id=organization_id,
+        allowed_deployments=frozenset(key.allowed_deployments or ()) if key else frozenset(),
         limits=Limits(
-            key_rpm=key.requests_per_minute,
-            key_tpm=key.tokens_per_minute,
+            key_rpm=None if key is None else key.requests_per_minute,
+            key_tpm=None if key is None else key.tokens_per_minute,
             org_rpm=quota.requests_per_minute,
             org_tpm=quota.tokens_per_minute,
             org_monthly_tokens=quota.monthly_token_budget,

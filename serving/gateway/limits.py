@@ -336,13 +336,15 @@ class RateLimiter:
         self.prefix = prefix
         self.window_seconds = window_seconds
 
-    def _keys(self, key_id: int, org_id: int) -> tuple[list[str], str]:
+    def _keys(self, key_id: int | None, org_id: int) -> tuple[list[str], str]:
         p = self.prefix
-        counters = [f"{p}rpm:key:{key_id}", f"{p}rpm:org:{org_id}"]
-        counters += [f"{p}tpm:key:{key_id}", f"{p}tpm:org:{org_id}"]
+        # A call without a key (the web playground) has no key limits; its key counters go unread.
+        key = "none" if key_id is None else key_id
+        counters = [f"{p}rpm:key:{key}", f"{p}rpm:org:{org_id}"]
+        counters += [f"{p}tpm:key:{key}", f"{p}tpm:org:{org_id}"]
         return counters, f"{p}month:org:{org_id}:"
 
-    async def admit(self, *, key_id: int, org_id: int, limits: Limits, prompt_tokens: int) -> Decision:
+    async def admit(self, *, key_id: int | None, org_id: int, limits: Limits, prompt_tokens: int) -> Decision:
         """Check every limit and, only if all pass, count the request and its prompt tokens against all
         of them. One round trip."""
         counters, month_prefix = self._keys(key_id, org_id)
@@ -370,7 +372,7 @@ class RateLimiter:
             reset_tokens_ms=figures[5],
         )
 
-    async def add_tokens(self, *, key_id: int, org_id: int, tokens: int) -> None:
+    async def add_tokens(self, *, key_id: int | None, org_id: int, tokens: int) -> None:
         """Count tokens learnt after admission (completion tokens, a larger real prompt) against the
         key's and organisation's per-minute counters and the monthly budget. One round trip; nothing to do
         for zero or fewer tokens (an over-estimate is not refunded). May take a counter over its limit,

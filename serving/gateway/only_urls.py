@@ -2,9 +2,9 @@
 
 from django.urls import include, path
 
-from marketplace.web import views as web_views
+from marketplace.web import health
 
 urlpatterns = [
-    path("healthz", web_views.healthz, name="healthz"),
+    path("healthz", health.healthz, name="healthz"),
     path("", include("serving.gateway.urls")),
 ]

@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from serving.gateway import pipeline, upstream
+from serving.gateway.directory import Caller
 from serving.gateway.errors import openai_error
 
 COMMON = {"model", "user", "stream", "stream_options", "n", "seed", "max_tokens", "temperature", "top_p",
@@ -96,11 +97,19 @@ async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingH
     if isinstance(payload, str):
         status = 413 if "limit is" in payload else 400
         return openai_error(status, payload)
+    return await invoke_as(caller, route, payload)
+
+
+async def invoke_as(
+    caller: Caller, route: str, payload: dict[str, Any]
+) -> HttpResponse | StreamingHttpResponse:
+    """Check, admit, proxy and meter one call of `caller` (an API key's, or a signed-in person's in the
+    web playground): the same path whoever calls."""
     problem = check_shape(route, payload)
     if problem:
         return openai_error(400, problem[1], param=problem[0])
     model = payload["model"]
-    target = await gateway.directory.target(caller, model)
+    target = await pipeline.services().directory.target(caller, model)
     if target is None:
         return openai_error(
             404,

@@ -108,12 +108,12 @@ class MemberListView(generics.ListCreateAPIView):
         tenancy.require_manager(request, organization)
         serializer = MembershipCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        user, role = serializer.validated_data["username"], serializer.validated_data["role"]
-        if role == Role.OWNER and tenancy.role_in(request, organization) != Role.OWNER:
-            raise exceptions.PermissionDenied("Only an owner may make someone an owner.")
-        if organization.memberships.filter(user=user).exists():
-            raise exceptions.ValidationError({"username": [f"{user.username} is already a member."]})
-        membership = Membership.objects.create(organization=organization, user=user, role=role)
+        membership = services.add_member(
+            organization,
+            serializer.validated_data["username"],
+            serializer.validated_data["role"],
+            by_owner=tenancy.role_in(request, organization) == Role.OWNER,
+        )
         return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
 

@@ -3,16 +3,10 @@ import logging
 from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
-
-
-@require_GET
-def home(request: HttpRequest) -> HttpResponse:
-    return redirect("api-docs")
 
 
 @require_GET

@@ -1,0 +1,55 @@
+"""Forms of the web UI, validated by the same serializers and services as the REST API.
+
+A page posts plain form fields; `form_data` turns them into what the API's serializers take, and
+`field_errors` turns a serializer's or a service's refusal into messages shown next to each field, so
+a rule and its wording live in one place for both the API and the UI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import QueryDict
+from rest_framework import exceptions
+
+NON_FIELD = "__all__"
+
+
+def form_data(
+    post: QueryDict, fields: tuple[str, ...], *, nested: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, Any]:
+    """The named fields that were filled in (an empty field means "not given", so defaults apply);
+    `nested` groups prefixed fields (`engine_options.dtype`) into a dictionary."""
+    data: dict[str, Any] = {
+        name: str(post[name]).strip() for name in fields if str(post.get(name, "")).strip()
+    }
+    for group, names in (nested or {}).items():
+        values = {
+            name: str(post[f"{group}.{name}"]).strip()
+            for name in names
+            if str(post.get(f"{group}.{name}", "")).strip()
+        }
+        data[group] = values
+    return data
+
+
+def field_errors(error: exceptions.ValidationError | dict[str, Any] | list[Any]) -> dict[str, list[str]]:
+    """{field: [message, …]} from a refusal; nested fields become `group.field`, errors that name no
+    field go under NON_FIELD."""
+    detail = error.detail if isinstance(error, exceptions.ValidationError) else error
+    found: dict[str, list[str]] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                name = NON_FIELD if key in ("non_field_errors", NON_FIELD) else key
+                walk(inner, f"{prefix}.{name}" if prefix and name != NON_FIELD else name)
+        elif isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
+            for inner in value:
+                walk(inner, prefix)
+        else:
+            messages = value if isinstance(value, list) else [value]
+            found.setdefault(prefix or NON_FIELD, []).extend(str(m) for m in messages)
+
+    walk(detail, "")
+    return found

@@ -1,0 +1,35 @@
+"""The web UI's pages. Names are used as `web:<name>`."""
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from marketplace.web.views import catalog, deployments, keys, organization, platform, playground
+
+app_name = "web"
+
+urlpatterns = [
+    path("", catalog.catalog, name="catalog"),
+    path("sign-in/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="sign-in"),
+    path("sign-out/", auth_views.LogoutView.as_view(), name="sign-out"),
+    path("models/<str:slug>/", catalog.model_page, name="model"),
+    path("models/<str:slug>/subscribe/", catalog.subscribe, name="subscribe"),
+    path("models/<str:slug>/unsubscribe/", catalog.unsubscribe, name="unsubscribe"),
+    path("deployments/", deployments.deployment_list, name="deployments"),
+    path("deployments/new/", deployments.deploy, name="deploy"),
+    path("deployments/<int:pk>/", deployments.deployment_detail, name="deployment"),
+    path("deployments/<int:pk>/usage/", deployments.deployment_usage, name="deployment-usage"),
+    path("deployments/<int:pk>/scale/", deployments.deployment_scale, name="deployment-scale"),
+    path("deployments/<int:pk>/delete/", deployments.deployment_delete, name="deployment-delete"),
+    path("deployments/<int:pk>/playground/", playground.playground, name="playground"),
+    path("deployments/<int:pk>/playground/chat/", playground.playground_chat, name="playground-chat"),
+    path("api-keys/", keys.api_keys, name="api-keys"),
+    path("api-keys/new/", keys.create_api_key, name="api-key-create"),
+    path("api-keys/<int:pk>/revoke/", keys.revoke_api_key, name="api-key-revoke"),
+    path("organization/", organization.organization_page, name="organization"),
+    path("organization/switch/", organization.switch, name="organization-switch"),
+    path("organization/members/", organization.add_member, name="member-add"),
+    path("organization/members/<str:username>/role/", organization.change_role, name="member-role"),
+    path("organization/members/<str:username>/remove/", organization.remove_member, name="member-remove"),
+    path("platform/", platform.overview, name="platform"),
+    path("platform/organizations/<slug:slug>/quota/", platform.edit_quota, name="platform-quota"),
+]

@@ -1,0 +1,235 @@
+"""Deploy → provision → ready, as people see it: the deploy form, the list, a deployment's page with
+its live status, timeline, snippets and usage, scaling and deleting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from rest_framework import exceptions
+
+from marketplace.accounts import tenancy
+from marketplace.accounts.models import Organization
+from marketplace.catalog.models import ModelCard
+from marketplace.subscriptions.models import Subscription
+from marketplace.web import charts, current
+from marketplace.web.fitting import instance_rows
+from marketplace.web.forms import NON_FIELD, field_errors, form_data
+from serving import services
+from serving.api.serializers import (
+    DTYPES,
+    QUANTIZATIONS,
+    DeploymentCreateSerializer,
+    DeploymentScaleSerializer,
+    EngineOptionsSerializer,
+)
+from serving.api.views import _scaling
+from serving.choices import POLICY_EXPLANATIONS, AutoscalingPolicy, Backend, DeploymentStatus
+from serving.models import Deployment
+
+SCALING_FIELDS = (
+    "min_replicas", "max_replicas", "autoscaling_policy", "autoscaling_target", "idle_seconds",
+    "scale_up_window_seconds", "scale_down_window_seconds",
+)  # fmt: skip
+ENGINE_FIELDS = tuple(EngineOptionsSerializer().fields)
+# The steps a new deployment goes through, for the progress timeline.
+STEPS = (
+    (DeploymentStatus.PENDING, "Requested"),
+    (DeploymentStatus.PROVISIONING, "Starting the engine"),
+    (DeploymentStatus.READY, "Ready"),
+)
+POLLING = {DeploymentStatus.PENDING, DeploymentStatus.PROVISIONING, DeploymentStatus.UPDATING,
+           DeploymentStatus.DELETING}  # fmt: skip
+
+
+def visible_deployments(request: HttpRequest) -> QuerySet[Deployment]:
+    return Deployment.objects.filter(organization__in=tenancy.visible_organizations(request)).select_related(
+        "organization", "model_card", "instance_type"
+    )
+
+
+def _deployment(request: HttpRequest, pk: int) -> Deployment:
+    """The deployment, or 404 for one of an organisation the person is not in (as for one that does not
+    exist). Any member may scale and delete, as in the API."""
+    return get_object_or_404(visible_deployments(request), pk=pk)
+
+
+@login_required
+@require_GET
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    organization = current.organization(request)
+    deployments = (
+        visible_deployments(request)
+        .filter(organization=organization)
+        .exclude(status=DeploymentStatus.DELETED)
+        if organization
+        else Deployment.objects.none()
+    )
+    return render(
+        request,
+        "web/deployments.html",
+        {"organization": organization, "deployments": deployments, "polling": POLLING},
+    )
+
+
+def _deploy_context(
+    request: HttpRequest, organization: Organization | None, card: ModelCard | None
+) -> dict[str, Any]:
+    subscribed = (
+        ModelCard.objects.filter(
+            subscriptions__in=Subscription.objects.in_force().filter(organization=organization)
+        ).order_by("name")
+        if organization
+        else ModelCard.objects.none()
+    )
+    return {
+        "organization": organization,
+        "card": card,
+        "subscribed": subscribed,
+        "instances": instance_rows(card) if card else [],
+        "policies": [
+            (policy.value, policy.label, POLICY_EXPLANATIONS[policy]) for policy in AutoscalingPolicy
+        ],
+        "local_backend": settings.SERVING_BACKEND == Backend.LOCAL,
+        "bars": charts.quota_bars(organization) if organization else [],
+        "dtypes": DTYPES,
+        "quantizations": QUANTIZATIONS,
+        "values": {
+            "min_replicas": "1",
+            "max_replicas": "1",
+            "autoscaling_policy": "fixed",
+            "autoscaling_target": "5",
+            "idle_seconds": "900",
+            "scale_up_window_seconds": "0",
+            "scale_down_window_seconds": "300",
+        },
+        "errors": {},
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deploy(request: HttpRequest) -> HttpResponse:
+    organization = current.organization(request)
+    slug = request.POST.get("model") or request.GET.get("model")
+    card = ModelCard.objects.filter(slug=slug).first() if slug else None
+    context = _deploy_context(request, organization, card)
+    if request.method == "GET":
+        if card is not None:
+            context["values"]["name"] = card.slug.replace(".", "-")[:40].strip("-")
+        return render(request, "web/deploy.html", context)
+    context["values"] = request.POST.dict()
+    if organization is None:
+        context["errors"] = {
+            NON_FIELD: ["You are in no organisation yet: ask a platform admin to add you to one."]
+        }
+        return render(request, "web/deploy.html", context, status=400)
+    data = form_data(
+        request.POST,
+        ("name", "model", "instance_type", "tensor_parallel_size", *SCALING_FIELDS),
+        nested={"engine_options": ENGINE_FIELDS},
+    )
+    # An unticked checkbox sends nothing, and "not given" keeps the card's default.
+    serializer = DeploymentCreateSerializer(data=data)
+    try:
+        serializer.is_valid(raise_exception=True)
+        valid = serializer.validated_data
+        deployment = services.create_deployment(
+            organization=organization,
+            user=request.user,  # type: ignore[arg-type]
+            name=valid["name"],
+            card=valid["model"],
+            instance_type=valid["instance_type"],
+            scaling=_scaling(valid),
+            engine_options=valid["engine_options"],
+            tensor_parallel_size=valid.get("tensor_parallel_size"),
+        )
+    except exceptions.ValidationError as error:
+        context["errors"] = field_errors(error)
+        context["engine_open"] = any(
+            name.startswith("engine_options") or name == "tensor_parallel_size" for name in context["errors"]
+        )
+        return render(request, "web/deploy.html", context, status=400)
+    return redirect("web:deployment", pk=deployment.pk)
+
+
+def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
+    reached = {status for (status,) in deployment.events.values_list("status")}
+    steps = []
+    for status, label in STEPS:
+        if deployment.status == status:
+            state = "current"
+        elif status in reached or deployment.status == DeploymentStatus.READY:
+            state = "done"
+        else:
+            state = "todo"
+        steps.append({"label": label, "state": state})
+    return {
+        "deployment": deployment,
+        "events": deployment.events.all()[:30],
+        "steps": steps,
+        "polling": deployment.status in POLLING,
+        "base_url": request.build_absolute_uri("/").rstrip("/"),
+        "explanation": POLICY_EXPLANATIONS[AutoscalingPolicy(deployment.autoscaling_policy)],
+        "is_embedding": "embedding" in deployment.model_card.tasks,
+        "ranges": {name: label for name, (label, *_) in charts.RANGES.items()},
+        "deployment_values": {
+            "min_replicas": deployment.min_replicas,
+            "max_replicas": deployment.max_replicas,
+        },
+        "errors": {},
+    }
+
+
+@login_required
+@require_GET
+def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _deployment(request, pk)
+    context = _detail_context(request, deployment)
+    if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "status":
+        return render(request, "web/_deployment_status.html", context)
+    return render(request, "web/deployment.html", context)
+
+
+@login_required
+@require_GET
+def deployment_usage(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _deployment(request, pk)
+    range_name = request.GET.get("range", "24h")
+    if range_name not in charts.RANGES:
+        range_name = "24h"
+    context = charts.usage_charts(deployment.usage_records.all(), range_name)
+    return render(request, "web/_usage.html", {**context, "deployment": deployment, "range": range_name})
+
+
+@login_required
+@require_POST
+def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _deployment(request, pk)
+    try:
+        serializer = DeploymentScaleSerializer(data=form_data(request.POST, SCALING_FIELDS))
+        serializer.is_valid(raise_exception=True)
+        services.scale_deployment(deployment, _scaling(serializer.validated_data))
+    except exceptions.ValidationError as error:
+        context = _detail_context(request, deployment)
+        context["errors"] = field_errors(error)
+        context["scale_values"] = request.POST.dict()
+        return render(request, "web/deployment.html", context, status=400)
+    return redirect("web:deployment", pk=deployment.pk)
+
+
+@login_required
+@require_POST
+def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _deployment(request, pk)
+    if request.POST.get("confirm", "").strip() != deployment.name:
+        context = _detail_context(request, deployment)
+        context["errors"] = {"confirm": [f"Type the deployment's name, {deployment.name}, to delete it."]}
+        return render(request, "web/deployment.html", context, status=400)
+    services.delete_deployment(deployment)
+    return redirect("web:deployment", pk=deployment.pk)

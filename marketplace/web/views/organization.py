@@ -1,0 +1,125 @@
+"""The current organisation: its members and their roles, and how much of its quota is in use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+from rest_framework import exceptions
+
+from marketplace.accounts import services, tenancy
+from marketplace.accounts.api.serializers import MembershipCreateSerializer, MembershipUpdateSerializer
+from marketplace.accounts.choices import Role
+from marketplace.accounts.models import Membership, Organization
+from marketplace.web import current
+from marketplace.web.charts import quota_bars
+from marketplace.web.forms import NON_FIELD, field_errors, form_data
+
+
+def _context(request: HttpRequest, organization: Organization) -> dict[str, Any]:
+    role = tenancy.role_in(request, organization)
+    return {
+        "organization": organization,
+        "members": organization.memberships.select_related("user").order_by("user__username"),
+        "bars": quota_bars(organization),
+        "quota": organization.quota,
+        "role": role,
+        "can_manage": role in (Role.OWNER, Role.ADMIN),
+        "is_owner": role == Role.OWNER,
+        "roles": Role.choices,
+        "errors": {},
+        "values": {},
+    }
+
+
+def _current(request: HttpRequest) -> Organization:
+    organization = current.organization(request)
+    if organization is None:
+        raise Http404("You are in no organisation.")
+    return organization
+
+
+@login_required
+@require_GET
+def organization_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "web/organization.html", _context(request, _current(request)))
+
+
+@login_required
+@require_POST
+def switch(request: HttpRequest) -> HttpResponse:
+    current.pick(request, request.POST.get("organization", ""))
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = "/"
+    return redirect(target)
+
+
+def _refused(
+    request: HttpRequest, organization: Organization, error: exceptions.APIException
+) -> HttpResponse:
+    context = _context(request, organization)
+    context["values"] = request.POST.dict()
+    if isinstance(error, exceptions.ValidationError):
+        context["errors"] = field_errors(error)
+        return render(request, "web/organization.html", context, status=400)
+    context["errors"] = {NON_FIELD: [str(error.detail)]}
+    return render(request, "web/organization.html", context, status=403)
+
+
+@login_required
+@require_POST
+def add_member(request: HttpRequest) -> HttpResponse:
+    organization = _current(request)
+    try:
+        tenancy.require_manager(request, organization)
+        serializer = MembershipCreateSerializer(data=form_data(request.POST, ("username", "role")))
+        serializer.is_valid(raise_exception=True)
+        services.add_member(
+            organization,
+            serializer.validated_data["username"],
+            serializer.validated_data["role"],
+            by_owner=tenancy.role_in(request, organization) == Role.OWNER,
+        )
+    except exceptions.APIException as error:
+        return _refused(request, organization, error)
+    return redirect("web:organization")
+
+
+def _membership(organization: Organization, username: str) -> Membership:
+    return get_object_or_404(organization.memberships.select_related("user"), user__username=username)
+
+
+@login_required
+@require_POST
+def change_role(request: HttpRequest, username: str) -> HttpResponse:
+    organization = _current(request)
+    membership = _membership(organization, username)
+    try:
+        tenancy.require_manager(request, organization)
+        serializer = MembershipUpdateSerializer(data=form_data(request.POST, ("role",)))
+        serializer.is_valid(raise_exception=True)
+        by_owner = tenancy.role_in(request, organization) == Role.OWNER
+        services.change_role(membership, serializer.validated_data["role"], by_owner=by_owner)
+    except exceptions.APIException as error:
+        return _refused(request, organization, error)
+    return redirect("web:organization")
+
+
+@login_required
+@require_POST
+def remove_member(request: HttpRequest, username: str) -> HttpResponse:
+    organization = _current(request)
+    membership = _membership(organization, username)
+    try:
+        if membership.user_id != request.user.pk:
+            tenancy.require_manager(request, organization)
+        by_owner = tenancy.role_in(request, organization) == Role.OWNER
+        services.remove_member(membership, by_owner=by_owner)
+    except exceptions.APIException as error:
+        return _refused(request, organization, error)
+    return redirect("web:organization")
