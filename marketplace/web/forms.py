@@ -12,7 +12,7 @@ from typing import Any
 from django.http import QueryDict
 from rest_framework import exceptions
 
-NON_FIELD = "__all__"
+NON_FIELD = "form"
 
 
 def form_data(
@@ -42,7 +42,7 @@ def field_errors(error: exceptions.ValidationError | dict[str, Any] | list[Any])
     def walk(value: Any, prefix: str) -> None:
         if isinstance(value, dict):
             for key, inner in value.items():
-                name = NON_FIELD if key in ("non_field_errors", NON_FIELD) else key
+                name = NON_FIELD if key in ("non_field_errors", "__all__", NON_FIELD) else key
                 walk(inner, f"{prefix}.{name}" if prefix and name != NON_FIELD else name)
         elif isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
             for inner in value:

@@ -1,0 +1,105 @@
+"""The catalog page: search and facets narrow the list, htmx gets just the results, bad filters are
+explained, and anyone may browse."""
+
+from __future__ import annotations
+
+import re
+
+from marketplace.catalog.models import ModelCard
+
+CATALOG = "/"
+
+
+def card_names(html: str) -> list[str]:
+    return re.findall(r'<h2><a href="/models/[^"]+/">([^<]+)</a></h2>', html)
+
+
+def test_anyone_may_browse_the_catalog(client, db) -> None:
+    response = client.get(CATALOG)
+    assert response.status_code == 200
+    assert f"{ModelCard.objects.count()} models" in response.text
+    assert len(card_names(response.text)) == 24  # the first page
+
+
+def test_search_narrows_the_list(client, db) -> None:
+    names = card_names(client.get(CATALOG, {"q": "smollm2 135m"}).text)
+    assert names == ["SmolLM2 135M Instruct"]
+
+
+def test_each_facet_filters(client, db) -> None:
+    cases = {
+        "task": ("embedding", lambda c: "embedding" in c.tasks),
+        "domain": ("finance", lambda c: "finance" in c.domains),
+        "language": ("de", lambda c: "de" in c.languages),
+        "provider": ("mistral-ai", lambda c: c.provider.slug == "mistral-ai"),
+        "license": ("apache-2.0", lambda c: c.license.identifier == "apache-2.0"),
+        "modality": ("image", lambda c: "image" in c.modalities_in),
+    }
+    cards = list(ModelCard.objects.select_related("provider", "license"))
+    for name, (value, keep) in cases.items():
+        expected = sum(1 for card in cards if keep(card))
+        assert 0 < expected < len(cards), name  # the check below could fail
+        response = client.get(CATALOG, {name: value})
+        assert f"{expected} model" in response.text.split('id="result-count">')[1][:20], name
+
+
+def test_size_context_and_fits_facets(client, db) -> None:
+    small = ModelCard.objects.filter(parameters__lte=3_000_000_000).count()
+    assert f"{small} model" in client.get(CATALOG, {"size": "small"}).text
+    long = ModelCard.objects.filter(context_length__gte=131072).count()
+    assert f"{long} model" in client.get(CATALOG, {"context_length_min": "131072"}).text
+    cpu = ModelCard.objects.filter(cpu_capable=True).count()
+    assert f"{cpu} model" in client.get(CATALOG, {"fits": "local-cpu"}).text
+
+
+def test_sorting_by_size(client, db) -> None:
+    names = card_names(client.get(CATALOG, {"sort": "-parameters"}).text)
+    largest = ModelCard.objects.order_by("-parameters", "name").values_list("name", flat=True)[:3]
+    assert names[:3] == list(largest)
+
+
+def test_htmx_gets_only_the_results(client, db) -> None:
+    response = client.get(CATALOG, {"task": "reranking"}, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="results")
+    assert "<html" not in response.text and 'id="result-count"' in response.text
+
+
+def test_pagination_keeps_the_filters(client, db) -> None:
+    response = client.get(CATALOG, {"task": "chat", "page": "2"})
+    assert "Page 2 of" in response.text and "task=chat&amp;page=1" in response.text
+
+
+def test_a_bad_filter_is_explained_not_a_500(client, db) -> None:
+    response = client.get(CATALOG, {"fits": "no-such-instance", "task": "dancing"})
+    assert response.status_code == 200
+    assert "fits" in response.text and "task" in response.text and "0 models" in response.text
+
+
+def test_model_page_shows_specs_license_and_fit(client, db) -> None:
+    response = client.get("/models/smollm2-135m-instruct/")
+    assert response.status_code == 200
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in response.text
+    assert "Apache License 2.0" in response.text
+    assert "Sign in" in response.text  # anonymous: no subscribe form
+    assert "This machine (CPU)" in response.text
+
+
+def test_fit_table_estimates_cost_for_min_and_max_replicas(client, db) -> None:
+    response = client.get(
+        "/models/llama-3.1-8b-instruct/",
+        {"min_replicas": "2", "max_replicas": "5"},
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_TARGET="fits",
+    )
+    assert "<html" not in response.text
+    # g5.xlarge at $1.006/h: 2 replicas $2.01, 5 replicas $5.03
+    row = response.text.split("g5.xlarge")[1].split("</tr>")[0]
+    assert "$2.01" in row and "$5.03" in row
+
+
+def test_bad_replica_numbers_are_explained(client, db) -> None:
+    response = client.get("/models/llama-3.1-8b-instruct/", {"min_replicas": "9", "max_replicas": "x"})
+    assert response.status_code == 200 and "A whole number from 0 to 64." in response.text
+
+
+def test_unknown_model_is_404(client, db) -> None:
+    assert client.get("/models/no-such-model/").status_code == 404
