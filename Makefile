@@ -17,4 +17,5 @@ lint:
 
 bench:  ## benchmarks that print their figures (DATABASE_URL/REDIS_URL when set, else embedded servers)
 	.venv/bin/python bench/catalog.py
+	.venv/bin/python bench/catalog_page.py
 	.venv/bin/python bench/provision.py

@@ -11,7 +11,6 @@ measured in the same run (the baseline).
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import run_with_services  # noqa: E402 (after the path is set)
+from bench.common import main  # noqa: E402 (after the path is set)
 
 SCENARIOS = [
     ("list (baseline)", {}),
@@ -133,13 +132,5 @@ def run(cards: int, requests: int) -> None:
     print("queries per request grow with page size:", ", ".join(grows) if grows else "no")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cards", type=int, default=10_000)
-    parser.add_argument("--requests", type=int, default=200)
-    args = parser.parse_args()
-    run_with_services(lambda: run(args.cards, args.requests))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, cards=10_000, requests=200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,3 +36,13 @@ def run_with_services(run: Callable[[], None]) -> None:
         os.environ.update(urls)
         os.environ["DATABASE_URL"] = bench_database(os.environ["DATABASE_URL"])
         run()
+
+
+def main(doc: str, run: Callable[..., None], **options: int) -> None:
+    """The command line every benchmark shares: `--name N` for each of `options` (with its default),
+    then `run(**values)` on the configured or embedded servers."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in options.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    values = vars(parser.parse_args())
+    run_with_services(lambda: run(**values))

@@ -13,7 +13,6 @@ servers.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import run_with_services  # noqa: E402 (after the path is set)
+from bench.common import main  # noqa: E402 (after the path is set)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -30,7 +29,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def run(creates: int, deployment_count: int) -> None:
+def run(creates: int, deployments: int) -> None:
     import django
 
     django.setup()
@@ -90,9 +89,7 @@ def run(creates: int, deployment_count: int) -> None:
     print(f"   create→applied  p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   (goal p50 ≤ 300 ms)")
     print(f"   apply alone     p50 {base:7.1f} ms   ratio create/apply p50 {p50 / base:.1f}×")
 
-    print(
-        f"\n2. one reconcile pass over {deployment_count} deployments with objects and ready pods in the fake"
-    )
+    print(f"\n2. one reconcile pass over {deployments} deployments with objects and ready pods in the fake")
     Deployment.objects.all().delete()
     fake.objects.clear()
     rows = [
@@ -102,7 +99,7 @@ def run(creates: int, deployment_count: int) -> None:
             status_message="Ready: 1 of 1 replicas serving.",
             ready_replicas=1, desired_replicas=1, observed_generation=1,
         )
-        for number in range(deployment_count)
+        for number in range(deployments)
     ]  # fmt: skip
     Deployment.objects.bulk_create(rows, batch_size=500)
     started = time.perf_counter()
@@ -138,13 +135,5 @@ def run(creates: int, deployment_count: int) -> None:
     fake.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--creates", type=int, default=100)
-    parser.add_argument("--deployments", type=int, default=1000)
-    args = parser.parse_args()
-    run_with_services(lambda: run(args.creates, args.deployments))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, creates=100, deployments=1000)

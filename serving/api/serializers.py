@@ -4,7 +4,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+from marketplace.accounts.models import Organization
 from marketplace.catalog.models import InstanceType, ModelCard
+from serving import services
 from serving.choices import POLICY_EXPLANATIONS, AutoscalingPolicy
 from serving.models import Deployment, DeploymentEvent
 
@@ -45,6 +47,19 @@ class ScalingSerializer(serializers.Serializer[Deployment]):
     scale_up_window_seconds = serializers.IntegerField(min_value=0, max_value=3600, default=0)
     scale_down_window_seconds = serializers.IntegerField(min_value=0, max_value=3600, default=300)
 
+    def scaling(self) -> services.Scaling:
+        """The validated replica bounds and policy, as the services take them."""
+        data = self.validated_data
+        return services.Scaling(
+            min_replicas=data["min_replicas"],
+            max_replicas=data["max_replicas"],
+            policy=data["autoscaling_policy"],
+            target=data["autoscaling_target"],
+            idle_seconds=data["idle_seconds"],
+            scale_up_window_seconds=data["scale_up_window_seconds"],
+            scale_down_window_seconds=data["scale_down_window_seconds"],
+        )
+
 
 class DeploymentCreateSerializer(ScalingSerializer):
     organization = serializers.SlugField(required=False, help_text="Default: your only organisation")
@@ -59,6 +74,20 @@ class DeploymentCreateSerializer(ScalingSerializer):
     max_replicas = serializers.IntegerField(min_value=1, max_value=64, default=1)
     tensor_parallel_size = serializers.IntegerField(min_value=1, max_value=64, required=False)
     engine_options = EngineOptionsSerializer(required=False, default=dict)
+
+    def create_deployment(self, organization: Organization, user: Any) -> Deployment:
+        """Admit and save the validated request (serving.services decides whether it may be)."""
+        data = self.validated_data
+        return services.create_deployment(
+            organization=organization,
+            user=user if getattr(user, "pk", None) is not None else None,
+            name=data["name"],
+            card=data["model"],
+            instance_type=data["instance_type"],
+            scaling=self.scaling(),
+            engine_options=data["engine_options"],
+            tensor_parallel_size=data.get("tensor_parallel_size"),
+        )
 
 
 class DeploymentScaleSerializer(ScalingSerializer):

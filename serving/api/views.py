@@ -53,18 +53,8 @@ class DeploymentViewSet(
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = DeploymentCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        organization = tenancy.resolve_organization(request, data.get("organization"))
-        deployment = services.create_deployment(
-            organization=organization,
-            user=request.user if request.user.pk is not None else None,
-            name=data["name"],
-            card=data["model"],
-            instance_type=data["instance_type"],
-            scaling=_scaling(data),
-            engine_options=data["engine_options"],
-            tensor_parallel_size=data.get("tensor_parallel_size"),
-        )
+        organization = tenancy.resolve_organization(request, serializer.validated_data.get("organization"))
+        deployment = serializer.create_deployment(organization, request.user)
         return Response(DeploymentDetailSerializer(deployment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=DeploymentScaleSerializer, responses={200: DeploymentSerializer})
@@ -73,7 +63,7 @@ class DeploymentViewSet(
         deployment = self.get_object()
         serializer = DeploymentScaleSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        deployment = services.scale_deployment(deployment, _scaling(serializer.validated_data))
+        deployment = services.scale_deployment(deployment, serializer.scaling())
         return Response(DeploymentSerializer(deployment).data)
 
     @extend_schema(request=DeploymentUpdateSerializer, responses={200: DeploymentSerializer})
@@ -116,15 +106,3 @@ def render_manifests(deployment: Deployment) -> str:
 
     objects = manifests.build_objects(services.spec_for(deployment), cluster_settings())
     return yaml.safe_dump_all(objects, sort_keys=False)
-
-
-def _scaling(data: dict[str, Any]) -> services.Scaling:
-    return services.Scaling(
-        min_replicas=data["min_replicas"],
-        max_replicas=data["max_replicas"],
-        policy=data["autoscaling_policy"],
-        target=data["autoscaling_target"],
-        idle_seconds=data["idle_seconds"],
-        scale_up_window_seconds=data["scale_up_window_seconds"],
-        scale_down_window_seconds=data["scale_down_window_seconds"],
-    )

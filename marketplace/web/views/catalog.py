@@ -23,6 +23,7 @@ from marketplace.subscriptions.models import Subscription
 from marketplace.web import current
 from marketplace.web.fitting import instance_rows
 from marketplace.web.forms import field_errors
+from marketplace.web.htmx import render_page
 from serving.choices import Backend
 
 PAGE_SIZE = 24  # a multiple of the grid's 2, 3 and 4 columns
@@ -114,9 +115,7 @@ def catalog(request: HttpRequest) -> HttpResponse:
         "contexts": CONTEXTS,
         "sorts": {key: label for key, (_, label) in SORTS.items()},
     }
-    if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "results":
-        return render(request, "web/_catalog_results.html", context)
-    return render(request, "web/catalog.html", context)
+    return render_page(request, "web/catalog.html", context, parts={"results": "web/_catalog_results.html"})
 
 
 def _replicas(request: HttpRequest) -> tuple[int, int, dict[str, list[str]]]:
@@ -169,10 +168,9 @@ def _card(slug: str) -> ModelCard:
 @require_GET
 def model_page(request: HttpRequest, slug: str) -> HttpResponse:
     card = _card(slug)
-    context = _model_context(request, card)
-    if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "fits":
-        return render(request, "web/_fits.html", context)
-    return render(request, "web/model.html", context)
+    return render_page(
+        request, "web/model.html", _model_context(request, card), parts={"fits": "web/_fits.html"}
+    )
 
 
 @login_required

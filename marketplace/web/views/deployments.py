@@ -20,6 +20,7 @@ from marketplace.subscriptions.models import Subscription
 from marketplace.web import charts, current
 from marketplace.web.fitting import instance_rows
 from marketplace.web.forms import NON_FIELD, field_errors, form_data
+from marketplace.web.htmx import render_page
 from serving import services
 from serving.api.serializers import (
     DTYPES,
@@ -28,7 +29,6 @@ from serving.api.serializers import (
     DeploymentScaleSerializer,
     EngineOptionsSerializer,
 )
-from serving.api.views import _scaling
 from serving.choices import POLICY_EXPLANATIONS, AutoscalingPolicy, Backend, DeploymentStatus
 from serving.models import Deployment
 
@@ -87,11 +87,13 @@ def _deploy_context(
         if organization
         else ModelCard.objects.none()
     )
+    rows = instance_rows(card) if card else []
     return {
         "organization": organization,
         "card": card,
         "subscribed": subscribed,
-        "instances": instance_rows(card) if card else [],
+        "instances": rows,
+        "unusable": [row for row in rows if not row["usable"]],
         "policies": [
             (policy.value, policy.label, POLICY_EXPLANATIONS[policy]) for policy in AutoscalingPolicy
         ],
@@ -138,17 +140,7 @@ def deploy(request: HttpRequest) -> HttpResponse:
     serializer = DeploymentCreateSerializer(data=data)
     try:
         serializer.is_valid(raise_exception=True)
-        valid = serializer.validated_data
-        deployment = services.create_deployment(
-            organization=organization,
-            user=request.user,  # type: ignore[arg-type]
-            name=valid["name"],
-            card=valid["model"],
-            instance_type=valid["instance_type"],
-            scaling=_scaling(valid),
-            engine_options=valid["engine_options"],
-            tensor_parallel_size=valid.get("tensor_parallel_size"),
-        )
+        deployment = serializer.create_deployment(organization, request.user)
     except exceptions.ValidationError as error:
         context["errors"] = field_errors(error)
         context["engine_open"] = any(
@@ -190,10 +182,12 @@ def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
 @require_GET
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = _deployment(request, pk)
-    context = _detail_context(request, deployment)
-    if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "status":
-        return render(request, "web/_deployment_status.html", context)
-    return render(request, "web/deployment.html", context)
+    return render_page(
+        request,
+        "web/deployment.html",
+        _detail_context(request, deployment),
+        parts={"status": "web/_deployment_status.html"},
+    )
 
 
 @login_required
@@ -214,7 +208,7 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         serializer = DeploymentScaleSerializer(data=form_data(request.POST, SCALING_FIELDS))
         serializer.is_valid(raise_exception=True)
-        services.scale_deployment(deployment, _scaling(serializer.validated_data))
+        services.scale_deployment(deployment, serializer.scaling())
     except exceptions.ValidationError as error:
         context = _detail_context(request, deployment)
         context["errors"] = field_errors(error)
