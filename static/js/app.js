@@ -20,6 +20,14 @@ document.addEventListener("change", (event) => {
   window.location.assign(url.toString());
 });
 
+// Filters left empty stay out of the URL the catalog pushes to the history (?task=chat, not ?q=&task=chat&…).
+document.addEventListener("htmx:configRequest", (event) => {
+  const parameters = event.detail.parameters;
+  for (const [name, value] of Array.from(parameters.entries ? parameters.entries() : Object.entries(parameters))) {
+    if (value === "") parameters.delete ? parameters.delete(name) : delete parameters[name];
+  }
+});
+
 // Forms that ask before doing something that cannot be undone.
 document.addEventListener("submit", (event) => {
   const form = event.target.closest("form[data-confirm]");

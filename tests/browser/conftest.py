@@ -71,12 +71,8 @@ class Platform:
 
 
 def _database_url(name: str) -> str:
-    parsed = urlparse(settings_database_url())
-    return urlunparse(parsed._replace(path=f"/{name}"))
-
-
-def settings_database_url() -> str:
-    return os.environ["DATABASE_URL"]
+    """DATABASE_URL with another database name (same server, user and options)."""
+    return urlunparse(urlparse(os.environ["DATABASE_URL"])._replace(path=f"/{name}"))
 
 
 def _admin_connection() -> Any:

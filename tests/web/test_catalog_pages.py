@@ -103,3 +103,14 @@ def test_bad_replica_numbers_are_explained(client, db) -> None:
 
 def test_unknown_model_is_404(client, db) -> None:
     assert client.get("/models/no-such-model/").status_code == 404
+
+
+def test_language_facet_offers_each_language_once(client, db) -> None:
+    from django.core.cache import cache
+
+    cache.delete("web:catalog-vocabularies")
+    html = client.get(CATALOG).text
+    select = html.split('id="f-language"')[1].split("</select>")[0]
+    offered = re.findall(r'<option value="([^"]+)"', select)
+    languages = {code for card in ModelCard.objects.all() for code in card.languages}
+    assert sorted(offered) == offered and set(offered) == languages and len(offered) == len(languages)

@@ -58,8 +58,10 @@ def vocabularies() -> dict[str, Any]:
         found = {
             "providers": list(Provider.objects.order_by("name").values_list("slug", "name")),
             "licenses": list(License.objects.order_by("name").values_list("identifier", "name")),
-            "languages": sorted(
+            # order_by(): the default ordering would join `name` into the DISTINCT.
+            "languages": list(
                 ModelCard.objects.annotate(language=Unnest("languages"))
+                .order_by("language")
                 .values_list("language", flat=True)
                 .distinct()
             ),
