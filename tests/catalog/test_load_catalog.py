@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 from django.core.management import CommandError, call_command
+from django.db import DatabaseError
 
-from marketplace.catalog.loader import DATA_DIR
+from marketplace.catalog.loader import DATA_DIR, load_catalog
 from marketplace.catalog.models import InstanceType, License, ModelCard, Provider
 
 pytestmark = pytest.mark.django_db
@@ -133,3 +134,25 @@ def test_check_mode_writes_nothing(data: Path) -> None:
     edit(data / "models/meta.yaml", lambda d: d["models"][0].update(summary="Changed."))
     call_command("load_catalog", path=data, check=True)
     assert not ModelCard.objects.filter(summary="Changed.").exists()
+
+
+def test_a_failure_midway_through_writing_leaves_the_catalog_as_it_was(data: Path, monkeypatch) -> None:
+    """All-or-nothing beyond validation: the database refusing the 40th card undoes the first 39."""
+    edit(data / "models/meta.yaml", lambda d: [card.update(summary="changed") for card in d["models"]])
+    before = counts()
+    ModelCard.objects.update(summary="marker")
+    original_save = ModelCard.save
+    saved = []
+
+    def failing_save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        saved.append(self.slug)
+        if len(saved) == 40:
+            raise DatabaseError("disk full")
+        return original_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelCard, "save", failing_save)
+    with pytest.raises(DatabaseError):
+        load_catalog(data)
+    assert len(saved) == 40  # it did write cards before failing
+    assert counts() == before
+    assert not ModelCard.objects.exclude(summary="marker").exists()
