@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every process of the platform; the container's command picks one:
 #   entrypoint web | gateway | worker | beat | migrate      (deploy/entrypoint.sh)
+#   entrypoint alive worker|beat                            (their liveness probe)
 # The Helm chart in deploy/helm/marketplace runs each as its own Deployment (migrate as a Job).
 
 # Pinned by tag, the same in both stages (the venv's python is a link to the base image's).

@@ -13,7 +13,7 @@
 set -eu
 
 usage() {
-    echo "usage: entrypoint web|gateway|worker|beat|migrate [extra arguments]" >&2
+    echo "usage: entrypoint web|gateway|worker|beat|migrate [extra arguments] | alive worker|beat" >&2
     exit 64 # EX_USAGE
 }
 
@@ -51,6 +51,17 @@ worker)
 beat)
     exec celery --app marketplace beat --loglevel "${LOG_LEVEL:-INFO}" \
         --schedule "${TMPDIR:-/tmp}/celerybeat-schedule" "$@"
+    ;;
+alive)
+    # The liveness probe of worker and beat: their file was touched within ALIVE_SECONDS (default 60).
+    [ $# -eq 1 ] && { [ "$1" = worker ] || [ "$1" = beat ]; } || usage
+    file="${TMPDIR:-/tmp}/marketplace-$1.alive"
+    [ -f "$file" ] || { echo "$file does not exist: $1 has not started its loop" >&2; exit 1; }
+    age=$(($(date +%s) - $(stat -c %Y "$file")))
+    if [ "$age" -gt "${ALIVE_SECONDS:-60}" ]; then
+        echo "$1 last touched $file ${age}s ago" >&2
+        exit 1
+    fi
     ;;
 migrate)
     # Both steps are idempotent, so a retried Job (or two upgrades in a row) is harmless.

@@ -210,6 +210,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "marketplace.liveness:Scheduler"  # persistent, and touches beat's liveness file
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "reconcile-deployments": {
         "task": "serving.tasks.reconcile",

@@ -276,11 +276,17 @@ def test_worker_starts_with_the_configured_concurrency_and_stops_cleanly_on_sigt
     environment: dict[str, str], migrated: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> None:
     log_path = tmp_path / "worker.log"
-    with running({**environment, "WORKER_CONCURRENCY": "1"}, log_path, "worker") as process:
+    alive = tmp_path / "tmp"
+    alive.mkdir()
+    worker_environment = {**environment, "WORKER_CONCURRENCY": "1", "TMPDIR": str(alive)}
+    assert run_entrypoint(worker_environment, "alive", "worker").returncode == 1  # not started yet
+    with running(worker_environment, log_path, "worker") as process:
         wait_for_log(process, log_path, " ready.")
         assert "concurrency: 1 (prefork)" in log_path.read_text()
+        assert run_entrypoint(worker_environment, "alive", "worker").returncode == 0
         assert stop(process, log_path) == 0
     assert "Warm shutdown" in log_path.read_text()
+    assert run_entrypoint(worker_environment, "alive", "worker").returncode == 1  # stopped: gone
 
 
 def test_beat_schedules_and_stops_cleanly_on_sigterm(
@@ -290,10 +296,29 @@ def test_beat_schedules_and_stops_cleanly_on_sigterm(
     schedule_dir = tmp_path / "tmp"
     schedule_dir.mkdir()
     # TMPDIR is where beat keeps its schedule: /tmp in the image, an emptyDir under the chart.
-    with running({**environment, "TMPDIR": str(schedule_dir)}, log_path, "beat") as process:
+    beat_environment = {**environment, "TMPDIR": str(schedule_dir)}
+    with running(beat_environment, log_path, "beat") as process:
         wait_for_log(process, log_path, "beat: Starting...")
+        deadline = time.monotonic() + 20
+        while run_entrypoint(beat_environment, "alive", "beat").returncode != 0:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
         assert stop(process, log_path) == 0
     assert list(schedule_dir.glob("celerybeat-schedule*")), log_path.read_text()
+
+
+def test_alive_fails_for_a_stale_file_and_refuses_other_processes(
+    environment: dict[str, str], tmp_path: Path
+) -> None:
+    probe_environment = {**environment, "TMPDIR": str(tmp_path)}
+    stale = tmp_path / "marketplace-worker.alive"
+    stale.touch()
+    os.utime(stale, (time.time() - 120, time.time() - 120))
+    result = run_entrypoint(probe_environment, "alive", "worker")
+    assert result.returncode == 1 and "ago" in result.stderr
+    stale.touch()
+    assert run_entrypoint(probe_environment, "alive", "worker").returncode == 0
+    assert run_entrypoint(probe_environment, "alive", "web").returncode == 64
 
 
 # The script and the image

@@ -401,12 +401,17 @@ def test_http_components_are_ready_on_healthz_and_alive_while_listening(componen
 
 
 @pytest.mark.parametrize("component", ["worker", "beat"])
-def test_celery_components_have_no_probe_unless_given_one(component: str) -> None:
-    objects = render(DEFAULTS)
-    assert "livenessProbe" not in container(find(objects, "Deployment", f"marketplace-{component}"))
+def test_celery_components_are_probed_by_their_liveness_file(component: str) -> None:
+    probe = container(find(render(DEFAULTS), "Deployment", f"marketplace-{component}"))["livenessProbe"]
+    assert probe["exec"]["command"] == ["entrypoint", "alive", component]
+    # The file is touched every 10 s and counts as stale after 60 s: a probe must not fire sooner.
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
+    none = render((*DEFAULTS, "--set-json", f"{component}.livenessProbe=null"))
+    assert "livenessProbe" not in container(find(none, "Deployment", f"marketplace-{component}"))
     probe = {"exec": {"command": ["celery", "--app", "marketplace", "inspect", "ping"]}, "periodSeconds": 60}
     objects = render((*DEFAULTS, "--set-json", f"{component}.livenessProbe={json.dumps(probe)}"))
-    assert container(find(objects, "Deployment", f"marketplace-{component}"))["livenessProbe"] == probe
+    given = container(find(objects, "Deployment", f"marketplace-{component}"))["livenessProbe"]
+    assert given["exec"] == probe["exec"] and given["periodSeconds"] == 60  # merged over the default
 
 
 def test_gateway_runs_gateway_only_and_web_does_not() -> None:
