@@ -5,7 +5,10 @@
    startup probes that never pass, no node with enough free GPUs (after a grace period, since a cluster
    autoscaler may be adding one).
 3. At least one replica ready: READY (or UPDATING while a new generation rolls out), with counts.
-4. Otherwise PROVISIONING, saying what it waits for (a node, the image, the model to load).
+4. The Deployment's own conditions: the controller cannot create pods (ReplicaFailure: a namespace
+   ResourceQuota, a forbidden pod spec) or the rollout missed its progress deadline: FAILED with the
+   controller's reason when nothing serves, UPDATING saying the rollout is stuck when old replicas do.
+5. Otherwise PROVISIONING, saying what it waits for (a node, the image, the model to load).
 """
 
 from __future__ import annotations
@@ -65,6 +68,24 @@ def _pod_problem(pod: PodState) -> tuple[bool, str] | None:
     return None
 
 
+def _condition_problem(observation: Observation) -> str | None:
+    """A sentence for a Deployment condition that says the controller is stuck, if one does."""
+    status, reason, message = observation.conditions.get("ReplicaFailure", ("", "", ""))
+    if status == "True":
+        return (
+            f"Kubernetes cannot create the replicas ({reason or 'ReplicaFailure'}): "
+            f"{message or 'no reason given'}. "
+            "Check the serving namespace's ResourceQuota and LimitRange, or ask a cluster admin."
+        )
+    status, reason, message = observation.conditions.get("Progressing", ("", "", ""))
+    if status == "False" and reason == "ProgressDeadlineExceeded":
+        return (
+            f"The rollout made no progress within its deadline (ProgressDeadlineExceeded): {message} "
+            "See the deployment's events; scaling down or deleting it frees what it holds."
+        ).replace(":  ", ": ")
+    return None
+
+
 def assess(
     observation: Observation | None,
     *,
@@ -98,9 +119,13 @@ def assess(
     unscheduled = [p.unschedulable_message for p in observation.pods if p.unschedulable_message]
     unscheduled += [e.message for e in observation.events if e.reason == "FailedScheduling"]
 
+    stuck = _condition_problem(observation)
+
     if ready >= 1:
         if not rolled_out or observation.updated_replicas < desired:
             message = f"Rolling out the change: {ready} of {desired} replicas ready."
+            if stuck:
+                message = f"{ready} of {desired} replicas still serve, but the change is stuck. {stuck}"
             return Assessment(
                 DeploymentStatus.UPDATING, message, ready, desired, endpoints, observation.generation
             )
@@ -133,6 +158,9 @@ def assess(
             "here, or failing to load; see the replica's log."
         )
         return Assessment(DeploymentStatus.FAILED, message, 0, desired, (), observation.generation)
+
+    if stuck:
+        return Assessment(DeploymentStatus.FAILED, stuck, 0, desired, (), observation.generation)
 
     if any(p.phase == "Running" for p in observation.pods):
         message = f"Loading the model: 0 of {desired} replicas ready."

@@ -55,9 +55,18 @@ PLATFORM_UNAVAILABLE = "The platform cannot reach its cluster right now; it keep
 
 
 def _fail(deployment_id: int, error: Exception) -> None:
+    """FAILED with the reason where it is one a tenant may read (the cluster lacks KEDA, the serving
+    namespace is missing), else a sentence that sends them to a platform admin."""
     log.warning("deployment %s failed: %s", deployment_id, error)
+    public = getattr(error, "public", None)
+    message = (
+        f"The platform could not run this deployment on its cluster: {public.rstrip('.')}. A platform "
+        "admin can fix this; deleting and creating the deployment again retries."
+        if public
+        else PLATFORM_FAILURE
+    )
     services.transition(
-        deployment_id, to=DeploymentStatus.FAILED, message=PLATFORM_FAILURE, allowed_from=LIVE_STATUSES
+        deployment_id, to=DeploymentStatus.FAILED, message=message, allowed_from=LIVE_STATUSES
     )
 
 

@@ -13,7 +13,15 @@ class TransientBackendError(Exception):
 
 
 class PermanentBackendError(Exception):
-    """The backend refused the request for a reason retrying will not fix (e.g. 403, 422)."""
+    """The backend refused the request for a reason retrying will not fix (e.g. 403, 422).
+
+    `public` is the reason in words a tenant may read (no hosts, paths or credentials), when there is
+    one; the full message is for the platform's admins, in the worker's log.
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 @dataclass(frozen=True)

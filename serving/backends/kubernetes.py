@@ -167,7 +167,7 @@ class KubernetesBackend:
         try:
             objects = manifests.build_objects(spec, self.cluster)
         except ValueError as error:  # e.g. scale to zero without KEDA: no retry will change that
-            raise PermanentBackendError(str(error)) from error
+            raise PermanentBackendError(str(error), public=str(error)) from error
         for obj in objects:
             self._apply_object(obj)
         wanted = {obj["kind"] for obj in objects}
@@ -266,9 +266,10 @@ class KubernetesBackend:
             if error.status != 404:
                 raise
             if error.namespace_missing:
-                raise PermanentBackendError(self._namespace_missing()) from error
+                missing = self._namespace_missing()
+                raise PermanentBackendError(missing, public=missing) from error
             if kind is SCALED_OBJECT:
-                raise PermanentBackendError(KEDA_MISSING) from error
+                raise PermanentBackendError(KEDA_MISSING, public=KEDA_MISSING) from error
             raise
 
     def _delete_named(self, kind: _Kind, name: str) -> None:

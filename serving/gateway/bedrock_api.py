@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from serving.gateway import bedrock, pipeline, upstream
 from serving.gateway.errors import bedrock_error
-from serving.gateway.openai_api import read_json
+from serving.gateway.openai_api import BodyTooLarge, read_body, read_json
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
@@ -34,8 +34,10 @@ async def _prepare(
         return bedrock_error(403, "The API key is missing, unknown, expired or revoked.")
     try:
         payload = translate()
+    except BodyTooLarge as error:
+        return bedrock_error(413, str(error))
     except bedrock.BedrockValidationError as error:
-        return bedrock_error(400, str(error))
+        return bedrock_error(413 if "limit is" in str(error) else 400, str(error))
     target = await gateway.directory.target(caller, model_id)
     if target is None:
         return bedrock_error(404, f"The model {model_id} does not exist or you do not have access to it.")
@@ -115,7 +117,10 @@ async def converse(request: HttpRequest, model_id: str) -> HttpResponse:
 @csrf_exempt
 async def invoke(request: HttpRequest, model_id: str) -> HttpResponse:
     prepared = await _prepare(
-        request, model_id, "bedrock.invoke", lambda: bedrock.invoke_body_to_openai(model_id, request.body)
+        request,
+        model_id,
+        "bedrock.invoke",
+        lambda: bedrock.invoke_body_to_openai(model_id, read_body(request)),
     )
     if isinstance(prepared, HttpResponse):
         return prepared
@@ -191,7 +196,7 @@ async def invoke_stream(request: HttpRequest, model_id: str) -> HttpResponse | S
         request,
         model_id,
         "bedrock.invoke-stream",
-        lambda: bedrock.invoke_body_to_openai(model_id, request.body, stream=True),
+        lambda: bedrock.invoke_body_to_openai(model_id, read_body(request), stream=True),
     )
     if isinstance(prepared, HttpResponse):
         return prepared

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -35,14 +36,31 @@ PATHS = {
 }
 
 
-def read_json(request: HttpRequest) -> dict[str, Any] | str:
-    """The request's JSON object, or a sentence saying what is wrong with it."""
+class BodyTooLarge(Exception):
+    """The request body is over GATEWAY_MAX_BODY_BYTES (a 413 in each API's format)."""
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """The request body, or BodyTooLarge: by its declared length before reading, and by what arrives
+    when no length is declared (a chunked upload), where Django refuses to read past its limit."""
     declared = request.headers.get("content-length")
     limit = settings.GATEWAY_MAX_BODY_BYTES
     if declared and declared.isdigit() and int(declared) > limit:
-        return f"The request body is {int(declared)} bytes; the limit is {limit}."
+        raise BodyTooLarge(f"The request body is {int(declared)} bytes; the limit is {limit}.")
     try:
-        payload = json.loads(request.body)
+        return request.body
+    except RequestDataTooBig:
+        raise BodyTooLarge(f"The request body is over the limit; the limit is {limit} bytes.") from None
+
+
+def read_json(request: HttpRequest) -> dict[str, Any] | str:
+    """The request's JSON object, or a sentence saying what is wrong with it."""
+    try:
+        body = read_body(request)
+    except BodyTooLarge as error:
+        return str(error)
+    try:
+        payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return "We could not parse the JSON body of your request: send a JSON object."
     if not isinstance(payload, dict):

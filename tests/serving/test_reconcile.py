@@ -250,3 +250,85 @@ def test_manifests_endpoint_and_command_print_exactly_what_is_applied(
     tasks.provision_deployment.apply(args=[deployment.pk]).get()
     applied = fake_kubernetes.get("apps/v1", "deployments", name_of(deployment))
     assert applied["spec"]["template"] == printed[0]["spec"]["template"]
+
+
+QUOTA_MESSAGE = (
+    'pods "acme-chat-abc" is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=1, '
+    "used: requests.nvidia.com/gpu=8, limited: requests.nvidia.com/gpu=8"
+)
+
+
+def test_a_replica_the_controller_cannot_create_is_explained(deployment, fake_kubernetes) -> None:
+    tasks.provision_deployment.apply(args=[deployment.pk]).get()
+    fake_kubernetes.set_deployment_status(
+        name_of(deployment), replicas=0, ready_replicas=0,
+        conditions=[
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": QUOTA_MESSAGE}
+        ],
+    )  # fmt: skip
+    deployment = reconcile(deployment)
+    assert deployment.status == "failed"
+    assert deployment.status_message.startswith("Kubernetes cannot create the replicas (FailedCreate): pods")
+    assert (
+        "exceeded quota: gpu-quota" in deployment.status_message
+        and "ResourceQuota" in deployment.status_message
+    )
+
+
+def test_a_rollout_past_its_deadline_is_explained(deployment, fake_kubernetes) -> None:
+    tasks.provision_deployment.apply(args=[deployment.pk]).get()
+    name = name_of(deployment)
+    deadline = {
+        "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+        "message": f'ReplicaSet "{name}-abc" has timed out progressing.',
+    }  # fmt: skip
+    fake_kubernetes.set_deployment_status(name, replicas=1, ready_replicas=0, conditions=[deadline])
+    deployment = reconcile(deployment)
+    assert deployment.status == "failed"
+    assert deployment.status_message.startswith("The rollout made no progress within its deadline")
+    assert "has timed out progressing" in deployment.status_message
+
+
+def test_a_stuck_change_keeps_serving_and_says_so(deployment, fake_kubernetes) -> None:
+    tasks.provision_deployment.apply(args=[deployment.pk]).get()
+    name = name_of(deployment)
+    fake_kubernetes.set_deployment_status(name, replicas=1, ready_replicas=1)
+    fake_kubernetes.add_pod(f"{name}-6d4cf56db6-x7k2p", pod_labels(deployment), pod_ip="10.1.2.3")
+    assert reconcile(deployment).status == "ready"
+    services.update_deployment(deployment, engine_options={"max_model_len": 4096})
+    tasks.provision_deployment.apply(args=[deployment.pk]).get()
+    deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": ""}
+    fake_kubernetes.set_deployment_status(name, replicas=2, ready_replicas=1, updated_replicas=0,
+                                          conditions=[deadline])  # fmt: skip
+    deployment = reconcile(deployment)
+    assert deployment.status == "updating" and deployment.endpoints == ["http://10.1.2.3:8000"]
+    assert deployment.status_message.startswith("1 of 1 replicas still serve, but the change is stuck.")
+
+
+def test_a_permanent_refusal_with_a_reason_tenants_may_read_says_it(
+    acme, owner, monkeypatch, settings
+) -> None:
+    from tests.serving.conftest import backend_for
+    from tests.serving.fake_kubernetes import FakeKubernetes
+
+    fake = FakeKubernetes(crds_installed=False).start()  # a cluster without KEDA
+    host = fake.url.split("//")[1]
+    try:
+        backend = backend_for(fake.url)
+        monkeypatch.setattr(tasks, "get_backend", lambda name=None: backend)
+        card = ModelCard.objects.get(slug="llama-3.1-8b-instruct")
+        subscribe(organization=acme, card=card, license_sha256=None, user=owner)
+        deployment = services.create_deployment(
+            organization=acme, user=owner, name="chat", card=card,
+            instance_type=InstanceType.objects.get(slug="aws-g5-xlarge"),
+            scaling=services.Scaling(min_replicas=1, max_replicas=2, policy="queue_depth"), engine_options={},
+        )  # fmt: skip
+        assert tasks.provision_deployment.apply(args=[deployment.pk]).get() == "failed"
+    finally:
+        fake.stop()
+    deployment.refresh_from_db()
+    assert deployment.status == "failed"
+    assert "KEDA is not installed in the cluster: install it or set KEDA_ENABLED=False" in (
+        deployment.status_message
+    )
+    assert host not in deployment.status_message  # no host of the cluster

@@ -120,6 +120,25 @@ def test_a_body_over_the_limit_is_refused(gateway_url: str, tenant: Tenant) -> N
     assert "limit is" in response.json()["error"]["message"]
 
 
+def test_a_chunked_body_over_the_limit_is_refused_in_each_apis_format(
+    gateway_url: str, tenant: Tenant
+) -> None:
+    """No Content-Length (a chunked upload): the size is only known while reading, and still refused."""
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "'
+        for _ in range(50):
+            yield b"a" * 100_000
+        yield b'"}]}'
+
+    headers = {"Authorization": f"Bearer {tenant.key}", "Content-Type": "application/json"}
+    openai = httpx.post(f"{gateway_url}/v1/chat/completions", content=chunks(), headers=headers)
+    assert "content-length" not in {k.lower() for k in openai.request.headers}
+    assert openai.status_code == 413 and "limit is" in openai.json()["error"]["message"]
+    bedrock = httpx.post(f"{gateway_url}/model/tiny-chat/invoke", content=chunks(), headers=headers)
+    assert bedrock.status_code == 413 and bedrock.headers["x-amzn-ErrorType"] == "ValidationException"
+
+
 def test_an_outsider_key_gets_the_same_404_as_a_missing_model(
     gateway_url: str, tenant: Tenant, engines: dict[str, str]
 ) -> None:
