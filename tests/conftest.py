@@ -29,6 +29,19 @@ def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
         load_catalog()
 
 
+def database_url_for_processes() -> str:
+    """DATABASE_URL of the test database, for processes a test starts (workers, servers)."""
+    from django.db import connection
+
+    database = connection.settings_dict
+    if database["HOST"] and database["HOST"].startswith("/"):  # a socket folder (embedded PostgreSQL)
+        return f"postgres://{database['USER']}@/{database['NAME']}?host={database['HOST']}"
+    return (
+        f"postgres://{database['USER']}:{database['PASSWORD']}@"
+        f"{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}/{database['NAME']}"
+    )
+
+
 def make_user(username: str, **extra: Any) -> AbstractUser:
     return User.objects.create_user(username=username, password="correct horse battery", **extra)
 

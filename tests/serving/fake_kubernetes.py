@@ -78,6 +78,7 @@ class FakeKubernetes:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
+        self._holds: list[tuple[str, str, threading.Event, threading.Event]] = []
         self._versions = itertools.count(1)
         self._ips = itertools.count(2)
         self._server: ThreadingHTTPServer | None = None
@@ -116,6 +117,14 @@ class FakeKubernetes:
         return f"http://{host}:{port}"
 
     # For tests.
+
+    def hold_next(self, method: str, plural: str) -> tuple[threading.Event, threading.Event]:
+        """The next `method` request on `plural` waits, unanswered and not applied, until released:
+        (reached, release). For catching a client in the middle of a call, say to kill it there."""
+        reached, release = threading.Event(), threading.Event()
+        with self._lock:
+            self._holds.append((method, plural, reached, release))
+        return reached, release
 
     def fail_next(self, status: int, times: int = 1, message: str = "injected failure") -> None:
         """The next `times` requests (any path) get `status` with a Status reply."""
@@ -258,6 +267,16 @@ class FakeKubernetes:
                 body = json.loads(raw_body)  # the client sends JSON, which is also valid YAML
             except ValueError:
                 return _status(400, "BadRequest", "the fake reads JSON bodies only")
+        with self._lock:
+            hold = next(
+                (h for h in self._holds if h[0] == method and _parse_path(parts.path)[1] == h[1]), None
+            )
+            if hold is not None:
+                self._holds.remove(hold)
+        if hold is not None:
+            hold[2].set()
+            hold[3].wait()
+            return _status(503, "ServiceUnavailable", "held by the test, then released")
         with self._lock:
             self.requests.append(RecordedRequest(method, parts.path, query, content_type, body))
             if self._failures:

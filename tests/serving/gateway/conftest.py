@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
 
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import ApiKey, Organization, Quota
@@ -29,7 +28,7 @@ from marketplace.catalog.models import InstanceType, ModelCard
 from serving.choices import Backend, DeploymentStatus
 from serving.local import engine_env
 from serving.models import Deployment
-from tests.conftest import make_user
+from tests.conftest import database_url_for_processes, make_user
 
 ROOT = Path(__file__).resolve().parents[3]
 GATEWAY_REDIS_DB = 8
@@ -163,19 +162,13 @@ def gateway_url(
     port = free_port()
     metrics_dir = tmp_path_factory.mktemp("prometheus")
     base_redis = settings.REDIS_URL.rsplit("/", 1)[0]
-    database = connection.settings_dict
     environment = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{database['USER']}:{database['PASSWORD']}@"
-        f"{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}/{database['NAME']}",
+        "DATABASE_URL": database_url_for_processes(),
         "REDIS_URL": f"{base_redis}/{GATEWAY_REDIS_DB}",
         "GATEWAY_CACHE_SECONDS": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    if database["HOST"] and database["HOST"].startswith("/"):
-        environment["DATABASE_URL"] = (
-            f"postgres://{database['USER']}@/{database['NAME']}?host={database['HOST']}"
-        )
     process = subprocess.Popen(
         [
             sys.executable,
