@@ -240,7 +240,16 @@ def transition(
     Returns False (and changes nothing) when the row is not in one of `allowed_from`, or no longer at
     `generation`: another worker got there first, the deployment was deleted, or changed since the
     caller looked (an assessment of an older generation must not mark a newer one rolled out).
+
+    When neither status nor message change (replica counts and endpoints do, on most reconcile passes),
+    one compare-and-set UPDATE does it, with no lock and no event.
     """
+    if allowed_from is None or to in allowed_from:
+        same = Deployment.objects.filter(pk=deployment_id, status=to, status_message=message)
+        if generation is not None:
+            same = same.filter(generation=generation)
+        if same.update(**fields, updated_at=timezone.now()) == 1:
+            return True
     with transaction.atomic():
         row = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
         if row is None or (allowed_from is not None and row.status not in allowed_from):
