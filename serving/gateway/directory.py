@@ -14,6 +14,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 
 from marketplace.accounts.models import API_KEY_PREFIX, ApiKey, Quota, hash_api_key
@@ -76,7 +77,7 @@ class Directory:
         async with lock:
             found, value = cache.get(key)  # another request may have loaded it while we waited
             if not found:
-                value = await sync_to_async(load)(argument)
+                value = await sync_to_async(_closing(load))(argument)
                 cache.put(key, value)
         self.loading.pop(key, None)
         return value
@@ -116,6 +117,19 @@ class Directory:
             self.deployments, ("org", organization_id), _load_targets, organization_id
         )
         return targets
+
+
+def _closing(load: Any) -> Any:
+    """`load`, then the database connection closed as at the end of a Django request (CONN_MAX_AGE):
+    the invoke routes bypass Django's request cycle (serving/gateway/asgi.py), which would close it."""
+
+    def run(argument: Any) -> Any:
+        try:
+            return load(argument)
+        finally:
+            close_old_connections()
+
+    return run
 
 
 def _load_caller(hashed: str) -> Caller | None:

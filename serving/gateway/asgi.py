@@ -1,0 +1,144 @@
+"""The invoke API's own way into the process: an ASGI front that hands `/v1/…` and `/model/…` requests
+straight to their async views, and everything else (the UI, the REST API, `/metrics`) to Django.
+
+Why: Django's ASGI handler costs the gateway more than its whole job. Per request it spools the body to
+a temporary file, sends the request signals (whose receivers are synchronous, so each send hops to a
+thread, and the first hop of a request starts a thread of its own), runs the middleware chain and closes
+the response in a thread again. The invoke views need none of that: they authenticate by API key (no
+session, no CSRF), reach the database only through the directory's cached loads, which close their own
+connections, and build no URLs from the Host header.
+
+The front keeps what the views rely on: the routes are resolved by Django's own resolver from
+`serving.gateway.urls` (one table for both ways in), a body over GATEWAY_MAX_BODY_BYTES is refused as
+Django would (`RequestDataTooBig`, which the views answer with a 413 in their API's format), and a client
+that goes away cancels the view, so a streaming view's `finally` closes the engine request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponseBase, QueryDict, StreamingHttpResponse
+from django.urls import Resolver404, URLResolver, get_resolver
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+PREFIXES = ("/v1/", "/model/")
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class GatewayRequest(HttpRequest):
+    """An HttpRequest made from the ASGI scope and the body already read; `body` raises
+    RequestDataTooBig, as Django's does, when the client sent more than the limit."""
+
+    def __init__(self, scope: Scope, body: bytes | None) -> None:
+        super().__init__()
+        self.method = scope["method"]
+        self.path = self.path_info = scope["path"]
+        self.META = {"REQUEST_METHOD": self.method, "QUERY_STRING": scope.get("query_string", b"").decode()}
+        for raw_name, raw_value in scope.get("headers", ()):
+            name = raw_name.decode("latin1").upper().replace("-", "_")
+            key = name if name in ("CONTENT_LENGTH", "CONTENT_TYPE") else f"HTTP_{name}"
+            value = raw_value.decode("latin1")
+            self.META[key] = f"{self.META[key]},{value}" if key in self.META else value
+        self.GET = QueryDict(self.META["QUERY_STRING"])
+        self._too_big = body is None
+        if body is not None:
+            self._body = body
+
+    @property
+    def body(self) -> bytes:
+        if self._too_big:
+            raise RequestDataTooBig("Request body exceeded GATEWAY_MAX_BODY_BYTES.")
+        return self._body
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None once it is over `limit` (the rest is read and dropped)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if size <= limit else None
+
+
+async def _send_response(response: HttpResponseBase, send: Send) -> None:
+    headers = [(name.encode("latin1"), value.encode("latin1")) for name, value in response.items()]
+    streaming = isinstance(response, StreamingHttpResponse)
+    if not streaming and not response.has_header("Content-Length"):
+        headers.append((b"content-length", str(len(response.content)).encode()))  # type: ignore[attr-defined]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    if streaming:
+        async for chunk in response:  # type: ignore[attr-defined]
+            await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:
+        await send({"type": "http.response.body", "body": response.content, "more_body": False})  # type: ignore[attr-defined]
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class GatewayFront:
+    """Serves the invoke routes itself; passes every other request to `django`."""
+
+    def __init__(self, django: Any, urlconf: str = "serving.gateway.urls") -> None:
+        self.django = django
+        self.resolver: URLResolver = get_resolver(urlconf)
+
+    def _route(self, scope: Scope) -> tuple[Callable[..., Any], dict[str, Any]] | None:
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIXES):
+            return None
+        try:
+            match = self.resolver.resolve(scope["path"])
+        except Resolver404:
+            return None
+        if not asyncio.iscoroutinefunction(match.func):
+            return None
+        return match.func, match.kwargs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._route(scope)
+        if route is None:
+            await self.django(scope, receive, send)
+            return
+        view, kwargs = route
+        try:
+            body = await _read_body(receive, settings.GATEWAY_MAX_BODY_BYTES)
+        except _Disconnected:
+            return
+        request = GatewayRequest(scope, body)
+
+        async def respond() -> None:
+            response = await view(request, **kwargs)
+            await _send_response(response, send)
+
+        # As Django's handler does: a client that leaves cancels the view (and with it the engine call).
+        answer = asyncio.ensure_future(respond())
+        watch = asyncio.ensure_future(_until_disconnect(receive))
+        await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
+        for task in (watch, answer):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if answer.done() and not answer.cancelled():
+            answer.result()  # an exception of the view reaches the server's log, as under Django
