@@ -104,6 +104,19 @@ class GatewayFront:
         self.django = django
         self.resolver: URLResolver = get_resolver(urlconf)
 
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Start-up needs nothing; at shutdown the metering still in flight is written first."""
+        from serving.gateway import pipeline
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await pipeline.drain()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
     def _route(self, scope: Scope) -> tuple[Callable[..., Any], dict[str, Any]] | None:
         if scope["type"] != "http" or not scope["path"].startswith(PREFIXES):
             return None
@@ -116,6 +129,9 @@ class GatewayFront:
         return match.func, match.kwargs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         route = self._route(scope)
         if route is None:
             await self.django(scope, receive, send)

@@ -109,9 +109,26 @@ async def admit(call: Call) -> Decision:
     return decision
 
 
+_metering: set[asyncio.Task[None]] = set()
+
+
 async def finish(call: Call) -> None:
-    """Meter a finished call. Never raises: metering must not turn an answered request into an error."""
-    elapsed = time.perf_counter() - call.started
+    """Meter a finished call, after the answer: the figures are taken now, the Redis writes run as a task
+    of their own, so the caller waits for neither (`drain` awaits them when the process stops). Never
+    raises: metering must not turn an answered request into an error."""
+    task = asyncio.get_running_loop().create_task(_meter(call, time.perf_counter()))
+    _metering.add(task)
+    task.add_done_callback(_metering.discard)
+
+
+async def drain() -> None:
+    """Wait for the metering still in flight (graceful shutdown: no usage record is lost)."""
+    while _metering:
+        await asyncio.gather(*list(_metering), return_exceptions=True)
+
+
+async def _meter(call: Call, finished: float) -> None:
+    elapsed = finished - call.started
     ttft = None if call.first_token_at is None else call.first_token_at - call.started
     prompt = call.prompt_tokens if call.prompt_tokens is not None else call.estimated_prompt_tokens
     # The estimate was counted at admission; now count what the engine really used.
@@ -142,14 +159,19 @@ async def finish(call: Call) -> None:
         call.completion_tokens,
     )
     gateway = services()
-    try:
-        if correction > 0:
-            await gateway.limiter.add_tokens(
+    writes = [gateway.queue.push(record)]
+    if correction > 0:
+        writes.append(
+            gateway.limiter.add_tokens(
                 key_id=call.caller.key_id, org_id=call.caller.organization_id, tokens=correction
             )
-        await gateway.queue.push(record)
-    except redis.RedisError:
-        metrics.METERING_ERRORS.inc()
+        )
+    # Both at once: one round trip of waiting, not two.
+    for outcome in await asyncio.gather(*writes, return_exceptions=True):
+        if isinstance(outcome, redis.RedisError):
+            metrics.METERING_ERRORS.inc()
+        elif isinstance(outcome, BaseException):
+            raise outcome
 
 
 @dataclass(frozen=True)
@@ -171,7 +193,7 @@ async def start_stream(call: Call, path: str, payload: dict[str, Any]) -> upstre
         return Refusal(error.status, error.message)
     if exchange.status != 200:
         assert exchange.response is not None
-        body = await exchange.response.aread()
+        body = await exchange.response.read()
         await upstream.close(exchange)
         call.status_code = exchange.status
         await finish(call)

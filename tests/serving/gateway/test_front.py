@@ -1,0 +1,102 @@
+"""The invoke API's ASGI front (serving/gateway/asgi.py), in process: which requests it serves itself,
+what reaches Django, the body limit, and metering drained at shutdown. The real clients' view of it is
+the rest of this package's part (they all go through it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from serving.gateway import pipeline
+from serving.gateway.asgi import GatewayFront
+
+
+class Recorder:
+    """A stand-in for Django's ASGI application that notes the paths it was given."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.paths.append(scope.get("path", scope["type"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def call(
+    front: GatewayFront, path: str, body: bytes = b"", method: str = "POST", headers: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)  # the client stays until the answer is sent
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), *(headers or [])]}  # fmt: skip
+    asyncio.run(front(scope, receive, send))
+    return sent
+
+
+def test_the_ui_the_rest_api_and_metrics_go_to_django() -> None:
+    django = Recorder()
+    front = GatewayFront(django)
+    for path in ("/", "/api/models/", "/metrics", "/healthz", "/v1/unknown", "/model/x/unknown"):
+        call(front, path, method="GET")
+    assert django.paths == ["/", "/api/models/", "/metrics", "/healthz", "/v1/unknown", "/model/x/unknown"]
+
+
+def test_invoke_routes_are_answered_without_django(db: None) -> None:
+    django = Recorder()
+    sent = call(GatewayFront(django), "/v1/chat/completions", b"{}")
+    assert django.paths == []
+    start, body = sent
+    assert start["status"] == 401  # no API key: the view itself answered, in OpenAI's format
+    assert json.loads(body["body"])["error"]["code"] == "invalid_api_key"
+    assert (b"content-length", str(len(body["body"])).encode()) in start["headers"]
+
+
+def test_a_body_over_the_limit_is_a_413_in_each_apis_format(settings: Any, transactional_db: None) -> None:
+    from marketplace.accounts.services import create_api_key, create_organization
+
+    organization = create_organization(slug="front", name="Front", owner=None)
+    _, secret = create_api_key(organization=organization, name="k", created_by=None, expires_at=None)
+    settings.GATEWAY_MAX_BODY_BYTES = 1024
+    headers = [(b"authorization", f"Bearer {secret}".encode())]
+    openai = call(GatewayFront(Recorder()), "/v1/embeddings", b"x" * 5000, headers=headers)
+    assert openai[0]["status"] == 413 and "limit is 1024" in json.loads(openai[1]["body"])["error"]["message"]
+    bedrock = call(GatewayFront(Recorder()), "/model/x/invoke", b"x" * 5000, headers=headers)
+    assert bedrock[0]["status"] == 413
+    assert (b"x-amzn-errortype", b"ValidationException") in [(k.lower(), v) for k, v in bedrock[0]["headers"]]
+
+
+def test_shutdown_waits_for_metering_in_flight() -> None:
+    order: list[str] = []
+
+    async def slow_write() -> None:
+        await asyncio.sleep(0.2)
+        order.append("usage written")
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(slow_write())
+        pipeline._metering.add(task)
+        task.add_done_callback(pipeline._metering.discard)
+        inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+        async def receive() -> dict[str, Any]:
+            return inbox.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            order.append(message["type"])
+
+        await GatewayFront(Recorder())({"type": "lifespan"}, receive, send)
+
+    asyncio.run(scenario())
+    assert order == ["lifespan.startup.complete", "usage written", "lifespan.shutdown.complete"]
