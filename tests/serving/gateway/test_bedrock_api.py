@@ -85,3 +85,14 @@ def test_errors_are_bedrock_exceptions(gateway_url: str, tenant: Tenant, monkeyp
     with pytest.raises(botocore.exceptions.ClientError) as denied:
         runtime(gateway_url, "mk-not-a-key", monkeypatch).converse(modelId="tiny-chat", messages=QUESTION)
     assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_over_the_limit_is_a_throttling_exception(gateway_url: str, tenant: Tenant, monkeypatch: Any) -> None:
+    from tests.serving.gateway.conftest import key_for
+
+    client = runtime(gateway_url, key_for(tenant.organization, requests_per_minute=1), monkeypatch)
+    client.converse(modelId="tiny-chat", messages=QUESTION, inferenceConfig={"maxTokens": 4})
+    with pytest.raises(client.exceptions.ThrottlingException) as throttled:
+        client.converse(modelId="tiny-chat", messages=QUESTION, inferenceConfig={"maxTokens": 4})
+    assert "requests per minute of this API key" in throttled.value.response["Error"]["Message"]
+    assert int(throttled.value.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"]) >= 1
