@@ -72,7 +72,9 @@ COMPONENTS = {
     "HTTP server (uvicorn)": "(uvicorn/protocols/", "logging": "Logger._log (",
 }  # fmt: skip
 TICKS = os.sysconf("SC_CLK_TCK")
-GUNICORN = "-m gunicorn marketplace.asgi:application --worker-class uvicorn_worker.UvicornWorker --workers 2"
+GUNICORN = (
+    "-m gunicorn marketplace.asgi:application --worker-class marketplace.server.UvicornWorker --workers 2"
+)
 
 
 class Processes:

@@ -33,13 +33,13 @@ shift
 case "$process" in
 web)
     reset_metrics_dir
-    exec gunicorn marketplace.asgi:application --worker-class uvicorn_worker.UvicornWorker \
+    exec gunicorn marketplace.asgi:application --worker-class marketplace.server.UvicornWorker \
         --bind "0.0.0.0:${PORT:-8000}" "$@"
     ;;
 gateway)
     reset_metrics_dir
     export GATEWAY_ONLY=True
-    exec gunicorn marketplace.asgi:application --worker-class uvicorn_worker.UvicornWorker \
+    exec gunicorn marketplace.asgi:application --worker-class marketplace.server.UvicornWorker \
         --bind "0.0.0.0:${PORT:-8000}" "$@"
     ;;
 worker)

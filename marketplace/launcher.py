@@ -191,7 +191,7 @@ def up() -> int:
             python = sys.executable
             supervisor.start("web", [
                 python, "-m", "gunicorn", "marketplace.asgi:application",
-                "--worker-class", "uvicorn_worker.UvicornWorker", "--workers", str(web_workers),
+                "--worker-class", "marketplace.server.UvicornWorker", "--workers", str(web_workers),
                 "--bind", f"{host}:{port}", "--graceful-timeout", "10", "--access-logfile", "-",
             ])  # fmt: skip
             supervisor.start("worker", [

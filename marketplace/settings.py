@@ -59,6 +59,9 @@ try:
     LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
     API_PAGE_SIZE_MAX = env.integer("API_PAGE_SIZE_MAX", 100, minimum=1, maximum=1000)
     SECURE_COOKIES = env.boolean("SECURE_COOKIES", False)
+    # Where people and apps reach the platform (https://marketplace.example.com), for the copy-paste
+    # snippets; unset, the address the page was requested at (which behind a TLS proxy says http://).
+    PUBLIC_URL = env.url("PUBLIC_URL", schemes=("http", "https")).rstrip("/")
 
     # Serving: where deployments run.
     SERVING_BACKEND = env.choice("SERVING_BACKEND", "local", ("local", "kubernetes"))

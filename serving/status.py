@@ -6,8 +6,10 @@
    autoscaler may be adding one).
 3. At least one replica ready: READY (or UPDATING while a new generation rolls out), with counts.
 4. The Deployment's own conditions: the controller cannot create pods (ReplicaFailure: a namespace
-   ResourceQuota, a forbidden pod spec) or the rollout missed its progress deadline: FAILED with the
-   controller's reason when nothing serves, UPDATING saying the rollout is stuck when old replicas do.
+   ResourceQuota, an admission webhook; FAILED after the same grace period as a missing node, since the
+   controller keeps retrying) or the rollout missed its progress deadline: FAILED when nothing serves,
+   UPDATING saying the rollout is stuck when old replicas do. The controller's own text stays in the
+   cluster's events: it can name other tenants' usage of a shared namespace or in-cluster addresses.
 5. Otherwise PROVISIONING, saying what it waits for (a node, the image, the model to load).
 """
 
@@ -68,21 +70,24 @@ def _pod_problem(pod: PodState) -> tuple[bool, str] | None:
     return None
 
 
-def _condition_problem(observation: Observation) -> str | None:
-    """A sentence for a Deployment condition that says the controller is stuck, if one does."""
+def _condition_problem(observation: Observation) -> tuple[bool, str] | None:
+    """(controller retries, sentence) for a Deployment condition that says the controller is stuck."""
     status, reason, message = observation.conditions.get("ReplicaFailure", ("", "", ""))
     if status == "True":
-        return (
-            f"Kubernetes cannot create the replicas ({reason or 'ReplicaFailure'}): "
-            f"{message or 'no reason given'}. "
-            "Check the serving namespace's ResourceQuota and LimitRange, or ask a cluster admin."
+        if "exceeded quota" in message:
+            why = "the serving namespace's ResourceQuota has no room for them"
+        else:
+            why = f"the cluster refused them ({reason or 'ReplicaFailure'})"
+        return True, (
+            f"Kubernetes cannot create the replicas: {why}. A platform admin can see the details in the "
+            "cluster's events for this deployment and make room, or you can lower max replicas."
         )
-    status, reason, message = observation.conditions.get("Progressing", ("", "", ""))
+    status, reason, _ = observation.conditions.get("Progressing", ("", "", ""))
     if status == "False" and reason == "ProgressDeadlineExceeded":
-        return (
-            f"The rollout made no progress within its deadline (ProgressDeadlineExceeded): {message} "
-            "See the deployment's events; scaling down or deleting it frees what it holds."
-        ).replace(":  ", ": ")
+        return False, (
+            "The rollout made no progress within its deadline (ProgressDeadlineExceeded): see the "
+            "deployment's history above; scaling down or deleting it frees what it holds."
+        )
     return None
 
 
@@ -119,7 +124,8 @@ def assess(
     unscheduled = [p.unschedulable_message for p in observation.pods if p.unschedulable_message]
     unscheduled += [e.message for e in observation.events if e.reason == "FailedScheduling"]
 
-    stuck = _condition_problem(observation)
+    condition = _condition_problem(observation)
+    stuck = condition[1] if condition else None
 
     if ready >= 1:
         if not rolled_out or observation.updated_replicas < desired:
@@ -159,8 +165,13 @@ def assess(
         )
         return Assessment(DeploymentStatus.FAILED, message, 0, desired, (), observation.generation)
 
-    if stuck:
-        return Assessment(DeploymentStatus.FAILED, stuck, 0, desired, (), observation.generation)
+    if condition:
+        retried, sentence = condition
+        if retried and seconds_in_status <= UNSCHEDULABLE_GRACE_SECONDS:
+            return Assessment(
+                DeploymentStatus.PROVISIONING, f"Retrying. {sentence}", 0, desired, (), observation.generation
+            )
+        return Assessment(DeploymentStatus.FAILED, sentence, 0, desired, (), observation.generation)
 
     if any(p.phase == "Running" for p in observation.pods):
         message = f"Loading the model: 0 of {desired} replicas ready."

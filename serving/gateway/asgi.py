@@ -10,14 +10,21 @@ connections, and build no URLs from the Host header.
 
 The front keeps what the views rely on: the routes are resolved by Django's own resolver from
 `serving.gateway.urls` (one table for both ways in), a body over GATEWAY_MAX_BODY_BYTES is refused as
-Django would (`RequestDataTooBig`, which the views answer with a 413 in their API's format), and a client
-that goes away cancels the view, so a streaming view's `finally` closes the engine request.
+Django would (`RequestDataTooBig`, which the views answer with a 413 in their API's format; the rest of
+such a body is not read), a client that goes away cancels the view and a stream's clean-up runs (the
+engine request closed, the call metered), and an unexpected error is logged as Django logs one and
+answered with a 500 in the API's format.
+
+What these routes do without, by design: Django's middleware (ALLOWED_HOSTS, SECURE_SSL_REDIRECT and
+the security headers of SecurityMiddleware). API clients follow no redirects and render no pages; put
+TLS in front of the gateway (the chart's Ingress) and have it check host names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -26,11 +33,14 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, QueryDict, StreamingHttpResponse
 from django.urls import Resolver404, URLResolver, get_resolver
 
+from serving.gateway import upstream
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 PREFIXES = ("/v1/", "/model/")
+log = logging.getLogger("django.request")  # where Django logs a view's unexpected error
 
 
 class _Disconnected(Exception):
@@ -45,7 +55,8 @@ class GatewayRequest(HttpRequest):
         super().__init__()
         self.method = scope["method"]
         self.path = self.path_info = scope["path"]
-        self.META = {"REQUEST_METHOD": self.method, "QUERY_STRING": scope.get("query_string", b"").decode()}
+        query = scope.get("query_string", b"").decode("latin1")
+        self.META = {"REQUEST_METHOD": self.method, "QUERY_STRING": query}
         for raw_name, raw_value in scope.get("headers", ()):
             name = raw_name.decode("latin1").upper().replace("-", "_")
             key = name if name in ("CONTENT_LENGTH", "CONTENT_TYPE") else f"HTTP_{name}"
@@ -63,8 +74,12 @@ class GatewayRequest(HttpRequest):
         return self._body
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or None once it is over `limit` (the rest is read and dropped)."""
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it is known to be over `limit`: by its declared length before
+    reading anything, else once what arrived passes the limit (the rest is never read)."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+            return None
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -72,14 +87,17 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks) if size <= limit else None
+            return b"".join(chunks)
 
 
 async def _send_response(response: HttpResponseBase, send: Send) -> None:
-    headers = [(name.encode("latin1"), value.encode("latin1")) for name, value in response.items()]
+    headers = [
+        (name.encode("latin1"), str(value).encode("latin1", "replace")) for name, value in response.items()
+    ]
     streaming = isinstance(response, StreamingHttpResponse)
     if not streaming and not response.has_header("Content-Length"):
         headers.append((b"content-length", str(len(response.content)).encode()))  # type: ignore[attr-defined]
@@ -90,6 +108,13 @@ async def _send_response(response: HttpResponseBase, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     else:
         await send({"type": "http.response.body", "body": response.content, "more_body": False})  # type: ignore[attr-defined]
+
+
+def _server_error(path: str) -> HttpResponseBase:
+    from serving.gateway.errors import bedrock_error, openai_error
+
+    message = "The gateway failed to handle this request; it has been logged. Retry shortly."
+    return openai_error(500, message) if path.startswith("/v1/") else bedrock_error(500, message)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -114,6 +139,7 @@ class GatewayFront:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await pipeline.drain()
+                await upstream.close_clients()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -138,14 +164,30 @@ class GatewayFront:
             return
         view, kwargs = route
         try:
-            body = await _read_body(receive, settings.GATEWAY_MAX_BODY_BYTES)
+            body = await _read_body(scope, receive, settings.GATEWAY_MAX_BODY_BYTES)
         except _Disconnected:
             return
         request = GatewayRequest(scope, body)
+        started = False
+
+        async def tracked_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
 
         async def respond() -> None:
-            response = await view(request, **kwargs)
-            await _send_response(response, send)
+            response = None
+            try:
+                response = await view(request, **kwargs)
+                await _send_response(response, tracked_send)
+            except Exception:
+                log.exception("Internal Server Error: %s", scope["path"])
+                if not started:
+                    await _send_response(_server_error(scope["path"]), send)
+            finally:
+                close_relay = getattr(response, "close_relay", None)
+                if close_relay is not None:  # a stream: close the engine request and meter it, once
+                    await close_relay()
 
         # As Django's handler does: a client that leaves cancels the view (and with it the engine call).
         answer = asyncio.ensure_future(respond())
@@ -156,5 +198,3 @@ class GatewayFront:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if answer.done() and not answer.cancelled():
-            answer.result()  # an exception of the view reaches the server's log, as under Django

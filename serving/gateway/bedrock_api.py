@@ -7,6 +7,7 @@ event, as they come.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -77,6 +78,10 @@ async def _complete(
         call.status_code = error.status
         await pipeline.finish(call)
         return None, bedrock_error(error.status, error.message)
+    except asyncio.CancelledError:  # the caller went away: what was admitted is still metered
+        call.status_code = pipeline.CLIENT_CLOSED
+        await pipeline.finish(call)
+        raise
     call.status_code = exchange.status
     if exchange.status != 200:
         await pipeline.finish(call)
@@ -162,11 +167,8 @@ async def _stream(
         except upstream.UpstreamError as error:
             call.status_code = error.status
             yield bedrock.encode_exception("ModelStreamErrorException", error.message)
-        finally:
-            await upstream.close(exchange)
-            await pipeline.finish(call)
 
-    return StreamingHttpResponse(relay(), content_type=EVENT_STREAM)
+    return pipeline.stream_response(call, exchange, relay(), EVENT_STREAM)
 
 
 @csrf_exempt

@@ -338,8 +338,9 @@ class RateLimiter:
 
     def _keys(self, key_id: int | None, org_id: int) -> tuple[list[str], str]:
         p = self.prefix
-        # A call without a key (the web playground) has no key limits; its key counters go unread.
-        key = "none" if key_id is None else key_id
+        # A call without a key (the web playground) has no key limits; its organisation's own "key"
+        # counters take the script's writes, so no counter is shared between organisations.
+        key = f"person-{org_id}" if key_id is None else key_id
         counters = [f"{p}rpm:key:{key}", f"{p}rpm:org:{org_id}"]
         counters += [f"{p}tpm:key:{key}", f"{p}tpm:org:{org_id}"]
         return counters, f"{p}month:org:{org_id}:"

@@ -5,6 +5,7 @@ Each is a thin async view over serving.gateway.pipeline; streams pass through ev
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -45,12 +46,17 @@ def read_body(request: HttpRequest) -> bytes:
     when no length is declared (a chunked upload), where Django refuses to read past its limit."""
     declared = request.headers.get("content-length")
     limit = settings.GATEWAY_MAX_BODY_BYTES
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"The request body is {int(declared)} bytes; the limit is {limit}.")
     try:
         return request.body
     except RequestDataTooBig:
         raise BodyTooLarge(f"The request body is over the limit; the limit is {limit} bytes.") from None
+
+
+def body_error(problem: str) -> HttpResponse:
+    """The answer to what `read_json` found wrong: 413 for a body over the limit, else 400."""
+    return openai_error(413 if "limit is" in problem else 400, problem)
 
 
 def read_json(request: HttpRequest) -> dict[str, Any] | str:
@@ -113,8 +119,7 @@ async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingH
         return openai_error(401, "Incorrect, expired or revoked API key provided.", code="invalid_api_key")
     payload = read_json(request)
     if isinstance(payload, str):
-        status = 413 if "limit is" in payload else 400
-        return openai_error(status, payload)
+        return body_error(payload)
     return await invoke_as(caller, route, payload)
 
 
@@ -157,6 +162,10 @@ async def invoke_as(
         call.status_code = error.status
         await pipeline.finish(call)
         return openai_error(error.status, error.message)
+    except asyncio.CancelledError:  # the caller went away: what was admitted is still metered
+        call.status_code = pipeline.CLIENT_CLOSED
+        await pipeline.finish(call)
+        raise
     call.status_code = exchange.status
     if exchange.status == 200:
         with contextlib.suppress(ValueError, AttributeError):
@@ -202,11 +211,8 @@ async def _stream(
             call.status_code = error.status
             message = json.dumps({"error": {"message": error.message, "type": "server_error"}})
             yield f"data: {message}\n\n".encode()
-        finally:
-            await upstream.close(exchange)  # also when the client went away: the engine stops generating
-            await pipeline.finish(call)
 
-    response = StreamingHttpResponse(relay(), content_type="text/event-stream")
+    response = pipeline.stream_response(call, exchange, relay(), "text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     assert call.decision is not None

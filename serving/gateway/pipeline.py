@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
 from django.conf import settings
+from django.http import StreamingHttpResponse
 from django.utils import timezone
 
 from serving.gateway import metrics, upstream
@@ -29,6 +32,10 @@ from serving.gateway.directory import Caller, Directory, Target
 from serving.gateway.limits import Decision, RateLimiter
 from serving.gateway.metering import UsageQueue
 
+log = logging.getLogger(__name__)
+
+# The status a call is metered with when its caller went away before the answer (nginx's convention).
+CLIENT_CLOSED = 499
 BYTES_PER_TOKEN = 4  # a rough, conservative guess of prompt tokens before the engine has counted them
 
 
@@ -128,6 +135,14 @@ async def drain() -> None:
 
 
 async def _meter(call: Call, finished: float) -> None:
+    try:
+        await _write_usage(call, finished)
+    except Exception:  # metering must never take the gateway down; the record is counted as lost
+        log.exception("metering request %s failed", call.request_id)
+        metrics.METERING_ERRORS.inc()
+
+
+async def _write_usage(call: Call, finished: float) -> None:
     elapsed = finished - call.started
     ttft = None if call.first_token_at is None else call.first_token_at - call.started
     prompt = call.prompt_tokens if call.prompt_tokens is not None else call.estimated_prompt_tokens
@@ -192,10 +207,41 @@ async def start_stream(call: Call, path: str, payload: dict[str, Any]) -> upstre
         await finish(call)
         return Refusal(error.status, error.message)
     if exchange.status != 200:
-        assert exchange.response is not None
-        body = await exchange.response.read()
-        await upstream.close(exchange)
+        try:
+            body = await upstream.read_rest(exchange)
+        except upstream.UpstreamError as error:
+            call.status_code = error.status
+            await finish(call)
+            return Refusal(error.status, error.message)
         call.status_code = exchange.status
         await finish(call)
         return Refusal(exchange.status, body=body)
     return exchange
+
+
+def stream_response(
+    call: Call, exchange: upstream.Exchange, body: AsyncIterator[bytes], content_type: str
+) -> StreamingHttpResponse:
+    """The streaming answer with `body` (the API's events), and the clean-up every way a stream can end:
+    the engine request closed (when the client left, the engine stops generating) and the call metered,
+    once. `response.close_relay` lets the ASGI front run the clean-up itself, whatever happened, instead
+    of waiting for the generator to be collected."""
+    closed = False
+
+    async def close_relay() -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            await upstream.close(exchange)
+            await finish(call)
+
+    async def content() -> AsyncIterator[bytes]:
+        try:
+            async for part in body:
+                yield part
+        finally:
+            await close_relay()
+
+    response = StreamingHttpResponse(content(), content_type=content_type)
+    response.close_relay = close_relay  # type: ignore[attr-defined]
+    return response

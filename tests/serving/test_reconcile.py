@@ -260,19 +260,22 @@ QUOTA_MESSAGE = (
 
 def test_a_replica_the_controller_cannot_create_is_explained(deployment, fake_kubernetes) -> None:
     tasks.provision_deployment.apply(args=[deployment.pk]).get()
+    failure = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": QUOTA_MESSAGE}
     fake_kubernetes.set_deployment_status(
-        name_of(deployment), replicas=0, ready_replicas=0,
-        conditions=[
-            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": QUOTA_MESSAGE}
-        ],
-    )  # fmt: skip
+        name_of(deployment), replicas=0, ready_replicas=0, conditions=[failure]
+    )
+    deployment = reconcile(deployment)
+    # The controller keeps retrying: provisioning, with the reason, until the grace period is over.
+    assert deployment.status == "provisioning"
+    assert "ResourceQuota has no room for them" in deployment.status_message
+    age(deployment, 3600)
     deployment = reconcile(deployment)
     assert deployment.status == "failed"
-    assert deployment.status_message.startswith("Kubernetes cannot create the replicas (FailedCreate): pods")
-    assert (
-        "exceeded quota: gpu-quota" in deployment.status_message
-        and "ResourceQuota" in deployment.status_message
+    assert deployment.status_message.startswith(
+        "Kubernetes cannot create the replicas: the serving namespace"
     )
+    # The controller's own text (other tenants' usage of the namespace) is not shown.
+    assert "used: requests.nvidia.com/gpu=8" not in deployment.status_message
 
 
 def test_a_rollout_past_its_deadline_is_explained(deployment, fake_kubernetes) -> None:
@@ -286,7 +289,7 @@ def test_a_rollout_past_its_deadline_is_explained(deployment, fake_kubernetes) -
     deployment = reconcile(deployment)
     assert deployment.status == "failed"
     assert deployment.status_message.startswith("The rollout made no progress within its deadline")
-    assert "has timed out progressing" in deployment.status_message
+    assert "has timed out progressing" not in deployment.status_message  # the controller's text stays there
 
 
 def test_a_stuck_change_keeps_serving_and_says_so(deployment, fake_kubernetes) -> None:

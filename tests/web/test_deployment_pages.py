@@ -26,6 +26,14 @@ def test_detail_shows_status_timeline_and_snippets(browser_for, member, acme_dep
     assert '"model": "chat"' in page and "bedrock-runtime" in page and "OpenAI(base_url=" in page
 
 
+def test_snippets_use_the_public_url_when_set(browser_for, member, acme_deployment, settings) -> None:
+    settings.PUBLIC_URL = "https://marketplace.example.com"
+    page = browser_for(member).get(f"/deployments/{acme_deployment.pk}/").text
+    assert (
+        "curl https://marketplace.example.com/v1/chat/completions" in page and "http://testserver" not in page
+    )
+
+
 def test_status_partial_polls_while_provisioning(browser_for, member, acme) -> None:
     deployment = make_deployment(acme, status="provisioning", status_message="Loading the model.")
     response = browser_for(member).get(

@@ -46,6 +46,13 @@ def test_bad_bodies_are_400_naming_the_problem(browser_for, member, acme_deploym
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages"
 
 
+def test_a_platform_admin_chats_only_where_a_member(browser_for, platform_admin, acme_deployment) -> None:
+    # Admins see every deployment, but a chat spends the organisation's budget as its own.
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    response = chat(browser_for(platform_admin), acme_deployment.pk, body)
+    assert response.status_code == 404 and "member of" in response.json()["error"]["message"]
+
+
 def test_outsider_and_anonymous_cannot_chat(browser_for, outsider, client, acme_deployment) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}]}
     assert chat(browser_for(outsider), acme_deployment.pk, body).status_code == 404

@@ -125,7 +125,7 @@ def _replicas(request: HttpRequest) -> tuple[int, int, dict[str, list[str]]]:
     values = []
     for name, default in (("min_replicas", 1), ("max_replicas", 2)):
         raw = request.GET.get(name, str(default))
-        if raw.isdigit() and 0 <= int(raw) <= 64:
+        if raw.isascii() and raw.isdigit() and 0 <= int(raw) <= 64:
             values.append(int(raw))
         else:
             errors[name] = ["A whole number from 0 to 64."]

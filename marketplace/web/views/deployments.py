@@ -166,7 +166,7 @@ def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
         "events": deployment.events.all()[:30],
         "steps": steps,
         "polling": deployment.status in POLLING,
-        "base_url": request.build_absolute_uri("/").rstrip("/"),
+        "base_url": settings.PUBLIC_URL or request.build_absolute_uri("/").rstrip("/"),
         "explanation": POLICY_EXPLANATIONS[AutoscalingPolicy(deployment.autoscaling_policy)],
         "is_embedding": "embedding" in deployment.model_card.tasks,
         "ranges": {name: label for name, (label, *_) in charts.RANGES.items()},

@@ -38,7 +38,15 @@ def playground(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _target(request: HttpRequest, pk: int) -> tuple[int, str] | None:
-    found = visible_deployments(request).filter(pk=pk).values_list("organization_id", "name").first()
+    """(organisation, name) of a deployment of an organisation the person is a member of. Platform admins
+    see every deployment, but chat only where they are members: a chat spends the organisation's budget
+    and is metered as its own."""
+    found = (
+        visible_deployments(request)
+        .filter(pk=pk, organization__memberships__user=request.user.pk)
+        .values_list("organization_id", "name")
+        .first()
+    )
     return found
 
 
@@ -51,11 +59,11 @@ async def playground_chat(request: HttpRequest, pk: int) -> HttpResponse | Strea
         return openai_error(401, "Your session has ended: sign in again.")
     target = await sync_to_async(_target)(request, pk)
     if target is None:
-        return openai_error(404, "No such deployment in your organisations.")
+        return openai_error(404, "No such deployment in an organisation you are a member of.")
     organization_id, name = target
     payload = openai_api.read_json(request)
     if isinstance(payload, str):
-        return openai_error(400, payload)
+        return openai_api.body_error(payload)
     unknown = sorted(set(payload) - PLAYGROUND_FIELDS)
     if unknown:
         return openai_error(400, f"The playground does not send '{unknown[0]}'.", param=unknown[0])

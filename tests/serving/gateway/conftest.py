@@ -176,7 +176,7 @@ def gateway_url(
             "gunicorn",
             "marketplace.asgi:application",
             "--worker-class",
-            "uvicorn_worker.UvicornWorker",
+            "marketplace.server.UvicornWorker",
             "--workers",
             "2",
             "--bind",

@@ -77,17 +77,33 @@ def test_a_body_over_the_limit_is_a_413_in_each_apis_format(settings: Any, trans
     assert (b"x-amzn-errortype", b"ValidationException") in [(k.lower(), v) for k, v in bedrock[0]["headers"]]
 
 
-def test_shutdown_waits_for_metering_in_flight() -> None:
+def test_metering_in_flight_is_written_before_shutdown_completes(monkeypatch: Any) -> None:
+    """`finish` returns at once; the lifespan shutdown waits for the usage record it queued."""
+    from serving.gateway.directory import Caller, Target
+    from serving.gateway.limits import Limits
+
     order: list[str] = []
 
-    async def slow_write() -> None:
-        await asyncio.sleep(0.2)
-        order.append("usage written")
+    class SlowQueue:
+        async def push(self, record: dict[str, Any]) -> None:
+            await asyncio.sleep(0.2)
+            order.append(f"usage of {record['request_id']} written")
+
+    class Services:
+        queue = SlowQueue()
+
+    monkeypatch.setattr(pipeline, "services", lambda: Services())
+    call_ = pipeline.Call(
+        caller=Caller(
+            key_id=1, organization_id=1, allowed_deployments=frozenset(), limits=Limits(None, None, 1, 1, 1)
+        ),
+        target=Target(deployment_id=1, name="chat", model_slug="m", endpoints=(), is_embedding=False),
+        route="chat.completions", model="chat", streamed=False, estimated_prompt_tokens=1, request_id="r1",
+    )  # fmt: skip
 
     async def scenario() -> None:
-        task = asyncio.get_running_loop().create_task(slow_write())
-        pipeline._metering.add(task)
-        task.add_done_callback(pipeline._metering.discard)
+        await pipeline.finish(call_)
+        order.append("answer sent")
         inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
 
         async def receive() -> dict[str, Any]:
@@ -99,4 +115,87 @@ def test_shutdown_waits_for_metering_in_flight() -> None:
         await GatewayFront(Recorder())({"type": "lifespan"}, receive, send)
 
     asyncio.run(scenario())
-    assert order == ["lifespan.startup.complete", "usage written", "lifespan.shutdown.complete"]
+    assert order == [
+        "answer sent",
+        "lifespan.startup.complete",
+        "usage of r1 written",
+        "lifespan.shutdown.complete",
+    ]
+
+
+def test_a_client_that_leaves_mid_stream_closes_the_engine_request_and_is_metered(
+    transactional_catalog: None, monkeypatch: Any
+) -> None:
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from marketplace.accounts.services import create_api_key, create_organization
+    from serving.gateway import upstream
+    from tests.serving.gateway.conftest import CHAT, deploy
+
+    aborted = threading.Event()
+
+    class SlowEngine(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n')
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                aborted.set()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    engine = ThreadingHTTPServer(("127.0.0.1", 0), SlowEngine)
+    threading.Thread(target=engine.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{engine.server_address[1]}"
+    organization = create_organization(slug="leave", name="Leave", owner=None)
+    deploy(organization, "slow", CHAT, endpoint)
+    _, secret = create_api_key(organization=organization, name="k", created_by=None, expires_at=None)
+    metered: list[int] = []
+    real_finish = pipeline.finish
+
+    async def finish(call: Any) -> None:
+        metered.append(call.status_code)
+        await real_finish(call)
+
+    monkeypatch.setattr(pipeline, "finish", finish)
+    body = json.dumps(
+        {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+
+    async def scenario() -> None:
+        chunks = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop(0)
+            await chunks.wait()  # the client reads the first event, then goes away
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                chunks.set()
+
+        headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {secret}".encode())]
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
+                 "headers": headers}  # fmt: skip
+        await GatewayFront(Recorder())(scope, receive, send)
+        await pipeline.drain()
+
+    try:
+        asyncio.run(scenario())
+        assert aborted.wait(timeout=10), "the engine kept generating for a caller that had left"
+    finally:
+        engine.shutdown()
+        engine.server_close()
+    assert upstream._outstanding[endpoint] == 0
+    assert metered == [200]  # metered once, as a stream that was answered

@@ -104,6 +104,17 @@ a TLS-terminating Ingress the pods see plain HTTP, so Django cannot match an htt
 {{- $origins | uniq | join "," }}
 {{- end }}
 
+{{/* Where people and apps reach the platform, for the UI's snippets: the Ingress's first TLS host over
+https, else its first host over http; empty without an Ingress (the UI then uses the request's address). */}}
+{{- define "marketplace.publicUrl" -}}
+{{- if .Values.ingress.enabled }}
+{{- $tls := first (default (list) .Values.ingress.tls) }}
+{{- if and $tls $tls.hosts }}{{ printf "https://%s" (first $tls.hosts) }}
+{{- else if .Values.ingress.hosts }}{{ printf "http://%s" (first .Values.ingress.hosts) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The non-secret settings (README.md, "Configuration") as a YAML map of strings: the ConfigMap's data,
 and the migrations Job's environment (the hook runs before the ConfigMap exists). */}}
 {{- define "marketplace.settings" -}}
@@ -116,6 +127,7 @@ MODEL_CACHE_PVC: {{ .Values.serving.modelCachePvc | quote }}
 HF_TOKEN_SECRET: {{ include "marketplace.huggingfaceTokenSecret" . | quote }}
 ALLOWED_HOSTS: {{ include "marketplace.allowedHosts" . | quote }}
 CSRF_TRUSTED_ORIGINS: {{ include "marketplace.csrfTrustedOrigins" . | quote }}
+PUBLIC_URL: {{ include "marketplace.publicUrl" . | quote }}
 SECURE_COOKIES: {{ ternary "True" "False" .Values.config.secureCookies | quote }}
 LOG_LEVEL: {{ .Values.config.logLevel | quote }}
 API_PAGE_SIZE_MAX: {{ .Values.config.apiPageSizeMax | int64 | quote }}
