@@ -11,10 +11,12 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,49 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+class SlowStreamingEngine(BaseHTTPRequestHandler):
+    """A stand-in engine that streams an event every 0.1 s for ten seconds, and notes when the caller's
+    side went away (the gateway closed the engine request)."""
+
+    aborted_at: list[float] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        try:
+            for _ in range(100):
+                self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n')
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            SlowStreamingEngine.aborted_at.append(time.monotonic())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def slow_streaming_engine() -> Iterator[str]:
+    """The stand-in's URL while it serves; `SlowStreamingEngine.aborted_at` starts empty."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowStreamingEngine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    SlowStreamingEngine.aborted_at.clear()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def wait_until_aborted(timeout: float = 10) -> float | None:
+    deadline = time.monotonic() + timeout
+    while not SlowStreamingEngine.aborted_at and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return SlowStreamingEngine.aborted_at[0] if SlowStreamingEngine.aborted_at else None
 
 
 def engine_prepared() -> bool:

@@ -8,8 +8,10 @@ import asyncio
 import json
 from typing import Any
 
-from serving.gateway import pipeline
+from marketplace.accounts.services import create_api_key, create_organization
+from serving.gateway import pipeline, upstream
 from serving.gateway.asgi import GatewayFront
+from tests.serving.gateway.conftest import CHAT, deploy, slow_streaming_engine, wait_until_aborted
 
 
 class Recorder:
@@ -64,8 +66,6 @@ def test_invoke_routes_are_answered_without_django(db: None) -> None:
 
 
 def test_a_body_over_the_limit_is_a_413_in_each_apis_format(settings: Any, transactional_db: None) -> None:
-    from marketplace.accounts.services import create_api_key, create_organization
-
     organization = create_organization(slug="front", name="Front", owner=None)
     _, secret = create_api_key(organization=organization, name="k", created_by=None, expires_at=None)
     settings.GATEWAY_MAX_BODY_BYTES = 1024
@@ -126,36 +126,16 @@ def test_metering_in_flight_is_written_before_shutdown_completes(monkeypatch: An
 def test_a_client_that_leaves_mid_stream_closes_the_engine_request_and_is_metered(
     transactional_catalog: None, monkeypatch: Any
 ) -> None:
-    import threading
-    import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    with slow_streaming_engine() as endpoint:
+        metered = _leave_mid_stream(endpoint, monkeypatch)
+        assert wait_until_aborted() is not None, "the engine kept generating for a caller that had left"
+    assert upstream._outstanding[endpoint] == 0
+    assert metered == [200]  # metered once, as a stream that was answered
 
-    from marketplace.accounts.services import create_api_key, create_organization
-    from serving.gateway import upstream
-    from tests.serving.gateway.conftest import CHAT, deploy
 
-    aborted = threading.Event()
-
-    class SlowEngine(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.end_headers()
-            try:
-                for _ in range(100):
-                    self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n')
-                    self.wfile.flush()
-                    time.sleep(0.1)
-            except OSError:
-                aborted.set()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    engine = ThreadingHTTPServer(("127.0.0.1", 0), SlowEngine)
-    threading.Thread(target=engine.serve_forever, daemon=True).start()
-    endpoint = f"http://127.0.0.1:{engine.server_address[1]}"
+def _leave_mid_stream(endpoint: str, monkeypatch: Any) -> list[int]:
+    """A streamed chat through the front whose client reads the first event and goes away; the status
+    of every metering of it."""
     organization = create_organization(slug="leave", name="Leave", owner=None)
     deploy(organization, "slow", CHAT, endpoint)
     _, secret = create_api_key(organization=organization, name="k", created_by=None, expires_at=None)
@@ -191,11 +171,5 @@ def test_a_client_that_leaves_mid_stream_closes_the_engine_request_and_is_metere
         await GatewayFront(Recorder())(scope, receive, send)
         await pipeline.drain()
 
-    try:
-        asyncio.run(scenario())
-        assert aborted.wait(timeout=10), "the engine kept generating for a caller that had left"
-    finally:
-        engine.shutdown()
-        engine.server_close()
-    assert upstream._outstanding[endpoint] == 0
-    assert metered == [200]  # metered once, as a stream that was answered
+    asyncio.run(scenario())
+    return metered

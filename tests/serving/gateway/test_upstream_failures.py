@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -19,7 +17,7 @@ from django.test import AsyncClient
 from marketplace.accounts import services as account_services
 from serving.models import Deployment
 from tests.conftest import make_user
-from tests.serving.gateway.conftest import CHAT, Tenant, deploy
+from tests.serving.gateway.conftest import CHAT, Tenant, deploy, slow_streaming_engine, wait_until_aborted
 
 pytestmark = pytest.mark.slow
 
@@ -64,36 +62,9 @@ def test_a_hung_replica_gives_a_504_in_time_not_a_hang(
     assert time.monotonic() - started < 10
 
 
-class Engine(BaseHTTPRequestHandler):
-    """Streams an event every 0.2 s for up to a minute; records when the caller's side went away."""
-
-    aborted_at: list[float] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.end_headers()
-        try:
-            for _ in range(300):
-                self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n')
-                self.wfile.flush()
-                time.sleep(0.2)
-        except OSError:
-            Engine.aborted_at.append(time.monotonic())
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_a_caller_that_disconnects_cancels_the_engine_request(gateway_url: str, tenant: Tenant) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Engine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Engine.aborted_at.clear()
-    try:
-        Deployment.objects.filter(pk=tenant.chat.pk).update(
-            endpoints=[f"http://127.0.0.1:{server.server_address[1]}"]
-        )
+    with slow_streaming_engine() as engine:
+        Deployment.objects.filter(pk=tenant.chat.pk).update(endpoints=[engine])
         time.sleep(1.5)  # the gateway's cache
         body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         with httpx.stream(
@@ -106,13 +77,9 @@ def test_a_caller_that_disconnects_cancels_the_engine_request(gateway_url: str, 
             assert response.status_code == 200
             next(response.iter_raw())  # the first event arrived; now the caller goes away
         left = time.monotonic()
-        deadline = left + 10
-        while not Engine.aborted_at and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert Engine.aborted_at, "the engine kept streaming to nobody"
-        assert Engine.aborted_at[0] - left < 5
-    finally:
-        server.shutdown()
+        aborted = wait_until_aborted()
+        assert aborted is not None, "the engine kept streaming to nobody"
+        assert aborted - left < 5
 
 
 def test_a_gateway_only_process_serves_only_the_invoke_routes() -> None:
