@@ -166,6 +166,11 @@ class ModelCard(models.Model):
         super().save(*args, **kwargs)  # type: ignore[arg-type]
 
     @property
+    def is_embedding(self) -> bool:
+        """Serves vectors, not chat: no playground, and the embeddings route."""
+        return "embedding" in self.tasks
+
+    @property
     def parameters_billions(self) -> float:
         return round(self.parameters / 1e9, 3)
 

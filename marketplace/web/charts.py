@@ -39,9 +39,7 @@ class Bar:
 @dataclass(frozen=True)
 class Chart:
     title: str
-    unit: str
     total: str
-    peak: float
     bars: list[Bar]
     first_label: str
     last_label: str
@@ -121,9 +119,7 @@ def bar_chart(title: str, unit: str, series: dict[str, Any], field: str, *, aver
     moments = series["moments"]
     return Chart(
         title=title,
-        unit=unit,
         total=total,
-        peak=peak,
         bars=bars,
         first_label=_moment_label(moments[0], series["step"]) if moments else "",
         last_label=_moment_label(moments[-1], series["step"]) if moments else "",

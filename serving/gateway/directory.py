@@ -173,7 +173,7 @@ def _load_targets(organization_id: int) -> dict[str, Target]:
             name=row.name,
             model_slug=row.model_card.slug,
             endpoints=tuple(row.endpoints),
-            is_embedding="embedding" in row.model_card.tasks,
+            is_embedding=row.model_card.is_embedding,
         )
         for row in rows
     }

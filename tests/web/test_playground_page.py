@@ -46,6 +46,13 @@ def test_bad_bodies_are_400_naming_the_problem(browser_for, member, acme_deploym
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages"
 
 
+def test_the_page_tells_a_platform_admin_why_there_is_no_chat(
+    browser_for, platform_admin, acme_deployment
+) -> None:
+    page = browser_for(platform_admin).get(f"/deployments/{acme_deployment.pk}/playground/").text
+    assert "the playground is for its members" in page and 'id="chat-form"' not in page
+
+
 def test_a_platform_admin_chats_only_where_a_member(browser_for, platform_admin, acme_deployment) -> None:
     # Admins see every deployment, but a chat spends the organisation's budget as its own.
     body = {"messages": [{"role": "user", "content": "hi"}]}

@@ -27,7 +27,7 @@ PINNED = {
     "/deployments/new/?model=llama-3.1-8b-instruct": 11,
     "/deployments/{pk}/": 7,
     "/deployments/{pk}/usage/?range=24h": 4,
-    "/deployments/{pk}/playground/": 5,
+    "/deployments/{pk}/playground/": 6,  # with whether the person is a member (may chat)
     "/api-keys/": 5,
     "/organization/": 10,
     "/platform/": 8,

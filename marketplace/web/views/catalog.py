@@ -145,14 +145,14 @@ def _model_context(request: HttpRequest, card: ModelCard) -> dict[str, Any]:
             .filter(organization=organization, model_card=card)
             .first()
         )
+        if subscription is not None:
+            subscription.model_card = card  # already loaded: `in_force` compares with its license
     low, high, errors = _replicas(request)
     return {
         "card": card,
         "organization": organization,
         "subscription": subscription,
-        "in_force": subscription is not None
-        and subscription.status == "active"
-        and subscription.license_sha256 == card.license_sha256,
+        "in_force": subscription is not None and subscription.in_force,
         "can_manage": organization is not None and tenancy.can_manage(request, organization),
         "fit_rows": instance_rows(card, min_replicas=low, max_replicas=high),
         "min_replicas": low,

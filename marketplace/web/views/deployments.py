@@ -53,7 +53,7 @@ def visible_deployments(request: HttpRequest) -> QuerySet[Deployment]:
     )
 
 
-def _deployment(request: HttpRequest, pk: int) -> Deployment:
+def deployment_or_404(request: HttpRequest, pk: int) -> Deployment:
     """The deployment, or 404 for one of an organisation the person is not in (as for one that does not
     exist). Any member may scale and delete, as in the API."""
     return get_object_or_404(visible_deployments(request), pk=pk)
@@ -73,13 +73,11 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "web/deployments.html",
-        {"organization": organization, "deployments": deployments, "polling": POLLING},
+        {"organization": organization, "deployments": deployments},
     )
 
 
-def _deploy_context(
-    request: HttpRequest, organization: Organization | None, card: ModelCard | None
-) -> dict[str, Any]:
+def _deploy_context(organization: Organization | None, card: ModelCard | None) -> dict[str, Any]:
     subscribed = (
         ModelCard.objects.filter(
             subscriptions__in=Subscription.objects.in_force().filter(organization=organization)
@@ -120,7 +118,7 @@ def deploy(request: HttpRequest) -> HttpResponse:
     organization = current.organization(request)
     slug = request.POST.get("model") or request.GET.get("model")
     card = ModelCard.objects.filter(slug=slug).first() if slug else None
-    context = _deploy_context(request, organization, card)
+    context = _deploy_context(organization, card)
     if request.method == "GET":
         if card is not None:
             context["values"]["name"] = card.slug.replace(".", "-")[:40].strip("-")
@@ -136,7 +134,7 @@ def deploy(request: HttpRequest) -> HttpResponse:
         ("name", "model", "instance_type", "tensor_parallel_size", *SCALING_FIELDS),
         nested={"engine_options": ENGINE_FIELDS},
     )
-    # An unticked checkbox sends nothing, and "not given" keeps the card's default.
+    # A field left empty is "not given": the serializer's default or the card's engine default applies.
     serializer = DeploymentCreateSerializer(data=data)
     try:
         serializer.is_valid(raise_exception=True)
@@ -168,8 +166,7 @@ def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
         "polling": deployment.status in POLLING,
         "base_url": settings.PUBLIC_URL or request.build_absolute_uri("/").rstrip("/"),
         "explanation": POLICY_EXPLANATIONS[AutoscalingPolicy(deployment.autoscaling_policy)],
-        "is_embedding": "embedding" in deployment.model_card.tasks,
-        "ranges": {name: label for name, (label, *_) in charts.RANGES.items()},
+        "is_embedding": deployment.model_card.is_embedding,
         "deployment_values": {
             "min_replicas": deployment.min_replicas,
             "max_replicas": deployment.max_replicas,
@@ -181,7 +178,7 @@ def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
 @login_required
 @require_GET
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _deployment(request, pk)
+    deployment = deployment_or_404(request, pk)
     return render_page(
         request,
         "web/deployment.html",
@@ -193,7 +190,7 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def deployment_usage(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _deployment(request, pk)
+    deployment = deployment_or_404(request, pk)
     range_name = request.GET.get("range", "24h")
     if range_name not in charts.RANGES:
         range_name = "24h"
@@ -204,7 +201,7 @@ def deployment_usage(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _deployment(request, pk)
+    deployment = deployment_or_404(request, pk)
     try:
         serializer = DeploymentScaleSerializer(data=form_data(request.POST, SCALING_FIELDS))
         serializer.is_valid(raise_exception=True)
@@ -220,7 +217,7 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _deployment(request, pk)
+    deployment = deployment_or_404(request, pk)
     if request.POST.get("confirm", "").strip() != deployment.name:
         context = _detail_context(request, deployment)
         context["errors"] = {"confirm": [f"Type the deployment's name, {deployment.name}, to delete it."]}

@@ -87,8 +87,6 @@ def edit_quota(request: HttpRequest, slug: str) -> HttpResponse:
     gpu_models = sorted(set(InstanceType.objects.filter(gpu_count__gt=0).values_list("gpu_model", flat=True)))
     context: dict[str, Any] = {
         "organization": organization,
-        "quota": quota,
-        "gpu_models": gpu_models,
         "bars": quota_bars(organization),
         "errors": {},
         "values": {name: getattr(quota, name) for name in QUOTA_FIELDS},

@@ -12,7 +12,8 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from marketplace.web.views.deployments import _deployment, visible_deployments
+from marketplace.accounts.models import Membership
+from marketplace.web.views.deployments import deployment_or_404, visible_deployments
 from serving.choices import DeploymentStatus
 from serving.gateway import openai_api, pipeline
 from serving.gateway.errors import openai_error
@@ -25,14 +26,18 @@ CHATTABLE = (DeploymentStatus.READY, DeploymentStatus.UPDATING)
 @login_required
 @require_GET
 def playground(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = _deployment(request, pk)
+    deployment = deployment_or_404(request, pk)
     return render(
         request,
         "web/playground.html",
         {
             "deployment": deployment,
             "chattable": deployment.status in CHATTABLE,
-            "is_embedding": "embedding" in deployment.model_card.tasks,
+            "is_embedding": deployment.model_card.is_embedding,
+            # Platform admins see every deployment but chat only where they are members (see _target).
+            "member": Membership.objects.filter(
+                organization=deployment.organization_id, user=request.user.pk
+            ).exists(),
         },
     )
 
