@@ -58,6 +58,11 @@ class Quota(models.Model):
         default=dict, blank=True, help_text='GPUs per GPU model, e.g. {"NVIDIA H100 80GB SXM5": 8}'
     )
     max_deployments = models.PositiveIntegerField(default=5)
+    # A replica on a CPU instance type holds no GPU but a whole engine process on the platform's own
+    # machine (SERVING_BACKEND=local): without this limit CPU replicas would escape every quota.
+    max_cpu_replicas = models.PositiveIntegerField(
+        default=4, help_text="Replicas on CPU instance types, across all deployments"
+    )
     monthly_token_budget = models.PositiveBigIntegerField(default=100_000_000)
     requests_per_minute = models.PositiveIntegerField(default=600)
     tokens_per_minute = models.PositiveBigIntegerField(default=200_000)
