@@ -1,6 +1,9 @@
+import logging
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import after_setup_logger
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
 
@@ -12,3 +15,24 @@ app.autodiscover_tasks()
 from marketplace.liveness import WorkerHeartbeat  # noqa: E402
 
 app.steps["worker"].add(WorkerHeartbeat)
+
+# Celery's own INFO lines for every task run: "Task … received" (the worker's strategy), "Task …
+# succeeded in …" (the trace) and beat's "Scheduler: Sending due task …". With reconcile and the usage
+# flush due every few seconds they fill the console forever and bury what matters; failures are logged
+# at WARNING or ERROR by the same loggers, so they still show. Tasks that change something say so
+# themselves (serving/tasks.py). LOG_LEVEL=DEBUG shows everything again.
+QUIET_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+
+
+def quiet_periodic_logs(level: str | None = None) -> None:
+    """Raise Celery's per-task loggers to WARNING, unless the platform's log level is DEBUG."""
+    if (level or os.environ.get("LOG_LEVEL") or "INFO").upper() == "DEBUG":
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@after_setup_logger.connect
+def _quiet_after_celery_sets_up_logging(**kwargs: Any) -> None:
+    # Celery configures logging when a worker or beat starts, after this module is imported.
+    quiet_periodic_logs(logging.getLevelName(kwargs.get("loglevel") or logging.INFO))

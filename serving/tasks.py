@@ -127,9 +127,15 @@ def reconcile() -> dict[str, int]:
     if not cache.add("serving:reconcile:lock", "1", timeout=120):
         return {"skipped": 1}
     try:
-        return reconcile_once()
+        counts = reconcile_once()
     finally:
         cache.delete("serving:reconcile:lock")
+    # A pass that changed nothing is not news: the console stays readable (Celery's own per-task lines
+    # are quiet, marketplace/celery.py).
+    changes = {name: counts[name] for name in ("changed", "reapplied", "deleted", "orphans") if counts[name]}
+    if changes:
+        log.info("reconcile: %s", ", ".join(f"{number} {name}" for name, number in changes.items()))
+    return counts
 
 
 def reconcile_once() -> dict[str, int]:
@@ -260,6 +266,9 @@ def flush_usage() -> int:
 
         from serving.gateway.metering import flush_usage as flush
 
-        return flush(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10))
+        written = flush(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10))
     finally:
         cache.delete("serving:flush-usage:lock")
+    if written:
+        log.info("flush_usage: wrote %d usage records", written)
+    return written
