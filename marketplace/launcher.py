@@ -37,13 +37,40 @@ def log(message: str) -> None:
     print(f"[marketplace] {message}", flush=True)
 
 
-def _private_file(path: Path, make: str) -> str:
-    """The contents of `path`, created (owner-only) with `make` the first time."""
+def _private_folder(path: Path) -> Path:
+    """`path`, created if missing, readable by its owner only (0700) whatever the umask or an earlier run
+    left: it holds the signing key, the admin password and the databases' files."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _private_file(path: Path, make: str) -> tuple[str, bool]:
+    """The contents of `path` and whether this call created it (with `make`), owner-only (0600).
+
+    The contents are written to a temporary file opened with mode 0600 from its first instant (O_EXCL,
+    so never someone else's file), then linked into place: the secret is never readable by others, and
+    `path` never exists half written. When two starts race, the second one reads the first one's file.
+    A file an earlier version left readable by others is tightened to 0600.
+    """
+    _private_folder(path.parent)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(make)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(make)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(scratch, path)
+            return make.strip(), True
+        except FileExistsError:
+            pass  # another start made it first: use theirs
+        finally:
+            scratch.unlink(missing_ok=True)
+    if path.stat().st_mode & 0o077:
         path.chmod(0o600)
-    return path.read_text().strip()
+    return path.read_text(encoding="utf-8").strip(), False
 
 
 @contextlib.contextmanager
@@ -158,6 +185,30 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+def _demo_admin_password(data_dir: Path) -> tuple[str, bool]:
+    """The demo admin's first password and whether this is the first start (the password is new).
+
+    DEMO_ADMIN_PASSWORD, when set, is the person's own choice and never counts as new.
+    """
+    chosen = os.environ.get("DEMO_ADMIN_PASSWORD")
+    if chosen:
+        return chosen, False
+    return _private_file(data_dir / "admin-password", secrets.token_urlsafe(12))
+
+
+def sign_in_line(password: str, first_start: bool, data_dir: Path, url: str) -> str:
+    """What the console says about signing in: the password on the first start only (consoles are
+    scrolled back, recorded and shared); later, where it is kept and where to change it."""
+    if first_start:
+        return f"Sign in as admin / {password}   (shown once; kept in {data_dir / 'admin-password'})"
+    if os.environ.get("DEMO_ADMIN_PASSWORD"):
+        return f"Sign in as admin with DEMO_ADMIN_PASSWORD; change it at {url}/admin/password_change/"
+    return (
+        f"Sign in as admin with the password first printed and kept in {data_dir / 'admin-password'} "
+        f"(owner-only); change it at {url}/admin/password_change/"
+    )
+
+
 def up() -> int:
     data_dir = Path(env.string("DATA_DIR", str(ROOT / ".data"))).resolve()
     host = env.string("HOST", "127.0.0.1")
@@ -165,22 +216,22 @@ def up() -> int:
     web_workers = env.integer("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
     worker_concurrency = env.integer("WORKER_CONCURRENCY", 2, minimum=1, maximum=64)
     serving_backend = env.choice("SERVING_BACKEND", "local", ("local", "kubernetes"))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_folder(data_dir)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     try:
         # Exits in reverse order: the processes stop before the servers they talk to.
         with contextlib.ExitStack() as stack:
             urls = stack.enter_context(backing_services(data_dir, persist=True))
+            password, first_start = _demo_admin_password(data_dir)
             environment = {
                 **os.environ,
                 **urls,
                 "DJANGO_SETTINGS_MODULE": "marketplace.settings",
                 "DATA_DIR": str(data_dir),
                 "SECRET_KEY": os.environ.get("SECRET_KEY")
-                or _private_file(data_dir / "secret-key", secrets.token_urlsafe(50)),
-                "DEMO_ADMIN_PASSWORD": os.environ.get("DEMO_ADMIN_PASSWORD")
-                or _private_file(data_dir / "admin-password", secrets.token_urlsafe(12)),
+                or _private_file(data_dir / "secret-key", secrets.token_urlsafe(50))[0],
+                "DEMO_ADMIN_PASSWORD": password,
             }
             log("Migrating the database ...")
             _manage(environment, "migrate", "--noinput", "-v", "0")
@@ -207,7 +258,7 @@ def up() -> int:
             url = f"http://{host}:{port}"
             _wait_until_up(f"{url}/healthz", supervisor)
             log(f"Running at {url}/  (API docs {url}/api/docs/, admin {url}/admin/)")
-            log(f"Sign in as admin / {environment['DEMO_ADMIN_PASSWORD']}   Press Ctrl-C to stop.")
+            log(f"{sign_in_line(password, first_start, data_dir, url)}   Press Ctrl-C to stop.")
             if serving_backend == "local" and not _engine_ready():
                 log("To serve models on this machine, prepare the engine once: python3 run.py engine")
             while (gone := supervisor.exited()) is None:

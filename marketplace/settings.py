@@ -84,6 +84,19 @@ try:
     GATEWAY_READ_TIMEOUT = env.integer("GATEWAY_READ_TIMEOUT", 300, minimum=1, maximum=3600)
     GATEWAY_MAX_BODY_BYTES = env.integer("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
     USAGE_FLUSH_INTERVAL_SECONDS = env.integer("USAGE_FLUSH_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
+
+    # Learning from traffic: the object store for bulk data (S3-compatible when a bucket is named, else a
+    # folder under DATA_DIR), and the invocation log's queue and writer.
+    OBJECT_STORE_BUCKET = env.string("OBJECT_STORE_BUCKET")
+    OBJECT_STORE_ENDPOINT_URL = env.url("OBJECT_STORE_ENDPOINT_URL", schemes=("http", "https"))
+    OBJECT_STORE_REGION = env.string("OBJECT_STORE_REGION", "us-east-1")
+    OBJECT_STORE_ACCESS_KEY_ID = env.string("OBJECT_STORE_ACCESS_KEY_ID")
+    OBJECT_STORE_SECRET_ACCESS_KEY = env.string("OBJECT_STORE_SECRET_ACCESS_KEY")
+    INVOCATION_LOG_QUEUE_MAX = env.integer("INVOCATION_LOG_QUEUE_MAX", 100_000, minimum=1)
+    INVOCATION_LOG_WRITE_INTERVAL_SECONDS = env.integer(
+        "INVOCATION_LOG_WRITE_INTERVAL_SECONDS", 10, minimum=1, maximum=3600
+    )
+    INVOCATION_LOG_WINDOW_MINUTES = env.integer("INVOCATION_LOG_WINDOW_MINUTES", 5, minimum=1, maximum=60)
 except env.ConfigurationError as error:
     # Django would turn an exception here into a long traceback; one line names the variable.
     sys.stderr.write(f"Configuration error: {error}\n")
@@ -106,6 +119,7 @@ INSTALLED_APPS = [
     "marketplace.subscriptions",
     "marketplace.web",
     "serving",
+    "learning",
 ]
 
 MIDDLEWARE = [

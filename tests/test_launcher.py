@@ -1,22 +1,27 @@
 """The README's first command, for real: with no DATABASE_URL or REDIS_URL it starts embedded
 PostgreSQL and Valkey, migrates, loads the catalog, serves the API under gunicorn with a Celery worker
-and beat; SIGINT (Ctrl-C) stops all of it, leaving no process behind."""
+and beat; SIGINT (Ctrl-C) stops all of it, leaving no process behind. Its secrets: an owner-only data
+folder, secret files that are never readable by others, and an admin password shown on the first start
+only."""
 
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from marketplace import launcher
 
-pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -41,6 +46,7 @@ def processes_marked(marker: str, data_dir: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_first_readme_command_runs_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     marker = f"MARKETPLACE_TEST_RUN={uuid.uuid4()}"
     port = free_port()
@@ -82,3 +88,97 @@ def test_first_readme_command_runs_everything_and_ctrl_c_stops_it(tmp_path: Path
     assert code == 0, (tmp_path / "run.log").read_text()[-3000:]
     time.sleep(1)
     assert processes_marked(marker.split("=")[1], tmp_path / "data") == []
+
+
+# The demo's secrets, unit by unit (the run above shows them in place).
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which a plainly created file is readable by everyone."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_the_data_folder_is_owner_only_even_when_it_existed(tmp_path: Path) -> None:
+    fresh, existing = tmp_path / "fresh" / "data", tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    launcher._private_folder(fresh)
+    launcher._private_folder(existing)
+    assert mode(fresh) == 0o700
+    assert mode(existing) == 0o700
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_secret_file_is_created_owner_only_with_its_contents(tmp_path: Path) -> None:
+    value, created = launcher._private_file(tmp_path / "data" / "secret-key", "s3cret\n")
+    assert (value, created) == ("s3cret", True)
+    assert mode(tmp_path / "data" / "secret-key") == 0o600
+    assert mode(tmp_path / "data") == 0o700
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["secret-key"]  # no scratch left
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_secret_is_never_readable_by_others_while_it_is_written(tmp_path: Path, monkeypatch: Any) -> None:
+    """Whatever writes the secret (a plain open, os.write), every file in the folder is already
+    owner-only at that moment."""
+    folder = tmp_path / "data"
+    seen: list[tuple[str, int]] = []
+
+    def check_folder() -> None:
+        seen.extend((p.name, mode(p)) for p in folder.iterdir())
+
+    real_write, real_write_text, real_fsync = os.write, Path.write_text, os.fsync
+
+    def spying_write_text(self: Path, *args: Any, **kwargs: Any) -> int:
+        written = real_write_text(self, *args, **kwargs)
+        check_folder()
+        return written
+
+    def spying_fsync(fd: int) -> None:
+        real_fsync(fd)
+        check_folder()
+
+    monkeypatch.setattr(Path, "write_text", spying_write_text)
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    monkeypatch.setattr(os, "write", lambda fd, data: (real_write(fd, data), check_folder())[0])
+    launcher._private_file(folder / "admin-password", "pw")
+    assert seen, "the secret was written without passing any of the watched calls"
+    assert all(file_mode & 0o077 == 0 for _, file_mode in seen), seen
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_an_existing_secret_is_read_not_replaced_and_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "admin-password"
+    path.write_text("from-an-earlier-start\n")
+    path.chmod(0o644)
+    assert launcher._private_file(path, "new") == ("from-an-earlier-start", False)
+    assert mode(path) == 0o600
+
+
+def test_the_admin_password_is_printed_on_the_first_start_only(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.delenv("DEMO_ADMIN_PASSWORD", raising=False)
+    password, first = launcher._demo_admin_password(tmp_path)
+    again, later = launcher._demo_admin_password(tmp_path)
+    assert (again, first, later) == (password, True, False)
+    url = "http://127.0.0.1:8000"
+    assert password in launcher.sign_in_line(password, first, tmp_path, url)
+    later_line = launcher.sign_in_line(again, later, tmp_path, url)
+    assert password not in later_line
+    assert str(tmp_path / "admin-password") in later_line and "/admin/password_change/" in later_line
+
+
+def test_a_chosen_admin_password_is_never_printed(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("DEMO_ADMIN_PASSWORD", "chosen-by-me")
+    password, first = launcher._demo_admin_password(tmp_path)
+    assert (password, first) == ("chosen-by-me", False)
+    assert "chosen-by-me" not in launcher.sign_in_line(password, first, tmp_path, "http://h")
+    assert not (tmp_path / "admin-password").exists()
