@@ -1,0 +1,183 @@
+"""The object store: where bulk data (invocation logs, later datasets) lives, as gzip-compressed JSON Lines.
+
+Two backends behind one small interface, chosen by the environment:
+- S3: any S3-compatible store (AWS S3, MinIO, Ceph, R2…) through boto3, when OBJECT_STORE_BUCKET is set.
+- Folder: files under DATA_DIR/objects, the embedded default, when it is not.
+
+Keys are relative paths with `/` separators (`invocation-logs/org-3/2026/12/02/…`). Writing a key that
+exists replaces it whole (S3's PUT; an atomic rename in a folder), so writing the same object twice is
+harmless; deleting a key that does not exist is not an error. This is the only module that imports boto3.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from django.conf import settings
+
+CONTENT_TYPE = "application/x-ndjson"
+CONTENT_ENCODING = "gzip"
+
+
+class InvalidKey(ValueError):
+    """A key that could escape its store (absolute, `..`) or is empty."""
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise InvalidKey(f"An object key is a relative path without empty, '.' or '..' parts, not {key!r}.")
+    return key
+
+
+def encode_records(records: Iterable[dict[str, Any]]) -> bytes:
+    """One JSON object per line, gzip-compressed. mtime 0: the same records always give the same bytes."""
+    lines = "".join(
+        json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n" for record in records
+    )
+    return gzip.compress(lines.encode(), mtime=0)
+
+
+def decode_records(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in gzip.decompress(data).decode().splitlines() if line]
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+class ObjectNotFound(LookupError):
+    """The key names no object."""
+
+
+class FolderStore:
+    """Objects as files under one folder. A write goes to a temporary file renamed into place, so a reader
+    never sees half an object."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(handle, "wb") as output:
+                output.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Empty day folders would pile up under retention; remove them up to the root.
+        for parent in path.parents:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def list(self, prefix: str) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys = (
+            path.relative_to(self.root).as_posix()
+            for path in self.root.rglob("*")
+            if path.is_file() and not path.name.startswith(".part-")
+        )
+        return sorted(key for key in keys if key.startswith(prefix))
+
+
+class S3Store:
+    """Objects in one bucket of an S3-compatible store."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=check_key(key),
+            Body=data,
+            ContentType=CONTENT_TYPE,
+            ContentEncoding=CONTENT_ENCODING,
+        )
+
+    def get(self, key: str) -> bytes:
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=check_key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise ObjectNotFound(key) from None
+        return bytes(answer["Body"].read())
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=check_key(key))
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(self._keys(prefix))
+
+    def _keys(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                yield item["Key"]
+
+
+def s3_client(endpoint_url: str, region: str, access_key_id: str, secret_access_key: str) -> Any:
+    """A boto3 S3 client with bounded timeouts and retries; path-style addressing, which every
+    S3-compatible store understands (virtual-host style needs DNS per bucket)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        region_name=region or None,
+        aws_access_key_id=access_key_id or None,
+        aws_secret_access_key=secret_access_key or None,
+        config=Config(
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"max_attempts": 4, "mode": "standard"},
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+@cache
+def get_store() -> ObjectStore:
+    """The store the settings name: S3 when OBJECT_STORE_BUCKET is set, else DATA_DIR/objects.
+    One per process (boto3 clients are thread-safe)."""
+    if settings.OBJECT_STORE_BUCKET:
+        client = s3_client(
+            settings.OBJECT_STORE_ENDPOINT_URL,
+            settings.OBJECT_STORE_REGION,
+            settings.OBJECT_STORE_ACCESS_KEY_ID,
+            settings.OBJECT_STORE_SECRET_ACCESS_KEY,
+        )
+        return S3Store(client, settings.OBJECT_STORE_BUCKET)
+    return FolderStore(Path(settings.DATA_DIR) / "objects")

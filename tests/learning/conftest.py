@@ -1,0 +1,108 @@
+"""Fixtures of the learning tests: a real S3-compatible server (moto's, over HTTP on a loopback port),
+a folder store, Redis, and invocation records as the gateway builds them."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from learning.storage import FolderStore, S3Store, get_store, s3_client
+
+BUCKET = "marketplace-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server in a thread of this process, on a free loopback port; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server: str) -> Iterator[S3Store]:
+    """A fresh bucket on the S3 server, emptied and removed after the test."""
+    client = s3_client(s3_server, "us-east-1", "testing", "testing")
+    bucket = f"{BUCKET}-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    store = S3Store(client, bucket)
+    try:
+        yield store
+    finally:
+        for key in store.list(""):
+            store.delete(key)
+        client.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def folder_store(tmp_path: Path) -> FolderStore:
+    return FolderStore(tmp_path / "objects")
+
+
+@pytest.fixture
+def configured_store(settings: Any, tmp_path: Path) -> Iterator[FolderStore]:
+    """The store the tasks and views use (`get_store()`), as a folder of this test."""
+    settings.OBJECT_STORE_BUCKET = ""
+    settings.DATA_DIR = str(tmp_path)
+    get_store.cache_clear()
+    store = get_store()
+    assert isinstance(store, FolderStore)
+    try:
+        yield store
+    finally:
+        get_store.cache_clear()
+
+
+@pytest.fixture
+def redis_connection() -> Iterator[redis.Redis]:
+    """The test Redis, with the invocation log's keys removed before and after."""
+    connection = redis.Redis.from_url(settings.REDIS_URL)
+    keys = ("gw:logs", "gw:logs:overflow", "gw:logs:dead")
+    connection.delete(*keys)
+    try:
+        yield connection
+    finally:
+        connection.delete(*keys)
+        connection.close()
+
+
+@pytest.fixture
+def make_record() -> Callable[..., dict[str, Any]]:
+    """An invocation record as the gateway hands it to `capture` (see learning.models for the fields)."""
+
+    def make(organization_id: int, **fields: Any) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "id": uuid.uuid4().hex,
+            "time": datetime.datetime.now(datetime.UTC).isoformat(),
+            "organization_id": organization_id,
+            "key_prefix": "mk-abcdefgh",
+            "deployment_id": None,
+            "deployment": "chat",
+            "route": "openai.chat",
+            "request": {
+                "model": "chat",
+                "messages": [{"role": "user", "content": "Reach me at ann@example.com about my order"}],
+            },
+            "answer": {"choices": [{"message": {"role": "assistant", "content": "Done."}}]},
+            "tokens": {"prompt": 12, "completion": 3},
+            "latency_ms": 140,
+            "time_to_first_token_ms": None,
+            "status": 200,
+        }
+        record.update(fields)
+        return record
+
+    return make
