@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from django.db.models import Avg, Count, Q, Sum
@@ -24,12 +24,24 @@ GROUPS = {
     "organization": "organization__slug",
 }
 MAX_DAYS = 366
+# No usage predates the platform; the floor also keeps the default window's date arithmetic in range.
+FIRST_DAY = date(2000, 1, 1)
+
+
+class UsageDayField(serializers.DateField):
+    """A day of usage: an ISO date on or after FIRST_DAY."""
+
+    def to_internal_value(self, value: Any) -> date:
+        day: date = super().to_internal_value(value)
+        if day < FIRST_DAY:
+            raise serializers.ValidationError(f"Must be {FIRST_DAY.isoformat()} or later.")
+        return day
 
 
 class UsageQuerySerializer(serializers.Serializer[dict[str, Any]]):
     organization = serializers.SlugField(required=False)
-    since = serializers.DateField(required=False, help_text="First day (UTC); default 30 days ago")
-    until = serializers.DateField(required=False, help_text="Last day (UTC), included; default today")
+    since = UsageDayField(required=False, help_text="First day (UTC); default 30 days ago")
+    until = UsageDayField(required=False, help_text="Last day (UTC), included; default today")
     group_by = serializers.CharField(
         required=False, default="day", help_text="Comma-separated: " + ", ".join(GROUPS)
     )

@@ -159,6 +159,10 @@ class QuotaView(generics.GenericAPIView):
         quota, _ = Quota.objects.get_or_create(organization=organization)
         return quota
 
+    def get_object(self) -> Quota:
+        """The quota in the URL: what DRF's answer to OPTIONS reads before it describes PUT."""
+        return self._quota(self.request, self.kwargs["slug"])
+
     def get(self, request: Request, slug: str) -> Response:
         return Response(QuotaSerializer(self._quota(request, slug)).data)
 

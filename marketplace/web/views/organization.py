@@ -54,7 +54,12 @@ def organization_page(request: HttpRequest) -> HttpResponse:
 def switch(request: HttpRequest) -> HttpResponse:
     current.pick(request, request.POST.get("organization", ""))
     target = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+    # Back to a page of this site only, else the catalog: a bare word would be read by redirect() as a
+    # view name (and fail), and another host would make this form an open redirect.
+    on_this_site = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    if not (target.startswith("/") and on_this_site):
         target = "/"
     return redirect(target)
 
