@@ -235,6 +235,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": float(RECONCILE_INTERVAL_SECONDS),
     },
     "flush-usage": {"task": "serving.tasks.flush_usage", "schedule": float(USAGE_FLUSH_INTERVAL_SECONDS)},
+    "write-invocation-logs": {
+        "task": "learning.tasks.write_invocation_logs",
+        "schedule": float(INVOCATION_LOG_WRITE_INTERVAL_SECONDS),
+    },
+    "expire-invocation-logs": {"task": "learning.tasks.expire_invocation_logs", "schedule": 3600.0},
 }
 
 LOGGING = {

@@ -14,6 +14,10 @@ import redis
 from django.conf import settings
 
 from learning.storage import FolderStore, S3Store, get_store, s3_client
+from marketplace.accounts.models import Organization
+from marketplace.catalog.models import InstanceType, ModelCard
+from serving.choices import DeploymentStatus
+from serving.models import Deployment
 
 BUCKET = "marketplace-test"
 
@@ -106,3 +110,16 @@ def make_record() -> Callable[..., dict[str, Any]]:
         return record
 
     return make
+
+
+def make_deployment(organization: Organization, name: str = "chat") -> Deployment:
+    """A ready deployment of any catalog model (the log cares about its name and id only)."""
+    return Deployment.objects.create(
+        organization=organization,
+        name=name,
+        model_card=ModelCard.objects.order_by("pk").first(),
+        instance_type=InstanceType.objects.order_by("pk").first(),
+        backend="kubernetes",
+        status=DeploymentStatus.READY,
+        status_message="1 of 1 replicas ready.",
+    )

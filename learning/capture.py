@@ -1,0 +1,191 @@
+"""The gateway's end of invocation logging: decide, mask, queue. Never raises into the request.
+
+`capture(record)` is called once per invocation, after the answer, off the response path:
+1. The organisation's policy comes from a per-process snapshot of its `InvocationLogSettings`, re-read at
+   most once per GATEWAY_CACHE_SECONDS (no database query in steady state). Logging off, a deployment or
+   key outside the narrowing lists, or a sample that misses: nothing more is done.
+2. Bodies the organisation does not keep are dropped; with masking on, every string left in the request
+   and the answer is masked (learning.masking).
+3. One Lua script appends the record to the Redis list `gw:logs` only while the list is shorter than
+   INVOCATION_LOG_QUEUE_MAX, else counts it in the organisation's overflow counter (`gw:logs:overflow`,
+   a hash by organisation id). The check and the append are one atomic step, so the bound holds however
+   many gateways push at once. Overflow and failures are also counted in Prometheus (/metrics).
+The writer (learning.writer) empties the list into the object store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+import redis.asyncio
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from prometheus_client import Counter
+
+from learning.masking import mask_json
+
+log = logging.getLogger(__name__)
+
+QUEUE_KEY = "gw:logs"
+OVERFLOW_KEY = "gw:logs:overflow"
+DEAD_LETTER_KEY = "gw:logs:dead"
+
+QUEUED = Counter("marketplace_invocation_logs_queued_total", "Invocation records queued for the log")
+OVERFLOW = Counter(
+    "marketplace_invocation_logs_overflow_total", "Invocation records not logged because the queue was full"
+)
+FAILED = Counter(
+    "marketplace_invocation_logs_failed_total", "Invocation records not logged because Redis failed"
+)
+
+# KEYS: queue, overflow hash. ARGV: bound, organisation id, record. Returns the new length, or -1 when full.
+PUSH_BOUNDED = """
+if redis.call('LLEN', KEYS[1]) < tonumber(ARGV[1]) then
+  return redis.call('RPUSH', KEYS[1], ARGV[3])
+end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+return -1
+"""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What an organisation keeps; a snapshot of its InvocationLogSettings."""
+
+    enabled: bool = False
+    deployments: frozenset[str] = frozenset()
+    api_keys: frozenset[str] = frozenset()
+    sample_rate: float = 1.0
+    keep_requests: bool = True
+    keep_answers: bool = True
+    mask_personal_data: bool = True
+
+    def selects(self, deployment: str, key_prefix: str | None, draw: float) -> bool:
+        """Whether a call is logged; `draw` is uniform in [0, 1)."""
+        if not self.enabled or draw >= self.sample_rate:
+            return False
+        if self.deployments and deployment not in self.deployments:
+            return False
+        return not self.api_keys or key_prefix in self.api_keys
+
+
+OFF = Policy()
+
+
+def load_policy(organization_id: int) -> Policy:
+    from learning.models import InvocationLogSettings
+
+    row = InvocationLogSettings.objects.filter(organization_id=organization_id).first()
+    if row is None:
+        return OFF
+    return Policy(
+        enabled=row.enabled,
+        deployments=frozenset(row.deployments),
+        api_keys=frozenset(row.api_keys),
+        sample_rate=row.sample_rate,
+        keep_requests=row.keep_requests,
+        keep_answers=row.keep_answers,
+        mask_personal_data=row.mask_personal_data,
+    )
+
+
+def _load_closing(organization_id: int) -> Policy:
+    # Runs in a worker thread of its own: the connection must not outlive it (see serving.gateway.directory).
+    close_old_connections()
+    try:
+        return load_policy(organization_id)
+    finally:
+        close_old_connections()
+
+
+class Capturer:
+    """One per event loop: a Redis connection belongs to the loop that opened it."""
+
+    def __init__(self, connection: redis.asyncio.Redis | None = None, ttl: float | None = None) -> None:
+        self.redis = connection or redis.asyncio.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5
+        )
+        self.ttl = settings.GATEWAY_CACHE_SECONDS if ttl is None else ttl
+        self.policies: dict[int, tuple[float, Policy]] = {}
+        self.loading: dict[int, asyncio.Lock] = {}
+        self.push = self.redis.register_script(PUSH_BOUNDED)
+
+    async def policy(self, organization_id: int) -> Policy:
+        entry = self.policies.get(organization_id)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        lock = self.loading.setdefault(organization_id, asyncio.Lock())
+        async with lock:  # a burst with a cold cache makes one query, not one per request
+            entry = self.policies.get(organization_id)
+            if entry is None or entry[0] <= time.monotonic():
+                policy = await sync_to_async(_load_closing)(organization_id)
+                entry = self.policies[organization_id] = (time.monotonic() + self.ttl, policy)
+        return entry[1]
+
+    async def capture(self, record: dict[str, Any]) -> bool:
+        """Queue `record` if its organisation logs it; True when queued. Never raises: a failure is
+        logged and counted, and the caller's answer is unaffected."""
+        try:
+            policy = await self.policy(int(record["organization_id"]))
+            draw = random.random()  # noqa: S311 (sampling, not secrecy)
+            if not policy.selects(str(record.get("deployment")), record.get("key_prefix"), draw):
+                return False
+            line = json.dumps(shape(record, policy), separators=(",", ":"), ensure_ascii=False, default=str)
+            length = await cast(
+                Any,
+                self.push(
+                    keys=[QUEUE_KEY, OVERFLOW_KEY],
+                    args=[settings.INVOCATION_LOG_QUEUE_MAX, record["organization_id"], line],
+                ),
+            )
+        except (redis.RedisError, OSError, DatabaseError, KeyError, TypeError, ValueError) as error:
+            # Redis or PostgreSQL unreachable, or a record the gateway built wrong: the invocation has
+            # been answered already and must not fail for its log; counted and logged instead.
+            FAILED.inc()
+            log.warning("invocation record not logged: %s", error)
+            return False
+        if int(length) < 0:
+            OVERFLOW.inc()
+            return False
+        QUEUED.inc()
+        return True
+
+
+def shape(record: dict[str, Any], policy: Policy) -> dict[str, Any]:
+    """The record as stored: bodies the policy does not keep are nulled, the rest masked if asked."""
+    kept = dict(record)
+    kept["request"] = record.get("request") if policy.keep_requests else None
+    kept["answer"] = record.get("answer") if policy.keep_answers else None
+    kept["masked"] = 0
+    if policy.mask_personal_data:
+        (kept["request"], kept["answer"]), findings = mask_json([kept["request"], kept["answer"]])
+        kept["masked"] = len(findings)
+    return kept
+
+
+_capturers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Capturer] = weakref.WeakKeyDictionary()
+
+
+async def capture(record: dict[str, Any]) -> bool:
+    """Queue one invocation record (fields: see learning.models) for the log, if its organisation keeps
+    it. One Redis round trip when it does, none when it does not (in steady state); never raises."""
+    loop = asyncio.get_running_loop()
+    capturer = _capturers.get(loop)
+    if capturer is None:
+        capturer = _capturers[loop] = Capturer()
+    return await capturer.capture(record)
+
+
+def overflow_count(connection: redis.Redis, organization_id: int) -> int:
+    """How many of the organisation's records were not logged because the queue was full (since Redis
+    last lost its data)."""
+    return int(cast(Any, connection.hget(OVERFLOW_KEY, str(organization_id))) or 0)

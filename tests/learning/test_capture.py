@@ -1,0 +1,219 @@
+"""Capturing invocations: the organisation's choices decide what is queued; a full queue is counted;
+nothing here ever raises into the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from django.conf import settings
+from django.db import connections
+from prometheus_client import REGISTRY
+
+from learning.capture import OVERFLOW_KEY, QUEUE_KEY, Capturer, Policy, overflow_count
+from learning.models import InvocationLogSettings
+from marketplace.accounts.models import Organization
+
+pytestmark = pytest.mark.usefixtures("transactional_db")  # the policy is read in a thread of its own
+
+
+def run_captures(records: list[dict[str, Any]], *, url: str | None = None) -> list[bool]:
+    """Capture the records concurrently through one Capturer, as one gateway process would."""
+
+    async def scenario() -> list[bool]:
+        connection = redis.asyncio.Redis.from_url(url or settings.REDIS_URL)
+        try:
+            capturer = Capturer(connection, ttl=60)
+            return list(await asyncio.gather(*(capturer.capture(record) for record in records)))
+        finally:
+            await connection.aclose()
+
+    return asyncio.run(scenario())
+
+
+def queued(connection: redis.Redis) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in connection.lrange(QUEUE_KEY, 0, -1)]
+
+
+def log_everything(organization: Organization, **choices: Any) -> None:
+    InvocationLogSettings.objects.create(organization=organization, enabled=True, **choices)
+
+
+def counter(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_nothing_is_logged_by_default(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    assert run_captures([make_record(acme.pk)]) == [False]
+    assert redis_connection.llen(QUEUE_KEY) == 0
+
+
+def test_logging_off_in_settings_queues_nothing(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    InvocationLogSettings.objects.create(organization=acme, enabled=False)
+    assert run_captures([make_record(acme.pk)]) == [False]
+    assert redis_connection.llen(QUEUE_KEY) == 0
+
+
+def test_an_enabled_organisation_gets_its_record_queued_masked(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme)
+    record = make_record(acme.pk)
+    assert run_captures([record]) == [True]
+    [stored] = queued(redis_connection)
+    assert stored["request"]["messages"][0]["content"] == "Reach me at [EMAIL] about my order"
+    assert stored["masked"] == 1
+    assert {k: v for k, v in stored.items() if k not in ("request", "masked")} == {
+        k: v for k, v in record.items() if k != "request"
+    }
+
+
+def test_without_masking_the_request_is_kept_as_sent(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme, mask_personal_data=False)
+    record = make_record(acme.pk)
+    run_captures([record])
+    assert queued(redis_connection)[0]["request"] == record["request"]
+
+
+def test_bodies_not_kept_are_not_queued(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme, keep_requests=False, keep_answers=False)
+    run_captures([make_record(acme.pk)])
+    [stored] = queued(redis_connection)
+    assert (stored["request"], stored["answer"], stored["tokens"]) == (
+        None,
+        None,
+        {"prompt": 12, "completion": 3},
+    )
+
+
+def test_only_the_named_deployments_are_logged(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme, deployments=["chat"])
+    assert run_captures(
+        [make_record(acme.pk, deployment="chat"), make_record(acme.pk, deployment="other")]
+    ) == [
+        True,
+        False,
+    ]
+
+
+def test_only_the_named_keys_are_logged(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme, api_keys=["mk-keep0000"])
+    records = [make_record(acme.pk, key_prefix="mk-keep0000"), make_record(acme.pk, key_prefix="mk-other000")]
+    assert run_captures(records) == [True, False]
+
+
+def test_a_sample_rate_of_zero_logs_nothing_and_a_half_logs_about_half(
+    acme: Organization,
+    globex: Organization,
+    redis_connection: redis.Redis,
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    log_everything(acme, sample_rate=0.0)
+    log_everything(globex, sample_rate=0.5)
+    assert not any(run_captures([make_record(acme.pk) for _ in range(50)]))
+    kept = sum(run_captures([make_record(globex.pk) for _ in range(400)]))
+    assert 140 < kept < 260  # binomial(400, 0.5): outside this, about one run in a million
+
+
+def test_one_organisations_choice_does_not_apply_to_another(
+    acme: Organization,
+    globex: Organization,
+    redis_connection: redis.Redis,
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    log_everything(acme)
+    assert run_captures([make_record(acme.pk), make_record(globex.pk)]) == [True, False]
+
+
+def test_a_full_queue_counts_the_overflow_for_the_organisation_and_in_metrics(
+    settings: Any,
+    acme: Organization,
+    redis_connection: redis.Redis,
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    settings.INVOCATION_LOG_QUEUE_MAX = 10
+    log_everything(acme)
+    before = counter("marketplace_invocation_logs_overflow_total")
+    results = run_captures([make_record(acme.pk) for _ in range(50)])  # concurrently: the bound must hold
+    assert (sum(results), redis_connection.llen(QUEUE_KEY)) == (10, 10)
+    assert overflow_count(redis_connection, acme.pk) == 40
+    assert counter("marketplace_invocation_logs_overflow_total") - before == 40
+
+
+def test_overflow_is_counted_per_organisation(
+    settings: Any, acme: Organization, globex: Organization, redis_connection: redis.Redis,
+    make_record: Callable[..., dict[str, Any]],
+) -> None:  # fmt: skip
+    settings.INVOCATION_LOG_QUEUE_MAX = 1
+    log_everything(acme)
+    log_everything(globex)
+    run_captures([make_record(acme.pk), make_record(acme.pk), make_record(globex.pk)])
+    assert redis_connection.hgetall(OVERFLOW_KEY) == {
+        str(acme.pk).encode(): b"1",
+        str(globex.pk).encode(): b"1",
+    }
+
+
+def test_redis_unreachable_is_counted_and_never_raised(
+    acme: Organization, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme)
+    before = counter("marketplace_invocation_logs_failed_total")
+    assert run_captures([make_record(acme.pk)], url="redis://127.0.0.1:9/0") == [False]
+    assert counter("marketplace_invocation_logs_failed_total") - before == 1
+
+
+def test_a_record_without_an_organisation_is_counted_and_never_raised(redis_connection: redis.Redis) -> None:
+    before = counter("marketplace_invocation_logs_failed_total")
+    assert run_captures([{"deployment": "chat"}]) == [False]
+    assert counter("marketplace_invocation_logs_failed_total") - before == 1
+
+
+def test_the_policy_is_read_once_per_ttl_not_per_call(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme)
+
+    def turn_off() -> None:
+        InvocationLogSettings.objects.update(enabled=False)
+        connections.close_all()  # this thread's own connection
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        connection = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        capturer = Capturer(connection, ttl=60)
+        first = [await capturer.capture(make_record(acme.pk)) for _ in range(20)]
+        # Turned off meanwhile: the snapshot holds until its TTL runs out.
+        await asyncio.to_thread(turn_off)
+        second = [await capturer.capture(make_record(acme.pk)) for _ in range(5)]
+        capturer.policies.clear()  # the TTL ran out
+        second.append(await capturer.capture(make_record(acme.pk)))
+        await connection.aclose()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert all(first) and second == [True] * 5 + [False]
+
+
+def test_policy_selects_by_deployment_key_and_draw() -> None:
+    policy = Policy(enabled=True, deployments=frozenset({"chat"}), api_keys=frozenset(), sample_rate=0.25)
+    assert policy.selects("chat", None, 0.1)
+    assert not policy.selects("chat", None, 0.3)
+    assert not policy.selects("other", None, 0.1)
+    assert not Policy().selects("chat", None, 0.0)
