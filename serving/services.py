@@ -146,7 +146,8 @@ def check_quota(
 
     Call inside a transaction: the quota row is locked (select_for_update), so concurrent requests of
     the same organisation decide one after another and can never overshoot together. A replica is a
-    whole instance, so it holds all of the instance's GPUs.
+    whole instance, so it holds all of the instance's GPUs; a replica on a CPU instance type holds one
+    of the organisation's CPU replicas instead (a live deployment holds its max replicas of either).
     """
     quota = Quota.objects.select_for_update().get_or_create(organization=organization)[0]
     live = Deployment.objects.filter(organization=organization, status__in=LIVE_STATUSES)
@@ -159,9 +160,17 @@ def check_quota(
             f"The organisation already has {usage['count']} of {quota.max_deployments} deployments: "
             "delete one or ask a platform admin to raise the quota.",
         )
-    needed = max_replicas * instance_type.gpu_count
-    if needed == 0:
+    if instance_type.gpu_count == 0:
+        cpu_left = quota.max_cpu_replicas - usage["cpu_replicas"]
+        if max_replicas > cpu_left:
+            raise _refuse(
+                "max_replicas",
+                f"Needs {max_replicas} CPU replica{'s' if max_replicas != 1 else ''} on "
+                f"{instance_type.name}, the organisation's CPU replica quota leaves {max(cpu_left, 0)} of "
+                f"{quota.max_cpu_replicas}: lower max replicas, or ask a platform admin to raise the quota.",
+            )
         return 0
+    needed = max_replicas * instance_type.gpu_count
     model_left = quota.gpu_limit(instance_type.gpu_model) - usage["same_model"]
     if instance_type.gpu_model in quota.gpus_per_model and needed > model_left:
         raise _refuse(
@@ -182,11 +191,13 @@ def check_quota(
 
 
 def _reservations(live: QuerySet[Deployment], *, gpu_model: str) -> dict[str, int]:
-    """How many live deployments there are, and the GPUs they hold in all and of `gpu_model`."""
+    """How many live deployments there are, the GPUs they hold in all and of `gpu_model`, and the
+    replicas they may run on CPU instance types (their max replicas: what they may scale to)."""
     usage = live.aggregate(
         count=Count("id"),
         total=Sum("reserved_gpus"),
         same_model=Sum("reserved_gpus", filter=Q(gpu_model=gpu_model)),
+        cpu_replicas=Sum("max_replicas", filter=Q(instance_type__gpu_count=0)),
     )
     return {name: value or 0 for name, value in usage.items()}
 
@@ -199,6 +210,7 @@ class QuotaUse:
     deployments: int
     gpus: int
     gpus_by_model: dict[str, int]  # every GPU model with a limit of its own or in use
+    cpu_replicas: int  # max replicas of live deployments on CPU instance types
     tokens_this_month: int
 
 
@@ -218,6 +230,7 @@ def quota_use(organization: Organization) -> QuotaUse:
         deployments=usage["count"],
         gpus=usage["total"],
         gpus_by_model=dict(sorted(by_model.items())),
+        cpu_replicas=usage["cpu_replicas"],
         tokens_this_month=(tokens["prompt"] or 0) + (tokens["completion"] or 0),
     )
 

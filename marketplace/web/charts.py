@@ -147,6 +147,7 @@ def quota_bars(organization: Organization) -> list[dict[str, Any]]:
         ("GPUs, all models", use.gpus, quota.max_gpus, "GPUs"),
     ]
     bars += [(model, used, quota.gpu_limit(model), "GPUs") for model, used in use.gpus_by_model.items()]
+    bars.append(("CPU replicas", use.cpu_replicas, quota.max_cpu_replicas, "replicas"))
     bars.append(("Tokens this month", use.tokens_this_month, quota.monthly_token_budget, "tokens"))
     return [
         {

@@ -70,13 +70,14 @@ class QuotaSerializer(serializers.ModelSerializer[Quota]):
     class Meta:
         model = Quota
         fields = [
-            "max_gpus", "gpus_per_model", "max_deployments", "monthly_token_budget", "requests_per_minute",
-            "tokens_per_minute", "updated_at",
+            "max_gpus", "gpus_per_model", "max_deployments", "max_cpu_replicas", "monthly_token_budget",
+            "requests_per_minute", "tokens_per_minute", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["updated_at"]
         extra_kwargs = {
             "max_gpus": {"max_value": 100_000},
             "max_deployments": {"max_value": 100_000},
+            "max_cpu_replicas": {"max_value": 100_000},
             "monthly_token_budget": {"max_value": 10**15},
             "requests_per_minute": {"max_value": 10**7},
             "tokens_per_minute": {"max_value": 10**10},

@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_api_key_limits'),
+        ("accounts", "0002_api_key_limits"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='quota',
-            name='max_cpu_replicas',
-            field=models.PositiveIntegerField(default=4, help_text='Replicas on CPU instance types, across all deployments'),
+            model_name="quota",
+            name="max_cpu_replicas",
+            field=models.PositiveIntegerField(
+                default=4, help_text="Replicas on CPU instance types, across all deployments"
+            ),
         ),
     ]

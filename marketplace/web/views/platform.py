@@ -25,6 +25,7 @@ from serving.models import Deployment, UsageRecord
 QUOTA_FIELDS = (
     "max_gpus",
     "max_deployments",
+    "max_cpu_replicas",
     "monthly_token_budget",
     "requests_per_minute",
     "tokens_per_minute",
