@@ -57,3 +57,44 @@ def test_fifty_concurrent_creates_never_overshoot_the_gpu_quota(
     refusals = [o for o in outcomes if o != "created"]
     assert len(refusals) == 45 and all("quota leaves 0 of 20" in r for r in refusals)
     assert len(enqueued) == 5
+
+
+def test_twenty_concurrent_creates_never_overshoot_the_cpu_replica_quota(
+    transactional_catalog: None, settings: Any, monkeypatch: Any
+) -> None:
+    settings.SERVING_BACKEND = "local"
+    monkeypatch.setattr(services, "check_runnable_here", lambda card, backend: None)
+    monkeypatch.setattr(services, "_enqueue", lambda task, deployment_id: None)
+    owner = make_user("cpu-racer")
+    organization = account_services.create_organization(slug="cpu-race", name="CPU race", owner=owner)
+    Quota.objects.filter(organization=organization).update(max_cpu_replicas=4, max_deployments=1000)
+    card = ModelCard.objects.get(slug="smollm2-135m-instruct")
+    subscribe(organization=organization, card=card, license_sha256=None, user=owner)
+    instance = InstanceType.objects.get(slug="local-cpu")
+    racers = 20
+    start = threading.Barrier(racers)
+    outcomes: list[str] = []
+
+    def create(number: int) -> None:
+        try:
+            start.wait()
+            services.create_deployment(
+                organization=organization, user=owner, name=f"c{number}", card=card, instance_type=instance,
+                scaling=services.Scaling(min_replicas=1, max_replicas=1), engine_options={},
+            )  # fmt: skip
+            outcomes.append("created")
+        except ValidationError as error:
+            outcomes.append(str(error.detail))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes.count("created") == 4
+    assert Deployment.objects.filter(organization=organization).count() == 4
+    refusals = [o for o in outcomes if o != "created"]
+    assert len(refusals) == 16 and all("CPU replica quota leaves 0 of 4" in r for r in refusals)
