@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from learning.api import views as learning
 from marketplace.accounts.api import views as accounts
 from marketplace.catalog.api import views as catalog
 from marketplace.subscriptions.api import views as subscriptions
@@ -17,6 +18,10 @@ router.register("organizations", accounts.OrganizationViewSet, basename="organiz
 router.register("api-keys", accounts.ApiKeyViewSet, basename="apikey")
 router.register("subscriptions", subscriptions.SubscriptionViewSet, basename="subscription")
 router.register("deployments", serving.DeploymentViewSet, basename="deployment")
+router.register(
+    "invocation-log-settings", learning.InvocationLogSettingsViewSet, basename="invocationlogsettings"
+)
+router.register("invocation-logs", learning.InvocationLogViewSet, basename="invocationlog")
 
 urlpatterns = [
     path(
