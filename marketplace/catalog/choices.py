@@ -1,5 +1,16 @@
 """The catalog's closed vocabularies. The loader refuses anything outside them."""
 
+from django.db import models
+
+
+class CommercialUse(models.TextChoices):
+    """Whether a license allows commercial use, said plainly on every card."""
+
+    ALLOWED = "allowed", "Commercial use allowed"
+    CONDITIONS = "conditions", "Commercial use allowed with conditions"
+    NOT_ALLOWED = "not-allowed", "No commercial use"
+
+
 TASKS = (
     "chat",
     "text-generation",

@@ -37,7 +37,13 @@ class ModelCardFilterSet(django_filters.FilterSet):
     context_length_min = django_filters.NumberFilter(field_name="context_length", lookup_expr="gte")
     context_length_max = django_filters.NumberFilter(field_name="context_length", lookup_expr="lte")
     cpu_capable = StrictBooleanFilter()
+    # A card whose gating is not known matches neither `true` nor `false`.
     gated = StrictBooleanFilter()
+    commercial_use = django_filters.ChoiceFilter(
+        field_name="license__commercial_use",
+        choices=choices.CommercialUse.choices,
+        label="Commercial use (allowed, conditions, not-allowed)",
+    )
     fits = django_filters.ModelChoiceFilter(
         queryset=InstanceType.objects.all(),
         to_field_name="slug",

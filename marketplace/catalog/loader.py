@@ -86,8 +86,14 @@ class CardRecord(_Strict):
     active_parameters: int | None = Field(default=None, gt=0)
     context_length: int = Field(gt=0)
     dtype: Dtype | None = None
-    gated: bool = False
+    # Required, so a card never reads as "not gated" by omission; null says "not known".
+    gated: bool | None
     cpu_capable: bool = False
+    # config.json facts that size the KV cache: required on every card that generates text.
+    num_hidden_layers: int | None = Field(default=None, gt=0, le=1000)
+    num_key_value_heads: int | None = Field(default=None, gt=0, le=1000)
+    head_dim: int | None = Field(default=None, gt=0, le=4096)
+    kv_latent_dim: int | None = Field(default=None, gt=0, le=16384)
     gpu_memory_gb: int | None = Field(default=None, gt=0)
     embedding_dimensions: int | None = Field(default=None, gt=0)
     release_date: datetime.date | None = None
@@ -120,6 +126,7 @@ class InstanceTypeRecord(_Strict):
     price_region: str = ""
     price_as_of: datetime.date
     price_source: str = Field(min_length=1)
+    price_is_estimate: bool
     node_labels: dict[str, str] = {}
 
 
@@ -131,6 +138,7 @@ class LicenseRecord(_Strict):
     name: str = Field(min_length=1)
     url: str = ""
     text: str = Field(min_length=1)
+    commercial_use: Literal[tuple(choices.CommercialUse.values)]  # type: ignore[valid-type]
 
 
 class LicensesFile(_Strict):
@@ -229,6 +237,16 @@ def read_catalog(root: Path = DATA_DIR) -> Catalog:
     return catalog
 
 
+# The Hub's catch-all identifier: a card must name its publisher's own terms instead.
+GENERIC_LICENSE = "other"
+
+
+def _has_kv_facts(card: CardRecord) -> bool:
+    return card.num_hidden_layers is not None and (
+        card.kv_latent_dim is not None or (card.num_key_value_heads is not None and card.head_dim is not None)
+    )
+
+
 def _check_across_files(catalog: Catalog, problems: list[str]) -> None:
     seen_cards: dict[str, str] = {}
     for provider_file in catalog.providers:
@@ -242,6 +260,17 @@ def _check_across_files(catalog: Catalog, problems: list[str]) -> None:
             if card.license not in catalog.licenses:
                 problems.append(
                     f"{name}: card '{card.slug}': field 'license': '{card.license}' is not in licenses.yaml"
+                )
+            if card.license == GENERIC_LICENSE:
+                problems.append(
+                    f"{name}: card '{card.slug}': field 'license': '{GENERIC_LICENSE}' hides the publisher's "
+                    "terms; add them to licenses.yaml under their own identifier and use that"
+                )
+            if "text" in card.modalities_out and not _has_kv_facts(card):
+                problems.append(
+                    f"{name}: card '{card.slug}': field 'num_hidden_layers': a model that generates text "
+                    "needs num_hidden_layers with num_key_value_heads and head_dim (or kv_latent_dim) from "
+                    "its config.json, to size its KV cache"
                 )
             if card.cpu_capable and card.parameters > 2_000_000_000:
                 problems.append(
@@ -262,10 +291,30 @@ def _check_across_files(catalog: Catalog, problems: list[str]) -> None:
             )
 
 
+def card_facts(card: CardRecord) -> fits.ModelFacts:
+    return fits.ModelFacts(
+        parameters=card.parameters,
+        serving_dtype=card.engine_defaults.dtype or "auto",
+        context_length=card.context_length,
+        default_max_model_len=card.engine_defaults.max_model_len,
+        layers=card.num_hidden_layers,
+        kv_heads=card.num_key_value_heads,
+        head_dim=card.head_dim,
+        latent_dim=card.kv_latent_dim,
+        stated_gpu_memory_gb=card.gpu_memory_gb,
+        cpu_capable=card.cpu_capable,
+    )
+
+
 def card_gpu_memory_gb(card: CardRecord) -> int:
-    if card.gpu_memory_gb is not None:
-        return card.gpu_memory_gb
-    return fits.required_gpu_memory_gb(card.parameters, card.engine_defaults.dtype or "auto")
+    """GPU memory the card needs at its default context."""
+    return fits.estimate(card_facts(card)).needed_gb
+
+
+def card_min_gpu_memory_gb(card: CardRecord) -> int:
+    """GPU memory the card needs at its shortest deployable context: what `fits` compares."""
+    facts = card_facts(card)
+    return fits.estimate(facts, facts.min_context).needed_gb
 
 
 def _upsert(model: type[Any], lookup: dict[str, Any], values: dict[str, Any], counts: LoadResult) -> Any:
@@ -290,9 +339,7 @@ def _upsert(model: type[Any], lookup: dict[str, Any], values: dict[str, Any], co
 def write_catalog(catalog: Catalog) -> LoadResult:
     counts = LoadResult(created={}, updated={})
     licenses = {
-        identifier: _upsert(
-            License, {"identifier": identifier}, {"name": rec.name, "url": rec.url, "text": rec.text}, counts
-        )
+        identifier: _upsert(License, {"identifier": identifier}, rec.model_dump(), counts)
         for identifier, rec in catalog.licenses.items()
     }
     for rec in catalog.instance_types:
@@ -312,6 +359,7 @@ def write_catalog(catalog: Catalog) -> LoadResult:
                 base_model=card.base_model or "",
                 engine_defaults=card.engine_defaults.model_dump(exclude_none=True),
                 gpu_memory_gb=card_gpu_memory_gb(card),
+                min_gpu_memory_gb=card_min_gpu_memory_gb(card),
                 gpu_memory_stated=card.gpu_memory_gb is not None,
                 # Included so that a change of license text alone counts as a change of the card.
                 license_sha256=hashlib.sha256(

@@ -10,6 +10,7 @@ from django.db import models
 from django.db.models import Q, QuerySet
 
 from marketplace.catalog import fits
+from marketplace.catalog.choices import CommercialUse
 
 
 class Provider(models.Model):
@@ -36,6 +37,12 @@ class License(models.Model):
     name = models.CharField(max_length=200)
     url = models.URLField(blank=True)
     text = models.TextField()
+    commercial_use = models.CharField(
+        max_length=16,
+        choices=CommercialUse.choices,
+        help_text="Whether the terms allow commercial use: yes, with conditions (e.g. a user cap or a "
+        "registration), or no",
+    )
     sha256 = models.CharField(max_length=64, editable=False)
 
     class Meta:
@@ -51,7 +58,8 @@ class License(models.Model):
 
 class InstanceTypeQuerySet(QuerySet["InstanceType"]):
     def fitting(self, card: ModelCard) -> InstanceTypeQuerySet:
-        gpu = Q(gpu_count__gt=0, tensor_parallel_memory_gb__gte=card.gpu_memory_gb)
+        """Instance types that hold the card at its shortest deployable context (see fits.place)."""
+        gpu = Q(gpu_count__gt=0, tensor_parallel_memory_gb__gte=card.min_gpu_memory_gb)
         return self.filter(gpu | Q(gpu_count=0)) if card.cpu_capable else self.filter(gpu)
 
 
@@ -69,6 +77,9 @@ class InstanceType(models.Model):
     price_region = models.CharField(max_length=64, blank=True)
     price_as_of = models.DateField()
     price_source = models.CharField(max_length=500)
+    price_is_estimate = models.BooleanField(
+        default=False, help_text="True when the price is not read from a dated public price list"
+    )
     node_labels = models.JSONField(default=dict, blank=True)
     # Derived: memory of the widest power-of-two tensor-parallel group, so "fits" is one indexed filter.
     tensor_parallel_memory_gb = models.PositiveIntegerField(default=0, editable=False)
@@ -94,7 +105,7 @@ class ModelCardQuerySet(QuerySet["ModelCard"]):
     def fitting(self, instance_type: InstanceType) -> ModelCardQuerySet:
         if instance_type.gpu_count == 0:
             return self.filter(cpu_capable=True)
-        return self.filter(gpu_memory_gb__lte=instance_type.tensor_parallel_memory_gb)
+        return self.filter(min_gpu_memory_gb__lte=instance_type.tensor_parallel_memory_gb)
 
     def search(self, text: str) -> ModelCardQuerySet:
         """Every word must appear somewhere in the card's searchable text (a trigram index serves it)."""
@@ -129,9 +140,20 @@ class ModelCard(models.Model):
     active_parameters = models.BigIntegerField(null=True, blank=True)
     context_length = models.PositiveIntegerField()
     dtype = models.CharField(max_length=16, blank=True, help_text="Of the released weights, where known")
-    gated = models.BooleanField(default=False)
+    # None: not known whether the Hub asks users to accept terms before download (never read as "no").
+    gated = models.BooleanField(null=True, blank=True)
     cpu_capable = models.BooleanField(default=False)
-    gpu_memory_gb = models.PositiveIntegerField()
+    # From the model's config.json: what sizes the KV cache (fits.py). None on encoder cards.
+    num_hidden_layers = models.PositiveSmallIntegerField(null=True, blank=True)
+    num_key_value_heads = models.PositiveSmallIntegerField(null=True, blank=True)
+    head_dim = models.PositiveSmallIntegerField(null=True, blank=True)
+    kv_latent_dim = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Multi-head latent attention: values cached per layer and token"
+    )
+    gpu_memory_gb = models.PositiveIntegerField(help_text="GPU memory needed at the default context")
+    min_gpu_memory_gb = models.PositiveIntegerField(
+        default=0, help_text="GPU memory needed at the shortest deployable context: what `fits` compares"
+    )
     gpu_memory_stated = models.BooleanField(
         default=False, help_text="True when the card states the memory; else it is computed"
     )
@@ -155,6 +177,7 @@ class ModelCard(models.Model):
             models.Index(fields=["parameters"], name="card_parameters"),
             models.Index(fields=["context_length"], name="card_context_length"),
             models.Index(fields=["gpu_memory_gb"], name="card_gpu_memory"),
+            models.Index(fields=["min_gpu_memory_gb"], name="card_min_gpu_memory"),
         ]
 
     def __str__(self) -> str:
@@ -173,6 +196,42 @@ class ModelCard(models.Model):
     @property
     def parameters_billions(self) -> float:
         return round(self.parameters / 1e9, 3)
+
+    @property
+    def commercial_use(self) -> str:
+        return self.license.commercial_use
+
+    @property
+    def facts(self) -> fits.ModelFacts:
+        """What the memory estimate needs of this card (see fits.py)."""
+        return fits.ModelFacts(
+            parameters=self.parameters,
+            serving_dtype=self.engine_defaults.get("dtype") or "auto",
+            context_length=self.context_length,
+            default_max_model_len=self.engine_defaults.get("max_model_len"),
+            layers=self.num_hidden_layers,
+            kv_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            latent_dim=self.kv_latent_dim,
+            stated_gpu_memory_gb=self.gpu_memory_gb if self.gpu_memory_stated else None,
+            cpu_capable=self.cpu_capable,
+        )
+
+    def placement(
+        self,
+        instance_type: InstanceType,
+        *,
+        max_model_len: int | None = None,
+        tensor_parallel_size: int | None = None,
+    ) -> fits.Placement:
+        """On how many GPUs of `instance_type`, and at what max model length, this model runs."""
+        return fits.place(
+            self.facts,
+            instance_type.gpu_count,
+            instance_type.gpu_memory_gb,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+        )
 
     @property
     def license_terms(self) -> str:
