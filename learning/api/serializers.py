@@ -17,7 +17,9 @@ class InvocationLogSettingsSerializer(serializers.ModelSerializer[InvocationLogS
     """An organisation's invocation logging. `context["organization"]` is the organisation being edited;
     `context["overflow"]` maps organisation ids to the records the full queue turned away."""
 
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     deployments = serializers.ListField(
         child=serializers.CharField(max_length=40), required=False, max_length=MAX_NAMES,
         help_text="Names of the deployments to log; empty: all of them",
@@ -28,7 +30,9 @@ class InvocationLogSettingsSerializer(serializers.ModelSerializer[InvocationLogS
     )  # fmt: skip
     sample_rate = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
     retention_days = serializers.IntegerField(min_value=1, max_value=MAX_RETENTION_DAYS, required=False)
-    updated_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    updated_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     overflow = serializers.SerializerMethodField(
         help_text="Records not logged because the queue was full (since Redis last restarted empty)"
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.conf import settings
@@ -32,7 +32,8 @@ from marketplace.api import TenantScopedViewSet
 def _overflow() -> dict[int, int]:
     connection = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     try:
-        return {int(k): int(v) for k, v in connection.hgetall(OVERFLOW_KEY).items()}  # type: ignore[union-attr]
+        found = cast(dict[bytes, bytes], connection.hgetall(OVERFLOW_KEY))
+        return {int(k): int(v) for k, v in found.items()}
     except redis.RedisError:
         return {}
     finally:
