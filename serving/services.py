@@ -17,7 +17,6 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from marketplace.accounts.models import Organization, Quota
-from marketplace.catalog import fits
 from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions.services import subscription_in_force
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
@@ -52,8 +51,11 @@ def _refuse(field: str, message: str) -> exceptions.ValidationError:
     return exceptions.ValidationError({field: [message]})
 
 
-def check_model_and_instance(card: ModelCard, instance_type: InstanceType, backend: str) -> None:
-    """The model must fit the instance type, and the instance type must suit the backend."""
+def check_model_and_instance(
+    card: ModelCard, instance_type: InstanceType, backend: str, *, max_model_len: int | None = None
+) -> None:
+    """The model must fit the instance type at `max_model_len` (or at least at its shortest deployable
+    context when none is asked for; see fits.place), and the instance type must suit the backend."""
     if backend == Backend.LOCAL and instance_type.gpu_count > 0:
         raise _refuse(
             "instance_type",
@@ -65,20 +67,36 @@ def check_model_and_instance(card: ModelCard, instance_type: InstanceType, backe
         raise _refuse(
             "instance_type", f"{instance_type.name} has no GPUs; vLLM on Kubernetes needs a GPU instance."
         )
-    if not fits.fits(
-        needed_gb=card.gpu_memory_gb,
-        cpu_capable=card.cpu_capable,
-        gpu_count=instance_type.gpu_count,
-        gpu_memory_gb=instance_type.gpu_memory_gb,
-    ):
-        if instance_type.gpu_count == 0:
+    if instance_type.gpu_count == 0:
+        if not card.cpu_capable:
             raise _refuse("instance_type", f"{card.name} cannot run on CPU; choose a GPU instance type.")
+        return
+    placement = card.placement(instance_type, max_model_len=max_model_len)
+    if placement.fits:
+        return
+    offered = (
+        f"{instance_type.name} offers at most {instance_type.tensor_parallel_memory_gb} GB to one "
+        f"tensor-parallel group ({instance_type.gpu_count} × {instance_type.gpu_memory_gb} GB)"
+    )
+    needed = placement.estimate
+    if max_model_len is not None and placement.max_model_len:
         raise _refuse(
-            "instance_type",
-            f"{card.name} needs {card.gpu_memory_gb} GB of GPU memory; {instance_type.name} offers at most "
-            f"{instance_type.tensor_parallel_memory_gb} GB to one tensor-parallel group "
-            f"({instance_type.gpu_count} × {instance_type.gpu_memory_gb} GB).",
+            "engine_options",
+            f"{card.name} needs {needed.needed_gb} GB of GPU memory at max_model_len {max_model_len:,}; "
+            f"{offered}, which holds {placement.max_model_len:,} tokens: lower max_model_len or choose "
+            "a larger instance type.",
         )
+    default = card.facts.default_context
+    shortest = (
+        f", and {needed.needed_gb} GB at the shortest it is deployed with ({needed.tokens:,})"
+        if needed.tokens < default and needed.needed_gb != card.gpu_memory_gb
+        else ""
+    )
+    raise _refuse(
+        "instance_type",
+        f"{card.name} needs {card.gpu_memory_gb} GB of GPU memory at its default context of {default:,} "
+        f"tokens{shortest}; {offered}.",
+    )
 
 
 def check_runnable_here(card: ModelCard, backend: str) -> None:
@@ -100,14 +118,20 @@ def check_runnable_here(card: ModelCard, backend: str) -> None:
         )
 
 
-def resolve_tensor_parallel_size(card: ModelCard, instance_type: InstanceType, requested: int | None) -> int:
+def resolve_tensor_parallel_size(
+    card: ModelCard,
+    instance_type: InstanceType,
+    requested: int | None,
+    *,
+    max_model_len: int | None = None,
+) -> int:
+    """The GPUs one replica spans: the request when it holds the model at `max_model_len` (or at its
+    default context), else the smallest power-of-two group that does."""
     if instance_type.gpu_count == 0:
         if requested not in (None, 1):
             raise _refuse("tensor_parallel_size", "A CPU instance runs one engine per replica: use 1.")
         return 1
-    smallest = fits.smallest_tensor_parallel_size(
-        card.gpu_memory_gb, instance_type.gpu_count, instance_type.gpu_memory_gb
-    )
+    smallest = card.placement(instance_type, max_model_len=max_model_len).tensor_parallel_size
     assert smallest is not None  # check_model_and_instance ran first
     if requested is None:
         return smallest
@@ -116,12 +140,31 @@ def resolve_tensor_parallel_size(card: ModelCard, instance_type: InstanceType, r
             "tensor_parallel_size",
             f"Must be a power of two no larger than the instance's {instance_type.gpu_count} GPUs.",
         )
-    if requested < smallest:
+    if (
+        requested < smallest
+        and not card.placement(
+            instance_type, max_model_len=max_model_len, tensor_parallel_size=requested
+        ).fits
+    ):
         raise _refuse(
             "tensor_parallel_size",
             f"{card.name} needs at least {smallest} GPUs of {instance_type.gpu_memory_gb} GB to fit.",
         )
     return requested
+
+
+def default_max_model_len(
+    card: ModelCard, instance_type: InstanceType, tensor_parallel_size: int, options: dict[str, Any]
+) -> dict[str, Any]:
+    """`options` with max_model_len set when the instance cannot hold the card's default context: the
+    longest context that fits on `tensor_parallel_size` GPUs. Unchanged when the option is given, the
+    default fits, or the instance has no GPUs."""
+    if "max_model_len" in options or instance_type.gpu_count == 0:
+        return options
+    placement = card.placement(instance_type, tensor_parallel_size=tensor_parallel_size)
+    if not placement.fits or placement.max_model_len >= card.facts.default_context:
+        return options
+    return {**options, "max_model_len": placement.max_model_len}
 
 
 def check_engine_options(card: ModelCard, options: dict[str, Any]) -> dict[str, Any]:
@@ -306,9 +349,11 @@ def create_deployment(
             "subscribe first "
             "(an owner or admin accepts the license on the model's page).",
         )
-    check_model_and_instance(card, instance_type, backend)
-    tp = resolve_tensor_parallel_size(card, instance_type, tensor_parallel_size)
+    max_model_len = engine_options.get("max_model_len")
+    check_model_and_instance(card, instance_type, backend, max_model_len=max_model_len)
+    tp = resolve_tensor_parallel_size(card, instance_type, tensor_parallel_size, max_model_len=max_model_len)
     check_engine_options(card, engine_options)
+    engine_options = default_max_model_len(card, instance_type, tp, engine_options)
     check_scaling(scaling, backend)
     check_runnable_here(card, backend)
     with transaction.atomic():

@@ -1,5 +1,5 @@
-"""Which instance types a model fits, on how many GPUs, whether this platform can run it there, and
-what it costs: the rows of the model page's table and of the deploy form's instance picker."""
+"""Which instance types a model fits, on how many GPUs and at what context, whether this platform can run
+it there, and what it costs: the rows of the model page's table and of the deploy form's instance picker."""
 
 from __future__ import annotations
 
@@ -8,29 +8,39 @@ from typing import Any
 from django.conf import settings
 
 from marketplace.catalog import fits
+from marketplace.catalog.choices import BYTES_PER_PARAMETER
 from marketplace.catalog.models import InstanceType, ModelCard
 from serving.choices import Backend
 
 
+def _reason(card: ModelCard, instance: InstanceType, needed_gb: int, tokens: int) -> str:
+    if instance.gpu_count == 0:
+        return "The model cannot run on CPU."
+    return (
+        f"Needs {needed_gb} GB of GPU memory at {tokens:,} tokens; "
+        f"offers {instance.tensor_parallel_memory_gb} GB."
+    )
+
+
 def instance_rows(card: ModelCard, *, min_replicas: int = 1, max_replicas: int = 1) -> list[dict[str, Any]]:
-    """Every instance type, those the model fits and this platform can use first, cheapest first."""
+    """Every instance type, those the model fits and this platform can use first, cheapest first.
+
+    Each row says on how many GPUs the model runs there and at what max model length (the card's
+    default context, or the longest that fits when the instance cannot hold it; see fits.place)."""
     local = settings.SERVING_BACKEND == Backend.LOCAL
     rows = []
     for instance in InstanceType.objects.order_by("hourly_price_usd", "gpu_count"):
-        fitted = fits.fits(
-            needed_gb=card.gpu_memory_gb,
-            cpu_capable=card.cpu_capable,
-            gpu_count=instance.gpu_count,
-            gpu_memory_gb=instance.gpu_memory_gb,
-        )
+        if instance.gpu_count == 0:
+            fitted, tensor_parallel_size, max_model_len = card.cpu_capable, None, None
+            needed = fits.estimate(card.facts)
+        else:
+            placement = card.placement(instance)
+            fitted, tensor_parallel_size = placement.fits, placement.tensor_parallel_size
+            max_model_len = placement.max_model_len if fitted else None
+            needed = placement.estimate
         usable = fitted and (instance.gpu_count == 0) == local
         if not fitted:
-            reason = (
-                "The model cannot run on CPU."
-                if instance.gpu_count == 0
-                else f"Needs {card.gpu_memory_gb} GB of GPU memory; "
-                f"offers {instance.tensor_parallel_memory_gb} GB."
-            )
+            reason = _reason(card, instance, needed.needed_gb, needed.tokens)
         elif not usable:
             reason = (
                 "This platform runs deployments on this machine, which has no GPUs."
@@ -45,14 +55,34 @@ def instance_rows(card: ModelCard, *, min_replicas: int = 1, max_replicas: int =
                 "fits": fitted,
                 "usable": usable,
                 "reason": reason,
-                "tensor_parallel_size": fits.smallest_tensor_parallel_size(
-                    card.gpu_memory_gb, instance.gpu_count, instance.gpu_memory_gb
-                )
-                if instance.gpu_count
-                else None,
+                "tensor_parallel_size": tensor_parallel_size,
+                "max_model_len": max_model_len,
+                "max_model_len_text": f"{max_model_len:,}" if max_model_len else "",
+                "shortened": max_model_len is not None and max_model_len < card.facts.default_context,
                 "cost_min": instance.hourly_price_usd * min_replicas,
                 "cost_max": instance.hourly_price_usd * max_replicas,
             }
         )
     rows.sort(key=lambda row: (not row["usable"], not row["fits"], row["cost_min"]))
     return rows
+
+
+def memory_arithmetic(card: ModelCard) -> dict[str, Any]:
+    """The model page's worked estimate of GPU memory at the card's default context (see fits.py)."""
+    estimate = fits.estimate(card.facts)
+    gb = fits.GB
+    return {
+        "stated": estimate.stated,
+        "tokens": estimate.tokens,
+        "tokens_text": f"{estimate.tokens:,}",
+        "parameters_text": f"{card.parameters:,}",
+        "bytes_per_parameter": BYTES_PER_PARAMETER[card.facts.serving_dtype],
+        "weights_gb": f"{estimate.weights_bytes / gb:.2f}",
+        "kv_bytes_per_token": estimate.kv_bytes_per_token,
+        "kv_kib_per_token": f"{estimate.kv_bytes_per_token / 1024:g}",
+        "kv_gb": f"{estimate.kv_bytes / gb:.2f}",
+        "kv_gib": f"{estimate.kv_bytes / 2**30:.2f}",
+        "reserve_gb": f"{estimate.reserve_bytes / gb:.2f}",
+        "subtotal_gb": f"{estimate.subtotal_bytes / gb:.2f}",
+        "needed_gb": estimate.needed_gb,
+    }

@@ -114,3 +114,57 @@ def test_language_facet_offers_each_language_once(client, db) -> None:
     offered = re.findall(r'<option value="([^"]+)"', select)
     languages = {code for card in ModelCard.objects.all() for code in card.languages}
     assert sorted(offered) == offered and set(offered) == languages and len(offered) == len(languages)
+
+
+def test_commercial_use_facet_filters_and_each_card_says_it(client, db) -> None:
+    expected = ModelCard.objects.filter(license__commercial_use="not-allowed").count()
+    html = client.get(CATALOG, {"commercial_use": "not-allowed"}).text
+    assert f"{expected} model" in html.split('id="result-count">')[1][:20]
+    assert "no commercial use" in html and "commercial use allowed" not in html
+    assert 'value="not-allowed"' in html.split('id="f-commercial"')[1].split("</select>")[0]
+
+
+def test_unknown_gating_is_shown_as_unknown_not_as_open(client, db) -> None:
+    card = ModelCard.objects.filter(gated__isnull=True).first()
+    assert card is not None
+    assert "gating on Hugging Face not known" in client.get(f"/models/{card.slug}/").text
+    html = client.get(CATALOG, {"q": card.name}).text
+    assert "gating unknown" in html
+
+
+def test_model_page_shows_the_memory_arithmetic(client, db) -> None:
+    html = client.get("/models/llama-3.1-8b-instruct/").text
+    section = html.split('id="memory"')[1].split("</section>")[0]
+    # 32 layers × 8 KV heads × 128 head size × 2 × 2 bytes = 128 KiB a token, × 32,768 tokens = 4 GiB.
+    assert "32 layers × 8 KV heads × 128 head size" in section and "128 KiB" in section
+    assert "32,768 tokens" in section and "4.29 GB (4.00 GiB)" in section
+    assert "<strong>27 GB</strong>" in section
+    assert "Commercial use allowed with conditions" in html
+
+
+def test_fit_table_gives_each_instance_its_context(client, db) -> None:
+    html = client.get("/models/llama-3.1-8b-instruct/").text
+    small = html.split("g5.xlarge")[1].split("</tr>")[0]
+    assert "on 1 GPU, 14,336 tokens" in small and "the longest that fits" in small
+    large = html.split("p5.48xlarge")[1].split("</tr>")[0]
+    assert "32,768 tokens" in large and "the longest that fits" not in large
+
+
+def test_an_estimated_price_says_so(client, db) -> None:
+    html = client.get("/models/llama-3.1-8b-instruct/").text
+    assert "(estimate)" in html.split("g2-standard-8")[1].split("</tr>")[0]
+    assert "(estimate)" not in html.split("g5.xlarge")[1].split("</tr>")[0]
+
+
+def test_outsider_sees_the_public_model_page_without_a_subscribe_form(browser_for, outsider) -> None:
+    html = browser_for(outsider).get("/models/llama-3.1-8b-instruct/").text
+    assert 'id="memory"' in html and "14,336 tokens" in html
+    assert "I have read the license and accept it for Acme" not in html
+
+
+def test_the_deploy_picker_says_on_how_many_gpus_and_at_what_context(browser_for, member, subscribed) -> None:
+    html = browser_for(member).get("/deployments/new/", {"model": subscribed.slug}).text
+    choice = html.split('value="aws-g5-xlarge"')[1].split("</label>")[0]
+    assert "runs on 1 GPU at up to 14,336 tokens" in choice
+    estimated = html.split('value="gcp-g2-standard-8"')[1].split("</label>")[0]
+    assert "(estimate)" in estimated

@@ -21,7 +21,7 @@ from marketplace.catalog.models import InstanceType, License, ModelCard, Provide
 from marketplace.subscriptions import services as subscriptions
 from marketplace.subscriptions.models import Subscription
 from marketplace.web import current
-from marketplace.web.fitting import instance_rows
+from marketplace.web.fitting import instance_rows, memory_arithmetic
 from marketplace.web.forms import field_errors
 from marketplace.web.htmx import render_page
 from serving.choices import Backend
@@ -91,7 +91,10 @@ def _catalog_query(request: HttpRequest) -> tuple[dict[str, str], dict[str, str]
 def catalog(request: HttpRequest) -> HttpResponse:
     params, extra = _catalog_query(request)
     filterset = ModelCardFilterSet(
-        params, queryset=ModelCard.objects.select_related("provider").defer("search_text", "summary")
+        params,
+        queryset=ModelCard.objects.select_related("provider", "license").defer(
+            "search_text", "summary", "license__text"
+        ),
     )
     errors = {}
     if filterset.is_valid():
@@ -116,6 +119,7 @@ def catalog(request: HttpRequest) -> HttpResponse:
         "sizes": {key: label for key, (_, _, label) in SIZES.items()},
         "contexts": CONTEXTS,
         "sorts": {key: label for key, (_, label) in SORTS.items()},
+        "commercial_uses": choices.CommercialUse.choices,
     }
     return render_page(request, "web/catalog.html", context, parts={"results": "web/_catalog_results.html"})
 
@@ -155,6 +159,7 @@ def _model_context(request: HttpRequest, card: ModelCard) -> dict[str, Any]:
         "in_force": subscription is not None and subscription.in_force,
         "can_manage": organization is not None and tenancy.can_manage(request, organization),
         "fit_rows": instance_rows(card, min_replicas=low, max_replicas=high),
+        "memory": memory_arithmetic(card),
         "min_replicas": low,
         "max_replicas": high,
         "replica_errors": errors,
