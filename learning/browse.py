@@ -33,6 +33,20 @@ class RecordFilter:
     errors_only: bool = False
     text: str | None = None  # searched in bodies: only over records whose bodies the caller may read
 
+    @classmethod
+    def from_query(cls, params: dict[str, Any]) -> RecordFilter:
+        """From the API's validated query (learning.api.serializers.RecordQuerySerializer)."""
+        status = params.get("status")
+        return cls(
+            deployment=params.get("deployment"),
+            key_prefix=params.get("key"),
+            since=params.get("since"),
+            until=params.get("until"),
+            status=status if isinstance(status, int) else None,
+            errors_only=status == "errors",
+            text=params.get("q"),
+        )
+
     def objects(self, queryset: QuerySet[InvocationLogObject]) -> QuerySet[InvocationLogObject]:
         """The index rows that may hold matching records."""
         if self.deployment:

@@ -47,6 +47,18 @@ def _database(url: str) -> dict[str, object]:
     }
 
 
+def _proxy_ssl_header(header: str) -> tuple[str, str] | None:
+    """SECURE_PROXY_SSL_HEADER as Django wants it: `X-Forwarded-Proto` → ("HTTP_X_FORWARDED_PROTO",
+    "https"). Set it only behind a proxy that always sets (and never passes on) that header."""
+    if not header:
+        return None
+    if not all(part.isalnum() for part in header.split("-")):
+        raise env.ConfigurationError(
+            f"SECURE_PROXY_SSL_HEADER must be a header name such as X-Forwarded-Proto, not {header!r}"
+        )
+    return ("HTTP_" + header.upper().replace("-", "_"), "https")
+
+
 try:
     DEBUG = env.boolean("DEBUG", False)
     SECRET_KEY = env.string("SECRET_KEY", required=True)
@@ -62,6 +74,18 @@ try:
     # Where people and apps reach the platform (https://marketplace.example.com), for the copy-paste
     # snippets; unset, the address the page was requested at (which behind a TLS proxy says http://).
     PUBLIC_URL = env.url("PUBLIC_URL", schemes=("http", "https")).rstrip("/")
+
+    # HTTPS in production (README, "Production settings"), usually behind a TLS-terminating proxy that says
+    # so in a header. /healthz and /metrics stay reachable over plain HTTP for probes and Prometheus.
+    SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", False)
+    SECURE_HSTS_SECONDS = env.integer("SECURE_HSTS_SECONDS", 0, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env.boolean("SECURE_HSTS_PRELOAD", False)
+    SECURE_PROXY_SSL_HEADER = _proxy_ssl_header(env.string("SECURE_PROXY_SSL_HEADER"))
+    # Sign-in: after this many failures for one username, or from one address, within the window, the
+    # sign-in is refused until the window has passed (marketplace/web/sign_in.py).
+    SIGN_IN_MAX_FAILURES = env.integer("SIGN_IN_MAX_FAILURES", 5, minimum=1, maximum=1000)
+    SIGN_IN_WINDOW_SECONDS = env.integer("SIGN_IN_WINDOW_SECONDS", 900, minimum=1, maximum=86400)
 
     # Serving: where deployments run.
     SERVING_BACKEND = env.choice("SERVING_BACKEND", "local", ("local", "kubernetes"))
@@ -79,6 +103,13 @@ try:
 
     # Gateway (the invoke API).
     GATEWAY_ONLY = env.boolean("GATEWAY_ONLY", False)
+    # /metrics names every tenant's deployments: only a caller with this bearer token may read it (unset:
+    # only loopback callers). Give it as METRICS_TOKEN_FILE from a mounted Secret in a cluster.
+    METRICS_TOKEN = env.string("METRICS_TOKEN")
+    if METRICS_TOKEN and len(METRICS_TOKEN) < 24:
+        raise env.ConfigurationError(
+            "METRICS_TOKEN must be at least 24 characters (e.g. `openssl rand -hex 32`)"
+        )
     GATEWAY_CACHE_SECONDS = env.integer("GATEWAY_CACHE_SECONDS", 3, minimum=0, maximum=300)
     GATEWAY_CONNECT_TIMEOUT = env.integer("GATEWAY_CONNECT_TIMEOUT", 3, minimum=1, maximum=60)
     GATEWAY_READ_TIMEOUT = env.integer("GATEWAY_READ_TIMEOUT", 300, minimum=1, maximum=3600)
@@ -188,6 +219,10 @@ LOGOUT_REDIRECT_URL = "web:catalog"
 
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
+# Probes and Prometheus speak plain HTTP to the pods; everything else is redirected to HTTPS when asked.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+# Counts failed sign-ins (web, API and admin alike) and refuses them past SIGN_IN_MAX_FAILURES.
+AUTHENTICATION_BACKENDS = ["marketplace.web.sign_in.ThrottledModelBackend"]
 
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL},

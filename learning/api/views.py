@@ -29,7 +29,8 @@ from marketplace.accounts.models import Organization
 from marketplace.api import TenantScopedViewSet
 
 
-def _overflow() -> dict[int, int]:
+def overflow_counts() -> dict[int, int]:
+    """Records the full queue turned away, by organisation id; empty when Redis cannot be asked."""
     connection = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     try:
         found = cast(dict[bytes, bytes], connection.hgetall(OVERFLOW_KEY))
@@ -89,7 +90,7 @@ class InvocationLogSettingsViewSet(TenantScopedViewSet):
         return self.update(request, organization_slug, partial=True)
 
     def _context(self) -> dict[str, Any]:
-        return {**self.get_serializer_context(), "overflow": _overflow()}
+        return {**self.get_serializer_context(), "overflow": overflow_counts()}
 
     def get_serializer(self, *args: Any, **kwargs: Any) -> Any:
         context = kwargs.pop("context", None) or self.get_serializer_context()
@@ -112,19 +113,6 @@ class InvocationLogViewSet(mixins.ListModelMixin, TenantScopedViewSet):
         readable = {o.pk for o in organizations if tenancy.can_manage(self.request, o)}
         return readable, {o.pk: o.slug for o in organizations}
 
-    @staticmethod
-    def _filter(params: dict[str, Any]) -> browse.RecordFilter:
-        status = params.get("status")
-        return browse.RecordFilter(
-            deployment=params.get("deployment"),
-            key_prefix=params.get("key"),
-            since=params.get("since"),
-            until=params.get("until"),
-            status=status if isinstance(status, int) else None,
-            errors_only=status == "errors",
-            text=params.get("q"),
-        )
-
     @extend_schema(
         operation_id="invocation_logs_list", parameters=[RecordQuerySerializer], responses={200: dict}
     )
@@ -136,7 +124,7 @@ class InvocationLogViewSet(mixins.ListModelMixin, TenantScopedViewSet):
         results, cursor = browse.page(
             self.get_queryset(),
             get_store(),
-            self._filter(params),
+            browse.RecordFilter.from_query(params),
             readable=readable,
             slugs=slugs,
             limit=params["limit"],
@@ -167,7 +155,7 @@ class InvocationLogViewSet(mixins.ListModelMixin, TenantScopedViewSet):
         query = ExportQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = query.validated_data
-        record_filter = self._filter(params)
+        record_filter = browse.RecordFilter.from_query(params)
         objects = list(record_filter.objects(self.get_queryset()).order_by("first_at", "pk"))
         readable, slugs = self._readers()
         lines = browse.export_lines(objects, get_store(), record_filter, readable=readable, slugs=slugs)

@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from marketplace.web.views import catalog, deployments, keys, organization, platform, playground
+from marketplace.web.views import catalog, deployments, keys, logs, organization, platform, playground
 
 app_name = "web"
 
@@ -25,6 +25,9 @@ urlpatterns = [
     path("api-keys/", keys.api_keys, name="api-keys"),
     path("api-keys/new/", keys.create_api_key, name="api-key-create"),
     path("api-keys/<int:pk>/revoke/", keys.revoke_api_key, name="api-key-revoke"),
+    path("invocation-logs/", logs.logs, name="logs"),
+    path("invocation-logs/settings/", logs.log_settings, name="log-settings"),
+    path("invocation-logs/<str:record_id>/", logs.log_record, name="log-record"),
     path("organization/", organization.organization_page, name="organization"),
     path("organization/switch/", organization.switch, name="organization-switch"),
     path("organization/members/", organization.add_member, name="member-add"),
