@@ -26,29 +26,39 @@ reset_metrics_dir() {
     fi
 }
 
+# Django's error-level security checks (a weak SECRET_KEY with DEBUG off, marketplace/checks.py) stop a
+# serving process before it starts, with the reason; warnings are printed and do not stop it.
+check_settings() {
+    python -m django check --tag security --fail-level ERROR >/dev/null
+}
+
 [ $# -ge 1 ] || usage
 process=$1
 shift
 
 case "$process" in
 web)
+    check_settings
     reset_metrics_dir
     exec gunicorn marketplace.asgi:application --worker-class marketplace.server.UvicornWorker \
         --bind "0.0.0.0:${PORT:-8000}" "$@"
     ;;
 gateway)
-    reset_metrics_dir
     export GATEWAY_ONLY=True
+    check_settings
+    reset_metrics_dir
     exec gunicorn marketplace.asgi:application --worker-class marketplace.server.UvicornWorker \
         --bind "0.0.0.0:${PORT:-8000}" "$@"
     ;;
 worker)
+    check_settings
     if [ -n "${WORKER_CONCURRENCY-}" ]; then
         set -- --concurrency "$WORKER_CONCURRENCY" "$@"
     fi
     exec celery --app marketplace worker --loglevel "${LOG_LEVEL:-INFO}" "$@"
     ;;
 beat)
+    check_settings
     exec celery --app marketplace beat --loglevel "${LOG_LEVEL:-INFO}" \
         --schedule "${TMPDIR:-/tmp}/celerybeat-schedule" "$@"
     ;;

@@ -233,6 +233,11 @@ def up() -> int:
                 or _private_file(data_dir / "secret-key", secrets.token_urlsafe(50))[0],
                 "DEMO_ADMIN_PASSWORD": password,
             }
+            from marketplace.checks import secret_key_refusal
+
+            refusal = secret_key_refusal(environment["SECRET_KEY"], env.boolean("DEBUG", False))
+            if refusal:
+                raise SystemExit(refusal)
             log("Migrating the database ...")
             _manage(environment, "migrate", "--noinput", "-v", "0")
             _manage(environment, "load_catalog")

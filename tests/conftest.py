@@ -114,6 +114,14 @@ def _fast_password_hashing(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _sign_in_throttle_out_of_the_way(settings: Any) -> None:
+    """Failed sign-ins are counted in Redis, which outlives a test and a run: without this, the wrong
+    passwords of earlier tests would lock later ones out. tests/web/test_sign_in_throttle.py sets its
+    own limit and uses usernames and addresses of its own."""
+    settings.SIGN_IN_MAX_FAILURES = 10**6
+
+
 @pytest.fixture
 def transactional_catalog(transactional_db: None) -> None:
     """The catalog for tests that commit for real (threads, worker processes). pytest-django runs these

@@ -3,13 +3,14 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from marketplace.web import sign_in
 from marketplace.web.views import catalog, deployments, keys, logs, organization, platform, playground
 
 app_name = "web"
 
 urlpatterns = [
     path("", catalog.catalog, name="catalog"),
-    path("sign-in/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="sign-in"),
+    path("sign-in/", sign_in.SignInView.as_view(), name="sign-in"),
     path("sign-out/", auth_views.LogoutView.as_view(), name="sign-out"),
     path("models/<str:slug>/", catalog.model_page, name="model"),
     path("models/<str:slug>/subscribe/", catalog.subscribe, name="subscribe"),

@@ -100,7 +100,7 @@ def running_platform(tmp_path: Path, **variables: str) -> Iterator[Platform]:
         "REDIS_URL": f"{redis_base}/{variables.pop('REDIS_DB', '10')}",
         "DATA_DIR": str(tmp_path / "data"),
         "PORT": str(port),
-        "SECRET_KEY": uuid.uuid4().hex,
+        "SECRET_KEY": uuid.uuid4().hex * 2,  # 64 characters: a weak key stops the platform with DEBUG off
         "DEMO_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "WEB_CONCURRENCY": "1",
         "RECONCILE_INTERVAL_SECONDS": "2",

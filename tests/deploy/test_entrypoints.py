@@ -100,7 +100,8 @@ def environment(
         "TMPDIR": str(scratch),
         "PYTHONUNBUFFERED": "1",
         "DJANGO_SETTINGS_MODULE": "marketplace.settings",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or "entrypoint-tests",
+        # Strong enough for DEBUG off (the entry points refuse a weak one; see the test below).
+        "SECRET_KEY": "entrypoint-tests-" + "kV9-3qLr_8ZtYw2mXc7NbH4uJ6sD1fGpQe5aT0yRi_UoPlKjMn",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
     }
@@ -322,6 +323,15 @@ def test_alive_fails_for_a_stale_file_and_refuses_other_processes(
 
 
 # The script and the image
+
+
+@pytest.mark.parametrize("process", ["web", "gateway", "worker", "beat", "migrate"])
+def test_a_weak_secret_key_stops_every_entry_point_before_it_serves(
+    environment: dict[str, str], process: str
+) -> None:
+    result = run_entrypoint({**environment, "SECRET_KEY": "change-me"}, process)
+    assert result.returncode != 0
+    assert "SECRET_KEY is too weak to run with DEBUG off" in result.stderr
 
 
 @pytest.mark.parametrize("args", [(), ("scheduler",)], ids=["none", "unknown"])
