@@ -33,3 +33,15 @@ def expire_invocation_logs() -> int:
         return writer.expire(get_store())
     finally:
         cache.delete("learning:expire-logs:lock")
+
+
+@shared_task(
+    acks_late=True, autoretry_for=(Exception,), retry_backoff=2, retry_backoff_max=300, max_retries=10
+)
+def delete_log_objects(keys: list[str]) -> int:
+    """Delete stored objects whose index rows are already gone (their organisation was deleted).
+    Deleting a missing object is not an error, so a retry after a partial run is harmless."""
+    store = get_store()
+    for key in keys:
+        store.delete(key)
+    return len(keys)

@@ -16,7 +16,7 @@ from learning.capture import DEAD_LETTER_KEY, QUEUE_KEY
 from learning.models import InvocationLogObject, InvocationLogSettings
 from learning.records import window_start
 from learning.storage import FolderStore, S3Store, decode_records
-from learning.tasks import expire_invocation_logs, write_invocation_logs
+from learning.tasks import delete_log_objects, expire_invocation_logs, write_invocation_logs
 from marketplace.accounts.models import Organization
 from tests.learning.conftest import make_deployment
 
@@ -179,3 +179,19 @@ def test_retention_finishes_a_deletion_whose_object_is_already_gone(
 def test_windows_start_on_multiples_of_the_window(minute: int, start: int) -> None:
     moment = NOON.replace(minute=minute, second=59)
     assert window_start(moment, 5) == NOON.replace(minute=start, second=0)
+
+
+def test_deleting_an_organisation_deletes_its_stored_objects_after_commit(
+    acme: Organization, globex: Organization, redis_connection: redis.Redis, configured_store: FolderStore,
+    make_record: MakeRecord, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(delete_log_objects, "delay", lambda keys: delete_log_objects.apply(args=[keys]))
+    enqueue(redis_connection, make_record(acme.pk), make_record(globex.pk, time=at(10)))
+    writer.write_queued(redis_connection, configured_store)
+    acme_keys = configured_store.list(f"invocation-logs/org-{acme.pk}/")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        globex.delete()
+    assert len(configured_store.list("")) == 2  # nothing is deleted before the delete commits
+    for callback in callbacks:
+        callback()
+    assert configured_store.list("") == acme_keys

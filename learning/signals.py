@@ -1,0 +1,28 @@
+"""An organisation's stored logs go with it.
+
+Its index rows are deleted by the database's cascade; the objects they name would stay in the store for
+ever (retention reads the index), so their keys are collected before the delete and handed, once the
+delete has committed, to a task that removes them (retried while the store is unreachable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
+
+from learning.models import InvocationLogObject
+from marketplace.accounts.models import Organization
+
+KEYS_PER_TASK = 1000
+
+
+@receiver(pre_delete, sender=Organization, dispatch_uid="learning-delete-organization-logs")
+def delete_organization_logs(sender: type[Organization], instance: Organization, **kwargs: Any) -> None:
+    from learning.tasks import delete_log_objects
+
+    keys = list(InvocationLogObject.objects.filter(organization=instance).values_list("key", flat=True))
+    for start in range(0, len(keys), KEYS_PER_TASK):
+        chunk = keys[start : start + KEYS_PER_TASK]
+        transaction.on_commit(lambda chunk=chunk: delete_log_objects.delay(chunk))
