@@ -6,6 +6,7 @@ delete has committed, to a task that removes them (retried while the store is un
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -24,5 +25,4 @@ def delete_organization_logs(sender: type[Organization], instance: Organization,
 
     keys = list(InvocationLogObject.objects.filter(organization=instance).values_list("key", flat=True))
     for start in range(0, len(keys), KEYS_PER_TASK):
-        chunk = keys[start : start + KEYS_PER_TASK]
-        transaction.on_commit(lambda chunk=chunk: delete_log_objects.delay(chunk))
+        transaction.on_commit(partial(delete_log_objects.delay, keys[start : start + KEYS_PER_TASK]))
