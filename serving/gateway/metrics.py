@@ -8,6 +8,8 @@ import os
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from serving.gateway import metrics_access
+
 # `deployment_id` is what a scale-to-zero deployment's KEDA trigger watches (names repeat across
 # organisations; ids do not); `deployment` is for people reading dashboards.
 REQUESTS = Counter(
@@ -47,6 +49,10 @@ def observe(
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The metrics in Prometheus' text format, for Prometheus only (serving/gateway/metrics_access.py)."""
+    refused = metrics_access.refusal(request)
+    if refused is not None:
+        return refused
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -43,6 +43,7 @@ DEFAULTS = (
     "--set", "secrets.redisUrl.value=redis://:redis-password@redis.internal:6379/0",
 )  # fmt: skip
 PRODUCTION = ("--values", str(CHART / "examples" / "production-values.yaml"))
+METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 # The optional objects the other two leave out, and web carrying the invoke API alone.
 NO_GATEWAY = (
     *DEFAULTS,
@@ -51,6 +52,7 @@ NO_GATEWAY = (
     "--set", "ingress.enabled=true",
     "--set", "ingress.hosts[0]=marketplace.example.com",
     "--set", "serviceMonitor.enabled=true",
+    "--set", f"secrets.metricsToken.value={METRICS_TOKEN}",
     "--set", "secrets.huggingfaceToken.value=hf_test_token",
 )  # fmt: skip
 SCENARIOS = {"defaults": DEFAULTS, "production": PRODUCTION, "no-gateway": NO_GATEWAY}
@@ -103,6 +105,12 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
                                 "(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
                             },
                             "scrapeTimeout": {"type": "string"},
+                            "bearerTokenSecret": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["name", "key"],
+                                "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+                            },
                         },
                     },
                 },
@@ -526,6 +534,60 @@ def test_service_monitors_scrape_metrics_of_web_and_gateway() -> None:
         assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
+def test_service_monitors_send_the_metrics_token_from_its_secret() -> None:
+    for values, secret, key in (
+        (PRODUCTION, "marketplace-secrets", "METRICS_TOKEN"),  # an existing Secret
+        (NO_GATEWAY, "marketplace-secrets", "METRICS_TOKEN"),  # the chart's own, from the value
+    ):
+        for monitor in (o for o in render(values) if o["kind"] == "ServiceMonitor"):
+            (endpoint,) = monitor["spec"]["endpoints"]
+            assert endpoint["bearerTokenSecret"] == {"name": secret, "key": key}
+
+
+def test_the_metrics_token_value_is_stored_in_the_charts_secret_only() -> None:
+    objects = render(NO_GATEWAY)
+    assert "METRICS_TOKEN" in find(objects, "Secret", "marketplace-secrets")["data"]
+    assert "METRICS_TOKEN" not in find(objects, "Secret", "marketplace-migrate")["data"]
+    assert METRICS_TOKEN not in json.dumps([o for o in objects if o["kind"] != "Secret"])
+
+
+def test_only_web_and_gateway_read_the_metrics_token_as_a_file() -> None:
+    objects = render(PRODUCTION)
+    for component in COMPONENTS:
+        deployment = find(objects, "Deployment", f"marketplace-{component}")
+        sources = secret_sources(deployment)
+        if component in ("web", "gateway"):
+            assert sources["METRICS_TOKEN"] == ("marketplace-secrets", "METRICS_TOKEN")
+            assert env(deployment)["METRICS_TOKEN_FILE"] == "/var/run/secrets/marketplace/METRICS_TOKEN"
+        else:
+            assert "METRICS_TOKEN" not in sources and "METRICS_TOKEN_FILE" not in env(deployment)
+
+
+def test_without_a_metrics_token_no_pod_reads_one() -> None:
+    for deployment in (o for o in render(DEFAULTS) if o["kind"] == "Deployment"):
+        assert "METRICS_TOKEN" not in secret_sources(deployment)
+        assert "METRICS_TOKEN_FILE" not in env(deployment)
+
+
+def test_production_values_set_https_and_check_deploy_is_clean_with_them() -> None:
+    data = find(render(PRODUCTION), "ConfigMap", "marketplace-config")["data"]
+    assert data["SECURE_SSL_REDIRECT"] == "True" and data["SECURE_PROXY_SSL_HEADER"] == "X-Forwarded-Proto"
+    environment = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG")}
+    environment.update(
+        data,
+        DATABASE_URL=DATABASE_URL,
+        REDIS_URL="redis://redis.internal:6379/0",
+        SECRET_KEY="kV9-3qLr_8ZtYw2mXc7NbH4uJ6sD1fGpQe5aT0yRi_UoPlKjMnBvCxZaSdFgH",
+        METRICS_TOKEN=METRICS_TOKEN,
+        DJANGO_SETTINGS_MODULE="marketplace.settings",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "check", "--deploy", "--tag", "security", "--fail-level", "WARNING"],
+        env=environment, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
 def test_helm_test_pod_curls_healthz_of_web_and_gateway() -> None:
     pod = find(render(DEFAULTS), "Pod", "marketplace-test")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -650,10 +712,26 @@ def test_nothing_is_cluster_wide() -> None:
         ("serving.vllmImage=vllm/vllm-openai:latest", "serving.vllmImage: `latest` is refused"),
         ("secrets.redisUrl.existingSecret=redis", "secrets.redisUrl: give either value or existingSecret"),
         ("web.autoscaling.minReplicas=20", "web.autoscaling: minReplicas (20) is above maxReplicas (10)"),
+        ("serviceMonitor.enabled=true", "serviceMonitor.enabled needs secrets.metricsToken"),
+        ("secrets.metricsToken.value=short", "secrets.metricsToken.value: at least 24 characters"),
+        ("config.https.hstsSeconds=-1", "at '/config/https/hstsSeconds': minimum: got -1, want 0"),
+        ("config.https.proxySslHeader=X-Forwarded-Proto: https", "at '/config/https/proxySslHeader'"),
+        ("config.signIn.maxFailures=0", "at '/config/signIn/maxFailures': minimum: got 0, want 1"),
     ],
 )
 def test_bad_values_are_refused_with_a_message_naming_them(setting: str, message: str) -> None:
     assert message in refusal(*DEFAULTS, "--set", setting)
+
+
+def test_a_metrics_token_given_both_ways_is_refused() -> None:
+    error = refusal(
+        *DEFAULTS,
+        "--set",
+        f"secrets.metricsToken.value={METRICS_TOKEN}",
+        "--set",
+        "secrets.metricsToken.existingSecret=m",
+    )
+    assert "secrets.metricsToken: give either value or existingSecret, not both" in error
 
 
 def test_a_missing_secret_is_refused_naming_both_ways_to_give_it() -> None:

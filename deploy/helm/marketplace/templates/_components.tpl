@@ -125,7 +125,7 @@ spec:
           volumeMounts:
             {{- include "marketplace.volumeMounts" $root | nindent 12 }}
       volumes:
-        {{- include "marketplace.secretsVolume" (dict "root" $root "secretName" (include "marketplace.componentName" (dict "root" $root "component" "secrets"))) | nindent 8 }}
+        {{- include "marketplace.secretsVolume" (dict "root" $root "secretName" (include "marketplace.componentName" (dict "root" $root "component" "secrets")) "http" $http) | nindent 8 }}
         - name: tmp
           emptyDir: {}
       {{- with $values.nodeSelector }}
@@ -238,4 +238,9 @@ spec:
       path: /metrics
       interval: {{ $monitor.interval }}
       scrapeTimeout: {{ $monitor.scrapeTimeout }}
+      # /metrics names every tenant's deployments: it answers only with this token.
+      {{- $token := include "marketplace.metricsTokenRef" .root | fromYaml }}
+      bearerTokenSecret:
+        name: {{ $token.secret }}
+        key: {{ $token.key }}
 {{- end }}

@@ -129,6 +129,14 @@ ALLOWED_HOSTS: {{ include "marketplace.allowedHosts" . | quote }}
 CSRF_TRUSTED_ORIGINS: {{ include "marketplace.csrfTrustedOrigins" . | quote }}
 PUBLIC_URL: {{ include "marketplace.publicUrl" . | quote }}
 SECURE_COOKIES: {{ ternary "True" "False" .Values.config.secureCookies | quote }}
+SECURE_SSL_REDIRECT: {{ ternary "True" "False" .Values.config.https.redirect | quote }}
+SECURE_HSTS_SECONDS: {{ .Values.config.https.hstsSeconds | int64 | quote }}
+SECURE_HSTS_INCLUDE_SUBDOMAINS: {{ ternary "True" "False" .Values.config.https.hstsIncludeSubdomains | quote }}
+SECURE_HSTS_PRELOAD: {{ ternary "True" "False" .Values.config.https.hstsPreload | quote }}
+SECURE_PROXY_SSL_HEADER: {{ .Values.config.https.proxySslHeader | quote }}
+FORWARDED_ALLOW_IPS: {{ .Values.config.https.forwardedAllowIps | quote }}
+SIGN_IN_MAX_FAILURES: {{ .Values.config.signIn.maxFailures | int64 | quote }}
+SIGN_IN_WINDOW_SECONDS: {{ .Values.config.signIn.windowSeconds | int64 | quote }}
 LOG_LEVEL: {{ .Values.config.logLevel | quote }}
 API_PAGE_SIZE_MAX: {{ .Values.config.apiPageSizeMax | int64 | quote }}
 DATABASE_CONN_MAX_AGE: {{ .Values.config.databaseConnMaxAge | int64 | quote }}
@@ -160,7 +168,20 @@ GATEWAY_MAX_BODY_BYTES: {{ .Values.config.gateway.maxBodyBytes | int64 | quote }
 {{- if or $s.secretKey.value $s.databaseUrl.value $s.redisUrl.value }}true{{ end }}
 {{- end }}
 
-{{/* The Secret data of the values given inline. */}}
+{{/* The metrics token, when configured: (secret, key) of METRICS_TOKEN, as YAML; empty without one. Only
+web and gateway (which serve /metrics) and the ServiceMonitors (which send it) read it. */}}
+{{- define "marketplace.metricsTokenRef" -}}
+{{- $token := .Values.secrets.metricsToken }}
+{{- if $token.existingSecret }}
+secret: {{ $token.existingSecret }}
+key: {{ $token.key }}
+{{- else if $token.value }}
+secret: {{ include "marketplace.componentName" (dict "root" . "component" "secrets") }}
+key: METRICS_TOKEN
+{{- end }}
+{{- end }}
+
+{{/* The Secret data of the values given inline (not the metrics token: see marketplace.metricsTokenData). */}}
 {{- define "marketplace.secretData" -}}
 {{- $s := .Values.secrets }}
 {{- if $s.secretKey.value }}
@@ -174,8 +195,15 @@ REDIS_URL: {{ $s.redisUrl.value | b64enc | quote }}
 {{- end }}
 {{- end }}
 
-{{/* A projected volume of the three secrets, one file per variable; call with
-(dict "root" $ "secretName" <the chart's Secret holding inline values>). */}}
+{{/* The metrics token given inline, for the release's Secret only (the migrations Job needs none). */}}
+{{- define "marketplace.metricsTokenData" -}}
+{{- if .Values.secrets.metricsToken.value }}
+METRICS_TOKEN: {{ .Values.secrets.metricsToken.value | b64enc | quote }}
+{{- end }}
+{{- end }}
+
+{{/* A projected volume of the three secrets, one file per variable, and for web and gateway the metrics
+token; call with (dict "root" $ "secretName" <the chart's Secret holding inline values> "http" bool). */}}
 {{- define "marketplace.secretsVolume" -}}
 - name: secrets
   projected:
@@ -187,6 +215,14 @@ REDIS_URL: {{ $s.redisUrl.value | b64enc | quote }}
           items:
             - key: {{ .key }}
               path: {{ .variable }}
+      {{- end }}
+      {{- $metrics := include "marketplace.metricsTokenRef" .root | fromYaml }}
+      {{- if and .http $metrics }}
+      - secret:
+          name: {{ $metrics.secret }}
+          items:
+            - key: {{ $metrics.key }}
+              path: METRICS_TOKEN
       {{- end }}
 {{- end }}
 
@@ -206,6 +242,10 @@ REDIS_URL: {{ $s.redisUrl.value | b64enc | quote }}
       fieldPath: status.podIP
 - name: ALLOWED_HOSTS
   value: "$(ALLOWED_HOSTS),$(POD_IP)"
+{{- if include "marketplace.metricsTokenRef" .root }}
+- name: METRICS_TOKEN_FILE
+  value: /var/run/secrets/marketplace/METRICS_TOKEN
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -220,7 +260,7 @@ REDIS_URL: {{ $s.redisUrl.value | b64enc | quote }}
 {{/* Annotations that roll the pods when the settings or the secrets change. */}}
 {{- define "marketplace.checksums" -}}
 checksum/config: {{ include "marketplace.settings" . | sha256sum }}
-checksum/secret: {{ printf "%s%s" (include "marketplace.secretData" .) (include "marketplace.secretRefs" (dict "root" . "secretName" "")) | sha256sum }}
+checksum/secret: {{ printf "%s%s%s%s" (include "marketplace.secretData" .) (include "marketplace.secretRefs" (dict "root" . "secretName" "")) (include "marketplace.metricsTokenData" .) (include "marketplace.metricsTokenRef" .) | sha256sum }}
 {{- end }}
 
 {{/* Checks the schema cannot express; included by the ConfigMap, which every release renders. */}}
@@ -230,6 +270,16 @@ checksum/secret: {{ printf "%s%s" (include "marketplace.secretData" .) (include 
 {{- if and $secret.value $secret.existingSecret }}
 {{- fail (printf "secrets.%s: give either value or existingSecret, not both" $field) }}
 {{- end }}
+{{- end }}
+{{- $metrics := .Values.secrets.metricsToken }}
+{{- if and $metrics.value $metrics.existingSecret }}
+{{- fail "secrets.metricsToken: give either value or existingSecret, not both" }}
+{{- end }}
+{{- if and $metrics.value (lt (len $metrics.value) 24) }}
+{{- fail "secrets.metricsToken.value: at least 24 characters (e.g. `openssl rand -hex 32`)" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not (include "marketplace.metricsTokenRef" .)) }}
+{{- fail "serviceMonitor.enabled needs secrets.metricsToken (a value or an existingSecret): /metrics answers only callers on the pod itself without it, and Prometheus sends the token" }}
 {{- end }}
 {{- if eq (toString .Values.image.tag) "latest" }}
 {{- fail (printf "image.tag: `latest` is refused, pin a build (empty means the chart's appVersion, %s)" .Chart.AppVersion) }}
