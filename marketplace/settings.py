@@ -233,7 +233,10 @@ REST_FRAMEWORK = {
         "marketplace.accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "marketplace.accounts.tenancy.WithinKeyScope",  # a key limited to some deployments reaches only them
+    ],
     "DEFAULT_PAGINATION_CLASS": "marketplace.rest.Pagination",
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",

@@ -59,7 +59,14 @@ def change_role(membership: Membership, role: str, *, by_owner: bool) -> Members
 
 
 @transaction.atomic
-def remove_member(membership: Membership, *, by_owner: bool) -> None:
+def remove_member(membership: Membership, *, by_owner: bool) -> int:
+    """Remove a person from an organisation, and revoke the organisation's keys they created; return how
+    many were revoked.
+
+    A key outlives nobody's say-so: whoever leaves (or is removed) takes the keys they made with them, as
+    a cloud provider disables a departing user's access keys. Apps that must keep running use keys made
+    by someone who stays. Keys the person made in other organisations are untouched.
+    """
     if membership.role == Role.OWNER:
         if not by_owner:
             raise exceptions.PermissionDenied("Only an owner may remove an owner.")
@@ -67,7 +74,24 @@ def remove_member(membership: Membership, *, by_owner: bool) -> None:
             raise exceptions.ValidationError(
                 {"username": ["The last owner cannot leave: make someone else owner first."]}
             )
+    revoked = (
+        ApiKey.objects.usable()
+        .filter(organization=membership.organization_id, created_by=membership.user_id)
+        .update(revoked_at=timezone.now())
+    )
     membership.delete()
+    return revoked
+
+
+def removal_message(username: str, revoked: int) -> str:
+    """What removing someone did, in a sentence for the person who did it."""
+    if revoked == 0:
+        return f"{username} was removed; they had created no active API keys here."
+    keys = "API key" if revoked == 1 else "API keys"
+    return (
+        f"{username} was removed, and the {revoked} {keys} they created {'was' if revoked == 1 else 'were'} "
+        "revoked: apps using them must switch to a key made by someone who stays."
+    )
 
 
 def create_api_key(

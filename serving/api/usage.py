@@ -67,7 +67,10 @@ class UsageQuerySerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class UsageView(APIView):
-    """Usage of your organisations (platform admins: of all, or of `organization`), one row per group."""
+    """Usage of your organisations (platform admins: of all, or of `organization`), one row per group.
+    A key limited to some deployments reads only theirs."""
+
+    deployment_name_lookup = "deployment__name"
 
     @extend_schema(parameters=[UsageQuerySerializer], responses={200: dict})
     def get(self, request: Request) -> Response:
@@ -86,6 +89,7 @@ class UsageView(APIView):
             created_at__date__gte=params["since"],
             created_at__date__lte=params["until"],
         ).annotate(day=TruncDay("created_at"))
+        records = tenancy.narrow_to_key_scope(request, records, self.deployment_name_lookup)
         fields = [GROUPS[g] for g in params["group_by"]]
         rows = (
             records.values(*fields)

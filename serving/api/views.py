@@ -33,8 +33,9 @@ class DeploymentViewSet(
     TenantScopedViewSet,
 ):
     """Your organisations' deployments. Members create, scale, update and delete them; deleted ones are
-    listed with `?status=deleted`."""
+    listed with `?status=deleted`. A key limited to some deployments sees and acts on those only."""
 
+    deployment_name_lookup = "name"
     queryset = Deployment.objects.select_related("organization", "model_card", "instance_type")
     filterset_fields = ["status", "backend"]
     ordering_fields = ["created_at", "name", "status"]
@@ -53,6 +54,7 @@ class DeploymentViewSet(
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = DeploymentCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        tenancy.require_in_key_scope(request, serializer.validated_data["name"])
         organization = tenancy.resolve_organization(request, serializer.validated_data.get("organization"))
         deployment = serializer.create_deployment(organization, request.user)
         return Response(DeploymentDetailSerializer(deployment).data, status=status.HTTP_201_CREATED)

@@ -17,6 +17,8 @@ import json
 import struct
 from typing import Any, NoReturn
 
+from serving.gateway import request_fields
+
 Event = tuple[str, dict[str, Any]]
 
 # HTTP status of every bedrock-runtime error (service-2.json `error.httpStatusCode`). The gateway answers
@@ -29,11 +31,18 @@ ERROR_STATUS: dict[str, int] = {
     "ModelNotReadyException": 429, "InternalServerException": 500, "ServiceUnavailableException": 503,
 }  # fmt: skip
 
-# Sampling knobs vLLM understands and Converse has no field for. Anything else in
+# Sampling knobs vLLM understands and Converse has no field for (a part of the chat route's allow-list,
+# serving.gateway.request_fields, whose rules check their values). Anything else in
 # additionalModelRequestFields is refused: it could override a field we set (model, messages, stream).
 EXTRA_PARAMS = frozenset(
     {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed"}
 )
+
+# Where a chat request's field came from in a Converse request, to name it when the allow-list refuses it.
+CONVERSE_PATHS = {"messages": "messages", "max_tokens": "inferenceConfig.maxTokens",
+                  "temperature": "inferenceConfig.temperature", "top_p": "inferenceConfig.topP",
+                  "stop": "inferenceConfig.stopSequences", "tools": "toolConfig.tools",
+                  "tool_choice": "toolConfig.toolChoice"}  # fmt: skip
 
 # requestMetadata only tags invocation logs, which have no engine-side meaning, so it is accepted and ignored.
 REQUEST_FIELDS = frozenset(
@@ -122,6 +131,10 @@ def converse_to_openai(model: str, body: dict[str, Any], *, stream: bool = False
     if stream:
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
+    problem = request_fields.check("chat.completions", request)
+    if problem is not None:  # in practice a value in additionalModelRequestFields, the only one unchecked
+        extra_path = f"additionalModelRequestFields.{problem.field}"
+        _fail(CONVERSE_PATHS.get(problem.field, extra_path), problem.rule)
     return request
 
 
@@ -479,7 +492,9 @@ def invoke_body_to_openai(model: str, body: bytes, *, stream: bool = False) -> d
 
     As with OpenAI models on Bedrock, `model` and `stream` may be omitted and are filled in; when given
     they must match the path's modelId and the operation. Usage reporting (`stream_options`) is left to the
-    gateway, which meters every route the same way.
+    gateway, which meters every route the same way. The body is held to the chat route's allow-list
+    (serving.gateway.request_fields), as on `/v1/chat/completions`: an engine-only field (`chat_template`,
+    `ignore_eos`, `priority` …) or a value out of range (`n: -1`) is refused naming it, never forwarded.
     """
     try:
         payload = json.loads(body)
@@ -491,7 +506,11 @@ def invoke_body_to_openai(model: str, body: bytes, *, stream: bool = False) -> d
         _fail("body.model", f"must match the modelId in the path ({model!r}) or be omitted")
     if payload.get("stream") not in (None, stream):
         _fail("body.stream", f"must be {str(stream).lower()} for this operation or be omitted")
-    return {**payload, "model": model, "stream": stream}
+    request = {**payload, "model": model, "stream": stream}
+    problem = request_fields.check("chat.completions", request)
+    if problem is not None:
+        _fail(f"body.{problem.field}", problem.rule)
+    return request
 
 
 def openai_to_invoke_body(response: dict[str, Any]) -> bytes:

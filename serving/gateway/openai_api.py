@@ -16,20 +16,10 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from serving.gateway import pipeline, upstream
+from serving.gateway import pipeline, request_fields, upstream
 from serving.gateway.directory import Caller
 from serving.gateway.errors import openai_error
 
-COMMON = {"model", "user", "stream", "stream_options", "n", "seed", "max_tokens", "temperature", "top_p",
-          "stop", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_k", "min_p",
-          "repetition_penalty"}  # fmt: skip
-ALLOWED = {
-    "chat.completions": COMMON | {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
-                                  "parallel_tool_calls", "response_format", "metadata", "store"},
-    "completions": COMMON | {"prompt", "echo", "best_of", "suffix"},
-    "embeddings": {"model", "input", "encoding_format", "dimensions", "user"},
-}  # fmt: skip
-REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
 PATHS = {
     "chat.completions": "/v1/chat/completions",
     "completions": "/v1/completions",
@@ -75,39 +65,16 @@ def read_json(request: HttpRequest) -> dict[str, Any] | str:
 
 
 def check_shape(route: str, payload: dict[str, Any]) -> tuple[str, str] | None:
-    """(param, message) for the first thing a client got wrong, checked before anything is spent."""
-    unknown = sorted(set(payload) - ALLOWED[route])
-    if unknown:
-        return unknown[0], f"Unrecognized request argument supplied: {unknown[0]}"
-    if not isinstance(payload.get("model"), str) or not payload["model"]:
+    """(param, message) for the first thing a client got wrong, checked before anything is spent, against
+    the one allow-list of engine requests (serving.gateway.request_fields), in OpenAI's words."""
+    problem = request_fields.check(route, payload)
+    if problem is None:
+        return None
+    if problem.unknown:
+        return problem.field, f"Unrecognized request argument supplied: {problem.field}"
+    if problem.field == "model":
         return "model", "You must provide a model parameter (the name of one of your deployments)."
-    required = REQUIRED[route]
-    value = payload.get(required)
-    if route == "chat.completions" and (not isinstance(value, list) or not value):
-        return "messages", "'messages' must be a non-empty array of messages."
-    if route == "chat.completions" and not all(isinstance(m, dict) and "role" in m for m in value or ()):
-        return "messages", "Each message must be an object with a 'role'."
-    if route != "chat.completions" and (not isinstance(value, str | list) or value in ("", [])):
-        return required, f"'{required}' must be a non-empty string or array."
-    if "stream" in payload and not isinstance(payload["stream"], bool):
-        return "stream", "'stream' must be true or false."
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        if (
-            name in payload
-            and payload[name] is not None
-            and (not isinstance(payload[name], int) or isinstance(payload[name], bool) or payload[name] < 1)
-        ):
-            return name, f"'{name}' must be a whole number of at least 1."
-    for name in ("temperature", "top_p"):
-        if (
-            name in payload
-            and payload[name] is not None
-            and (not isinstance(payload[name], int | float) or isinstance(payload[name], bool))
-        ):
-            return name, f"'{name}' must be a number."
-    if payload.get("stream_options") is not None and not isinstance(payload["stream_options"], dict):
-        return "stream_options", "'stream_options' must be an object."
-    return None
+    return problem.field, f"'{problem.field}' {problem.rule}."
 
 
 async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingHttpResponse:

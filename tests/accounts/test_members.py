@@ -67,7 +67,9 @@ def test_the_last_owner_cannot_leave_or_be_demoted(client_for, owner) -> None:
 
 
 def test_a_member_may_leave(client_for, member) -> None:
-    assert client_for(member).delete(f"{MEMBERS}mario/").status_code == 204
+    response = client_for(member).delete(f"{MEMBERS}mario/")
+    assert response.status_code == 200
+    assert (response.json()["username"], response.json()["revoked_api_keys"]) == ("mario", 0)
     assert not Membership.objects.filter(user=member).exists()
 
 

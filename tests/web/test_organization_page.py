@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from marketplace.accounts.models import Membership, Quota
+from marketplace.accounts.models import ApiKey, Membership, Quota
+from marketplace.accounts.services import create_api_key
 from tests.conftest import make_user
 
 
@@ -44,3 +45,16 @@ def test_outsider_cannot_see_or_change_acme_members(browser_for, outsider, membe
     assert browser.post("/organization/members/mario/role/", {"role": "admin"}).status_code == 404
     assert browser.post("/organization/members/mario/remove/").status_code == 404
     assert Membership.objects.get(organization=acme, user=member).role == "member"
+
+
+def test_removing_a_member_says_how_many_of_their_keys_were_revoked(browser_for, owner, acme) -> None:
+    admin = make_user("ada")
+    Membership.objects.create(organization=acme, user=admin, role="admin")
+    made, _ = create_api_key(organization=acme, name="ci", created_by=admin, expires_at=None)
+    browser = browser_for(owner)
+    before = browser.get("/organization/").text
+    assert "created 1 active API key, revoked if they leave" in before
+    assert "The 1 API key they created will be revoked." in before  # in the confirmation
+    page = browser.post("/organization/members/ada/remove/", follow=True)
+    assert "ada was removed, and the 1 API key they created was revoked" in page.text
+    assert not ApiKey.objects.get(pk=made.pk).is_active

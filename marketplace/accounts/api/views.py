@@ -5,8 +5,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, generics, mixins, permissions, status, viewsets
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, generics, mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -139,14 +139,35 @@ class MemberDetailView(generics.GenericAPIView):
         services.change_role(membership, serializer.validated_data["role"], by_owner=by_owner)
         return Response(MembershipSerializer(membership).data)
 
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "MemberRemoved",
+                {
+                    "username": serializers.CharField(),
+                    "revoked_api_keys": serializers.IntegerField(
+                        help_text="The organisation's keys this person had created, revoked with them"
+                    ),
+                    "detail": serializers.CharField(),
+                },
+            )
+        }
+    )
     def delete(self, request: Request, slug: str, username: str) -> Response:
+        """Remove a member (or leave). The keys of this organisation they created are revoked too."""
         membership = self._membership(request, slug, username)
         leaving_self = membership.user_id == request.user.pk
         if not leaving_self:
             tenancy.require_manager(request, membership.organization)
         by_owner = tenancy.role_in(request, membership.organization) == Role.OWNER
-        services.remove_member(membership, by_owner=by_owner)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        revoked = services.remove_member(membership, by_owner=by_owner)
+        return Response(
+            {
+                "username": username,
+                "revoked_api_keys": revoked,
+                "detail": services.removal_message(username, revoked),
+            }
+        )
 
 
 class QuotaView(generics.GenericAPIView):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -14,17 +17,35 @@ from rest_framework import exceptions
 from marketplace.accounts import services, tenancy
 from marketplace.accounts.api.serializers import MembershipCreateSerializer, MembershipUpdateSerializer
 from marketplace.accounts.choices import Role
-from marketplace.accounts.models import Membership, Organization
+from marketplace.accounts.models import ApiKey, Membership, Organization
 from marketplace.web import current
 from marketplace.web.charts import quota_bars
 from marketplace.web.forms import NON_FIELD, field_errors, form_data
+
+
+def _members(organization: Organization) -> QuerySet[Membership]:
+    """The members, each with `api_keys`: the usable keys of this organisation they created, which
+    removing them revokes (counted in the same query)."""
+    keys = (
+        ApiKey.objects.usable()
+        .filter(organization=organization, created_by=OuterRef("user"))
+        .order_by()
+        .values("created_by")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
+    return (
+        organization.memberships.select_related("user")
+        .annotate(api_keys=Coalesce(Subquery(keys), 0))
+        .order_by("user__username")
+    )
 
 
 def _context(request: HttpRequest, organization: Organization) -> dict[str, Any]:
     role = tenancy.role_in(request, organization)
     return {
         "organization": organization,
-        "members": organization.memberships.select_related("user").order_by("user__username"),
+        "members": _members(organization),
         "bars": quota_bars(organization),
         "quota": organization.quota,
         "role": role,
@@ -124,7 +145,8 @@ def remove_member(request: HttpRequest, username: str) -> HttpResponse:
         if membership.user_id != request.user.pk:
             tenancy.require_manager(request, organization)
         by_owner = tenancy.role_in(request, organization) == Role.OWNER
-        services.remove_member(membership, by_owner=by_owner)
+        revoked = services.remove_member(membership, by_owner=by_owner)
     except exceptions.APIException as error:
         return _refused(request, organization, error)
+    messages.success(request, services.removal_message(username, revoked))
     return redirect("web:organization")

@@ -15,11 +15,9 @@ from django.views.decorators.http import require_GET
 from marketplace.accounts.models import Membership
 from marketplace.web.views.deployments import deployment_or_404, visible_deployments
 from serving.choices import DeploymentStatus
-from serving.gateway import openai_api, pipeline
+from serving.gateway import openai_api, pipeline, request_fields
 from serving.gateway.errors import openai_error
 
-# What the page may set; everything else of the engine's API stays with API keys.
-PLAYGROUND_FIELDS = {"messages", "max_tokens", "temperature"}
 CHATTABLE = (DeploymentStatus.READY, DeploymentStatus.UPDATING)
 
 
@@ -69,7 +67,7 @@ async def playground_chat(request: HttpRequest, pk: int) -> HttpResponse | Strea
     payload = openai_api.read_json(request)
     if isinstance(payload, str):
         return openai_api.body_error(payload)
-    unknown = sorted(set(payload) - PLAYGROUND_FIELDS)
+    unknown = sorted(set(payload) - request_fields.PLAYGROUND_FIELDS)
     if unknown:
         return openai_error(400, f"The playground does not send '{unknown[0]}'.", param=unknown[0])
     caller = await pipeline.services().directory.person(organization_id)
