@@ -153,13 +153,14 @@ async def _stream(
     async def relay() -> AsyncIterator[bytes]:
         try:
             async for event in upstream.events(exchange):
-                if not event.startswith(b"data: {"):
+                chunk = pipeline.read_chunk(event)
+                if chunk is None:
                     continue  # "data: [DONE]" and comments have no Bedrock counterpart
-                chunk = json.loads(event[6:])
                 if chunk.get("usage") and not chunk.get("choices"):
                     call.saw_usage(chunk["usage"])
                 elif chunk.get("choices"):
                     call.first_token()
+                    call.relayed(chunk)  # metered even if the caller leaves before the usage chunk
                 for framed in frame(chunk):
                     yield framed
             for framed in close(round((time.perf_counter() - call.started) * 1000)):

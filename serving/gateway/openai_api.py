@@ -163,16 +163,14 @@ async def _stream(
     async def relay() -> AsyncIterator[bytes]:
         try:
             async for event in upstream.events(exchange):
-                if event.startswith(b"data: {") and b'"usage"' in event:
-                    chunk = json.loads(event[6:])
-                    if chunk.get("usage") and not chunk.get("choices"):
-                        call.saw_usage(chunk["usage"])
-                        if not wants_usage:
-                            continue
-                    elif chunk.get("choices"):
-                        call.first_token()
-                elif event.startswith(b"data: {"):
+                chunk = pipeline.read_chunk(event)
+                if chunk is not None and chunk.get("choices"):
                     call.first_token()
+                    call.relayed(chunk)  # metered even if the caller leaves before the usage chunk
+                elif chunk is not None and chunk.get("usage"):
+                    call.saw_usage(chunk["usage"])
+                    if not wants_usage:
+                        continue
                 yield event
         except upstream.UpstreamError as error:
             call.status_code = error.status

@@ -64,9 +64,60 @@ def services() -> Services:
     return found
 
 
+# What an engine reads as its prompt: the chat template renders the messages (every content part, tool
+# calls and tool results, system prompts, which Bedrock's `system` becomes) and the tools' schemas (which
+# Bedrock's `toolConfig` becomes) into one text; completions read the prompt and the suffix; embeddings
+# the input.
+PROMPT_FIELDS = ("messages", "tools", "prompt", "suffix", "input")
+
+
 def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
-    text = payload.get("messages") or payload.get("prompt") or payload.get("input") or ""
-    return max(1, len(json.dumps(text, ensure_ascii=False)) // BYTES_PER_TOKEN)
+    """Prompt tokens to count at admission, before the engine has counted them: the JSON text of every
+    field the engine reads as its prompt (PROMPT_FIELDS), BYTES_PER_TOKEN characters a token. One
+    serialisation, no tokenizer: admission stays cheap, and a caller cannot make a large prompt look
+    small by moving it into a field the estimate skips. The engine's own count replaces it when it
+    reports usage."""
+    read = [payload[name] for name in PROMPT_FIELDS if payload.get(name)]
+    return max(1, len(json.dumps(read, ensure_ascii=False)) // BYTES_PER_TOKEN)
+
+
+# A streamed chat delta's members that hold generated text (vLLM's reasoning parsers fill
+# `reasoning_content` in older releases, `reasoning` in newer ones).
+GENERATED = ("content", "tool_calls", "reasoning_content", "reasoning")
+
+
+def relayed_tokens(chunk: dict[str, Any]) -> int:
+    """Completion tokens one streamed chunk carried to the caller: one per choice whose delta holds
+    generated text (content, reasoning, a tool call) or, for completions, whose `text` is not empty.
+
+    Counting what was relayed, rather than asking the engine to tokenize it, costs no extra round trip
+    to the engine on the hot path (and the engine may be gone when the caller is). It is exact for
+    vLLM, which streams one event per generated token of each choice, and a lower bound for an engine
+    that joins several tokens into one event (speculative decoding): a caller is never charged for
+    more than was sent. The engine's usage chunk, when it comes, replaces the count.
+    """
+    tokens = 0
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            tokens += any(map(delta.get, GENERATED))
+        elif choice.get("text"):
+            tokens += 1
+    return tokens
+
+
+def read_chunk(event: bytes) -> dict[str, Any] | None:
+    """The JSON object of one server-sent event (`data: {…}`), or None for anything else (`[DONE]`, a
+    comment, a line an engine garbled), which is relayed as it is and counts for nothing."""
+    if not event.startswith(b"data: {"):
+        return None
+    try:
+        chunk = json.loads(event[6:])
+    except ValueError:
+        return None
+    return chunk if isinstance(chunk, dict) else None
 
 
 @dataclass
@@ -89,9 +140,17 @@ class Call:
     payload: dict[str, Any] = field(default_factory=dict)  # the engine request, once translated
 
     def saw_usage(self, usage: dict[str, Any] | None) -> None:
+        """The engine's own counts, which replace the estimate and the relayed count."""
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def relayed(self, chunk: dict[str, Any]) -> None:
+        """Count the completion tokens a streamed chunk carried to the caller (`relayed_tokens`), so a
+        stream the caller leaves before the engine's usage chunk is still metered for what it received.
+        Nothing is counted once the engine has reported usage: its figures are exact."""
+        if self.prompt_tokens is None:
+            self.completion_tokens += relayed_tokens(chunk)
 
     def first_token(self) -> None:
         if self.first_token_at is None:

@@ -70,7 +70,8 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
 
 
 class SlowStreamingEngine(BaseHTTPRequestHandler):
-    """A stand-in engine that streams an event every 0.1 s for ten seconds, and notes when the caller's
+    """A stand-in engine that streams an event of one token every 0.1 s for ten seconds (a chat delta,
+    or a completion's text on /v1/completions) and never its usage chunk, and notes when the caller's
     side went away (the gateway closed the engine request)."""
 
     aborted_at: list[float] = []
@@ -80,9 +81,12 @@ class SlowStreamingEngine(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()
+        event = b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n'
+        if self.path == "/v1/completions":
+            event = b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n'
         try:
             for _ in range(100):
-                self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n')
+                self.wfile.write(event)
                 self.wfile.flush()
                 time.sleep(0.1)
         except OSError:
