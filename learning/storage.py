@@ -101,11 +101,13 @@ class FolderStore:
                 break
 
     def list(self, prefix: str) -> list[str]:
-        if not self.root.is_dir():
+        # Walk only the folder the prefix's complete parts name (`invocation-logs/org-3/` → that folder).
+        folder = self.root.joinpath(*[part for part in prefix.split("/")[:-1] if part not in ("", ".", "..")])
+        if not folder.is_dir():
             return []
         keys = (
             path.relative_to(self.root).as_posix()
-            for path in self.root.rglob("*")
+            for path in folder.rglob("*")
             if path.is_file() and not path.name.startswith(".part-")
         )
         return sorted(key for key in keys if key.startswith(prefix))
