@@ -290,6 +290,7 @@ def prepare_gateway(upstream: str) -> str:
     from marketplace.accounts import services as account_services
     from marketplace.accounts.models import Quota
     from marketplace.catalog.models import InstanceType, ModelCard
+    from marketplace.subscriptions.services import subscribe
     from serving.choices import Backend, DeploymentStatus
     from serving.models import Deployment
 
@@ -302,8 +303,10 @@ def prepare_gateway(upstream: str) -> str:
     )
     _, secret = account_services.create_api_key(organization=organization, name="bench", created_by=owner,
                                                 expires_at=None)  # fmt: skip
+    card = ModelCard.objects.get(slug="smollm2-135m-instruct")
+    subscribe(organization=organization, card=card, license_sha256=None, user=owner)  # served only then
     Deployment.objects.create(
-        organization=organization, name=MODEL, model_card=ModelCard.objects.get(slug="smollm2-135m-instruct"),
+        organization=organization, name=MODEL, model_card=card,
         instance_type=InstanceType.objects.get(slug="local-cpu"), backend=Backend.LOCAL,
         status=DeploymentStatus.READY, status_message="Ready.", ready_replicas=1, desired_replicas=1,
         endpoints=[upstream],

@@ -18,7 +18,7 @@ from rest_framework import exceptions
 
 from marketplace.accounts.models import Organization, Quota
 from marketplace.catalog.models import InstanceType, ModelCard
-from marketplace.subscriptions.services import subscription_in_force
+from marketplace.subscriptions.services import require_in_force, subscription_in_force
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
 from serving.models import Deployment, DeploymentEvent, UsageRecord
 from serving.spec import Autoscaling, DeploymentSpec, InstanceSpec, ModelSpec
@@ -412,12 +412,15 @@ EDITABLE = (DeploymentStatus.PENDING, DeploymentStatus.PROVISIONING, DeploymentS
 
 
 def scale_deployment(deployment: Deployment, scaling: Scaling) -> Deployment:
-    """Change replica bounds and policy; quota is checked again for the new maximum."""
+    """Change replica bounds and policy; quota is checked again for the new maximum. While the model's
+    subscription is not in force (cancelled, or changed terms not yet accepted) it may shrink, not grow."""
     check_scaling(scaling, deployment.backend)
     with transaction.atomic():
         row = Deployment.objects.select_for_update().get(pk=deployment.pk)
         if row.status not in EDITABLE:
             raise _refuse("status", f"A {row.get_status_display().lower()} deployment cannot be scaled.")
+        if scaling.min_replicas > row.min_replicas or scaling.max_replicas > row.max_replicas:
+            require_in_force(row.organization, row.model_card, refused="this deployment cannot be scaled up")
         reserved = check_quota(
             row.organization,
             instance_type=row.instance_type,
@@ -455,6 +458,7 @@ def update_deployment(
         )
         if row.status not in EDITABLE:
             raise _refuse("status", f"A {row.get_status_display().lower()} deployment cannot be updated.")
+        require_in_force(row.organization, row.model_card, refused="this deployment cannot be updated")
         new_instance = instance_type or row.instance_type
         check_model_and_instance(row.model_card, new_instance, row.backend)
         tp_request = tensor_parallel_size if tensor_parallel_size is not None else (

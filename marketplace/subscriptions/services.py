@@ -7,9 +7,11 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import exceptions
 
-from marketplace.accounts.models import Organization
+from marketplace.accounts.models import Organization, Quota
+from marketplace.api import Conflict
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.models import LicenseAcceptance, Subscription, SubscriptionStatus
+from serving.models import Deployment
 
 
 @transaction.atomic
@@ -66,8 +68,30 @@ def subscribe(
     return subscription, created
 
 
+@transaction.atomic
 def unsubscribe(subscription: Subscription) -> Subscription:
-    """Idempotent; the acceptance history stays."""
+    """Cancel a subscription. Idempotent; the acceptance history stays.
+
+    Refused (409, naming them) while the organisation has live deployments of the model: giving up the
+    license while still serving the model would leave the customer serving it without one, and stopping
+    them silently would take an app down by surprise. So they are deleted first, on purpose.
+    """
+    # The quota row is the lock create_deployment admits under: a deployment being admitted now is
+    # either committed before the count below, or admitted after the cancellation (and then refused).
+    Quota.objects.select_for_update().filter(organization=subscription.organization_id).first()
+    names = list(
+        Deployment.objects.live()
+        .filter(organization=subscription.organization_id, model_card=subscription.model_card_id)
+        .order_by("name")
+        .values_list("name", flat=True)
+    )
+    if names:
+        several = len(names) > 1
+        raise Conflict(
+            f"{subscription.organization.name} still runs {len(names)} deployment{'s' if several else ''} "
+            f"of {subscription.model_card.name}: {', '.join(names)}. Delete {'them' if several else 'it'} "
+            "first, then unsubscribe."
+        )
     Subscription.objects.filter(pk=subscription.pk, status=SubscriptionStatus.ACTIVE).update(
         status=SubscriptionStatus.CANCELLED, cancelled_at=timezone.now()
     )
@@ -77,3 +101,28 @@ def unsubscribe(subscription: Subscription) -> Subscription:
 
 def subscription_in_force(organization: Organization, card: ModelCard) -> bool:
     return Subscription.objects.in_force().filter(organization=organization, model_card=card).exists()
+
+
+def lapse_reason(organization: Organization, card: ModelCard) -> str | None:
+    """Why `organization`'s subscription to `card` is not in force, as a sentence saying what to do;
+    None when it is. Pure apart from one read."""
+    subscription = Subscription.objects.filter(organization=organization, model_card=card).first()
+    if subscription is None or subscription.status != SubscriptionStatus.ACTIVE:
+        return (
+            f"{organization.name} is not subscribed to {card.name}: an owner or admin subscribes again on "
+            "the model's page."
+        )
+    if subscription.license_sha256 != card.license_sha256:
+        return (
+            f"The license terms of {card.name} changed since {organization.name} accepted them: an owner or "
+            "admin accepts the new terms on the model's page."
+        )
+    return None
+
+
+def require_in_force(organization: Organization, card: ModelCard, *, refused: str) -> None:
+    """Raise 409, naming the field `model`, unless the subscription is in force. `refused` completes
+    "Until then, …" with what cannot be done (e.g. "this deployment cannot be updated")."""
+    reason = lapse_reason(organization, card)
+    if reason is not None:
+        raise Conflict({"model": [f"{reason} Until then, {refused}, and the API does not serve it."]})

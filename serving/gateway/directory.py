@@ -18,6 +18,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from marketplace.accounts.models import API_KEY_PREFIX, ApiKey, Quota, hash_api_key
+from marketplace.subscriptions.models import Subscription
 from serving.choices import DeploymentStatus
 from serving.gateway.limits import Limits
 from serving.models import Deployment
@@ -164,8 +165,15 @@ def _caller(organization_id: int, key: ApiKey | None) -> Caller:
 def _load_targets(organization_id: int) -> dict[str, Target]:
     # A ready deployment scaled to zero has no endpoint: it is still a target, so that its request is
     # counted (the metric its KEDA trigger wakes on) and answered 503 "try again shortly".
+    # A deployment whose model's subscription is not in force (cancelled, or changed license terms not
+    # yet accepted) is no target: it answers 404 like any name the caller cannot call, until an owner or
+    # admin accepts the terms (the REST API and the model's page say why).
     rows = Deployment.objects.filter(
-        organization_id=organization_id, status__in=(DeploymentStatus.READY, DeploymentStatus.UPDATING)
+        organization_id=organization_id,
+        status__in=(DeploymentStatus.READY, DeploymentStatus.UPDATING),
+        model_card__in=Subscription.objects.in_force()
+        .filter(organization_id=organization_id)
+        .values("model_card"),
     ).select_related("model_card")
     return {
         row.name: Target(

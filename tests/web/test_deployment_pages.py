@@ -66,7 +66,7 @@ def test_usage_charts_count_the_calls(browser_for, member, acme, acme_deployment
     assert "3 requests" in day and "70 tokens" in day
 
 
-def test_scale(browser_for, member, acme_deployment) -> None:
+def test_scale(browser_for, member, subscribed, acme_deployment) -> None:
     response = browser_for(member).post(
         f"/deployments/{acme_deployment.pk}/scale/",
         {"min_replicas": "2", "max_replicas": "2", "autoscaling_policy": "fixed"},
@@ -80,7 +80,7 @@ def test_scale(browser_for, member, acme_deployment) -> None:
     )
 
 
-def test_scale_over_quota_is_refused_inline(browser_for, member, acme, acme_deployment) -> None:
+def test_scale_over_quota_is_refused_inline(browser_for, member, acme, subscribed, acme_deployment) -> None:
     Quota.objects.filter(organization=acme).update(max_gpus=1)
     response = browser_for(member).post(
         f"/deployments/{acme_deployment.pk}/scale/",

@@ -72,3 +72,22 @@ def test_outsider_subscribes_only_their_own_organisation(browser_for, outsider, 
 def test_outsider_cannot_unsubscribe_acme(browser_for, outsider, subscribed, acme) -> None:
     assert browser_for(outsider).post(f"{PAGE}unsubscribe/").status_code == 404
     assert Subscription.objects.get(organization=acme).in_force
+
+
+def test_unsubscribing_with_live_deployments_is_refused_naming_them(
+    browser_for, owner, subscribed, acme, acme_deployment
+) -> None:
+    response = browser_for(owner).post(f"{PAGE}unsubscribe/")
+    assert response.status_code == 409
+    assert 'id="unsubscribe-error"' in response.text
+    assert "Acme still runs 1 deployment of Llama 3.1 8B Instruct: chat. Delete it first" in response.text
+    assert Subscription.objects.get(organization=acme).in_force
+
+
+def test_changed_license_says_what_stops_until_accepted(browser_for, owner, subscribed) -> None:
+    license = License.objects.get(pk=card().license_id)
+    license.text += "\nA new clause."
+    license.save()
+    card().save()
+    page = browser_for(owner).get(PAGE).text
+    assert "deployments of Llama 3.1 8B Instruct are not served and cannot be scaled up or updated" in page

@@ -225,5 +225,10 @@ def unsubscribe(request: HttpRequest, slug: str) -> HttpResponse:
         context = _model_context(request, card)
         context["errors"] = {"unsubscribe": ["Only an owner or admin may unsubscribe."]}
         return render(request, "web/model.html", context, status=403)
-    subscriptions.unsubscribe(subscription)
+    try:
+        subscriptions.unsubscribe(subscription)
+    except exceptions.APIException as error:  # live deployments of the model: delete them first
+        context = _model_context(request, card)
+        context["errors"] = {"unsubscribe": [str(error.detail)]}
+        return render(request, "web/model.html", context, status=error.status_code)
     return redirect("web:model", slug=card.slug)

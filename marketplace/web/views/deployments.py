@@ -15,6 +15,7 @@ from rest_framework import exceptions
 
 from marketplace.accounts import tenancy
 from marketplace.accounts.models import Organization
+from marketplace.api import Conflict
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.models import Subscription
 from marketplace.web import charts, current
@@ -206,11 +207,11 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
         serializer = DeploymentScaleSerializer(data=form_data(request.POST, SCALING_FIELDS))
         serializer.is_valid(raise_exception=True)
         services.scale_deployment(deployment, serializer.scaling())
-    except exceptions.ValidationError as error:
+    except (exceptions.ValidationError, Conflict) as error:  # Conflict: the model's terms not accepted
         context = _detail_context(request, deployment)
-        context["errors"] = field_errors(error)
+        context["errors"] = field_errors(exceptions.ValidationError(error.detail))  # either kind, by field
         context["scale_values"] = request.POST.dict()
-        return render(request, "web/deployment.html", context, status=400)
+        return render(request, "web/deployment.html", context, status=error.status_code)
     return redirect("web:deployment", pk=deployment.pk)
 
 

@@ -27,6 +27,7 @@ from django.conf import settings
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import ApiKey, Organization, Quota
 from marketplace.catalog.models import InstanceType, ModelCard
+from marketplace.subscriptions.services import subscribe
 from serving.choices import Backend, DeploymentStatus
 from serving.local import engine_env
 from serving.models import Deployment
@@ -259,11 +260,14 @@ class Tenant:
 
 
 def deploy(organization: Organization, name: str, slug: str, endpoint: str) -> Deployment:
-    """A ready deployment row whose replica is the given engine (what the reconciler would record)."""
+    """A ready deployment row whose replica is the given engine (what the reconciler would record), of a
+    model the organisation is subscribed to (the gateway serves no other)."""
+    card = ModelCard.objects.get(slug=slug)
+    subscribe(organization=organization, card=card, license_sha256=None, user=None)
     return Deployment.objects.create(
         organization=organization,
         name=name,
-        model_card=ModelCard.objects.get(slug=slug),
+        model_card=card,
         instance_type=InstanceType.objects.get(slug="local-cpu"),
         backend=Backend.LOCAL,
         status=DeploymentStatus.READY,
