@@ -146,6 +146,10 @@ GATEWAY_CACHE_SECONDS: {{ .Values.config.gateway.cacheSeconds | int64 | quote }}
 GATEWAY_CONNECT_TIMEOUT: {{ .Values.config.gateway.connectTimeout | int64 | quote }}
 GATEWAY_READ_TIMEOUT: {{ .Values.config.gateway.readTimeout | int64 | quote }}
 GATEWAY_MAX_BODY_BYTES: {{ .Values.config.gateway.maxBodyBytes | int64 | quote }}
+OBJECT_STORE_BUCKET: {{ .Values.config.objectStore.bucket | quote }}
+OBJECT_STORE_ENDPOINT_URL: {{ .Values.config.objectStore.endpointUrl | quote }}
+OBJECT_STORE_REGION: {{ .Values.config.objectStore.region | quote }}
+OBJECT_STORE_ACCESS_KEY_ID: {{ .Values.config.objectStore.accessKeyId | quote }}
 {{- range $name, $value := .Values.config.extraEnv }}
 {{ $name }}: {{ $value | quote }}
 {{- end }}
@@ -160,12 +164,18 @@ GATEWAY_MAX_BODY_BYTES: {{ .Values.config.gateway.maxBodyBytes | int64 | quote }
   secret: {{ $secret.existingSecret | default $ownSecret }}
   key: {{ ternary $secret.key $variable (not (empty $secret.existingSecret)) }}
 {{- end }}
+{{- $store := .root.Values.secrets.objectStoreSecretAccessKey }}
+{{- if or $store.value $store.existingSecret }}
+- variable: OBJECT_STORE_SECRET_ACCESS_KEY
+  secret: {{ $store.existingSecret | default $ownSecret }}
+  key: {{ ternary $store.key "OBJECT_STORE_SECRET_ACCESS_KEY" (not (empty $store.existingSecret)) }}
+{{- end }}
 {{- end }}
 
 {{/* True when at least one of the three secrets is given as a value, so the chart must store it. */}}
 {{- define "marketplace.hasSecretValues" -}}
 {{- $s := .Values.secrets }}
-{{- if or $s.secretKey.value $s.databaseUrl.value $s.redisUrl.value }}true{{ end }}
+{{- if or $s.secretKey.value $s.databaseUrl.value $s.redisUrl.value $s.objectStoreSecretAccessKey.value }}true{{ end }}
 {{- end }}
 
 {{/* The metrics token, when configured: (secret, key) of METRICS_TOKEN, as YAML; empty without one. Only
@@ -192,6 +202,9 @@ DATABASE_URL: {{ $s.databaseUrl.value | b64enc | quote }}
 {{- end }}
 {{- if $s.redisUrl.value }}
 REDIS_URL: {{ $s.redisUrl.value | b64enc | quote }}
+{{- end }}
+{{- if $s.objectStoreSecretAccessKey.value }}
+OBJECT_STORE_SECRET_ACCESS_KEY: {{ $s.objectStoreSecretAccessKey.value | b64enc | quote }}
 {{- end }}
 {{- end }}
 
@@ -235,6 +248,11 @@ token; call with (dict "root" $ "secretName" <the chart's Secret holding inline 
   value: /var/run/secrets/marketplace/DATABASE_URL
 - name: REDIS_URL_FILE
   value: /var/run/secrets/marketplace/REDIS_URL
+{{- $store := .root.Values.secrets.objectStoreSecretAccessKey }}
+{{- if or $store.value $store.existingSecret }}
+- name: OBJECT_STORE_SECRET_ACCESS_KEY_FILE
+  value: /var/run/secrets/marketplace/OBJECT_STORE_SECRET_ACCESS_KEY
+{{- end }}
 {{- if .http }}
 - name: POD_IP
   valueFrom:
@@ -265,7 +283,7 @@ checksum/secret: {{ printf "%s%s%s%s" (include "marketplace.secretData" .) (incl
 
 {{/* Checks the schema cannot express; included by the ConfigMap, which every release renders. */}}
 {{- define "marketplace.validate" -}}
-{{- range $field := list "secretKey" "databaseUrl" "redisUrl" }}
+{{- range $field := list "secretKey" "databaseUrl" "redisUrl" "objectStoreSecretAccessKey" }}
 {{- $secret := index $.Values.secrets $field }}
 {{- if and $secret.value $secret.existingSecret }}
 {{- fail (printf "secrets.%s: give either value or existingSecret, not both" $field) }}
