@@ -100,7 +100,8 @@ def logs(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {"organization": organization, "errors": {}, "values": request.GET.dict()}
     if organization is None:
         return render(request, "web/logs.html", context)
-    query = RecordQuerySerializer(data={k: v for k, v in request.GET.items() if v.strip()})
+    filled = {name: str(value).strip() for name, value in request.GET.items() if str(value).strip()}
+    query = RecordQuerySerializer(data=filled)
     if not query.is_valid():
         context["errors"] = field_errors(query.errors)
         return render(request, "web/logs.html", context, status=400)
