@@ -195,3 +195,13 @@ def test_deleting_an_organisation_deletes_its_stored_objects_after_commit(
     for callback in callbacks:
         callback()
     assert configured_store.list("") == acme_keys
+
+
+def test_the_writer_and_retention_are_celery_tasks_beat_runs(settings: Any) -> None:
+    from marketplace.celery import app
+
+    app.loader.import_default_modules()  # what a worker does at start: autodiscovery of every app's tasks
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    for name in ("learning.tasks.write_invocation_logs", "learning.tasks.expire_invocation_logs"):
+        assert name in app.tasks and name in scheduled
+    assert "learning.tasks.delete_log_objects" in app.tasks
