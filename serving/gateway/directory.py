@@ -3,15 +3,29 @@
 In steady state a request costs no database query: a key's record and an organisation's deployments are
 read at most once per TTL per process. A revoked key or a deployment that stopped being ready is
 therefore noticed within the TTL (a few seconds), which is the price of that speed.
+
+Unknown keys cost nothing either: a key the database does not know is remembered as unknown for the
+same TTL (in a cache of its own, bounded, so a flood of made-up keys evicts only made-up keys), and
+every failed authentication counts against its client address's budget in Redis
+(GATEWAY_AUTH_FAILURES_PER_MINUTE, serving/gateway/limits.py). A key that has to be looked up takes
+from that budget first, and gives it back when it was valid; an address without budget left is refused
+(`AuthenticationThrottled`, a 429) before any database work. The client address is the ASGI scope's
+(`client_address`, set by serving/gateway/asgi.py); behind a proxy, uvicorn's FORWARDED_ALLOW_IPS makes
+it the client's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
@@ -20,7 +34,7 @@ from django.utils import timezone
 from marketplace.accounts.models import API_KEY_PREFIX, ApiKey, Quota, hash_api_key
 from marketplace.subscriptions.models import Subscription
 from serving.choices import DeploymentStatus
-from serving.gateway.limits import Limits
+from serving.gateway.limits import Limits, RateLimiter
 from serving.models import Deployment
 
 
@@ -44,9 +58,39 @@ class Target:
     is_embedding: bool
 
 
+log = logging.getLogger(__name__)
+
+# The address of the client whose request is being served, when the ASGI front knows it.
+client_address: contextvars.ContextVar[str | None] = contextvars.ContextVar("client_address", default=None)
+
+UNKNOWN_KEYS_REMEMBERED = 10_000
+
+
+class AuthenticationThrottled(Exception):
+    """The client address has used its failed-authentication budget; answered 429 in the route's API
+    format (serving/gateway/asgi.py)."""
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            f"Too many failed authentications from your address: retry in {retry_after_seconds} s "
+            "with a valid API key."
+        )
+        self.retry_after_seconds = retry_after_seconds
+
+
+class AuthenticationUnavailable(Exception):
+    """A key that must be looked up in the database cannot be, because Redis cannot count the attempt
+    against its address's budget (a 503 in the route's API format, like any request the limits cannot
+    check): otherwise a flood that exhausts Redis would reach the database unbounded."""
+
+
 class _TtlCache:
-    def __init__(self, ttl: float) -> None:
+    """Entries that expire `ttl` seconds after they were put; past `size` entries the oldest go first
+    (all share one TTL, so the oldest is also the first to expire)."""
+
+    def __init__(self, ttl: float, size: int = 50_000) -> None:
         self.ttl = ttl
+        self.size = size
         self.entries: dict[Any, tuple[float, Any]] = {}
 
     def get(self, key: Any) -> tuple[bool, Any]:
@@ -56,19 +100,59 @@ class _TtlCache:
         return True, entry[1]
 
     def put(self, key: Any, value: Any) -> None:
-        if len(self.entries) > 50_000:  # a flood of made-up keys must not grow memory without end
-            self.entries.clear()
+        self.entries.pop(key, None)  # re-inserted at the end: insertion order stays expiry order
+        while len(self.entries) >= self.size:
+            del self.entries[next(iter(self.entries))]
         self.entries[key] = (time.monotonic() + self.ttl, value)
 
 
+class _Loads:
+    """One lock per key being looked up, kept for as long as a request holds or awaits it: requests for
+    a key wait for the one look-up in progress and then find its answer in the cache, even when a
+    look-up failed (Redis away) and the next waiter tries again. Without that, a burst arriving while
+    a look-up fails would start look-ups side by side, each taking from its address's budget."""
+
+    def __init__(self) -> None:
+        self.locks: dict[Any, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        lock, users = self.locks.get(key) or (asyncio.Lock(), 0)
+        self.locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self.locks[key]
+            if users == 1:
+                del self.locks[key]
+            else:
+                self.locks[key] = (lock, users - 1)
+
+
 class Directory:
-    def __init__(self, ttl: float | None = None) -> None:
+    def __init__(self, ttl: float | None = None, *, limiter: RateLimiter | None = None) -> None:
         ttl = settings.GATEWAY_CACHE_SECONDS if ttl is None else ttl
         self.keys = _TtlCache(ttl)
+        self.unknown_keys = _TtlCache(ttl, size=UNKNOWN_KEYS_REMEMBERED)
         self.deployments = _TtlCache(ttl)
         # One load per missing entry at a time: a burst of requests with a cold cache makes one query,
         # not one query (and one database connection) per request.
         self.loading: dict[Any, asyncio.Lock] = {}
+        self.key_loads = _Loads()
+        self._limiter = limiter
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The failed-authentication budgets' limiter: a connection of the directory's own, opened
+        when first needed (only requests that are not in the cache need it)."""
+        if self._limiter is None:
+            # Blocking: a burst waits (up to 5 s) for a free connection instead of failing.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=50, timeout=5, socket_timeout=5
+            )
+            self._limiter = RateLimiter(redis.asyncio.Redis(connection_pool=pool))
+        return self._limiter
 
     async def _load(self, cache: _TtlCache, key: Any, load: Any, argument: Any) -> Any:
         found, value = cache.get(key)
@@ -85,14 +169,69 @@ class Directory:
 
     async def caller(self, authorization: str) -> Caller | None:
         """The caller behind `Authorization: Bearer mk-…`, or None for a missing, unknown, expired or
-        revoked key (all answered alike)."""
+        revoked key (all answered alike). AuthenticationThrottled when the client address has no
+        failed-authentication budget left and the answer is not in the cache."""
         scheme, _, secret = authorization.partition(" ")
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret.startswith(API_KEY_PREFIX):
+            await self._take_attempt()
             return None
         hashed = hash_api_key(secret)
-        caller: Caller | None = await self._load(self.keys, hashed, _load_caller, hashed)
+        found, caller = self.keys.get(hashed)
+        if found:
+            return caller
+        async with self.key_loads.hold(hashed):
+            caller, counted = await self._look_up(hashed)
+        if caller is None and not counted:
+            await self._take_attempt()
         return caller
+
+    async def _look_up(self, hashed: str) -> tuple[Caller | None, bool]:
+        """(the caller, whether a failed attempt was counted): from the caches when they know the key
+        (another request may have loaded it while this one waited), else from the database, the attempt
+        counted first and given back if the key is valid."""
+        found, caller = self.keys.get(hashed)
+        if found:
+            return caller, False
+        if self.unknown_keys.get(hashed)[0]:
+            return None, False
+        entry = await self._take_attempt(before_lookup=True)
+        caller = await sync_to_async(_closing(_load_caller))(hashed)
+        if caller is None:
+            self.unknown_keys.put(hashed, None)
+            return None, True
+        self.keys.put(hashed, caller)
+        if entry:
+            await self._give_back(entry)
+        return caller, False
+
+    async def _take_attempt(self, *, before_lookup: bool = False) -> str:
+        """Count an attempt against the client address's budget; raise AuthenticationThrottled when it
+        has none left. Without a known address (a request that did not come through the ASGI front)
+        nothing is counted. Without Redis, an attempt about to reach the database raises
+        AuthenticationUnavailable; one that already failed without it is not counted (it cost nothing)."""
+        address = client_address.get()
+        if address is None:
+            return ""
+        try:
+            entry, wait_ms = await self.limiter.take_authentication_attempt(
+                address, settings.GATEWAY_AUTH_FAILURES_PER_MINUTE
+            )
+        except redis.RedisError as error:
+            if before_lookup:
+                raise AuthenticationUnavailable(str(error)) from error
+            return ""
+        if not entry:
+            raise AuthenticationThrottled(max(1, -(-wait_ms // 1000)))
+        return entry
+
+    async def _give_back(self, entry: str) -> None:
+        address = client_address.get()
+        if address is not None:
+            try:
+                await self.limiter.give_back_authentication_attempt(address, entry)
+            except redis.RedisError as error:
+                log.debug("failed-authentication attempt not given back: %s", error)
 
     async def person(self, organization_id: int) -> Caller:
         """A signed-in person calling from the web playground: no key, so only the organisation's limits

@@ -23,6 +23,10 @@ Windows, and why:
   second is subtracted from the total once, when it leaves, so an admission is O(1) amortised, and 1 s
   is finer than any client's retry loop. (Summing all 60 fields on every admission measured ~250 µs of
   Redis time per admission; the whole script now takes ~65 µs, so one Redis admits ~15,000 requests/s.)
+- Failed authentications per client address: a sliding log like requests per minute. An attempt that
+  must reach the database (a key not in the gateway's cache) or that failed is counted first, and
+  given back when the key was valid, so an address that sends made-up keys costs the database at most
+  its budget a minute, and is then answered 429 without any database work.
 - Monthly token budget: a counter per organisation named after the UTC year-month (`…:2025-06`), which
   expires a day after the month ends, so a new month starts from zero without a reset job.
 
@@ -241,6 +245,27 @@ return 1
 )
 
 
+_FAILED_AUTHENTICATION = (
+    _PRELUDE
+    + """
+-- KEYS: failed authentications of one client address (a sorted set, like requests per minute).
+-- ARGV: window seconds, limit. Counts one attempt when there is room.
+-- Returns {1, the entry counted} with room, {0, ms until there is room} without.
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now_us - window_us))
+local failures = redis.call('ZCARD', KEYS[1])
+if failures >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], failures - limit, failures - limit, 'WITHSCORES')
+  return {0, math.ceil((tonumber(oldest[2]) + window_us - now_us) / 1000)}
+end
+local entry = int(now_us) .. ':' .. failures
+redis.call('ZADD', KEYS[1], int(now_us), entry)
+redis.call('PEXPIRE', KEYS[1], window_s * 1000 + 1000)
+return {1, entry}
+"""
+)
+
+
 class _Script:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -249,6 +274,7 @@ class _Script:
 
 ADMIT_SCRIPT = _Script(_ADMIT)
 ADD_TOKENS_SCRIPT = _Script(_ADD_TOKENS)
+FAILED_AUTHENTICATION_SCRIPT = _Script(_FAILED_AUTHENTICATION)
 
 
 @dataclass(frozen=True)
@@ -382,6 +408,25 @@ class RateLimiter:
             return
         counters, month_prefix = self._keys(key_id, org_id)
         await self._run(ADD_TOKENS_SCRIPT, counters[2:], [self.window_seconds, tokens, month_prefix])
+
+    async def take_authentication_attempt(self, address: str, limit: int) -> tuple[str, int]:
+        """Count one attempt to authenticate from `address` against its failed-authentication budget
+        (`limit` a window), if it has room: ("the entry counted", 0); without room nothing is counted and
+        the answer is ("", milliseconds until there is room). An attempt that succeeds is given back with
+        `give_back_authentication_attempt`, so only failures stay counted. One round trip."""
+        allowed, value = await self._run(
+            FAILED_AUTHENTICATION_SCRIPT, [self._address_key(address)], [self.window_seconds, limit]
+        )
+        if int(allowed):
+            return (value.decode() if isinstance(value, bytes) else str(value)), 0
+        return "", max(1, int(value))
+
+    async def give_back_authentication_attempt(self, address: str, entry: str) -> None:
+        """Forget an attempt that turned out to be a valid key's."""
+        await cast(Awaitable[Any], self.redis.zrem(self._address_key(address), entry))
+
+    def _address_key(self, address: str) -> str:
+        return f"{self.prefix}authfail:{address}"
 
     async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[int | str]) -> Any:
         """EVALSHA, so the script body crosses the network only when Redis has not seen it (after a

@@ -30,7 +30,15 @@ ERRORS = Counter(
     "marketplace_gateway_errors_total", "Answers of 4xx/5xx by deployment", ["deployment", "status"]
 )
 METERING_ERRORS = Counter(
-    "marketplace_gateway_metering_errors_total", "Usage records that could not be queued"
+    "marketplace_gateway_metering_errors_total", "Metering writes to Redis that failed (tokens not counted)"
+)
+# A record Redis could not take is kept in the process's spool and pushed when Redis answers again
+# (serving/gateway/metering.py); only one the spool could not keep either is lost.
+USAGE_SPOOLED = Counter(
+    "marketplace_gateway_usage_records_spooled_total", "Usage records kept on local disk while Redis was away"
+)
+USAGE_LOST = Counter(
+    "marketplace_gateway_usage_records_lost_total", "Usage records Redis and the local spool both refused"
 )
 
 

@@ -188,9 +188,14 @@ async def finish(call: Call) -> None:
 
 
 async def drain() -> None:
-    """Wait for the metering still in flight (graceful shutdown: no usage record is lost)."""
+    """Wait for the metering still in flight, then give the usage spool a moment to reach Redis
+    (graceful shutdown: no usage record is lost; what stays spooled the next process pushes)."""
+    from serving.gateway import metering
+
     while _metering:
         await asyncio.gather(*list(_metering), return_exceptions=True)
+    # Short: this runs within gunicorn's graceful timeout, after uvicorn's own (marketplace/server.py).
+    await metering.settle_spools(timeout=1)
 
 
 async def _meter(call: Call, finished: float) -> None:
@@ -198,7 +203,7 @@ async def _meter(call: Call, finished: float) -> None:
         await _write_usage(call, finished)
     except Exception:  # metering must never take the gateway down; the record is counted as lost
         log.exception("metering request %s failed", call.request_id)
-        metrics.METERING_ERRORS.inc()
+        metrics.USAGE_LOST.inc()
 
 
 async def _write_usage(call: Call, finished: float) -> None:
@@ -233,7 +238,7 @@ async def _write_usage(call: Call, finished: float) -> None:
         call.completion_tokens,
     )
     gateway = services()
-    writes = [gateway.queue.push(record)]
+    writes = [gateway.queue.push(record)]  # keeps the record in the spool when Redis cannot take it
     if correction > 0:
         writes.append(
             gateway.limiter.add_tokens(
@@ -241,7 +246,10 @@ async def _write_usage(call: Call, finished: float) -> None:
             )
         )
     # Both at once: one round trip of waiting, not two.
-    for outcome in await asyncio.gather(*writes, return_exceptions=True):
+    queued, *counted = await asyncio.gather(*writes, return_exceptions=True)
+    if isinstance(queued, BaseException):
+        raise queued
+    for outcome in counted:
         if isinstance(outcome, redis.RedisError):
             metrics.METERING_ERRORS.inc()
         elif isinstance(outcome, BaseException):
