@@ -137,8 +137,13 @@ def assess(
             )
         if ready < desired:
             message = f"{ready} of {desired} replicas ready; starting the others."
+            if unscheduled:  # say why they wait
+                message += f" {(_gpu_shortage(unscheduled[0]) or unscheduled[0]).rstrip('.')}."
         else:
             message = f"Ready: {ready} of {desired} replicas serving."
+        placement = observation.conditions.get("Placement")  # the local backend's CPU cores
+        if placement:
+            message += f" {placement[2]}"
         return Assessment(DeploymentStatus.READY, message, ready, desired, endpoints, observation.generation)
 
     if desired == 0:
@@ -153,9 +158,15 @@ def assess(
                 f"No node can take a replica on {instance_description}: {reason}. "
                 "Free GPUs, add nodes of this "
                 "instance type, or choose another instance type."
+                if shortage
+                else f"No room for a replica on {instance_description}: {reason.rstrip('.')}."
             )
             return Assessment(DeploymentStatus.FAILED, message, 0, desired, (), observation.generation)
-        message = f"Waiting for a node with free GPUs on {instance_description}: {reason}."
+        message = (
+            f"Waiting for a node with free GPUs on {instance_description}: {reason}."
+            if shortage
+            else f"Waiting for room for a replica on {instance_description}: {reason.rstrip('.')}."
+        )
         return Assessment(DeploymentStatus.PROVISIONING, message, 0, desired, (), observation.generation)
 
     if len(startup_failures) >= 1 and any(e.count >= 3 for e in startup_failures):

@@ -20,6 +20,7 @@ from serving.backends.base import (
     TransientBackendError,
 )
 from serving.local import engine_env, state
+from serving.local.engine_key import local_endpoint
 from serving.spec import DeploymentSpec
 from serving.status import CRASH_LOOP_RESTARTS
 
@@ -110,8 +111,20 @@ class LocalBackend:
 
 
 def _observation(deployment_id: int, entry: dict[str, Any]) -> Observation:
+    """Replicas as pods: one the supervisor could not place (no free core, not enough memory) is a pod
+    the scheduler cannot place, with the supervisor's sentence as the reason."""
     pods = []
     for replica in entry.get("replicas", []):
+        if replica["state"] == "waiting":
+            pods.append(
+                PodState(
+                    name=f"{entry['name']}-{replica['slot']}",
+                    phase="Pending",
+                    ready=False,
+                    unschedulable_message=replica.get("message", ""),
+                )
+            )
+            continue
         # Like Kubernetes, a replica that crashed only once or twice is restarting, not crash-looping.
         crash_looping = replica["state"] == "backoff" and replica.get("restarts", 0) >= CRASH_LOOP_RESTARTS
         waiting = "CrashLoopBackOff" if crash_looping else ""
@@ -130,11 +143,12 @@ def _observation(deployment_id: int, entry: dict[str, Any]) -> Observation:
                         last_exit_code=replica.get("last_exit_code"),
                     ),
                 ),
-                address=f"http://127.0.0.1:{replica['port']}",
+                address=local_endpoint(replica["port"]),
             )
         )
     ready = [pod for pod in pods if pod.ready]
     generation = entry.get("generation")
+    placement = placement_note(entry.get("replicas", []))
     return Observation(
         deployment_id=deployment_id,
         generation=generation,
@@ -144,4 +158,14 @@ def _observation(deployment_id: int, entry: dict[str, Any]) -> Observation:
         updated_replicas=sum(1 for r in entry.get("replicas", []) if r.get("generation") == generation),
         pods=pods,
         endpoints=[pod.address for pod in ready],
+        conditions={"Placement": ("True", "CoresBound", placement)} if placement else {},
     )
+
+
+def placement_note(replicas: list[dict[str, Any]]) -> str:
+    """Which cores each started replica keeps to itself, for the deployment's status:
+    "CPU cores: replica 0 on 0, replica 1 on 1." (empty when none has started)."""
+    bound = [
+        f"replica {r['slot']} on {r['cpus']}" for r in replicas if r.get("cpus") and r["state"] != "waiting"
+    ]
+    return f"CPU cores: {', '.join(bound)}." if bound else ""

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from django.conf import settings
 
+from serving.local.engine_key import engine_key
+
 
 class UpstreamError(Exception):
     """No replica could answer. `status` is what the gateway answers: 502, 503 or 504."""
@@ -67,6 +69,12 @@ def order_replicas(endpoints: tuple[str, ...]) -> list[str]:
     return sorted(shuffled, key=lambda endpoint: _outstanding[endpoint])
 
 
+def _headers(endpoint: str) -> dict[str, str]:
+    """Local engines answer only the gateway (serving/local/engine_key.py); an engine started without a
+    key (on Kubernetes, walled off by a NetworkPolicy instead) ignores the header."""
+    return {"content-type": "application/json", "authorization": f"Bearer {engine_key(endpoint)}"}
+
+
 @dataclass
 class Exchange:
     """One proxied request: the replica that answered, its status and (for plain requests) its body."""
@@ -89,9 +97,7 @@ async def _send(
         _outstanding[endpoint] += 1
         handed_over = False  # a stream's replica is released by `close`, everything else here
         try:
-            response = await client().post(
-                f"{endpoint}{path}", data=body, headers={"content-type": "application/json"}
-            )
+            response = await client().post(f"{endpoint}{path}", data=body, headers=_headers(endpoint))
             if stream:
                 handed_over = True
                 return Exchange(endpoint, response.status, response=response)

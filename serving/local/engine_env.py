@@ -79,11 +79,21 @@ def engine_command(
     return [*argv, *extra_args]
 
 
-def engine_environment(dir: Path, tmpdir: Path) -> dict[str, str]:
+def engine_environment(
+    dir: Path, tmpdir: Path, *, cpus: str | None = None, api_key: str | None = None
+) -> dict[str, str]:
     """A complete environment for the engine process (not merged with ours: the platform's secrets and its
-    VIRTUAL_ENV/PYTHONPATH have no business there)."""
+    VIRTUAL_ENV/PYTHONPATH have no business there).
+
+    `cpus` ("2" or "2-3") binds the engine's OpenMP threads to those cores; unset, vLLM's automatic
+    binding puts every engine of a small machine on the same core. `api_key` makes the engine refuse
+    calls to its /v1 routes that do not carry it (only the platform's gateway knows it)."""
     cache = dir / "cache"
+    placement = {"VLLM_CPU_OMP_THREADS_BIND": cpus} if cpus else {}
+    authentication = {"VLLM_API_KEY": api_key} if api_key else {}
     return {
+        **placement,
+        **authentication,
         "PATH": f"{dir / 'venv' / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": os.environ.get("HOME", str(dir)),
         "LANG": os.environ.get("LANG", "C.UTF-8"),

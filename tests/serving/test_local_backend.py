@@ -1,15 +1,20 @@
 """The local backend end to end, for real: a Celery worker (real Redis broker) provisions deployments,
-the engine supervisor runs real vLLM engines (CPU) for the two small catalog models, the reconciler
-moves them to READY; the engines answer a chat completion and embeddings; the chat model scales to two
-replicas and back; deleting leaves no engine process behind."""
+the engine supervisor runs real vLLM engines (CPU) for the two small catalog models, each on a core of
+its own, and the reconciler moves them to READY; the engines answer a chat completion and embeddings to
+the gateway's key, and 401 without it; on a machine of two cores a third engine waits for a core, and
+starts once one is freed; the chat model scales to two replicas and back; deleting leaves no engine
+process behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +30,9 @@ from marketplace.celery import app
 from marketplace.subscriptions.services import subscribe
 from serving import tasks
 from serving.backends import get_backend
+from serving.gateway import upstream
 from serving.local import engine_env
+from serving.local.engine_key import engine_key
 from serving.local.supervisor import OWNER_VARIABLE
 from serving.models import Deployment
 from tests.conftest import make_user
@@ -73,10 +80,37 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 240) -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def post(endpoint: str, path: str, body: dict[str, Any], *, key: str | None = None) -> Any:
+    """POST to an engine directly, with the key only the gateway derives unless another is given."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key or engine_key(endpoint)}"}
+    request = urllib.request.Request(f"{endpoint}{path}", json.dumps(body).encode(), headers)
     with urllib.request.urlopen(request, timeout=60) as answer:
         return json.load(answer)
+
+
+def refused_without_the_key(endpoint: str) -> list[int]:
+    """The status an engine answers to a call around the gateway: no key, then a made-up one."""
+    statuses = []
+    for headers in ({}, {"Authorization": "Bearer not-the-engine-key"}):
+        request = urllib.request.Request(f"{endpoint}/v1/models", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                statuses.append(answer.status)
+        except urllib.error.HTTPError as error:
+            statuses.append(error.code)
+    return statuses
+
+
+def through_the_gateways_client(endpoint: str, body: dict[str, Any]) -> Any:
+    async def call() -> upstream.Exchange:
+        try:
+            return await upstream.call("/v1/chat/completions", body, (endpoint,))
+        finally:
+            await upstream.close_clients()
+
+    exchange = asyncio.run(call())
+    assert exchange.status == 200, exchange.body
+    return json.loads(exchange.body)
 
 
 @pytest.fixture
@@ -88,7 +122,12 @@ def local_platform(transactional_catalog: None, settings: Any, tmp_path: Path) -
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     get_backend.cache_clear()
     environment = {**os.environ, "REDIS_URL": settings.REDIS_URL, "DATA_DIR": str(tmp_path)}
-    supervisor = subprocess.Popen([sys.executable, "-m", "django", "run_engines"], env=environment)
+    # The supervisor sees two cores, as on the smallest machine this runs on, so a third engine must wait.
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "django", "run_engines"],
+        env=environment,
+        preexec_fn=lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2]),
+    )
     # A real Celery worker in this process, on the real Redis broker, using the test database.
     with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30):
         try:
@@ -131,29 +170,39 @@ def test_deploy_serve_scale_and_delete_on_this_machine(local_platform: Path, cli
     statuses = [e["status"] for e in reversed(client.get(f"/api/deployments/{chat_id}/").json()["events"])]
     assert statuses[0] == "pending" and "provisioning" in statuses and statuses[-1] == "ready"
 
-    endpoint = Deployment.objects.get(pk=chat_id).endpoints[0]
-    answer = post(
-        f"{endpoint}/v1/chat/completions",
-        {"model": "tiny-chat", "messages": [{"role": "user", "content": "What is the capital of France?"}],
-         "max_tokens": 20, "temperature": 0},
-    )  # fmt: skip
-    assert "Paris" in answer["choices"][0]["message"]["content"]
-    vectors = post(
-        f"{Deployment.objects.get(pk=embed_id).endpoints[0]}/v1/embeddings",
-        {"model": "minilm", "input": ["hi", "yo"]},
-    )
-    assert [len(item["embedding"]) for item in vectors["data"]] == [384, 384]
+    chat_row, embed_row = Deployment.objects.get(pk=chat_id), Deployment.objects.get(pk=embed_id)
+    cores = [
+        re.search(r"CPU cores: replica 0 on (\d+)\.$", row.status_message) for row in (chat_row, embed_row)
+    ]
+    assert {match.group(1) for match in cores if match} == {"0", "1"}, cores  # one core each
 
+    endpoint = chat_row.endpoints[0]
+    question = {"model": "tiny-chat", "max_tokens": 20, "temperature": 0,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}]}  # fmt: skip
+    answer = post(endpoint, "/v1/chat/completions", question)
+    assert "Paris" in answer["choices"][0]["message"]["content"]
+    assert "Paris" in through_the_gateways_client(endpoint, question)["choices"][0]["message"]["content"]
+    assert refused_without_the_key(endpoint) == [401, 401]
+    vectors = post(embed_row.endpoints[0], "/v1/embeddings", {"model": "minilm", "input": ["hi", "yo"]})
+    assert [len(item["embedding"]) for item in vectors["data"]] == [384, 384]
+    assert refused_without_the_key(embed_row.endpoints[0]) == [401, 401]
+
+    # Both cores are held: a second chat replica waits, saying why, until the embedding model goes.
     scaled = client.post(
         f"/api/deployments/{chat_id}/scale/", {"min_replicas": 2, "max_replicas": 2}, format="json"
     )
     assert scaled.status_code == 200, scaled.content
+    wait_for(
+        lambda: "This machine has no free CPU core" in Deployment.objects.get(pk=chat_id).status_message,
+        "the second chat replica to wait for a core",
+    )
+    assert Deployment.objects.get(pk=chat_id).ready_replicas == 1
+    assert client.delete(f"/api/deployments/{embed_id}/").status_code == 202
     wait_for(ready(chat_id, replicas=2), "two chat replicas")
     client.post(f"/api/deployments/{chat_id}/scale/", {"min_replicas": 1, "max_replicas": 1}, format="json")
     wait_for(ready(chat_id, replicas=1), "one chat replica again")
 
-    for deployment_id in (chat_id, embed_id):
-        assert client.delete(f"/api/deployments/{deployment_id}/").status_code == 202
+    assert client.delete(f"/api/deployments/{chat_id}/").status_code == 202
     wait_for(
         lambda: set(Deployment.objects.values_list("status", flat=True)) == {"deleted"},
         "both deployments deleted",
