@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from marketplace.accounts.models import Organization
 from marketplace.catalog.models import InstanceType, ModelCard
+from marketplace.subscriptions.services import subscription_in_force
 from serving import services
 from serving.choices import POLICY_EXPLANATIONS, AutoscalingPolicy
 from serving.models import Deployment, DeploymentEvent
@@ -126,6 +127,10 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
     instance_type = serializers.CharField(source="instance_type.slug", read_only=True)
     autoscaling_explanation = serializers.SerializerMethodField()
     rolled_out = serializers.SerializerMethodField()
+    subscription_in_force = serializers.SerializerMethodField(
+        help_text="False: the model's subscription was cancelled or its changed license terms not yet "
+        "accepted; the deployment is not served and cannot be scaled up or updated until they are"
+    )
 
     class Meta:
         model = Deployment
@@ -135,8 +140,8 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
             "max_replicas", "autoscaling_policy", "autoscaling_explanation", "autoscaling_target",
             "idle_seconds",
             "scale_up_window_seconds", "scale_down_window_seconds", "tensor_parallel_size", "engine_options",
-            "reserved_gpus", "gpu_model", "generation", "observed_generation", "rolled_out", "created_at",
-            "updated_at",
+            "reserved_gpus", "gpu_model", "generation", "observed_generation", "rolled_out",
+            "subscription_in_force", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -145,6 +150,13 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
 
     def get_rolled_out(self, deployment: Deployment) -> bool:
         return deployment.observed_generation == deployment.generation
+
+    def get_subscription_in_force(self, deployment: Deployment) -> bool:
+        """Annotated by the list and detail queries; looked up for a row fresh from a service."""
+        annotated = getattr(deployment, "subscription_in_force", None)
+        if annotated is not None:
+            return bool(annotated)
+        return subscription_in_force(deployment.organization, deployment.model_card)
 
 
 class DeploymentDetailSerializer(DeploymentSerializer):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, mixins, status
@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from marketplace.accounts import tenancy
 from marketplace.api import TenantScopedViewSet
+from marketplace.subscriptions.models import Subscription
 from serving import services
 from serving.api.serializers import (
     DeploymentCreateSerializer,
@@ -42,7 +43,10 @@ class DeploymentViewSet(
     ordering = ["-created_at"]
 
     def get_queryset(self) -> QuerySet[Deployment]:
-        queryset = super().get_queryset()
+        in_force = Subscription.objects.in_force().filter(
+            organization=OuterRef("organization"), model_card=OuterRef("model_card")
+        )
+        queryset = super().get_queryset().annotate(subscription_in_force=Exists(in_force))
         if self.action == "list" and "status" not in self.request.query_params:
             queryset = queryset.exclude(status=DeploymentStatus.DELETED)
         return queryset

@@ -144,6 +144,21 @@ def test_a_changed_license_stops_scaling_up_and_updating_until_accepted_again(
 
 
 @pytest.mark.django_db
+def test_the_deployment_says_whether_its_subscription_is_in_force(client_for, owner, member, running) -> None:
+    client = client_for(member)
+
+    def shown() -> tuple[bool, bool]:
+        listed = client.get(DEPLOYMENTS).json()["results"][0]["subscription_in_force"]
+        return listed, client.get(f"{DEPLOYMENTS}{running.pk}/").json()["subscription_in_force"]
+
+    assert shown() == (True, True)
+    change_license_terms(card())
+    assert shown() == (False, False)
+    subscribe(organization=running.organization, card=card(), license_sha256=None, user=owner)
+    assert shown() == (True, True)
+
+
+@pytest.mark.django_db
 def test_scaling_down_is_allowed_while_the_terms_are_not_accepted(
     client_for, member, acme, subscribed
 ) -> None:
@@ -151,6 +166,7 @@ def test_scaling_down_is_allowed_while_the_terms_are_not_accepted(
     change_license_terms(card())
     response = client_for(member).post(f"{DEPLOYMENTS}{two.pk}/scale/", SCALE_DOWN, format="json")
     assert response.status_code == 200 and response.json()["max_replicas"] == 1
+    assert response.json()["subscription_in_force"] is False
 
 
 @pytest.mark.django_db
