@@ -11,7 +11,7 @@ QUOTA = "/api/organizations/acme/quota/"
 
 def test_members_read_their_quota(client_for, member) -> None:
     quota = client_for(member).get(QUOTA).json()
-    assert {"max_gpus", "gpus_per_model", "max_deployments", "monthly_token_budget",
+    assert {"max_gpus", "gpus_per_model", "max_deployments", "max_cpu_replicas", "monthly_token_budget",
             "requests_per_minute", "tokens_per_minute"} <= set(quota)  # fmt: skip
 
 
