@@ -75,3 +75,12 @@ def test_an_outsider_cannot_remove_anyone_or_revoke_their_keys(client_for, outsi
     assert client_for(outsider).delete(f"{MEMBERS}ada/").status_code == 404
     assert ApiKey.objects.get(pk=made.pk).is_active
     assert Membership.objects.filter(organization=acme, user=admin).exists()
+
+
+def test_deleting_a_persons_account_revokes_the_keys_they_created(owner, admin, acme) -> None:
+    made, _ = key(acme, admin)
+    owners_key, _ = key(acme, owner)
+    admin.delete()  # e.g. by a platform admin on the admin site: memberships go by cascade
+    made.refresh_from_db()
+    assert made.revoked_at is not None and made.created_by is None
+    assert ApiKey.objects.get(pk=owners_key.pk).is_active
