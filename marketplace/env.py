@@ -7,6 +7,7 @@ typo in a deployment manifest is found at once instead of as odd behaviour later
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import urlparse
 
 
@@ -85,3 +86,24 @@ def url(name: str, *, schemes: tuple[str, ...], required: bool = False, default:
             f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
         )
     return value
+
+
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def labels(name: str, default: dict[str, str]) -> dict[str, str]:
+    """Kubernetes labels written `key=value,key=value` (a label selector of equalities)."""
+    value = _raw(name)
+    if value is None or value == "":
+        return dict(default)
+    pairs: dict[str, str] = {}
+    for item in (part.strip() for part in value.split(",")):
+        key, sep, label = (piece.strip() for piece in item.partition("="))
+        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(label):
+            raise ConfigurationError(
+                f"{name} must be Kubernetes labels such as app.kubernetes.io/name=prometheus,team=ml; "
+                f"{item!r} is not one"
+            )
+        pairs[key] = label
+    return pairs

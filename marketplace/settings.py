@@ -98,6 +98,16 @@ try:
     )
     MODEL_CACHE_PVC = env.string("MODEL_CACHE_PVC")
     HF_TOKEN_SECRET = env.string("HF_TOKEN_SECRET", "huggingface-token")
+    # Engines reach only these domains for media given by URL (image_url …); empty: none, so a caller
+    # cannot make an engine fetch arbitrary addresses (data: URLs still work).
+    ENGINE_MEDIA_DOMAINS = env.string_list("ENGINE_MEDIA_DOMAINS", [])
+    # Who may call an engine pod (a NetworkPolicy per deployment): the platform's web and gateway pods,
+    # found by these labels in GATEWAY_NAMESPACE (empty: KUBERNETES_NAMESPACE), and Prometheus.
+    NETWORK_POLICY_ENABLED = env.boolean("NETWORK_POLICY_ENABLED", True)
+    GATEWAY_NAMESPACE = env.string("GATEWAY_NAMESPACE")
+    GATEWAY_POD_LABELS = env.labels("GATEWAY_POD_LABELS", {"app.kubernetes.io/part-of": "model-marketplace"})
+    PROMETHEUS_NAMESPACE = env.string("PROMETHEUS_NAMESPACE", "monitoring")
+    PROMETHEUS_POD_LABELS = env.labels("PROMETHEUS_POD_LABELS", {"app.kubernetes.io/name": "prometheus"})
     RECONCILE_INTERVAL_SECONDS = env.integer("RECONCILE_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
     DATA_DIR = env.string("DATA_DIR", str(BASE_DIR / ".data"))
 

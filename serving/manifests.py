@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from serving.choices import AutoscalingPolicy
-from serving.spec import ClusterSettings, DeploymentSpec
+from serving.spec import ClusterSettings, DeploymentSpec, media_domain_args
 
 Manifest = dict[str, Any]
 
@@ -125,8 +126,9 @@ def max_model_len(spec: DeploymentSpec) -> int:
     return min(spec.model.context_length, DEFAULT_MAX_MODEL_LEN)
 
 
-def engine_args(spec: DeploymentSpec) -> list[str]:
-    """Arguments after `vllm serve`: the model, then the platform's fixed flags, then allow-listed options.
+def engine_args(spec: DeploymentSpec, media_domains: Sequence[str] = ()) -> list[str]:
+    """Arguments after `vllm serve`: the model, then the platform's fixed flags (the media domains the
+    engine may fetch from: none unless given), then allow-listed options.
 
     Raises ValueError on an option outside the allow-list or of the wrong kind; the API validates first,
     this is the last guard before a string reaches a command line.
@@ -142,6 +144,7 @@ def engine_args(spec: DeploymentSpec) -> list[str]:
         "--tensor-parallel-size", str(spec.tensor_parallel_size),
         "--max-model-len", str(max_model_len(spec)),
         "--port", str(PORT),
+        *media_domain_args(media_domains),
     ]  # fmt: skip
     options = spec.engine_options
     for key, flag in _VALUE_FLAGS.items():
@@ -207,6 +210,8 @@ def _env(spec: DeploymentSpec, cluster: ClusterSettings) -> list[dict[str, Any]]
         {"name": "HF_HOME", "value": CACHE_PATH},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},  # self-hosted: no usage reports leave the cluster
         {"name": "DO_NOT_TRACK", "value": "1"},
+        # A media URL on an allowed domain must not redirect the engine to any other host.
+        {"name": "VLLM_MEDIA_URL_ALLOW_REDIRECTS", "value": "0"},
     ]
     if spec.model.gated:
         # Only gated models see the token: fewer pods holding a credential they do not need.
@@ -233,7 +238,7 @@ def _container(spec: DeploymentSpec, cluster: ClusterSettings) -> dict[str, Any]
         # `python3 -m vllm.entrypoints.openai.api_server`); saying the command makes the arguments mean
         # the same whatever the pinned tag's entrypoint is.
         "command": ["vllm", "serve"],
-        "args": engine_args(spec),
+        "args": engine_args(spec, cluster.media_domains),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": _env(spec, cluster),
         "resources": _resources(spec),
@@ -345,6 +350,55 @@ def build_pdb(spec: DeploymentSpec, cluster: ClusterSettings) -> Manifest:
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector_labels(spec)},
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def _peer(namespace: str, cluster: ClusterSettings, pods: dict[str, Any]) -> dict[str, Any]:
+    """A NetworkPolicy peer: pods so selected, in `namespace` ("" or the engines' own: no namespace
+    selector, which means the policy's namespace)."""
+    peer: dict[str, Any] = {"podSelector": pods}
+    if namespace and namespace != cluster.namespace:
+        # Every namespace carries this label (Kubernetes 1.21+), set by the API server itself.
+        peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    return peer
+
+
+def build_network_policy(spec: DeploymentSpec, cluster: ClusterSettings) -> Manifest:
+    """A networking.k8s.io/v1 NetworkPolicy: the engine's port admits only the platform's web and gateway
+    pods and Prometheus; nothing else in the cluster can call the engine around the gateway (its auth,
+    limits and metering).
+
+    - The platform's pods are those with `gateway_pod_labels` whose `app.kubernetes.io/component` is web or
+      gateway: the component keeps engine pods, which share `part-of`, from calling each other.
+    - Ingress only: engines still download weights and reach the cluster's DNS (egress is the cluster's
+      own policy). Kubelet probes come from the node and are not subject to it with common network plugins.
+    - Selects by the immutable selector labels, like the Service, so it covers every replica of every
+      generation. Applied before the Deployment: no pod ever runs unprotected.
+    """
+    gateway_pods = {
+        "matchLabels": dict(cluster.gateway_pod_labels),
+        "matchExpressions": [
+            {"key": "app.kubernetes.io/component", "operator": "In", "values": ["web", "gateway"]}
+        ],
+    }
+    prometheus_pods = {"matchLabels": dict(cluster.prometheus_pod_labels)}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, cluster),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        _peer(cluster.gateway_namespace, cluster, gateway_pods),
+                        _peer(cluster.prometheus_namespace, cluster, prometheus_pods),
+                    ],
+                    "ports": [{"protocol": "TCP", "port": PORT}],
+                }
+            ],
         },
     }
 
@@ -478,9 +532,11 @@ def build_autoscaler(spec: DeploymentSpec, cluster: ClusterSettings) -> Manifest
 
 
 def build_objects(spec: DeploymentSpec, cluster: ClusterSettings) -> list[Manifest]:
-    """Every object of the deployment, in apply order: the Deployment first, so the Service, the budget
-    and the autoscaler never point at something that does not exist yet."""
-    objects = [build_deployment(spec, cluster), build_service(spec, cluster), build_pdb(spec, cluster)]
+    """Every object of the deployment, in apply order: the NetworkPolicy (when enabled) before any pod
+    exists, then the Deployment, so the Service, the budget and the autoscaler never point at something
+    that does not exist yet."""
+    objects = [build_network_policy(spec, cluster)] if cluster.network_policy else []
+    objects += [build_deployment(spec, cluster), build_service(spec, cluster), build_pdb(spec, cluster)]
     autoscaler = build_autoscaler(spec, cluster)
     if autoscaler is not None:
         objects.append(autoscaler)

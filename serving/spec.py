@@ -6,8 +6,14 @@ only this, so they can be tested and diffed without a database or a cluster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+# vLLM reads an empty --allowed-media-domains as "any domain", so "none" is said with the one host name
+# that never resolves: RFC 6761's reserved `invalid`, fully qualified (the trailing dot) so that no DNS
+# search domain of the pod or machine is appended to it.
+NO_MEDIA_DOMAIN = "invalid."
 
 
 @dataclass(frozen=True)
@@ -72,3 +78,27 @@ class ClusterSettings:
     # Name of the Secret (key "token") mounted for gated models; a name, not a secret value.
     hf_token_secret: str = "huggingface-token"  # noqa: S105
     gpu_taint_key: str = "nvidia.com/gpu"
+    # Domains engines may fetch media (image_url, …) from; empty: none (data: URLs still work).
+    media_domains: tuple[str, ...] = ()
+    # Who may reach an engine's port (a NetworkPolicy per deployment): the platform's web and gateway pods
+    # (these labels, component web or gateway) in gateway_namespace ("" = the engines' own), and
+    # Prometheus' pods in prometheus_namespace ("" = the engines' own).
+    network_policy: bool = True
+    gateway_namespace: str = ""
+    gateway_pod_labels: dict[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/part-of": "model-marketplace"}
+    )
+    prometheus_namespace: str = "monitoring"
+    prometheus_pod_labels: dict[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/name": "prometheus"}
+    )
+
+
+def media_domain_args(domains: Sequence[str]) -> list[str]:
+    """vLLM's flag limiting the hosts an engine fetches media URLs from: the given domains, or none.
+
+    Both backends put it on every engine's command line (it is harmless for text-only models), so a
+    caller can never make an engine fetch an arbitrary address (a cloud metadata service, an internal
+    host) by sending an image URL. Verified against vLLM 0.32's argument parser (a list, nargs "+").
+    """
+    return ["--allowed-media-domains", *(list(domains) or [NO_MEDIA_DOMAIN])]

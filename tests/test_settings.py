@@ -43,6 +43,8 @@ def start(*arguments: str, **overrides: str) -> subprocess.CompletedProcess[str]
         ("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto: https", "SECURE_PROXY_SSL_HEADER must be a header"),
         ("SECURE_HSTS_SECONDS", "-1", "SECURE_HSTS_SECONDS must be at least 0"),
         ("METRICS_TOKEN", "too-short", "METRICS_TOKEN must be at least 24 characters"),
+        ("PROMETHEUS_POD_LABELS", "app=prometheus,=x", "PROMETHEUS_POD_LABELS must be Kubernetes labels"),
+        ("GATEWAY_POD_LABELS", "app.kubernetes.io/instance", "GATEWAY_POD_LABELS must be Kubernetes labels"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(name: str, value: str, words: str) -> None:
@@ -62,6 +64,13 @@ def test_a_secret_can_come_from_a_file(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("SECRET_KEY", raising=False)
     monkeypatch.setenv("SECRET_KEY_FILE", str(tmp_path / "key"))
     assert env.string("SECRET_KEY", required=True) == "from-a-file"
+
+
+def test_labels_are_read_as_a_selector_of_equalities(monkeypatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_POD_LABELS", "app.kubernetes.io/name=prometheus, team=ml")
+    assert env.labels("PROMETHEUS_POD_LABELS", {}) == {"app.kubernetes.io/name": "prometheus", "team": "ml"}
+    monkeypatch.delenv("PROMETHEUS_POD_LABELS")
+    assert env.labels("PROMETHEUS_POD_LABELS", {"app": "x"}) == {"app": "x"}
 
 
 def test_an_unreadable_secret_file_names_the_variable(monkeypatch) -> None:

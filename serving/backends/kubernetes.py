@@ -74,15 +74,20 @@ HPA = _Kind(
     "namespaced_horizontal_pod_autoscaler",
 )
 SCALED_OBJECT = _Kind("ScaledObject", "keda.sh/v1alpha1", "scaledobjects", "CustomObjectsApi")
+NETWORK_POLICY = _Kind(
+    "NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", "NetworkingV1Api", "namespaced_network_policy"
+)
 POD = _Kind("Pod", "v1", "pods", "CoreV1Api", "namespaced_pod")
 EVENT = _Kind("Event", "v1", "events", "CoreV1Api", "namespaced_event")
 
 APPLIED_KINDS = {
-    (kind.api_version, kind.kind): kind for kind in (DEPLOYMENT, SERVICE, PDB, HPA, SCALED_OBJECT)
+    (kind.api_version, kind.kind): kind
+    for kind in (NETWORK_POLICY, DEPLOYMENT, SERVICE, PDB, HPA, SCALED_OBJECT)
 }
 AUTOSCALERS = (SCALED_OBJECT, HPA)
-# Autoscalers first, so nothing scales the Deployment back up while it goes.
-DELETE_ORDER = (SCALED_OBJECT, HPA, DEPLOYMENT, SERVICE, PDB)
+# Autoscalers first, so nothing scales the Deployment back up while it goes; the NetworkPolicy last, so
+# the engines stay unreachable around the gateway until they are gone.
+DELETE_ORDER = (SCALED_OBJECT, HPA, DEPLOYMENT, SERVICE, PDB, NETWORK_POLICY)
 
 
 class _Refused(PermanentBackendError):
@@ -107,6 +112,12 @@ def cluster_settings() -> ClusterSettings:
         prometheus_url=settings.PROMETHEUS_URL,
         model_cache_pvc=settings.MODEL_CACHE_PVC,
         hf_token_secret=settings.HF_TOKEN_SECRET,
+        media_domains=tuple(settings.ENGINE_MEDIA_DOMAINS),
+        network_policy=settings.NETWORK_POLICY_ENABLED,
+        gateway_namespace=settings.GATEWAY_NAMESPACE,
+        gateway_pod_labels=dict(settings.GATEWAY_POD_LABELS),
+        prometheus_namespace=settings.PROMETHEUS_NAMESPACE,
+        prometheus_pod_labels=dict(settings.PROMETHEUS_POD_LABELS),
     )
 
 
@@ -125,7 +136,14 @@ class KubernetesBackend:
         self.cluster = cluster
         self._apis: dict[str, Any] = {
             name: getattr(client, name)(api_client)
-            for name in ("CoreV1Api", "AppsV1Api", "PolicyV1Api", "AutoscalingV2Api", "CustomObjectsApi")
+            for name in (
+                "CoreV1Api",
+                "AppsV1Api",
+                "PolicyV1Api",
+                "AutoscalingV2Api",
+                "NetworkingV1Api",
+                "CustomObjectsApi",
+            )
         }
 
     @classmethod
@@ -159,7 +177,8 @@ class KubernetesBackend:
 
     def apply(self, spec: DeploymentSpec) -> None:
         """Server-side apply every object the manifests build, then delete the autoscaler kind the policy
-        no longer wants (fixed now, or an HPA↔ScaledObject switch).
+        no longer wants (fixed now, or an HPA↔ScaledObject switch), and the NetworkPolicy when
+        NETWORK_POLICY_ENABLED was turned off.
 
         The stale autoscaler is deleted by name, never by label: KEDA copies a ScaledObject's labels onto
         the HPA it creates (`keda-hpa-<name>`), and deleting that by label would fight KEDA.
@@ -172,7 +191,7 @@ class KubernetesBackend:
             self._apply_object(obj)
         wanted = {obj["kind"] for obj in objects}
         name = manifests.object_name(spec)
-        for kind in AUTOSCALERS:
+        for kind in (*AUTOSCALERS, NETWORK_POLICY):
             if kind.kind not in wanted:
                 self._delete_named(kind, name)
 
@@ -205,7 +224,8 @@ class KubernetesBackend:
         4. Services, PodDisruptionBudgets, HPAs and ScaledObjects: only their ids, so that objects left
            without a Deployment (orphans, half-done deletions) show in `owned_ids`. A 404 on ScaledObjects
            means KEDA is not installed: none.
-        Seven calls in all, counted in `api_calls`.
+        Seven calls in all, counted in `api_calls`. NetworkPolicies are not read: delete removes them by
+        label with the rest, and one left behind selects pods that no longer exist, which is harmless.
         """
         seen = ObservationPass(observations={})
         by_name: dict[tuple[str, str], int] = {}  # (kind, name) → deployment id, to place events

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -588,6 +589,40 @@ def test_production_values_set_https_and_check_deploy_is_clean_with_them() -> No
     assert result.returncode == 0, result.stderr
 
 
+def test_engines_admit_exactly_this_releases_web_and_gateway_pods_and_prometheus() -> None:
+    """The serving settings the worker builds each deployment's NetworkPolicy from select the pods of
+    web and gateway of this release, and not the worker's or beat's."""
+    objects = render(PRODUCTION)
+    data = find(objects, "ConfigMap", "marketplace-config")["data"]
+    assert data["NETWORK_POLICY_ENABLED"] == "True"
+    assert data["GATEWAY_NAMESPACE"] == NAMESPACE
+    wanted = dict(pair.split("=") for pair in data["GATEWAY_POD_LABELS"].split(","))
+    for component in COMPONENTS:
+        pod_labels = find(objects, "Deployment", f"marketplace-{component}")["spec"]["template"]["metadata"][
+            "labels"
+        ]
+        selected = wanted.items() <= pod_labels.items() and pod_labels["app.kubernetes.io/component"] in (
+            "web",
+            "gateway",
+        )
+        assert selected == (component in ("web", "gateway")), component
+    assert data["PROMETHEUS_NAMESPACE"] == "monitoring"
+    assert data["PROMETHEUS_POD_LABELS"] == "app.kubernetes.io/name=prometheus"
+    assert data["ENGINE_MEDIA_DOMAINS"] == ""  # no remote media unless listed
+
+
+def test_media_domains_and_prometheus_labels_are_passed_as_the_settings_read_them() -> None:
+    values = (
+        *DEFAULTS,
+        "--set", "serving.mediaDomains[0]=images.example.com",
+        "--set", "serving.mediaDomains[1]=cdn.example.org",
+        "--set", "serving.networkPolicy.prometheusPodLabels.team=ml",
+    )  # fmt: skip
+    data = find(render(values), "ConfigMap", "marketplace-config")["data"]
+    assert data["ENGINE_MEDIA_DOMAINS"] == "images.example.com,cdn.example.org"
+    assert data["PROMETHEUS_POD_LABELS"] == "app.kubernetes.io/name=prometheus,team=ml"
+
+
 def test_helm_test_pod_curls_healthz_of_web_and_gateway() -> None:
     pod = find(render(DEFAULTS), "Pod", "marketplace-test")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -619,6 +654,10 @@ def rbac_requests_of_the_backend() -> dict[tuple[str, str], set[str]]:
             backend.scale(make_spec(policy=AutoscalingPolicy.FIXED))  # deletes it by name
             backend.observe()
             backend.delete(7)
+            # NETWORK_POLICY_ENABLED turned off: the deployment's NetworkPolicy is deleted by name.
+            without_policies = backend_for(fake.url, replace(cluster, network_policy=False))
+            without_policies.apply(make_spec())
+            without_policies.api_client.close()
         finally:
             backend.api_client.close()
         for request in fake.requests:

@@ -45,6 +45,7 @@ RESOURCES = {
     ("apps/v1", "deployments"): "Deployment",
     ("policy/v1", "poddisruptionbudgets"): "PodDisruptionBudget",
     ("autoscaling/v2", "horizontalpodautoscalers"): "HorizontalPodAutoscaler",
+    ("networking.k8s.io/v1", "networkpolicies"): "NetworkPolicy",
 }
 CRDS = {("keda.sh/v1alpha1", "scaledobjects"): "ScaledObject"}
 

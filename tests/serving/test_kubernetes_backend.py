@@ -26,7 +26,10 @@ KINDS = [
     ("policy/v1", "poddisruptionbudgets"),
     ("autoscaling/v2", "horizontalpodautoscalers"),
     ("keda.sh/v1alpha1", "scaledobjects"),
+    ("networking.k8s.io/v1", "networkpolicies"),
 ]
+# What every deployment has, whatever its autoscaling policy.
+ALWAYS = {"networkpolicies", "deployments", "services", "poddisruptionbudgets"}
 
 
 def make_spec(
@@ -97,6 +100,7 @@ def test_apply_creates_deployment_service_autoscaler_and_pdb_with_our_labels(
 
     name = manifests.object_name(spec)
     assert stored(fake_kubernetes) == {
+        "networkpolicies": [name],
         "deployments": [name],
         "services": [name],
         "poddisruptionbudgets": [name],
@@ -113,7 +117,7 @@ def test_apply_is_server_side_apply_with_our_field_manager(
     kubernetes_backend.apply(make_spec(policy="queue_depth"))
 
     patches = fake_kubernetes.calls("PATCH")
-    assert len(patches) == 4
+    assert len(patches) == 5  # NetworkPolicy, Deployment, Service, PodDisruptionBudget, ScaledObject
     for request in patches:
         assert request.content_type == "application/apply-patch+yaml"
         assert request.query["fieldManager"] == ["model-marketplace"]
@@ -131,7 +135,7 @@ def test_applying_twice_is_harmless(
 
     second = fake_kubernetes.get("apps/v1", "deployments", manifests.object_name(spec))
     assert first is not None and second is not None
-    assert len(fake_kubernetes.objects) == 4
+    assert len(fake_kubernetes.objects) == 5
     assert second["metadata"]["uid"] == first["metadata"]["uid"]
     assert second["metadata"]["generation"] == first["metadata"]["generation"]
 
@@ -166,7 +170,47 @@ def test_switching_policy_fixed_to_queue_depth_and_back_creates_then_removes_the
 
     kubernetes_backend.apply(spec)
     assert "scaledobjects" not in stored(fake_kubernetes)
+    assert set(stored(fake_kubernetes)) == ALWAYS
+
+
+def test_the_network_policy_is_applied_before_any_pod_can_exist(
+    fake_kubernetes: FakeKubernetes, kubernetes_backend: KubernetesBackend
+) -> None:
+    kubernetes_backend.apply(make_spec())
+    plurals = [request.path.rsplit("/", 2)[-2] for request in fake_kubernetes.calls("PATCH")]
+    assert plurals[:2] == ["networkpolicies", "deployments"]
+    name = manifests.object_name(make_spec())
+    policy = fake_kubernetes.get("networking.k8s.io/v1", "networkpolicies", name)
+    assert policy is not None
+    assert policy["spec"]["podSelector"] == {"matchLabels": manifests.selector_labels(make_spec())}
+
+
+def test_turning_network_policies_off_removes_the_deployments_policy(
+    fake_kubernetes: FakeKubernetes, kubernetes_backend: KubernetesBackend
+) -> None:
+    kubernetes_backend.apply(make_spec())
+    without = backend_for(fake_kubernetes.url, ClusterSettings(namespace=NAMESPACE, network_policy=False))
+    without.apply(make_spec())
     assert set(stored(fake_kubernetes)) == {"deployments", "services", "poddisruptionbudgets"}
+
+
+def test_the_platforms_settings_reach_the_network_policy_and_the_engine(settings: Any) -> None:
+    settings.ENGINE_MEDIA_DOMAINS = ["images.example.com"]
+    settings.GATEWAY_NAMESPACE = "marketplace"
+    settings.GATEWAY_POD_LABELS = {"app.kubernetes.io/instance": "prod"}
+    settings.PROMETHEUS_NAMESPACE = "observability"
+    settings.PROMETHEUS_POD_LABELS = {"app": "prom"}
+    settings.NETWORK_POLICY_ENABLED = False
+    from serving.backends.kubernetes import cluster_settings
+
+    cluster = cluster_settings()
+    assert cluster.media_domains == ("images.example.com",)
+    assert (cluster.gateway_namespace, cluster.gateway_pod_labels) == (
+        "marketplace",
+        {"app.kubernetes.io/instance": "prod"},
+    )
+    assert (cluster.prometheus_namespace, cluster.prometheus_pod_labels) == ("observability", {"app": "prom"})
+    assert cluster.network_policy is False
 
 
 def test_switching_from_keda_to_an_hpa_removes_the_scaled_object(
@@ -229,7 +273,7 @@ def test_delete_removes_everything_of_the_deployment_and_nothing_else(
     kubernetes_backend.delete(7)
 
     assert stored(fake_kubernetes, 7) == {}
-    assert set(stored(fake_kubernetes, 8)) == {"deployments", "services", "poddisruptionbudgets"}
+    assert set(stored(fake_kubernetes, 8)) == ALWAYS
 
 
 def test_deleting_again_is_fine(
@@ -433,7 +477,7 @@ def test_a_retry_after_a_transient_error_converges(
 
     kubernetes_backend.apply(make_spec())
 
-    assert set(stored(fake_kubernetes)) == {"deployments", "services", "poddisruptionbudgets"}
+    assert set(stored(fake_kubernetes)) == ALWAYS
 
 
 def test_observe_during_an_outage_is_a_transient_error(

@@ -202,7 +202,52 @@ def test_engine_args_start_with_the_model_and_fixed_flags() -> None:
         "--tensor-parallel-size", "1",
         "--max-model-len", "32768",
         "--port", "8000",
+        "--allowed-media-domains", "invalid.",
     ]  # fmt: skip
+
+
+# Media URLs: an engine fetches none by default, and only from the configured domains otherwise.
+
+
+def test_by_default_an_engine_may_fetch_media_from_no_domain() -> None:
+    args = container(make_spec())["args"]
+    # vLLM reads an empty list as "any domain": "none" is the reserved name that never resolves.
+    assert flag_value(args, "--allowed-media-domains") == "invalid."
+    assert args.count("--allowed-media-domains") == 1
+
+
+def test_configured_media_domains_are_the_only_ones() -> None:
+    cluster = ClusterSettings(media_domains=("images.example.com", "cdn.example.org"))
+    args = container(make_spec(), cluster)["args"]
+    start = args.index("--allowed-media-domains") + 1
+    assert args[start : start + 2] == ["images.example.com", "cdn.example.org"]
+    assert not args[start + 2 :] or args[start + 2].startswith("--")
+    assert "invalid." not in args
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("", ["invalid."]), ("images.example.com, cdn.example.org", ["images.example.com", "cdn.example.org"])],
+    ids=["unset", "two-domains"],
+)
+def test_local_engines_get_the_same_media_flag(
+    monkeypatch: pytest.MonkeyPatch, setting: str, expected: list[str]
+) -> None:
+    from serving.local import engine_env
+
+    monkeypatch.setenv("ENGINE_MEDIA_DOMAINS", setting)
+    command = engine_env.engine_command(
+        "/models/chat", port=8001, served_model_name="chat", python=Path("py")
+    )
+    start = command.index("--allowed-media-domains") + 1
+    assert command[start : start + len(expected)] == expected
+    rest = command[start + len(expected) :]
+    assert not rest or rest[0].startswith("--")  # nothing else is taken for a domain
+
+
+def test_a_media_url_cannot_redirect_the_engine_elsewhere() -> None:
+    (redirects,) = [e for e in container(make_spec())["env"] if e["name"] == "VLLM_MEDIA_URL_ALLOW_REDIRECTS"]
+    assert redirects["value"] == "0"
 
 
 def test_pinned_revision_is_passed() -> None:
@@ -397,7 +442,7 @@ def test_service_and_budget_select_the_pods() -> None:
 def test_fixed_policy_renders_no_autoscaler() -> None:
     assert manifests.build_autoscaler(make_spec(), ClusterSettings()) is None
     kinds = [m["kind"] for m in manifests.build_objects(make_spec(), ClusterSettings())]
-    assert kinds == ["Deployment", "Service", "PodDisruptionBudget"]
+    assert kinds == ["NetworkPolicy", "Deployment", "Service", "PodDisruptionBudget"]
 
 
 def test_queue_depth_with_keda_scales_on_waiting_requests() -> None:
@@ -480,17 +525,79 @@ def test_scale_to_zero_without_keda_is_refused() -> None:
 
 def test_objects_come_in_apply_order() -> None:
     objects = manifests.build_objects(make_spec(policy=AutoscalingPolicy.QUEUE_DEPTH), ClusterSettings())
-    assert [m["kind"] for m in objects] == ["Deployment", "Service", "PodDisruptionBudget", "ScaledObject"]
+    assert [m["kind"] for m in objects] == [
+        "NetworkPolicy", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject"
+    ]  # fmt: skip
+
+
+# Who may call an engine: the platform's web and gateway pods, and Prometheus.
+
+
+def network_policy(cluster: ClusterSettings | None = None) -> dict[str, Any]:
+    return manifests.build_network_policy(make_spec(), cluster or ClusterSettings())
+
+
+def test_the_network_policy_covers_every_replica_of_the_deployment() -> None:
+    policy = network_policy()
+    assert policy["spec"]["podSelector"] == {"matchLabels": manifests.selector_labels(make_spec())}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["metadata"]["name"] == manifests.object_name(make_spec())
+
+
+def test_only_the_engine_port_is_open_and_only_to_two_peers() -> None:
+    (rule,) = network_policy()["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert len(rule["from"]) == 2
+
+
+def test_the_gateway_peer_is_web_or_gateway_pods_never_other_engines() -> None:
+    gateway, _ = network_policy()["spec"]["ingress"][0]["from"]
+    selector = gateway["podSelector"]
+    assert selector["matchLabels"] == {"app.kubernetes.io/part-of": "model-marketplace"}
+    assert selector["matchExpressions"] == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["web", "gateway"]}
+    ]
+    # Engine pods share part-of; their component keeps them out.
+    engine_labels = manifests.labels(make_spec())
+    assert engine_labels["app.kubernetes.io/component"] not in selector["matchExpressions"][0]["values"]
+    assert "namespaceSelector" not in gateway  # same namespace as the engines by default
+
+
+def test_the_platform_in_another_namespace_is_selected_by_its_name() -> None:
+    cluster = ClusterSettings(
+        gateway_namespace="marketplace", gateway_pod_labels={"app.kubernetes.io/instance": "prod"}
+    )
+    gateway, _ = network_policy(cluster)["spec"]["ingress"][0]["from"]
+    assert gateway["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "marketplace"}}
+    assert gateway["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": "prod"}
+
+
+def test_prometheus_is_selected_by_its_namespace_and_labels() -> None:
+    cluster = ClusterSettings(prometheus_namespace="observability", prometheus_pod_labels={"app": "prom"})
+    _, prometheus = network_policy(cluster)["spec"]["ingress"][0]["from"]
+    assert prometheus == {
+        "podSelector": {"matchLabels": {"app": "prom"}},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+    }
+
+
+def test_without_network_policies_none_is_built() -> None:
+    objects = manifests.build_objects(make_spec(), ClusterSettings(network_policy=False))
+    assert "NetworkPolicy" not in [m["kind"] for m in objects]
 
 
 def test_builders_do_not_share_mutable_state() -> None:
-    spec = make_spec()
-    first = manifests.build_objects(spec, ClusterSettings())
+    spec, cluster = make_spec(), ClusterSettings()
+    first = manifests.build_objects(spec, cluster)
     snapshot = copy.deepcopy(first)
-    first[0]["metadata"]["labels"]["tampered"] = "yes"
-    first[0]["spec"]["template"]["spec"]["nodeSelector"]["tampered"] = "yes"
-    assert manifests.build_objects(spec, ClusterSettings()) == snapshot
+    policy, deployment = first[0], first[1]
+    deployment["metadata"]["labels"]["tampered"] = "yes"
+    deployment["spec"]["template"]["spec"]["nodeSelector"]["tampered"] = "yes"
+    for peer in policy["spec"]["ingress"][0]["from"]:
+        peer["podSelector"]["matchLabels"]["tampered"] = "yes"
+    assert manifests.build_objects(spec, cluster) == snapshot
     assert "tampered" not in L4.node_labels
+    assert "tampered" not in cluster.gateway_pod_labels and "tampered" not in cluster.prometheus_pod_labels
 
 
 # The validation matrix: every object of a spread of specs × every policy × KEDA on/off, against the
@@ -581,7 +688,13 @@ def test_objects_pass_the_api_schemas(
     scaledobject_validator: jsonschema.protocols.Validator,
 ) -> None:
     spec = MATRIX_SPECS[spec_name](policy)
-    cluster = ClusterSettings(keda=keda, model_cache_pvc="hf-cache" if keda else "")
+    cluster = ClusterSettings(
+        keda=keda,
+        model_cache_pvc="hf-cache" if keda else "",
+        # Both shapes of NetworkPolicy peer: same namespace, and selected by namespace name.
+        gateway_namespace="" if keda else "marketplace",
+        media_domains=() if keda else ("images.example.com",),
+    )
     objects = manifests.build_objects(spec, cluster)
     for manifest in objects:
         if manifest["kind"] == "ScaledObject":
@@ -589,7 +702,7 @@ def test_objects_pass_the_api_schemas(
         else:
             kubernetes_validate.validate(manifest, version, strict=True)
     autoscaler = "ScaledObject" if keda else "HorizontalPodAutoscaler"
-    expected = ["Deployment", "Service", "PodDisruptionBudget"]
+    expected = ["NetworkPolicy", "Deployment", "Service", "PodDisruptionBudget"]
     assert [m["kind"] for m in objects] == expected + (
         [] if policy == AutoscalingPolicy.FIXED else [autoscaler]
     )

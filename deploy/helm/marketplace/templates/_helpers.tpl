@@ -125,6 +125,12 @@ KEDA_ENABLED: {{ ternary "True" "False" .Values.serving.kedaEnabled | quote }}
 PROMETHEUS_URL: {{ .Values.serving.prometheusUrl | quote }}
 MODEL_CACHE_PVC: {{ .Values.serving.modelCachePvc | quote }}
 HF_TOKEN_SECRET: {{ include "marketplace.huggingfaceTokenSecret" . | quote }}
+ENGINE_MEDIA_DOMAINS: {{ join "," .Values.serving.mediaDomains | quote }}
+NETWORK_POLICY_ENABLED: {{ ternary "True" "False" .Values.serving.networkPolicy.enabled | quote }}
+GATEWAY_NAMESPACE: {{ .Release.Namespace | quote }}
+GATEWAY_POD_LABELS: {{ printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s" (include "marketplace.name" .) (.Release.Name | trunc 63 | trimSuffix "-") | quote }}
+PROMETHEUS_NAMESPACE: {{ .Values.serving.networkPolicy.prometheusNamespace | quote }}
+PROMETHEUS_POD_LABELS: {{ include "marketplace.labelList" .Values.serving.networkPolicy.prometheusPodLabels | quote }}
 ALLOWED_HOSTS: {{ include "marketplace.allowedHosts" . | quote }}
 CSRF_TRUSTED_ORIGINS: {{ include "marketplace.csrfTrustedOrigins" . | quote }}
 PUBLIC_URL: {{ include "marketplace.publicUrl" . | quote }}
@@ -155,6 +161,13 @@ OBJECT_STORE_ACCESS_KEY_ID: {{ .Values.config.objectStore.accessKeyId | quote }}
 {{- range $name, $value := .Values.config.extraEnv }}
 {{ $name }}: {{ $value | quote }}
 {{- end }}
+{{- end }}
+
+{{/* A map of labels as `key=value,key=value` (sorted by key), the form the *_POD_LABELS settings read. */}}
+{{- define "marketplace.labelList" -}}
+{{- $pairs := list }}
+{{- range $key, $value := . }}{{ $pairs = append $pairs (printf "%s=%s" $key $value) }}{{ end }}
+{{- join "," $pairs }}
 {{- end }}
 
 {{/* The three secrets: (name, key in the Secret, variable). The chart's own Secret uses the variable as key. */}}
