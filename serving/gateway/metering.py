@@ -145,6 +145,7 @@ class Spool:
             return 0
         self._replaying = True
         try:
+            await cast(Any, connection.ping())  # a long outage's spool is not read again per retry
             pushed = 0
             for path, handle in self._orphans():
                 with handle:
