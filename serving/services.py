@@ -405,6 +405,25 @@ def check_scaling(scaling: Scaling, backend: str) -> None:
             "autoscaling_policy",
             "This machine runs fixed replicas only; autoscaling needs the kubernetes backend.",
         )
+    if backend == Backend.LOCAL:
+        check_machine_cores(scaling.max_replicas)
+
+
+def check_machine_cores(max_replicas: int) -> None:
+    """Refuse at once what this machine can never run: a local replica keeps cores to itself, so no more
+    replicas than it has cores (fewer may run while other deployments hold some: those wait, and their
+    status says so)."""
+    from serving.local import capacity
+
+    cores = len(capacity.allowed_cores())
+    most = cores // capacity.CORES_PER_REPLICA
+    if max_replicas > most:
+        raise _refuse(
+            "max_replicas",
+            f"This machine has {cores} CPU core{'s' if cores != 1 else ''} and each replica keeps "
+            f"{capacity.CORES_PER_REPLICA} to itself, so at most {most} replica{'s' if most != 1 else ''} "
+            "can run here: lower max replicas, or deploy to a cluster with SERVING_BACKEND=kubernetes.",
+        )
 
 
 EDITABLE = (DeploymentStatus.PENDING, DeploymentStatus.PROVISIONING, DeploymentStatus.READY,

@@ -13,6 +13,7 @@ from marketplace.accounts.models import Quota
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.services import subscribe
 from serving import services
+from serving.local import capacity
 from serving.models import Deployment
 
 DEPLOYMENTS = "/api/deployments/"
@@ -25,6 +26,9 @@ def _runnable_here(settings: Any, monkeypatch: Any) -> None:
     settings.SERVING_BACKEND = "local"
     monkeypatch.setattr(services, "check_runnable_here", lambda card, backend: None)
     monkeypatch.setattr(services, "_enqueue", lambda task, deployment_id: None)
+    # A machine of 128 cores, so that the quota, not the machine, is what limits (the machine's own
+    # limit is tests/serving/test_local_admission.py's part).
+    monkeypatch.setattr(capacity, "allowed_cores", lambda: tuple(range(128)))
 
 
 @pytest.fixture
