@@ -232,8 +232,10 @@ def test_transient_api_errors_are_retried(deployment, fake_kubernetes) -> None:
     fake_kubernetes.fail_next(503, times=2)
     # Run in process, Celery performs the retries inline (without the backoff sleep); the third goes through.
     assert tasks.provision_deployment.apply(args=[deployment.pk]).get() == "applied"
-    deployment_patches = [c for c in fake_kubernetes.calls("PATCH") if "/deployments/" in c.path]
-    assert len(deployment_patches) == 3
+    # The NetworkPolicy is applied first, so the injected failures hit it: three tries, then the rest.
+    policy_patches = [c for c in fake_kubernetes.calls("PATCH") if "/networkpolicies/" in c.path]
+    assert len(policy_patches) == 3
+    assert len([c for c in fake_kubernetes.calls("PATCH") if "/deployments/" in c.path]) == 1
 
 
 def test_manifests_endpoint_and_command_print_exactly_what_is_applied(
@@ -244,12 +246,12 @@ def test_manifests_endpoint_and_command_print_exactly_what_is_applied(
     response = client_for(member).get(f"/api/deployments/{deployment.pk}/manifests/")
     assert response.status_code == 200 and response["Content-Type"] == "application/yaml"
     printed = list(yaml.safe_load_all(response.content))
-    assert [o["kind"] for o in printed] == ["Deployment", "Service", "PodDisruptionBudget"]
+    assert [o["kind"] for o in printed] == ["NetworkPolicy", "Deployment", "Service", "PodDisruptionBudget"]
     call_command("deployment_manifests", "acme", "chat")
     assert list(yaml.safe_load_all(capsys.readouterr().out)) == printed
     tasks.provision_deployment.apply(args=[deployment.pk]).get()
     applied = fake_kubernetes.get("apps/v1", "deployments", name_of(deployment))
-    assert applied["spec"]["template"] == printed[0]["spec"]["template"]
+    assert applied["spec"]["template"] == printed[1]["spec"]["template"]
 
 
 QUOTA_MESSAGE = (
