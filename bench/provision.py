@@ -29,6 +29,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+IRREGULAR_PLURALS = {"PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies"}
+
+
 def run(creates: int, deployments: int) -> None:
     import django
 
@@ -106,9 +109,8 @@ def run(creates: int, deployments: int) -> None:
     for row in Deployment.objects.select_related("organization", "model_card", "instance_type"):
         spec = services.spec_for(row)
         for manifest in manifests.build_objects(spec, backend.cluster):
-            group_version, plural = manifest["apiVersion"], manifest["kind"].lower() + "s"
-            if manifest["kind"] == "PodDisruptionBudget":
-                plural = "poddisruptionbudgets"
+            group_version, kind = manifest["apiVersion"], manifest["kind"]
+            plural = IRREGULAR_PLURALS.get(kind, kind.lower() + "s")
             fake.add_object(group_version, plural, manifest)
         name = manifests.object_name(spec)
         fake.set_deployment_status(name, replicas=1, ready_replicas=1)
