@@ -223,7 +223,11 @@ class EngineSupervisor:
             if not room:
                 message = capacity.no_memory_message(needed, left)
         if cores is None or message:
-            if waiting is None or waiting.message != message:
+            if waiting is not None and waiting.message.split(":")[0] == message.split(":")[0]:
+                # The same reason in new figures (free memory moves all the time): keep the first
+                # words, so the deployment's status, and its history of events, stay put.
+                message = waiting.message
+            else:
                 log.info("replica %s/%s waits: %s", deployment_id, slot, message)
             return Replica(slot=slot, generation=generation, state="waiting", message=message,
                            model_path=engine["model_path"])  # fmt: skip

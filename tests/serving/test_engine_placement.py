@@ -125,6 +125,9 @@ def test_a_replica_waits_when_memory_is_short_counting_what_started_engines_will
             "2.0 GB is free once the running engines have grown to their size. The replica starts when "
             "memory is freed: lower this or another deployment's replicas, or delete one."
         )
+        free["bytes"] = 5 * GIB + 100 * 1024**2  # still short: the same sentence, so no new status event
+        placed.step()
+        assert replicas_of(connection, 7)[1]["message"] == second["message"]
         free["bytes"] = 8 * GIB
         placed.step()
         assert [r["state"] for r in replicas_of(connection, 7)] == ["starting", "starting"]
