@@ -224,6 +224,21 @@ def test_the_worker_says_loudly_when_redis_would_lose_queued_records(
         assert len(messages) == 1 and warning in messages[0]
 
 
+def test_a_worker_checks_redis_persistence_as_it_starts(tmp_path: Path, settings: Any, caplog: Any) -> None:
+    from celery.signals import worker_ready
+
+    import serving.tasks  # noqa: F401 - as the worker imports its tasks, which connects the check
+
+    server = RedisServer(tmp_path / "redis", "--appendonly", "no", "--save", "").start()
+    settings.REDIS_URL = server.url
+    try:
+        with caplog.at_level(logging.WARNING, logger="serving.gateway.metering"):
+            worker_ready.send(sender=None)
+    finally:
+        server.kill()
+    assert any("REDIS HAS NO PERSISTENCE" in r.getMessage() for r in caplog.records)
+
+
 def test_the_embedded_valkey_keeps_what_it_acknowledged_when_killed(tmp_path: Path) -> None:
     with _embedded_valkey(tmp_path / "valkey", persist=True) as url:
         client = redis.Redis.from_url(url)
