@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from serving.models import UsageRecord
 from tests.conftest import database_url_for_processes, make_user
 from tests.serving.gateway.conftest import CHAT, ROOT, deploy, free_port, stop_group, wait_healthy
 
-REDIS_PORTS = iter(range(6420, 6430))
+REDIS_PORTS = itertools.cycle(range(6420, 6430))  # each test stops its servers before the next starts
 
 
 class RedisServer:
