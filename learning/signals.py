@@ -1,4 +1,4 @@
-"""An organisation's stored logs go with it.
+"""An organisation's stored logs and datasets go with it.
 
 Its index rows are deleted by the database's cascade; the objects they name would stay in the store for
 ever (retention reads the index), so their keys are collected before the delete and handed, once the
@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 
-from learning.models import InvocationLogObject
+from learning.models import Dataset, InvocationLogObject
 from marketplace.accounts.models import Organization
 
 KEYS_PER_TASK = 1000
@@ -24,5 +24,6 @@ def delete_organization_logs(sender: type[Organization], instance: Organization,
     from learning.tasks import delete_log_objects
 
     keys = list(InvocationLogObject.objects.filter(organization=instance).values_list("key", flat=True))
+    keys += Dataset.objects.filter(organization=instance).values_list("key", flat=True)
     for start in range(0, len(keys), KEYS_PER_TASK):
         transaction.on_commit(partial(delete_log_objects.delay, keys[start : start + KEYS_PER_TASK]))

@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from learning.api import datasets as learning_datasets
 from learning.api import views as learning
 from marketplace.accounts.api import views as accounts
 from marketplace.catalog.api import views as catalog
@@ -22,6 +23,7 @@ router.register(
     "invocation-log-settings", learning.InvocationLogSettingsViewSet, basename="invocationlogsettings"
 )
 router.register("invocation-logs", learning.InvocationLogViewSet, basename="invocationlog")
+router.register("datasets", learning_datasets.DatasetViewSet, basename="dataset")
 
 urlpatterns = [
     path(
