@@ -141,7 +141,12 @@ async def _replay_spooled_usage() -> None:
     the spool folder holds no file); retried in the background while Redis is away."""
     from serving.gateway import metering, pipeline
 
-    if metering.process_spool().has_orphans():
+    try:
+        left = metering.process_spool().has_orphans()
+    except OSError as error:  # an unreadable spool folder must not stop the process from serving
+        log.error("cannot look for spooled usage records: %s", error)
+        return
+    if left:
         pipeline.services().queue.resume()
 
 
