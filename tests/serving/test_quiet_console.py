@@ -27,13 +27,21 @@ from tests.serving.fake_kubernetes import FakeKubernetes
 def celery_levels() -> Iterator[None]:
     """Put Celery's loggers back as they were: other tests share the process."""
     saved = {name: logging.getLogger(name).level for name in celery_config.QUIET_LOGGERS}
+    beat = logging.getLogger(celery_config.BEAT_LOGGER)
+    saved_filters = list(beat.filters)
     for name in saved:
         logging.getLogger(name).setLevel(logging.NOTSET)
+    beat.filters = []
     try:
         yield
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+        beat.filters = saved_filters
+
+
+def beat_line(message: str, *args: Any) -> logging.LogRecord:
+    return logging.LogRecord(celery_config.BEAT_LOGGER, logging.INFO, "beat.py", 1, message, args, None)
 
 
 @pytest.mark.usefixtures("celery_levels")
@@ -44,6 +52,9 @@ def test_celery_per_task_lines_are_quiet_once_a_worker_or_beat_sets_up_logging()
         assert logging.getLogger(name).level == logging.WARNING, name
         assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
         assert logging.getLogger(name).isEnabledFor(logging.ERROR), name  # failures still show
+    beat = logging.getLogger(celery_config.BEAT_LOGGER)
+    assert not beat.filter(beat_line("Scheduler: Sending due task %s (%s)", "flush-usage", "flush_usage"))
+    assert beat.filter(beat_line("beat: Starting..."))  # beat's other lines stay
 
 
 @pytest.mark.usefixtures("celery_levels")
@@ -52,6 +63,8 @@ def test_debug_log_level_keeps_every_celery_line() -> None:
                             format="", colorize=False)  # fmt: skip
     for name in celery_config.QUIET_LOGGERS:
         assert logging.getLogger(name).level == logging.NOTSET, name
+    beat = logging.getLogger(celery_config.BEAT_LOGGER)
+    assert beat.filter(beat_line("Scheduler: Sending due task %s (%s)", "flush-usage", "flush_usage"))
 
 
 # The tasks' own lines.
