@@ -45,3 +45,24 @@ def delete_log_objects(keys: list[str]) -> int:
     for key in keys:
         store.delete(key)
     return len(keys)
+
+
+@shared_task(acks_late=True)
+def run_evaluation(evaluation_id: int) -> str:
+    """Run or resume an evaluation (learning.evaluations.run); a second delivery while a worker holds the
+    evaluation does nothing."""
+    from learning import evaluations
+
+    return evaluations.run_blocking(evaluation_id)
+
+
+@shared_task(expires=60)
+def resume_evaluations() -> int:
+    """The safety net behind `run_evaluation`: hand every evaluation that no live worker holds (a lost
+    task, a killed worker whose lease lapsed) to a worker again. Returns how many were handed on."""
+    from learning.evaluations import unattended
+
+    ids = unattended()
+    for evaluation_id in ids:
+        run_evaluation.delay(evaluation_id)
+    return len(ids)

@@ -4,6 +4,7 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from learning.api import datasets as learning_datasets
+from learning.api import evaluations as learning_evaluations
 from learning.api import views as learning
 from marketplace.accounts.api import views as accounts
 from marketplace.catalog.api import views as catalog
@@ -24,6 +25,7 @@ router.register(
 )
 router.register("invocation-logs", learning.InvocationLogViewSet, basename="invocationlog")
 router.register("datasets", learning_datasets.DatasetViewSet, basename="dataset")
+router.register("evaluations", learning_evaluations.EvaluationViewSet, basename="evaluation")
 
 urlpatterns = [
     path(
