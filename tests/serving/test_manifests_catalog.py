@@ -43,7 +43,9 @@ def scaledobject_validator() -> Any:
 def spec_for(card: ModelCard, instance: InstanceType, policy: str) -> DeploymentSpec:
     from marketplace.catalog import fits
 
-    tp = fits.smallest_tensor_parallel_size(card.gpu_memory_gb, instance.gpu_count, instance.gpu_memory_gb)
+    # `fitting` places a card at its shortest deployable context (its least memory): size the group alike.
+    needed = card.min_gpu_memory_gb
+    tp = fits.smallest_tensor_parallel_size(needed, instance.gpu_count, instance.gpu_memory_gb)
     assert tp is not None
     minimum = 0 if policy == AutoscalingPolicy.SCALE_TO_ZERO else 1
     return DeploymentSpec(
