@@ -213,9 +213,13 @@ def _env(spec: DeploymentSpec, cluster: ClusterSettings) -> list[dict[str, Any]]
         # A media URL on an allowed domain must not redirect the engine to any other host.
         {"name": "VLLM_MEDIA_URL_ALLOW_REDIRECTS", "value": "0"},
     ]
-    if spec.model.gated:
-        # Only gated models see the token: fewer pods holding a credential they do not need.
-        secret = {"name": cluster.hf_token_secret, "key": "token"}
+    if spec.model.gated is not False:
+        # Only gated models see the token: fewer pods holding a credential they do not need. A model
+        # whose gating the catalog does not know gets it when the Secret exists (optional), so it
+        # downloads if the Hub does gate it, and still starts where no token was ever given.
+        secret: dict[str, Any] = {"name": cluster.hf_token_secret, "key": "token"}
+        if spec.model.gated is None:
+            secret["optional"] = True
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}})
     return env
 

@@ -44,7 +44,7 @@ class ModelSpec:
     slug: str
     huggingface_repo: str
     revision: str  # "" when the catalog pins none
-    gated: bool
+    gated: bool | None  # None: the catalog does not know whether the Hub gates it
     parameters: int
     gpu_memory_gb: int
     context_length: int

@@ -354,6 +354,14 @@ def test_gated_model_gets_the_token_from_the_secret() -> None:
     assert token["valueFrom"] == {"secretKeyRef": {"name": "huggingface-token", "key": "token"}}
 
 
+def test_a_model_of_unknown_gating_gets_the_token_if_the_secret_exists() -> None:
+    vllm = container(make_spec(model=dataclasses.replace(QWEN_7B, gated=None)))
+    (token,) = [entry for entry in vllm["env"] if entry["name"] == "HF_TOKEN"]
+    assert token["valueFrom"] == {
+        "secretKeyRef": {"name": "huggingface-token", "key": "token", "optional": True}
+    }
+
+
 def test_open_model_gets_no_token() -> None:
     assert "HF_TOKEN" not in env_names(make_spec())
     assert "HF_HOME" in env_names(make_spec())
@@ -634,6 +642,7 @@ MATRIX_SPECS = {
             "enable_prefix_caching": False,
         },
     ),
+    "unknown-gating": lambda policy: make_spec(model=dataclasses.replace(BGE_M3, gated=None), policy=policy),
     "long-names": lambda policy: make_spec(
         model=QWEN_7B,
         instance=dataclasses.replace(L4, node_labels={}),
