@@ -1,0 +1,130 @@
+"""An evaluation on this machine, for real: the SmolLM2 chat deployment answers a small dataset through
+a real Celery worker and the gateway's own path, MiniLM scores similarity to the reference, and SmolLM2
+judges itself (only the plumbing is judged here: a 135M model's verdicts are not a quality signal).
+The two engines are real vLLM processes, each bound to a core of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+from learning import datasets, evaluations
+from learning.choices import DatasetSource, EvaluationStatus
+from learning.models import Evaluation, EvaluationItem
+from learning.storage import FolderStore
+from marketplace.accounts import services as account_services
+from marketplace.accounts.models import Quota
+from serving.local import engine_env
+from tests.conftest import make_user
+from tests.learning.test_evaluation_worker_killed import start_worker, stop
+from tests.serving.gateway.conftest import (
+    CHAT,
+    EMBED,
+    deploy,
+    engine_prepared,
+    free_port,
+    stop_group,
+    wait_healthy,
+)
+
+pytestmark = pytest.mark.slow
+
+RECORDS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is 2 + 2?", "2 + 2 = 4."),
+    ("Name a primary colour.", "Red is a primary colour."),
+    ("What do bees make?", "Bees make honey."),
+]
+
+
+@pytest.fixture(scope="module")
+def bound_engines() -> Iterator[dict[str, str]]:
+    """SmolLM2 on core 0 and MiniLM on core 1 (unbound, both would land on core 0 and starve)."""
+    if not engine_prepared():
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
+        pytest.skip("the local engine is not prepared: python3 run.py engine")
+    directory = engine_env.engine_dir()
+    processes, urls = [], {}
+    for slug, served, cpus, extra in (
+        (CHAT, "tiny-chat", "0", {"dtype": "float32", "max_model_len": 2048}),
+        (EMBED, "minilm", "1", {"runner": "pooling", "max_model_len": 256}),
+    ):
+        port = free_port()
+        tmp = Path(tempfile.mkdtemp(prefix="eval-engine-"))
+        command = engine_env.engine_command(
+            engine_env.model_path(directory, slug), port=port, served_model_name=served, **extra
+        )
+        log = (tmp / "engine.log").open("wb")
+        processes.append(
+            subprocess.Popen(
+                command,
+                env=engine_env.engine_environment(directory, tmp, cpus=cpus),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
+        urls[slug] = f"http://127.0.0.1:{port}"
+    try:
+        for process, url in zip(processes, urls.values(), strict=True):
+            wait_healthy(f"{url}/health", process, timeout=240)
+        yield urls
+    finally:
+        for process in processes:
+            stop_group(process)
+
+
+def test_an_evaluation_of_the_smollm2_deployment_runs_end_to_end(
+    bound_engines: dict[str, str], transactional_catalog: None, configured_store: FolderStore, tmp_path: Path
+) -> None:
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    owner = make_user("edna")
+    organization = account_services.create_organization(slug="real-evals", name="Real Evals", owner=owner)
+    Quota.objects.filter(organization=organization).update(requests_per_minute=10_000)
+    deploy(organization, "tiny-chat", CHAT, bound_engines[CHAT])
+    deploy(organization, "minilm", EMBED, bound_engines[EMBED])
+    dataset = datasets.save(
+        configured_store, organization_id=organization.pk, name="basics", source=DatasetSource.UPLOAD,
+        records=[{"messages": [{"role": "user", "content": q}], "reference": a} for q, a in RECORDS],
+        heldout_fraction=0.0, seed=0,
+    )  # fmt: skip
+    worker = start_worker("evaluator", tmp_path)
+    try:
+        evaluation = evaluations.create_evaluation(
+            organization=organization, user=owner, dataset=dataset, deployments=["tiny-chat"], part="all",
+            scorer_specs=[
+                {"kind": "similarity", "deployment": "minilm"},
+                {"kind": "judge", "deployment": "tiny-chat"},
+            ],
+            max_tokens=48, concurrency=2,
+        )  # fmt: skip
+        deadline = time.monotonic() + 150
+        while Evaluation.objects.get(pk=evaluation.pk).status != EvaluationStatus.SUCCEEDED:
+            assert time.monotonic() < deadline, (tmp_path / "evaluator.log").read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        stop(worker)
+
+    evaluation.refresh_from_db()
+    items = list(EvaluationItem.objects.filter(evaluation=evaluation))
+    assert len(items) == len(RECORDS) and all(not item.error and item.answer for item in items)
+    assert all(item.completion_tokens > 0 and item.scoring_tokens > 0 for item in items)
+    assert all(-1.0 <= item.scores["similarity"] <= 1.0 for item in items)  # type: ignore[operator]
+    judged = [item.scores["judge"] for item in items]
+    assert all(score is None or 1 <= score <= 10 for score in judged)  # a verdict, or counted unparseable
+    [summary] = evaluations.results(evaluation)
+    assert summary["scores"]["similarity"]["scored"] == len(RECORDS)
+    assert summary["scores"]["judge"]["scored"] + summary["scores"]["judge"]["unscored"] == len(RECORDS)
+    assert summary["latency_ms"]["p50"] > 0 and summary["tokens_per_second"] > 0
+    progress = evaluations.progress(evaluation)
+    assert (progress["done"], progress["total"]) == (len(RECORDS), len(RECORDS))
+    print(f"\nEvaluation of SmolLM2 on {len(RECORDS)} items: {evaluation.status_message} {summary}")
