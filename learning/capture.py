@@ -1,6 +1,8 @@
 """The gateway's end of invocation logging: decide, mask, queue. Never raises into the request.
 
-`capture(record)` is called once per invocation, after the answer, off the response path:
+`capture(record)` decides and queues one record, after the answer, off the response path. The gateway
+splits the two (serving.gateway.invocation_log): `policy_of` when a call starts, so that it assembles
+a stream only for a call that is logged, then `capture_selected` after the answer:
 1. The organisation's policy comes from a per-process snapshot of its `InvocationLogSettings`, re-read at
    most once per GATEWAY_CACHE_SECONDS (no database query in steady state). Logging off, a deployment or
    key outside the narrowing lists, or a sample that misses: nothing more is done.
@@ -139,6 +141,16 @@ class Capturer:
             draw = random.random()  # noqa: S311 (sampling, not secrecy)
             if not policy.selects(str(record.get("deployment")), record.get("key_prefix"), draw):
                 return False
+        except (DatabaseError, KeyError, TypeError, ValueError) as error:
+            FAILED.inc()
+            log.warning("invocation record not logged: %s", error)
+            return False
+        return await self.enqueue(record, policy)
+
+    async def enqueue(self, record: dict[str, Any], policy: Policy) -> bool:
+        """Queue `record`, already selected under `policy` (the gateway decides when the call starts,
+        so that it assembles a stream only when the call is logged). Never raises, like `capture`."""
+        try:
             line = json.dumps(shape(record, policy), separators=(",", ":"), ensure_ascii=False, default=str)
             length = await cast(
                 Any,
@@ -175,14 +187,34 @@ def shape(record: dict[str, Any], policy: Policy) -> dict[str, Any]:
 _capturers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Capturer] = weakref.WeakKeyDictionary()
 
 
-async def capture(record: dict[str, Any]) -> bool:
-    """Queue one invocation record (fields: see learning.models) for the log, if its organisation keeps
-    it. One Redis round trip when it does, none when it does not (in steady state); never raises."""
+def _capturer() -> Capturer:
     loop = asyncio.get_running_loop()
     capturer = _capturers.get(loop)
     if capturer is None:
         capturer = _capturers[loop] = Capturer()
-    return await capturer.capture(record)
+    return capturer
+
+
+async def capture(record: dict[str, Any]) -> bool:
+    """Queue one invocation record (fields: see learning.models) for the log, if its organisation keeps
+    it. One Redis round trip when it does, none when it does not (in steady state); never raises."""
+    return await _capturer().capture(record)
+
+
+async def policy_of(organization_id: int) -> Policy:
+    """The organisation's policy from this process's snapshot (a database read once per TTL). A policy
+    that cannot be read is OFF: the call is answered, and not logged."""
+    try:
+        return await _capturer().policy(organization_id)
+    except DatabaseError as error:
+        FAILED.inc()
+        log.warning("invocation logging policy of organisation %s not read: %s", organization_id, error)
+        return OFF
+
+
+async def capture_selected(record: dict[str, Any], policy: Policy) -> bool:
+    """Queue a record the gateway selected under `policy` when its call started; never raises."""
+    return await _capturer().enqueue(record, policy)
 
 
 def overflow_count(connection: redis.Redis, organization_id: int) -> int:

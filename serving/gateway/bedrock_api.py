@@ -72,6 +72,7 @@ async def _complete(
     call: pipeline.Call, payload: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, HttpResponse | None]:
     """Run a non-streamed chat completion; (answer, None) or (None, an error answer)."""
+    call.payload = payload
     try:
         exchange = await upstream.call("/v1/chat/completions", payload, call.target.endpoints)
     except upstream.UpstreamError as error:
@@ -83,11 +84,14 @@ async def _complete(
         await pipeline.finish(call)
         raise
     call.status_code = exchange.status
+    answer = call.answered(exchange.body) if exchange.status == 200 or call.log is not None else None
     if exchange.status != 200:
         await pipeline.finish(call)
         return None, bedrock_error(400 if exchange.status < 500 else 502, _engine_message(exchange.body))
-    answer = json.loads(exchange.body)
-    call.saw_usage(answer.get("usage"))
+    if answer is None:
+        call.status_code = 502
+        await pipeline.finish(call)
+        return None, bedrock_error(502, "The model's answer could not be read.")
     await pipeline.finish(call)
     return answer, None
 
@@ -144,6 +148,7 @@ async def _stream(
     close: Callable[[int], list[bytes]],
 ) -> HttpResponse | StreamingHttpResponse:
     upstream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+    call.payload = upstream_payload
     exchange = await pipeline.start_stream(call, "/v1/chat/completions", upstream_payload)
     if isinstance(exchange, pipeline.Refusal):
         if exchange.message:

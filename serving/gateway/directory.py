@@ -44,6 +44,7 @@ class Caller:
     organization_id: int
     allowed_deployments: frozenset[str]  # empty: every deployment of the organisation
     limits: Limits
+    key_prefix: str | None = None  # the key's visible prefix (`mk-…`), which invocation logs narrow by
 
     def may_call(self, name: str) -> bool:
         return not self.allowed_deployments or name in self.allowed_deployments
@@ -298,6 +299,7 @@ def _caller(organization_id: int, key: ApiKey | None) -> Caller:
             org_tpm=quota.tokens_per_minute,
             org_monthly_tokens=quota.monthly_token_budget,
         ),
+        key_prefix=None if key is None else key.prefix,
     )
 
 

@@ -6,7 +6,6 @@ Each is a thin async view over serving.gateway.pipeline; streams pass through ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -91,10 +90,11 @@ async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingH
 
 
 async def invoke_as(
-    caller: Caller, route: str, payload: dict[str, Any]
+    caller: Caller, route: str, payload: dict[str, Any], *, log_route: str | None = None
 ) -> HttpResponse | StreamingHttpResponse:
     """Check, admit, proxy and meter one call of `caller` (an API key's, or a signed-in person's in the
-    web playground): the same path whoever calls."""
+    web playground): the same path whoever calls. `log_route` names the route in invocation records
+    when it is not the API's own (the playground's)."""
     problem = check_shape(route, payload)
     if problem:
         return openai_error(400, problem[1], param=problem[0])
@@ -109,7 +109,8 @@ async def invoke_as(
     streamed = bool(payload.get("stream")) and route != "embeddings"
     call = pipeline.Call(
         caller=caller, target=target, route=route, model=model, streamed=streamed,
-        estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload),
+        estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload), payload=payload,
+        log_route=log_route,
     )  # fmt: skip
     try:
         decision = await pipeline.admit(call)
@@ -134,9 +135,8 @@ async def invoke_as(
         await pipeline.finish(call)
         raise
     call.status_code = exchange.status
-    if exchange.status == 200:
-        with contextlib.suppress(ValueError, AttributeError):
-            call.saw_usage(json.loads(exchange.body).get("usage"))
+    if exchange.status == 200 or call.log is not None:
+        call.answered(exchange.body)
     await pipeline.finish(call)
     response = HttpResponse(exchange.body, status=exchange.status, content_type="application/json")
     for name, value in decision.headers().items():
@@ -154,6 +154,7 @@ async def _stream(
         **payload,
         "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True},
     }
+    call.payload = upstream_payload
     exchange = await pipeline.start_stream(call, PATHS[route], upstream_payload)
     if isinstance(exchange, pipeline.Refusal):
         if exchange.message:

@@ -4,10 +4,12 @@
 2. The model name → a ready deployment of the caller's organisation (cached), or the same 404 as for a
    name that does not exist.
 3. Limits: one atomic Redis round trip checks and counts requests and prompt tokens (estimated from the
-   request's size; corrected when the engine reports usage).
-4. Proxy to a replica (serving.gateway.upstream).
-5. Meter: completion tokens to the limiter, a usage record to the Redis queue a periodic task flushes to
-   PostgreSQL, and Prometheus metrics.
+   request's size; corrected when the engine reports usage). Then whether the call is logged
+   (serving.gateway.invocation_log.decide, from an in-process snapshot: no round trip).
+4. Proxy to a replica (serving.gateway.upstream); a logged stream is assembled as it is relayed.
+5. Meter, after the answer and without the caller waiting: completion tokens to the limiter, a usage
+   record to the Redis queue a periodic task flushes to PostgreSQL, Prometheus metrics, and a logged
+   call's invocation record to the log's bounded queue (learning.capture).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
-from serving.gateway import metrics, upstream
+from learning.capture import Policy
+from serving.gateway import invocation_log, metrics, upstream
 from serving.gateway.directory import Caller, Directory, Target
 from serving.gateway.limits import Decision, RateLimiter
 from serving.gateway.metering import UsageQueue
@@ -138,6 +141,25 @@ class Call:
     status_code: int = 200
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     payload: dict[str, Any] = field(default_factory=dict)  # the engine request, once translated
+    log: Policy | None = None  # set when the call is logged (invocation_log.decide)
+    log_route: str | None = None  # the record's route when not the API's (the web playground)
+    assembly: invocation_log.StreamAssembly | None = None  # a logged stream, put back together
+    answer: Any = None  # a logged call's unstreamed answer
+
+    def answered(self, body: bytes) -> dict[str, Any] | None:
+        """The engine's unstreamed JSON answer, read once: its usage replaces the estimate, and a logged
+        call keeps it for its record. None when the body is not a JSON object."""
+        try:
+            answer = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(answer, dict):
+            return None
+        if self.status_code == 200:
+            self.saw_usage(answer.get("usage"))
+        if self.log is not None:
+            self.answer = answer
+        return answer
 
     def saw_usage(self, usage: dict[str, Any] | None) -> None:
         """The engine's own counts, which replace the estimate and the relayed count."""
@@ -151,6 +173,8 @@ class Call:
         Nothing is counted once the engine has reported usage: its figures are exact."""
         if self.prompt_tokens is None:
             self.completion_tokens += relayed_tokens(chunk)
+        if self.assembly is not None:
+            self.assembly.feed(chunk)
 
     def first_token(self) -> None:
         if self.first_token_at is None:
@@ -172,6 +196,8 @@ async def admit(call: Call) -> Decision:
     except redis.RedisError as error:
         raise LimitsUnavailable(str(error)) from error
     call.decision = decision
+    if decision.allowed:
+        await invocation_log.decide(call)
     return decision
 
 
@@ -239,13 +265,15 @@ async def _write_usage(call: Call, finished: float) -> None:
     )
     gateway = services()
     writes = [gateway.queue.push(record)]  # keeps the record in the spool when Redis cannot take it
+    if call.log is not None:
+        writes.append(invocation_log.capture(call, finished))  # never raises
     if correction > 0:
         writes.append(
             gateway.limiter.add_tokens(
                 key_id=call.caller.key_id, org_id=call.caller.organization_id, tokens=correction
             )
         )
-    # Both at once: one round trip of waiting, not two.
+    # All at once: one round trip of waiting, not several.
     queued, *counted = await asyncio.gather(*writes, return_exceptions=True)
     if isinstance(queued, BaseException):
         raise queued

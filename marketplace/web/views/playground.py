@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET
 from marketplace.accounts.models import Membership
 from marketplace.web.views.deployments import deployment_or_404, visible_deployments
 from serving.choices import DeploymentStatus
-from serving.gateway import openai_api, pipeline, request_fields
+from serving.gateway import invocation_log, openai_api, pipeline, request_fields
 from serving.gateway.errors import openai_error
 
 CHATTABLE = (DeploymentStatus.READY, DeploymentStatus.UPDATING)
@@ -72,4 +72,5 @@ async def playground_chat(request: HttpRequest, pk: int) -> HttpResponse | Strea
         return openai_error(400, f"The playground does not send '{unknown[0]}'.", param=unknown[0])
     caller = await pipeline.services().directory.person(organization_id)
     payload = {**payload, "model": name, "stream": True, "stream_options": {"include_usage": True}}
-    return await openai_api.invoke_as(caller, "chat.completions", payload)
+    route = invocation_log.PLAYGROUND
+    return await openai_api.invoke_as(caller, "chat.completions", payload, log_route=route)
