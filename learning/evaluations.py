@@ -224,7 +224,10 @@ def results(evaluation: Evaluation) -> list[dict[str, Any]]:
         )
         for row in rows
     ]
-    kinds = [(spec["name"], spec["kind"] in scorers.BINARY_KINDS) for spec in evaluation.scorers]
+    kinds = [
+        (spec["name"], spec["kind"] in scorers.BINARY_KINDS, scorers.BOUNDS[spec["kind"]])
+        for spec in evaluation.scorers
+    ]
     return summarize(items, evaluation.deployments, kinds, evaluation.prices)
 
 

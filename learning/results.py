@@ -89,13 +89,19 @@ def busy_seconds(intervals: Iterable[tuple[datetime.datetime, datetime.datetime]
     return total
 
 
-def score_summary(values: list[float | None], binary: bool) -> dict[str, Any]:
+def score_summary(
+    values: list[float | None], binary: bool, bounds: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """Mean and 95% interval of the scored values; the interval is clipped to the scorer's `bounds`
+    (a t-interval of a few cosines near 1 would otherwise reach past 1)."""
     scored = [value for value in values if value is not None]
     summary: dict[str, Any] = {"scored": len(scored), "unscored": len(values) - len(scored)}
     if not scored:
         return {**summary, "mean": None, "ci95": None}
     mean = statistics.fmean(scored)
     interval = wilson(sum(scored), len(scored)) if binary else t_interval(scored)
+    if interval and bounds:
+        interval = (max(bounds[0], interval[0]), min(bounds[1], interval[1]))
     rounded = [round(bound, 4) for bound in interval] if interval else None
     return {**summary, "mean": round(mean, 4), "ci95": rounded}
 
@@ -103,10 +109,10 @@ def score_summary(values: list[float | None], binary: bool) -> dict[str, Any]:
 def summarize(
     items: Sequence[ItemResult],
     deployments: Sequence[str],
-    scorers: Sequence[tuple[str, bool]],
+    scorers: Sequence[tuple[str, bool, tuple[float, float]]],
     prices: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """One summary per deployment, in the evaluation's order. `scorers`: (name, binary) pairs; `prices`:
+    """One summary per deployment, in the evaluation's order. `scorers`: (name, binary, bounds); `prices`:
     {deployment: {"hourly_usd": str | float, "replicas": int}}."""
     summaries = []
     for name in deployments:
@@ -129,8 +135,8 @@ def summarize(
                 "items": len(mine),
                 "errors": len(mine) - len(answered),
                 "scores": {
-                    scorer: score_summary([item.scores.get(scorer) for item in mine], binary)
-                    for scorer, binary in scorers
+                    scorer: score_summary([item.scores.get(scorer) for item in mine], binary, bounds)
+                    for scorer, binary, bounds in scorers
                 },
                 "latency_ms": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)},
                 "tokens": {

@@ -32,6 +32,14 @@ from learning.choices import ScorerKind
 Ask = Callable[[str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 
 BINARY_KINDS = frozenset({ScorerKind.EXACT_MATCH, ScorerKind.REGEX, ScorerKind.JSON})
+# The range of each kind's scores.
+BOUNDS: dict[str, tuple[float, float]] = {
+    ScorerKind.EXACT_MATCH: (0.0, 1.0),
+    ScorerKind.REGEX: (0.0, 1.0),
+    ScorerKind.JSON: (0.0, 1.0),
+    ScorerKind.SIMILARITY: (-1.0, 1.0),
+    ScorerKind.JUDGE: (1.0, 10.0),
+}
 MAX_PATTERN = 1000
 MAX_RUBRIC = 8000
 JUDGE_MAX_TOKENS = 200

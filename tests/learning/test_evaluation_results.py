@@ -50,7 +50,7 @@ def test_summary_per_deployment_prices_the_busy_time() -> None:
         item("large", 0, 4000, 1.0), item("large", 10, 500, None, ok=False),
     ]  # fmt: skip
     prices = {"small": {"hourly_usd": "3.6", "replicas": 1}, "large": {"hourly_usd": "36", "replicas": 2}}
-    small, large = results.summarize(items, ["small", "large"], [("exact", True)], prices)
+    small, large = results.summarize(items, ["small", "large"], [("exact", True, (0.0, 1.0))], prices)
     assert small["scores"]["exact"]["mean"] == 0.5
     assert (small["scores"]["exact"]["scored"], small["scores"]["exact"]["unscored"]) == (2, 1)
     assert small["busy_seconds"] == 3.5  # [0, 1.5] and [5, 7]
@@ -60,3 +60,8 @@ def test_summary_per_deployment_prices_the_busy_time() -> None:
     assert large["errors"] == 1 and large["latency_ms"]["p50"] == 4000.0
     assert large["hourly_usd"] == 72.0 and large["cost_usd"] == pytest.approx(72 * 4.5 / 3600)
     assert large["usd_per_million_tokens"] == pytest.approx(72 / 3600 / (300 / 4.5) * 1e6, rel=1e-4)
+
+
+def test_a_graded_interval_stays_inside_the_scorers_range() -> None:
+    summary = results.score_summary([0.99, 0.7, 0.98], binary=False, bounds=(-1.0, 1.0))
+    assert summary["ci95"][1] == 1.0 and summary["ci95"][0] < summary["mean"]
