@@ -4,7 +4,16 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from marketplace.web import sign_in
-from marketplace.web.views import catalog, deployments, keys, logs, organization, platform, playground
+from marketplace.web.views import (
+    catalog,
+    deployments,
+    evaluations,
+    keys,
+    logs,
+    organization,
+    platform,
+    playground,
+)
 
 app_name = "web"
 
@@ -29,6 +38,11 @@ urlpatterns = [
     path("invocation-logs/", logs.logs, name="logs"),
     path("invocation-logs/settings/", logs.log_settings, name="log-settings"),
     path("invocation-logs/<str:record_id>/", logs.log_record, name="log-record"),
+    path("datasets/", evaluations.dataset_list, name="datasets"),
+    path("datasets/<int:pk>/", evaluations.dataset_detail, name="dataset"),
+    path("evaluations/", evaluations.evaluation_list, name="evaluations"),
+    path("evaluations/<int:pk>/", evaluations.evaluation_detail, name="evaluation"),
+    path("evaluations/<int:pk>/cancel/", evaluations.evaluation_cancel, name="evaluation-cancel"),
     path("organization/", organization.organization_page, name="organization"),
     path("organization/switch/", organization.switch, name="organization-switch"),
     path("organization/members/", organization.add_member, name="member-add"),
