@@ -272,6 +272,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation documents its error answers (400 with field errors, 401, 403, 404, 409, 429).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "marketplace.rest.document_organization_filter",
+        "marketplace.rest.document_error_answers",
+    ],
 }
 
 CELERY_BROKER_URL = REDIS_URL

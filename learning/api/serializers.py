@@ -31,8 +31,10 @@ class InvocationLogSettingsSerializer(serializers.ModelSerializer[InvocationLogS
     sample_rate = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
     retention_days = serializers.IntegerField(min_value=1, max_value=MAX_RETENTION_DAYS, required=False)
     updated_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True
+        slug_field="username", read_only=True, allow_null=True
     )
+    # Both null until the settings are first saved (they are shown before, with their defaults).
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True)
     overflow = serializers.SerializerMethodField(
         help_text="Records not logged because the queue was full (since Redis last restarted empty)"
     )

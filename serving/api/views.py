@@ -86,6 +86,7 @@ class DeploymentViewSet(
         )
         return Response(DeploymentSerializer(deployment).data)
 
+    @extend_schema(responses={202: OpenApiResponse(description="Deletion started; see its status")})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         services.delete_deployment(self.get_object())
         return Response(status=status.HTTP_202_ACCEPTED)

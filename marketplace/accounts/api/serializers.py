@@ -45,7 +45,8 @@ class OrganizationCreateSerializer(serializers.ModelSerializer[Organization]):
 
 class MembershipSerializer(serializers.ModelSerializer[Membership]):
     username = serializers.CharField(source="user.username", read_only=True)
-    email = serializers.EmailField(source="user.email", read_only=True)
+    # A CharField: an account may have no e-mail address (""), which is not a valid address.
+    email = serializers.CharField(source="user.email", read_only=True)
 
     class Meta:
         model = Membership
@@ -97,8 +98,9 @@ class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
     organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
         slug_field="slug", read_only=True
     )
+    # null once the person who made the key is deleted
     created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True
+        slug_field="username", read_only=True, allow_null=True
     )
     is_active = serializers.BooleanField(read_only=True)
 

@@ -135,9 +135,17 @@ class FitSerializer(serializers.Serializer[InstanceType]):
         return placement.estimate.needed_gb if placement else card.gpu_memory_gb
 
 
+class ProviderSummarySerializer(ProviderSerializer):
+    """A provider as a card names it: the card's query counts no models, so no `model_count` (which the
+    schema would otherwise promise)."""
+
+    class Meta(ProviderSerializer.Meta):
+        fields = ["slug", "name", "url", "huggingface_org"]
+
+
 class ModelCardDetailSerializer(ModelCardSerializer):
     license = LicenseSerializer(read_only=True)  # type: ignore[assignment]
-    provider = ProviderSerializer(read_only=True)  # type: ignore[assignment]
+    provider = ProviderSummarySerializer(read_only=True)  # type: ignore[assignment]
     fits = serializers.SerializerMethodField()
     license_terms = serializers.CharField(read_only=True, help_text="The text a subscriber accepts")
     kv_cache_bytes_per_token = serializers.IntegerField(
