@@ -298,6 +298,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": float(INVOCATION_LOG_WRITE_INTERVAL_SECONDS),
     },
     "expire-invocation-logs": {"task": "learning.tasks.expire_invocation_logs", "schedule": 3600.0},
+    "resume-evaluations": {"task": "learning.tasks.resume_evaluations", "schedule": 60.0},
 }
 
 LOGGING = {
