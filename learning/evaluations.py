@@ -446,21 +446,23 @@ async def run(evaluation_id: int, invoke: Invoke | None = None) -> str:
 
 
 def run_blocking(evaluation_id: int) -> str:
-    """`run` on an event loop of its own, for a Celery task. The loop's HTTP client and the database
-    connection of the thread the run's queries used are closed before the loop goes."""
-    from serving.gateway import upstream
+    """`run` on an event loop of its own, for a Celery task. Before the loop goes, the gateway's metering
+    (and log capture) still in flight is awaited, so every call's tokens reach the organisation's usage,
+    and the loop's HTTP client and the database connection of the run's queries are closed."""
+    from serving.gateway import pipeline, upstream
 
     async def main() -> str:
         try:
             return await run(evaluation_id)
         finally:
+            await pipeline.drain()
             await upstream.close_clients()
             await sync_to_async(connections.close_all)()
 
     return asyncio.run(main())
 
 
-def unattended(pending_grace_seconds: int = 60) -> list[int]:
+def unattended(pending_grace_seconds: int = 600) -> list[int]:
     """Evaluations that should be running and that no worker holds: RUNNING with a lapsed lease, or
     PENDING for longer than the grace (its task was lost before a worker took it)."""
     now = timezone.now()

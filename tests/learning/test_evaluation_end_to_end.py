@@ -1,10 +1,13 @@
-"""An evaluation on this machine, for real: the SmolLM2 chat deployment answers a small dataset through
-a real Celery worker and the gateway's own path, MiniLM scores similarity to the reference, and SmolLM2
+"""An evaluation on this machine, for real: four chat calls to the SmolLM2 deployment are logged, made into
+a dataset through /api/datasets/from-logs/, and the deployment answers that dataset again through a real
+Celery worker and the gateway's own path; MiniLM scores similarity to the logged answer, and SmolLM2
 judges itself (only the plumbing is judged here: a 135M model's verdicts are not a quality signal).
 The two engines are real vLLM processes, each bound to a core of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import os
 import subprocess
 import tempfile
@@ -15,13 +18,16 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
+from rest_framework.test import APIClient
 
-from learning import datasets, evaluations
-from learning.choices import DatasetSource, EvaluationStatus
-from learning.models import Evaluation, EvaluationItem
+from learning import evaluations, writer
+from learning.capture import QUEUE_KEY
+from learning.choices import EvaluationStatus
+from learning.models import Dataset, Evaluation, EvaluationItem, InvocationLogSettings
 from learning.storage import FolderStore
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import Quota
+from serving.gateway import pipeline, upstream
 from serving.local import engine_env
 from tests.conftest import make_user
 from tests.learning.test_evaluation_worker_killed import start_worker, stop
@@ -37,11 +43,11 @@ from tests.serving.gateway.conftest import (
 
 pytestmark = pytest.mark.slow
 
-RECORDS = [
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("What is 2 + 2?", "2 + 2 = 4."),
-    ("Name a primary colour.", "Red is a primary colour."),
-    ("What do bees make?", "Bees make honey."),
+QUESTIONS = [
+    "What is the capital of France?",
+    "What is 2 + 2?",
+    "Name a primary colour.",
+    "What do bees make?",
 ]
 
 
@@ -86,17 +92,46 @@ def bound_engines() -> Iterator[dict[str, str]]:
 def test_an_evaluation_of_the_smollm2_deployment_runs_end_to_end(
     bound_engines: dict[str, str], transactional_catalog: None, configured_store: FolderStore, tmp_path: Path
 ) -> None:
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    connection = redis.Redis.from_url(settings.REDIS_URL)
+    connection.flushdb()
     owner = make_user("edna")
     organization = account_services.create_organization(slug="real-evals", name="Real Evals", owner=owner)
     Quota.objects.filter(organization=organization).update(requests_per_minute=10_000)
     deploy(organization, "tiny-chat", CHAT, bound_engines[CHAT])
     deploy(organization, "minilm", EMBED, bound_engines[EMBED])
-    dataset = datasets.save(
-        configured_store, organization_id=organization.pk, name="basics", source=DatasetSource.UPLOAD,
-        records=[{"messages": [{"role": "user", "content": q}], "reference": a} for q, a in RECORDS],
-        heldout_fraction=0.0, seed=0,
+    InvocationLogSettings.objects.create(organization=organization, enabled=True)
+
+    # Real traffic, logged: four calls through the gateway's path, the writer moving them to the store.
+    since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)
+    invoke = evaluations.gateway_invoker(organization.pk)
+
+    async def ask_all() -> list[int]:
+        calls = [
+            invoke("chat.completions", {"model": "tiny-chat", "messages": [{"role": "user", "content": q}],
+                                        "max_tokens": 32, "temperature": 0})
+            for q in QUESTIONS
+        ]  # fmt: skip
+        try:
+            return [status for status, _ in await asyncio.gather(*calls)]
+        finally:
+            await pipeline.drain()  # metering and capture run after each answer, off its path
+            await upstream.close_clients()
+
+    assert asyncio.run(ask_all()) == [200] * len(QUESTIONS)
+    assert connection.llen(QUEUE_KEY) == len(QUESTIONS)
+    writer.write_queued(connection, configured_store)
+    client = APIClient()
+    client.force_authenticate(owner)
+    made = client.post(
+        "/api/datasets/from-logs/",
+        {"organization": "real-evals", "name": "traffic", "since": since.isoformat(),
+         "until": (since + datetime.timedelta(minutes=10)).isoformat(), "heldout_fraction": 0.0},
+        format="json",
     )  # fmt: skip
+    assert made.status_code == 201, made.content
+    dataset = Dataset.objects.get(pk=made.json()["id"])
+    assert dataset.records == len(QUESTIONS)
+
     worker = start_worker("evaluator", tmp_path)
     try:
         evaluation = evaluations.create_evaluation(
@@ -116,15 +151,15 @@ def test_an_evaluation_of_the_smollm2_deployment_runs_end_to_end(
 
     evaluation.refresh_from_db()
     items = list(EvaluationItem.objects.filter(evaluation=evaluation))
-    assert len(items) == len(RECORDS) and all(not item.error and item.answer for item in items)
+    assert len(items) == len(QUESTIONS) and all(not item.error and item.answer for item in items)
     assert all(item.completion_tokens > 0 and item.scoring_tokens > 0 for item in items)
     assert all(-1.0 <= item.scores["similarity"] <= 1.0 for item in items)  # type: ignore[operator]
     judged = [item.scores["judge"] for item in items]
     assert all(score is None or 1 <= score <= 10 for score in judged)  # a verdict, or counted unparseable
     [summary] = evaluations.results(evaluation)
-    assert summary["scores"]["similarity"]["scored"] == len(RECORDS)
-    assert summary["scores"]["judge"]["scored"] + summary["scores"]["judge"]["unscored"] == len(RECORDS)
+    assert summary["scores"]["similarity"]["scored"] == len(QUESTIONS)
+    assert summary["scores"]["judge"]["scored"] + summary["scores"]["judge"]["unscored"] == len(QUESTIONS)
     assert summary["latency_ms"]["p50"] > 0 and summary["tokens_per_second"] > 0
     progress = evaluations.progress(evaluation)
-    assert (progress["done"], progress["total"]) == (len(RECORDS), len(RECORDS))
-    print(f"\nEvaluation of SmolLM2 on {len(RECORDS)} items: {evaluation.status_message} {summary}")
+    assert (progress["done"], progress["total"]) == (len(QUESTIONS), len(QUESTIONS))
+    print(f"\nEvaluation of SmolLM2 on {len(QUESTIONS)} logged calls: {evaluation.status_message} {summary}")
