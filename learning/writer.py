@@ -2,7 +2,8 @@
 
 `write_queued` (run by the `learning.tasks.write_invocation_logs` Celery task, one at a time under a lock):
 1. Read the head of the queue (LRANGE; nothing removed yet).
-2. Parse each record; malformed ones are set aside for the dead-letter list (`gw:logs:dead`).
+2. Parse each record; malformed ones are set aside for the dead-letter list (`gw:logs:dead`). Records
+   the gateway marked `mask` are masked here (learning.masking), before anything reaches the store.
 3. Group the rest by organisation, deployment and INVOCATION_LOG_WINDOW_MINUTES window. Each group
    becomes one object whose key is derived from the group's first record id (learning.records.object_key).
 4. Write each object, then upsert its index row by key.
@@ -29,6 +30,7 @@ from django.utils import timezone
 
 from learning import records as schema
 from learning.capture import DEAD_LETTER_KEY, QUEUE_KEY
+from learning.masking import mask_json
 from learning.models import DEFAULT_RETENTION_DAYS, InvocationLogObject, InvocationLogSettings
 from learning.storage import ObjectStore, encode_records
 from marketplace.accounts.models import Organization
@@ -56,6 +58,20 @@ def group_records(
     return groups
 
 
+def masked(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as stored: when the gateway marked it `mask`, every string of its request and answer
+    masked and `masked` the number of pieces replaced (0 when marked not to be masked); `mask` itself is
+    not stored. A record without the mark is stored as it came."""
+    if "mask" not in record:
+        return record
+    record["masked"] = 0
+    if record.pop("mask"):
+        bodies = [record.get("request"), record.get("answer")]
+        (record["request"], record["answer"]), findings = mask_json(bodies)
+        record["masked"] = len(findings)
+    return record
+
+
 def write_batch(raw_records: Sequence[bytes | str], store: ObjectStore) -> BatchResult:
     """Store one batch (steps 2–4 above). Store or database errors propagate: the batch stays queued."""
     result = BatchResult()
@@ -80,7 +96,7 @@ def write_batch(raw_records: Sequence[bytes | str], store: ObjectStore) -> Batch
             continue
         if record.get("deployment_id") not in deployments:
             record["deployment_id"] = None
-        kept.append(record)
+        kept.append(masked(record))
     for (organization_id, deployment_id, window), group in group_records(
         kept, settings.INVOCATION_LOG_WINDOW_MINUTES
     ).items():

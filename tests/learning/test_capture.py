@@ -1,9 +1,10 @@
-"""Capturing invocations: the organisation's choices decide what is queued; a full queue is counted;
-nothing here ever raises into the gateway."""
+"""Capturing invocations: the organisation's choices decide what is queued; personal data is masked
+before anything reaches the store; a full queue is counted; nothing here ever raises into the gateway."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import Callable
 from typing import Any
@@ -15,8 +16,10 @@ from django.conf import settings
 from django.db import connections
 from prometheus_client import REGISTRY
 
+from learning import writer
 from learning.capture import OVERFLOW_KEY, QUEUE_KEY, Capturer, Policy, overflow_count
 from learning.models import InvocationLogSettings
+from learning.storage import FolderStore, decode_records
 from marketplace.accounts.models import Organization
 
 pytestmark = pytest.mark.usefixtures("transactional_db")  # the policy is read in a thread of its own
@@ -38,6 +41,12 @@ def run_captures(records: list[dict[str, Any]], *, url: str | None = None) -> li
 
 def queued(connection: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(line) for line in connection.lrange(QUEUE_KEY, 0, -1)]
+
+
+def stored(connection: redis.Redis, store: FolderStore) -> list[dict[str, Any]]:
+    """What the writer stores of the queue: every record of every object."""
+    writer.write_queued(connection, store)
+    return [record for key in store.list("") for record in decode_records(store.get(key))]
 
 
 def log_everything(organization: Organization, **choices: Any) -> None:
@@ -63,27 +72,43 @@ def test_logging_off_in_settings_queues_nothing(
     assert redis_connection.llen(QUEUE_KEY) == 0
 
 
-def test_an_enabled_organisation_gets_its_record_queued_masked(
-    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
-) -> None:
+def test_an_enabled_organisation_gets_its_record_stored_masked(
+    acme: Organization, redis_connection: redis.Redis, folder_store: FolderStore,
+    make_record: Callable[..., dict[str, Any]],
+) -> None:  # fmt: skip
     log_everything(acme)
     record = make_record(acme.pk)
     assert run_captures([record]) == [True]
-    [stored] = queued(redis_connection)
-    assert stored["request"]["messages"][0]["content"] == "Reach me at [EMAIL] about my order"
-    assert stored["masked"] == 1
-    assert {k: v for k, v in stored.items() if k not in ("request", "masked")} == {
+    [kept] = stored(redis_connection, folder_store)
+    assert kept["request"]["messages"][0]["content"] == "Reach me at [EMAIL] about my order"
+    assert kept["masked"] == 1
+    assert {k: v for k, v in kept.items() if k not in ("request", "masked")} == {
         k: v for k, v in record.items() if k != "request"
     }
 
 
-def test_without_masking_the_request_is_kept_as_sent(
-    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
-) -> None:
+def test_nothing_unmasked_reaches_the_store(
+    acme: Organization, redis_connection: redis.Redis, folder_store: FolderStore,
+    make_record: Callable[..., dict[str, Any]],
+) -> None:  # fmt: skip
+    log_everything(acme)
+    answer = {"choices": [{"message": {"content": "Paid with 4111 1111 1111 1111 from 192.0.2.7"}}]}
+    run_captures([make_record(acme.pk, answer=answer) for _ in range(3)])
+    writer.write_queued(redis_connection, folder_store)
+    objects = b"".join(gzip.decompress(folder_store.get(key)) for key in folder_store.list(""))
+    assert objects.count(b"[EMAIL]") == 3 and objects.count(b"[CARD]") == 3 and objects.count(b"[IP]") == 3
+    assert b"ann@example.com" not in objects and b"4111" not in objects and b"192.0.2.7" not in objects
+
+
+def test_without_masking_the_request_is_stored_as_sent(
+    acme: Organization, redis_connection: redis.Redis, folder_store: FolderStore,
+    make_record: Callable[..., dict[str, Any]],
+) -> None:  # fmt: skip
     log_everything(acme, mask_personal_data=False)
     record = make_record(acme.pk)
     run_captures([record])
-    assert queued(redis_connection)[0]["request"] == record["request"]
+    [kept] = stored(redis_connection, folder_store)
+    assert (kept["request"], kept["masked"]) == (record["request"], 0)
 
 
 def test_bodies_not_kept_are_not_queued(
