@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,7 +264,8 @@ async def _write_usage(call: Call, finished: float) -> None:
         call.completion_tokens,
     )
     gateway = services()
-    writes = [gateway.queue.push(record)]  # keeps the record in the spool when Redis cannot take it
+    # The usage push keeps the record in the spool when Redis cannot take it.
+    writes: list[Awaitable[Any]] = [gateway.queue.push(record)]
     if call.log is not None:
         writes.append(invocation_log.capture(call, finished))  # never raises
     if correction > 0:

@@ -242,3 +242,35 @@ def test_policy_selects_by_deployment_key_and_draw() -> None:
     assert not policy.selects("chat", None, 0.3)
     assert not policy.selects("other", None, 0.1)
     assert not Policy().selects("chat", None, 0.0)
+
+
+def test_records_captured_together_are_queued_in_one_round_trip(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme)
+
+    def scripts_run() -> int:
+        stats = redis_connection.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+    before = scripts_run()
+    assert run_captures([make_record(acme.pk) for _ in range(40)]) == [True] * 40
+    assert (scripts_run() - before, redis_connection.llen(QUEUE_KEY)) == (1, 40)
+
+
+def test_a_lone_capture_is_pushed_once_the_linger_is_over(
+    acme: Organization, redis_connection: redis.Redis, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    log_everything(acme)
+
+    async def scenario() -> float:
+        connection = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        capturer = Capturer(connection, ttl=60, linger=0.05)
+        await capturer.policy(acme.pk)
+        begin = asyncio.get_running_loop().time()
+        assert await capturer.capture(make_record(acme.pk))
+        waited = asyncio.get_running_loop().time() - begin
+        await connection.aclose()
+        return waited
+
+    assert 0.04 <= asyncio.run(scenario()) < 1
