@@ -33,7 +33,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import connections, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -186,15 +186,32 @@ def cancel_evaluation(evaluation: Evaluation) -> bool:
 # --- Reading progress and results --------------------------------------------------------------------------
 
 
+def _totals(prefix: str = "") -> dict[str, Any]:
+    """The aggregates progress reads, over items (prefix "") or over an evaluation's `items__`."""
+    return {
+        "done": Count(f"{prefix}id"),
+        "prompt": Coalesce(Sum(f"{prefix}prompt_tokens"), 0),
+        "completion": Coalesce(Sum(f"{prefix}completion_tokens"), 0),
+        "scoring": Coalesce(Sum(f"{prefix}scoring_tokens"), 0),
+        "errors": Count(f"{prefix}id", filter=~Q(**{f"{prefix}error": ""})),
+    }
+
+
+PROGRESS_FIELDS = tuple(_totals())
+
+
+def with_progress(evaluations: QuerySet[Evaluation]) -> QuerySet[Evaluation]:
+    """Evaluations annotated with what `progress` reads (`progress_done`…), so a list costs one query."""
+    return evaluations.annotate(**{f"progress_{name}": value for name, value in _totals("items__").items()})
+
+
 def progress(evaluation: Evaluation) -> dict[str, Any]:
-    """Items done of the total, tokens spent (answers and scoring), seconds since it started."""
-    totals = EvaluationItem.objects.filter(evaluation=evaluation).aggregate(
-        done=Count("id"),
-        prompt=Coalesce(Sum("prompt_tokens"), 0),
-        completion=Coalesce(Sum("completion_tokens"), 0),
-        scoring=Coalesce(Sum("scoring_tokens"), 0),
-        errors=Count("id", filter=~Q(error="")),
-    )
+    """Items done of the total, failed calls, tokens spent (answers and scoring), seconds since it
+    started. Read from `with_progress`'s annotations when present, else counted."""
+    if hasattr(evaluation, "progress_done"):
+        totals = {name: getattr(evaluation, f"progress_{name}") for name in PROGRESS_FIELDS}
+    else:
+        totals = EvaluationItem.objects.filter(evaluation=evaluation).aggregate(**_totals())
     end = evaluation.finished_at or timezone.now()
     elapsed = (end - evaluation.started_at).total_seconds() if evaluation.started_at else 0.0
     return {

@@ -38,7 +38,7 @@ class EvaluationSerializer(serializers.ModelSerializer[Evaluation]):
     organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
         slug_field="slug", read_only=True
     )
-    dataset = serializers.PrimaryKeyRelatedField(read_only=True)
+    dataset: serializers.PrimaryKeyRelatedField[Dataset] = serializers.PrimaryKeyRelatedField(read_only=True)
     dataset_name = serializers.SerializerMethodField()
     progress = serializers.SerializerMethodField(
         help_text="Items done of the total, failed calls, tokens spent (answers and scoring), seconds"
@@ -130,6 +130,8 @@ class EvaluationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
 
     def get_queryset(self) -> QuerySet[Evaluation]:
         queryset = super().get_queryset()
+        if self.action == "list":
+            queryset = evaluations.with_progress(queryset)
         if self.action == "retrieve":
             queryset = queryset.prefetch_related("events")
         return queryset
