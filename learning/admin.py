@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from learning.models import InvocationLogObject, InvocationLogSettings
+from learning.models import Dataset, Evaluation, InvocationLogObject, InvocationLogSettings
 
 
 @admin.register(InvocationLogSettings)
@@ -27,6 +27,42 @@ class InvocationLogObjectAdmin(admin.ModelAdmin[InvocationLogObject]):
     list_filter = ["organization"]
     list_select_related = ["organization"]
     search_fields = ["key", "deployment_name"]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin[Dataset]):
+    """A dataset version is immutable and its row describes its stored object: read-only here (delete
+    through the API or the web UI, which remove the object too)."""
+
+    list_display = ["name", "version", "organization", "source", "records", "heldout_records", "created_at"]
+    list_filter = ["source", "organization"]
+    list_select_related = ["organization"]
+    search_fields = ["name"]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Evaluation)
+class EvaluationAdmin(admin.ModelAdmin[Evaluation]):
+    """Read-only: the status moves by the run's conditional updates only (learning.evaluations)."""
+
+    list_display = ["name", "organization", "dataset", "status", "total_items", "created_at"]
+    list_filter = ["status", "organization"]
+    list_select_related = ["organization", "dataset"]
+    search_fields = ["name"]
 
     def has_add_permission(self, request: object) -> bool:
         return False
