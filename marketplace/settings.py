@@ -272,6 +272,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # An evaluation's status gets a name of its own beside the other `status` choice sets.
+    "ENUM_NAME_OVERRIDES": {"EvaluationStatusEnum": "learning.choices.EvaluationStatus"},
     # Every operation documents its error answers (400 with field errors, 401, 403, 404, 409, 429).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

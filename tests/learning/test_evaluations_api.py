@@ -146,3 +146,12 @@ def test_an_outsider_sees_nothing_and_cannot_use_anothers_dataset(
     theirs = start(client, dataset, organization="globex", deployments=["small"])
     assert theirs.status_code == 400 and "dataset" in theirs.json()
     assert Evaluation.objects.count() == 1
+
+
+def test_the_schema_names_the_evaluation_status_apart_from_other_statuses(
+    client_for: ClientFor, owner: AbstractUser
+) -> None:
+    schema = client_for(owner).get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    assert schema["components"]["schemas"]["EvaluationStatusEnum"]["enum"] == [
+        "pending", "running", "succeeded", "failed", "cancelled",
+    ]  # fmt: skip
