@@ -412,6 +412,15 @@ async def answer_and_score(
     }  # fmt: skip
 
 
+def failed_item(deployment: str, item_id: str, error: Exception) -> dict[str, Any]:
+    """The item of a call that raised instead of answering: stored as an error, so the run goes on and a
+    resumed run does not try it again and again."""
+    return {
+        "deployment": deployment, "item_id": item_id, "started_at": timezone.now(), "latency_ms": 0,
+        "status_code": 500, "error": f"The item could not be answered or scored ({type(error).__name__}).",
+    }  # fmt: skip
+
+
 async def run(evaluation_id: int, invoke: Invoke | None = None) -> str:
     """Run (or resume) the evaluation as described in the module's docstring; returns its final status,
     or "" when this run did not hold it. Idempotent: running it again answers only what is missing."""
@@ -441,7 +450,11 @@ async def run(evaluation_id: int, invoke: Invoke | None = None) -> str:
                 deployment, record = work.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            fields = await answer_and_score(invoke, evaluation, built, deployment, record)
+            try:
+                fields = await answer_and_score(invoke, evaluation, built, deployment, record)
+            except Exception as error:  # one item that cannot be answered must not stall the rest
+                log.exception("evaluation %s: item %s of %s failed", evaluation_id, record["id"], deployment)
+                fields = failed_item(deployment, record["id"], error)
             await sync_to_async(store_item)(evaluation_id, fields)
 
     async def keep_lease() -> None:

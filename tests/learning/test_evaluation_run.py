@@ -17,7 +17,7 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
-from learning import datasets, evaluations
+from learning import datasets, evaluations, scorers
 from learning.choices import DatasetSource, EvaluationStatus
 from learning.models import Dataset, Evaluation, EvaluationItem
 from learning.storage import FolderStore
@@ -204,3 +204,20 @@ def test_a_judgement_that_is_not_json_is_counted_not_guessed(setup: Setup, monke
     assert "4 judgements could not be parsed" in evaluation.status_message
     [small] = evaluations.results(evaluation)
     assert small["scores"]["judge"] == {"scored": 0, "unscored": 4, "mean": None, "ci95": None}
+
+
+def test_an_item_whose_scoring_raises_is_stored_as_an_error_and_the_run_goes_on(
+    setup: Setup, monkeypatch: Any
+) -> None:
+    async def broken(self: Any, item: Any, ask: Any) -> Any:
+        if "Peru" in item.messages[-1]["content"]:
+            raise ValueError("a scorer bug")
+        return scorers.Score(1.0)
+
+    monkeypatch.setattr(scorers.ExactMatch, "score", broken)
+    evaluation = create(setup, deployments=["small"], scorer_specs=[{"kind": "exact_match"}])
+    assert evaluations.run_blocking(evaluation.pk) == EvaluationStatus.SUCCEEDED
+    items = EvaluationItem.objects.filter(evaluation=evaluation)
+    assert items.count() == 4
+    [failed] = items.exclude(error="")
+    assert failed.error == "The item could not be answered or scored (ValueError)."
