@@ -202,7 +202,8 @@ PROGRESS_FIELDS = tuple(_totals())
 
 def with_progress(evaluations: QuerySet[Evaluation]) -> QuerySet[Evaluation]:
     """Evaluations annotated with what `progress` reads (`progress_done`…), so a list costs one query."""
-    return evaluations.annotate(**{f"progress_{name}": value for name, value in _totals("items__").items()})
+    annotated = evaluations.annotate(**{f"progress_{name}": v for name, v in _totals("items__").items()})
+    return annotated.order_by(*Evaluation._meta.ordering)  # a grouped query drops Meta.ordering
 
 
 def progress(evaluation: Evaluation) -> dict[str, Any]:

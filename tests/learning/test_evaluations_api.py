@@ -3,11 +3,13 @@ by side; members read progress and results only; outsiders nothing. Refusals nam
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractUser
+from django.core.paginator import UnorderedObjectListWarning
 from rest_framework.test import APIClient
 
 from learning import datasets
@@ -155,3 +157,14 @@ def test_the_schema_names_the_evaluation_status_apart_from_other_statuses(
     assert schema["components"]["schemas"]["EvaluationStatusEnum"]["enum"] == [
         "pending", "running", "succeeded", "failed", "cancelled",
     ]  # fmt: skip
+
+
+def test_the_list_is_newest_first_in_a_defined_order(
+    client_for: ClientFor, owner: AbstractUser, dataset: Dataset
+) -> None:
+    client = client_for(owner)
+    ids = [start(client, dataset).json()["id"] for _ in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedObjectListWarning)  # pages of an unordered list may skip rows
+        listed = client.get(URL).json()["results"]
+    assert [e["id"] for e in listed] == ids[::-1]
