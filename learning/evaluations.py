@@ -203,7 +203,7 @@ PROGRESS_FIELDS = tuple(_totals())
 def with_progress(evaluations: QuerySet[Evaluation]) -> QuerySet[Evaluation]:
     """Evaluations annotated with what `progress` reads (`progress_done`…), so a list costs one query."""
     annotated = evaluations.annotate(**{f"progress_{name}": v for name, v in _totals("items__").items()})
-    return annotated.order_by(*Evaluation._meta.ordering)  # a grouped query drops Meta.ordering
+    return annotated.order_by(*(Evaluation._meta.ordering or ()))  # a grouped query drops Meta.ordering
 
 
 def progress(evaluation: Evaluation) -> dict[str, Any]:
