@@ -7,10 +7,9 @@ a stream only for a call that is logged, then `capture_selected` after the answe
    most once per GATEWAY_CACHE_SECONDS (no database query in steady state). Logging off, a deployment or
    key outside the narrowing lists, or a sample that misses: nothing more is done.
 2. Bodies the organisation does not keep are dropped. With masking on, the record is marked `mask`: the
-   writer masks it before anything reaches the object store (learning.writer). Masking costs a record
-   about as much CPU as the rest of the gateway's work on it, and the gateway's goal is to add no more
-   than 0.2 ms with logging on (bench/invocation_log_gateway.py); Redis is only the transient queue, as
-   it is for usage records.
+   writer masks it before anything reaches the object store (learning.writer). Masking costs 0.1–0.3 ms
+   of CPU a record (bench/invocation_log.py), the whole of the 0.2 ms the gateway may add with logging
+   on (bench/invocation_log_gateway.py); Redis is only the transient queue, as it is for usage records.
 3. Records wait in the process for up to LINGER_SECONDS (or until MAX_BATCH have gathered), then one Lua
    script appends as many as fit to the Redis list `gw:logs` while it is shorter than
    INVOCATION_LOG_QUEUE_MAX, and counts the rest in their organisations' overflow counters
