@@ -329,6 +329,17 @@ def _enqueue(task_name: str, deployment_id: int) -> None:
     transaction.on_commit(lambda: task.delay(deployment_id))
 
 
+def require_subscribed(organization: Organization, card: ModelCard) -> None:
+    """Refuse, naming `model`, unless `organization`'s subscription to `card` is in force."""
+    if not subscription_in_force(organization, card):
+        raise _refuse(
+            "model",
+            f"{organization.name} is not subscribed to {card.name} under its current license: "
+            "subscribe first "
+            "(an owner or admin accepts the license on the model's page).",
+        )
+
+
 def create_deployment(
     *,
     organization: Organization,
@@ -340,15 +351,13 @@ def create_deployment(
     engine_options: dict[str, Any],
     tensor_parallel_size: int | None = None,
 ) -> Deployment:
-    """Admit and save a deployment in PENDING, then provision it once the transaction commits."""
+    """Admit and save a deployment in PENDING, then provision it once the transaction commits.
+
+    The subscription is checked again once the organisation's quota row is locked, the lock unsubscribing
+    takes too: an unsubscribe either commits first (and this is refused) or waits and then sees this
+    deployment (and is refused), so no deployment slips in under a cancelled subscription."""
     backend = settings.SERVING_BACKEND
-    if not subscription_in_force(organization, card):
-        raise _refuse(
-            "model",
-            f"{organization.name} is not subscribed to {card.name} under its current license: "
-            "subscribe first "
-            "(an owner or admin accepts the license on the model's page).",
-        )
+    require_subscribed(organization, card)  # early, so this refusal comes before any other
     max_model_len = engine_options.get("max_model_len")
     check_model_and_instance(card, instance_type, backend, max_model_len=max_model_len)
     tp = resolve_tensor_parallel_size(card, instance_type, tensor_parallel_size, max_model_len=max_model_len)
@@ -358,6 +367,7 @@ def create_deployment(
     check_runnable_here(card, backend)
     with transaction.atomic():
         reserved = check_quota(organization, instance_type=instance_type, max_replicas=scaling.max_replicas)
+        require_subscribed(organization, card)  # again, now that unsubscribing waits for us
         if (
             Deployment.objects.filter(organization=organization, name=name)
             .exclude(status=DeploymentStatus.DELETED)
@@ -468,7 +478,8 @@ def update_deployment(
     engine_options: dict[str, Any] | None = None,
     tensor_parallel_size: int | None = None,
 ) -> Deployment:
-    """Change what runs (engine options, instance type); the backend rolls it out as a new generation."""
+    """Change what runs (engine options, instance type); the backend rolls it out as a new generation.
+    Refused while the model's subscription is not in force."""
     with transaction.atomic():
         row = (
             Deployment.objects.select_for_update()
@@ -479,13 +490,17 @@ def update_deployment(
             raise _refuse("status", f"A {row.get_status_display().lower()} deployment cannot be updated.")
         require_in_force(row.organization, row.model_card, refused="this deployment cannot be updated")
         new_instance = instance_type or row.instance_type
-        check_model_and_instance(row.model_card, new_instance, row.backend)
+        options = check_engine_options(
+            row.model_card, row.engine_options if engine_options is None else engine_options
+        )
+        # The same fit as at creation, at the context the deployment will run with.
+        max_model_len = options.get("max_model_len")
+        check_model_and_instance(row.model_card, new_instance, row.backend, max_model_len=max_model_len)
         tp_request = tensor_parallel_size if tensor_parallel_size is not None else (
             row.tensor_parallel_size if instance_type is None else None
         )  # fmt: skip
-        tp = resolve_tensor_parallel_size(row.model_card, new_instance, tp_request)
-        options = check_engine_options(
-            row.model_card, row.engine_options if engine_options is None else engine_options
+        tp = resolve_tensor_parallel_size(
+            row.model_card, new_instance, tp_request, max_model_len=max_model_len
         )
         reserved = check_quota(
             row.organization, instance_type=new_instance, max_replicas=row.max_replicas, replacing=row

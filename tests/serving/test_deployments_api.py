@@ -201,3 +201,19 @@ def test_outsider_api_key_cannot_reach_a_deployment(
     created = client_for(member).post(DEPLOYMENTS, body(), format="json").json()
     key_client, _ = api_key_client(globex)
     assert key_client.get(f"{DEPLOYMENTS}{created['id']}/").status_code == 404
+
+
+def test_update_to_a_context_that_does_not_fit_is_refused_as_at_creation(
+    client_for, member, subscribed
+) -> None:
+    client = client_for(member)
+    created = client.post(DEPLOYMENTS, body(), format="json").json()
+    too_long = {"engine_options": {"max_model_len": 131072}}
+    at_creation = client.post(DEPLOYMENTS, body(name="long", **too_long), format="json")
+    assert at_creation.status_code == 400
+    response = client.patch(f"{DEPLOYMENTS}{created['id']}/", too_long, format="json")
+    assert response.status_code == 400
+    assert response.json()["engine_options"] == at_creation.json()["engine_options"]
+    assert "lower max_model_len" in response.json()["engine_options"][0]
+    row = Deployment.objects.get(pk=created["id"])
+    assert (row.generation, row.engine_options) == (1, created["engine_options"])
