@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -94,10 +95,47 @@ def removal_message(username: str, revoked: int) -> str:
     )
 
 
+def check_key_scope(organization: Organization, names: list[str]) -> list[str]:
+    """The deployment names a key is limited to, each once in the order given; refused, naming
+    `allowed_deployments` and every unknown name, unless each names a live deployment of `organization`
+    (an empty list means all of them, and is always valid)."""
+    from serving.models import Deployment  # serving builds on accounts, not the other way round
+
+    wanted = list(dict.fromkeys(names))
+    live = set(
+        Deployment.objects.live()
+        .filter(organization=organization, name__in=wanted)
+        .values_list("name", flat=True)
+    )
+    unknown = [name for name in wanted if name not in live]
+    if unknown:
+        several = len(unknown) > 1
+        raise exceptions.ValidationError(
+            {
+                "allowed_deployments": [
+                    f"{organization.name} has no live deployment{'s' if several else ''} named "
+                    f"{', '.join(repr(name) for name in unknown)}: name deployments listed on the "
+                    "deployments page, or leave the list empty to allow them all."
+                ]
+            }
+        )
+    return wanted
+
+
 def create_api_key(
-    *, organization: Organization, name: str, created_by: User | None, expires_at: datetime | None
+    *,
+    organization: Organization,
+    name: str,
+    created_by: User | None,
+    expires_at: datetime | None,
+    allowed_deployments: list[str] | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key; the secret is returned here and never again."""
+    """A new key; the secret is returned here and never again. A key may be limited to some live
+    deployments of its organisation and get per-minute limits of its own (None: only the organisation's
+    apply)."""
+    allowed = check_key_scope(organization, allowed_deployments or [])
     secret, prefix, hashed = ApiKey.generate()
     api_key = ApiKey.objects.create(
         organization=organization,
@@ -106,8 +144,30 @@ def create_api_key(
         hashed_key=hashed,
         created_by=created_by,
         expires_at=expires_at,
+        allowed_deployments=allowed,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
     )
     return api_key, secret
+
+
+KEY_SETTINGS = ("name", "allowed_deployments", "requests_per_minute", "tokens_per_minute")
+
+
+def update_api_key(api_key: ApiKey, changes: dict[str, Any]) -> ApiKey:
+    """Change a key's name, scope or per-minute limits (only the KEY_SETTINGS given in `changes`).
+
+    The gateway trusts what it cached for up to GATEWAY_CACHE_SECONDS, so a change takes effect there
+    within that time; the REST API reads the key on every request. Nothing is written when the scope is
+    refused."""
+    fields = {name: changes[name] for name in KEY_SETTINGS if name in changes}
+    if "allowed_deployments" in fields:
+        fields["allowed_deployments"] = check_key_scope(api_key.organization, fields["allowed_deployments"])
+    for name, value in fields.items():
+        setattr(api_key, name, value)
+    if fields:
+        api_key.save(update_fields=list(fields))
+    return api_key
 
 
 def revoke_api_key(api_key: ApiKey) -> ApiKey:

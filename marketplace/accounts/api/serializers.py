@@ -108,14 +108,40 @@ class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
         model = ApiKey
         fields = [
             "id", "organization", "name", "prefix", "created_by", "created_at", "expires_at", "revoked_at",
-            "last_used_at", "is_active",
+            "last_used_at", "is_active", "allowed_deployments", "requests_per_minute", "tokens_per_minute",
         ]  # fmt: skip
         read_only_fields = fields
 
 
-class ApiKeyCreateSerializer(serializers.Serializer[ApiKey]):
-    organization = serializers.SlugField(required=False, help_text="Default: your only organisation")
+# Bounds of a key's own limits: the organisation's quota has the same ceilings.
+MAX_KEY_REQUESTS_PER_MINUTE = 10**7
+MAX_KEY_TOKENS_PER_MINUTE = 10**10
+MAX_KEY_DEPLOYMENTS = 100
+
+
+class ApiKeySettingsSerializer(serializers.Serializer[ApiKey]):
+    """What an owner or admin sets on a key, at creation and later (PATCH). Whether the deployments
+    exist is the service's to say (accounts.services.check_key_scope)."""
+
     name = serializers.CharField(max_length=100)
+    allowed_deployments = serializers.ListField(
+        child=serializers.CharField(max_length=63),
+        max_length=MAX_KEY_DEPLOYMENTS,
+        required=False,
+        help_text="Names of live deployments of the key's organisation it may call; empty: all of them",
+    )
+    requests_per_minute = serializers.IntegerField(
+        min_value=1, max_value=MAX_KEY_REQUESTS_PER_MINUTE, required=False, allow_null=True,
+        help_text="This key's own limit on top of its organisation's; null: only the organisation's",
+    )  # fmt: skip
+    tokens_per_minute = serializers.IntegerField(
+        min_value=1, max_value=MAX_KEY_TOKENS_PER_MINUTE, required=False, allow_null=True,
+        help_text="This key's own limit on top of its organisation's; null: only the organisation's",
+    )  # fmt: skip
+
+
+class ApiKeyCreateSerializer(ApiKeySettingsSerializer):
+    organization = serializers.SlugField(required=False, help_text="Default: your only organisation")
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     def validate_expires_at(self, value: Any) -> Any:

@@ -16,6 +16,7 @@ from marketplace.accounts.api.serializers import (
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
     ApiKeySerializer,
+    ApiKeySettingsSerializer,
     MembershipCreateSerializer,
     MembershipSerializer,
     MembershipUpdateSerializer,
@@ -207,12 +208,15 @@ class ApiKeyViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
     mixins.DestroyModelMixin,
     TenantScopedViewSet,
 ):
-    """API keys of your organisations. Owners and admins create and revoke them; the secret is shown
-    once, in the answer to create. Deleting a key revokes it (the row stays for the audit trail)."""
+    """API keys of your organisations. Owners and admins create, change (PATCH: name, the deployments
+    it may call, its own per-minute limits) and revoke them; the secret is shown once, in the answer to
+    create. Deleting a key revokes it (the row stays for the audit trail)."""
 
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     queryset = ApiKey.objects.select_related("organization", "created_by")
     serializer_class = ApiKeySerializer
     ordering_fields = ["created_at", "name", "last_used_at"]
@@ -230,10 +234,22 @@ class ApiKeyViewSet(
             name=serializer.validated_data["name"],
             created_by=creator,
             expires_at=serializer.validated_data.get("expires_at"),
+            allowed_deployments=serializer.validated_data.get("allowed_deployments"),
+            requests_per_minute=serializer.validated_data.get("requests_per_minute"),
+            tokens_per_minute=serializer.validated_data.get("tokens_per_minute"),
         )
         data = ApiKeyCreatedSerializer(api_key).data
         data["key"] = secret
         return Response(data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ApiKeySettingsSerializer, responses={200: ApiKeySerializer})
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Change a key; the gateway applies it within GATEWAY_CACHE_SECONDS."""
+        api_key = self.get_object()
+        tenancy.require_manager(request, api_key.organization)
+        serializer = ApiKeySettingsSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        return Response(ApiKeySerializer(services.update_api_key(api_key, serializer.validated_data)).data)
 
     @extend_schema(request=None, responses={200: ApiKeySerializer})
     @action(detail=True, methods=["post"])
