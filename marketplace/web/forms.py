@@ -53,3 +53,8 @@ def field_errors(error: exceptions.ValidationError | dict[str, Any] | list[Any])
 
     walk(detail, "")
     return found
+
+
+def optional_numbers(post: QueryDict, fields: tuple[str, ...]) -> dict[str, Any]:
+    """Every named field of a form that shows them all: an empty one is None ("no limit")."""
+    return {name: str(post.get(name, "")).strip() or None for name in fields}

@@ -35,6 +35,7 @@ urlpatterns = [
     path("api-keys/", keys.api_keys, name="api-keys"),
     path("api-keys/new/", keys.create_api_key, name="api-key-create"),
     path("api-keys/<int:pk>/revoke/", keys.revoke_api_key, name="api-key-revoke"),
+    path("api-keys/<int:pk>/settings/", keys.change_api_key, name="api-key-change"),
     path("invocation-logs/", logs.logs, name="logs"),
     path("invocation-logs/settings/", logs.log_settings, name="log-settings"),
     path("invocation-logs/<str:record_id>/", logs.log_record, name="log-record"),

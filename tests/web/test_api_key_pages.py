@@ -1,5 +1,6 @@
 """API keys on the web: the secret is shown once and stored only as a hash; owners and admins create
-and revoke; nobody outside the organisation sees or revokes its keys."""
+keys, change the deployments a key may call and its own per-minute limits, and revoke; nobody outside
+the organisation sees, changes or revokes its keys."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 
 from marketplace.accounts.models import ApiKey, hash_api_key
 from marketplace.accounts.services import create_api_key
+from marketplace.catalog.models import InstanceType, ModelCard
+from serving.models import Deployment
 
 
 def test_owner_creates_a_key_and_sees_the_secret_once(browser_for, owner, acme) -> None:
@@ -48,3 +51,87 @@ def test_outsider_cannot_see_or_revoke_acme_keys(browser_for, owner, outsider, a
     assert browser.post(f"/api-keys/{key.pk}/revoke/").status_code == 404
     key.refresh_from_db()
     assert key.revoked_at is None
+
+
+def live(organization, name: str, status: str = "ready") -> Deployment:
+    return Deployment.objects.create(
+        organization=organization, name=name, model_card=ModelCard.objects.get(slug="llama-3.1-8b-instruct"),
+        instance_type=InstanceType.objects.get(slug="aws-g5-xlarge"), backend="kubernetes", status=status,
+    )  # fmt: skip
+
+
+def test_owner_creates_a_key_limited_to_a_deployment_with_its_own_limits(browser_for, owner, acme) -> None:
+    live(acme, "chat")
+    live(acme, "other")
+    browser = browser_for(owner)
+    form = browser.get("/api-keys/").text
+    assert 'name="allowed_deployments" value="chat"' in form and 'value="other"' in form
+    response = browser.post(
+        "/api-keys/new/",
+        {
+            "name": "billing",
+            "allowed_deployments": ["chat"],
+            "requests_per_minute": "60",
+            "tokens_per_minute": "",
+        },
+    )
+    assert response.status_code == 201, response.text
+    key = ApiKey.objects.get(organization=acme, name="billing")
+    assert (key.allowed_deployments, key.requests_per_minute, key.tokens_per_minute) == (["chat"], 60, None)
+    assert "60 requests/min" in browser.get("/api-keys/").text
+
+
+def test_a_deployment_of_another_organisation_is_refused_by_name(browser_for, owner, acme, globex) -> None:
+    live(globex, "theirs")
+    response = browser_for(owner).post(
+        "/api-keys/new/", {"name": "sneaky", "allowed_deployments": ["theirs"]}
+    )
+    assert response.status_code == 400
+    assert 'id="error-allowed_deployments"' in response.text and "&#x27;theirs&#x27;" in response.text
+    assert not ApiKey.objects.exists()
+
+
+def test_owner_changes_a_keys_deployments_and_limits(browser_for, owner, acme) -> None:
+    live(acme, "chat")
+    key, _ = create_api_key(organization=acme, name="ci", created_by=owner, expires_at=None)
+    browser = browser_for(owner)
+    body = {"allowed_deployments": ["chat"], "requests_per_minute": "", "tokens_per_minute": "5000"}
+    assert browser.post(f"/api-keys/{key.pk}/settings/", body).status_code == 302
+    key.refresh_from_db()
+    assert (key.allowed_deployments, key.requests_per_minute, key.tokens_per_minute) == (["chat"], None, 5000)
+    page = browser.get("/api-keys/").text
+    assert 'value="chat" checked' in page and "5000 tokens/min" in page and f'id="tpm-{key.pk}"' in page
+    lifted = {"requests_per_minute": "", "tokens_per_minute": ""}  # nothing ticked, nothing filled in
+    assert browser.post(f"/api-keys/{key.pk}/settings/", lifted).status_code == 302
+    key.refresh_from_db()
+    assert (key.allowed_deployments, key.tokens_per_minute) == ([], None)
+
+
+def test_a_bad_change_names_the_field_and_writes_nothing(browser_for, owner, acme) -> None:
+    key, _ = create_api_key(organization=acme, name="ci", created_by=owner, expires_at=None)
+    browser = browser_for(owner)
+    response = browser.post(
+        f"/api-keys/{key.pk}/settings/", {"requests_per_minute": "0", "tokens_per_minute": "7"}
+    )
+    assert response.status_code == 400 and 'id="error-requests_per_minute"' in response.text
+    gone = browser.post(f"/api-keys/{key.pk}/settings/", {"allowed_deployments": ["gone"]})
+    assert gone.status_code == 400 and "&#x27;gone&#x27;" in gone.text
+    key.refresh_from_db()
+    assert (key.allowed_deployments, key.requests_per_minute, key.tokens_per_minute) == ([], None, None)
+
+
+def test_member_cannot_change_a_key(browser_for, owner, member, acme) -> None:
+    key, _ = create_api_key(organization=acme, name="ci", created_by=owner, expires_at=None)
+    response = browser_for(member).post(f"/api-keys/{key.pk}/settings/", {"requests_per_minute": "1"})
+    assert response.status_code == 403
+    key.refresh_from_db()
+    assert key.requests_per_minute is None
+
+
+def test_outsider_cannot_change_acme_keys(browser_for, owner, outsider, acme, globex) -> None:
+    live(globex, "theirs")
+    key, _ = create_api_key(organization=acme, name="ci", created_by=owner, expires_at=None)
+    body = {"allowed_deployments": ["theirs"], "requests_per_minute": "1"}
+    assert browser_for(outsider).post(f"/api-keys/{key.pk}/settings/", body).status_code == 404
+    key.refresh_from_db()
+    assert (key.allowed_deployments, key.requests_per_minute) == ([], None)

@@ -28,7 +28,7 @@ PINNED = {
     "/deployments/{pk}/": 7,
     "/deployments/{pk}/usage/?range=24h": 4,
     "/deployments/{pk}/playground/": 6,  # with whether the person is a member (may chat)
-    "/api-keys/": 5,
+    "/api-keys/": 6,  # with the live deployment names a key may be limited to
     "/organization/": 10,
     "/platform/": 8,
     "/platform/organizations/acme/quota/": 11,

@@ -1,4 +1,5 @@
-"""API keys of the current organisation: create (the secret is shown once), list, revoke."""
+"""API keys of the current organisation: create (the secret is shown once), list, change the
+deployments a key may call and its own per-minute limits, revoke."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from django.views.decorators.http import require_GET, require_POST
 from rest_framework import exceptions
 
 from marketplace.accounts import services, tenancy
-from marketplace.accounts.api.serializers import ApiKeyCreateSerializer
+from marketplace.accounts.api.serializers import ApiKeyCreateSerializer, ApiKeySettingsSerializer
 from marketplace.accounts.models import ApiKey, Organization
 from marketplace.web import current
-from marketplace.web.forms import NON_FIELD, field_errors, form_data
+from marketplace.web.forms import NON_FIELD, field_errors, form_data, optional_numbers
+from serving.models import Deployment
+
+LIMITS = ("requests_per_minute", "tokens_per_minute")
 
 
 def _context(request: HttpRequest, organization: Organization | None) -> dict[str, Any]:
@@ -23,12 +27,23 @@ def _context(request: HttpRequest, organization: Organization | None) -> dict[st
         if organization
         else ApiKey.objects.none()
     )
+    deployments = (
+        Deployment.objects.live()
+        .filter(organization=organization)
+        .order_by("name")
+        .values_list("name", flat=True)
+        if organization
+        else Deployment.objects.none().values_list("name", flat=True)
+    )
     return {
         "organization": organization,
         "keys": keys,
+        "deployments": list(deployments),
         "can_manage": organization is not None and tenancy.can_manage(request, organization),
         "errors": {},
         "values": {},
+        "chosen": [],
+        "editing": None,
     }
 
 
@@ -44,6 +59,7 @@ def create_api_key(request: HttpRequest) -> HttpResponse:
     organization = current.organization(request)
     context = _context(request, organization)
     context["values"] = request.POST.dict()
+    context["chosen"] = request.POST.getlist("allowed_deployments")
     try:
         if organization is None:
             raise exceptions.ValidationError({NON_FIELD: ["You are in no organisation yet."]})
@@ -51,13 +67,18 @@ def create_api_key(request: HttpRequest) -> HttpResponse:
             raise exceptions.ValidationError(
                 {NON_FIELD: [f"Only an owner or admin of {organization.name} creates keys; ask one of them."]}
             )
-        serializer = ApiKeyCreateSerializer(data=form_data(request.POST, ("name", "expires_at")))
+        data = form_data(request.POST, ("name", "expires_at", *LIMITS))
+        data["allowed_deployments"] = context["chosen"]
+        serializer = ApiKeyCreateSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         api_key, secret = services.create_api_key(
             organization=organization,
             name=serializer.validated_data["name"],
             created_by=request.user,  # type: ignore[arg-type]
             expires_at=serializer.validated_data.get("expires_at"),
+            allowed_deployments=serializer.validated_data.get("allowed_deployments"),
+            requests_per_minute=serializer.validated_data.get("requests_per_minute"),
+            tokens_per_minute=serializer.validated_data.get("tokens_per_minute"),
         )
     except exceptions.ValidationError as error:
         context["errors"] = field_errors(error)
@@ -68,15 +89,45 @@ def create_api_key(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@login_required
-@require_POST
-def revoke_api_key(request: HttpRequest, pk: int) -> HttpResponse:
-    api_key = get_object_or_404(
+def _visible_key(request: HttpRequest, pk: int) -> ApiKey:
+    """The key, or 404 when it belongs to an organisation the person cannot see."""
+    return get_object_or_404(
         ApiKey.objects.filter(organization__in=tenancy.visible_organizations(request)).select_related(
             "organization"
         ),
         pk=pk,
     )
+
+
+@login_required
+@require_POST
+def change_api_key(request: HttpRequest, pk: int) -> HttpResponse:
+    """The form shows every setting, so what is left empty is lifted: no box ticked means every
+    deployment, an empty limit means only the organisation's. The gateway follows within
+    GATEWAY_CACHE_SECONDS."""
+    api_key = _visible_key(request, pk)
+    context = _context(request, api_key.organization)
+    if not context["can_manage"]:
+        context["errors"] = {NON_FIELD: ["Only an owner or admin may change keys."]}
+        return render(request, "web/api_keys.html", context, status=403)
+    data = {
+        "allowed_deployments": request.POST.getlist("allowed_deployments"),
+        **optional_numbers(request.POST, LIMITS),
+    }
+    try:
+        serializer = ApiKeySettingsSerializer(data=data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        services.update_api_key(api_key, serializer.validated_data)
+    except exceptions.ValidationError as error:
+        context.update(editing=api_key.pk, edit_errors=field_errors(error), edit_values=data)
+        return render(request, "web/api_keys.html", context, status=400)
+    return redirect("web:api-keys")
+
+
+@login_required
+@require_POST
+def revoke_api_key(request: HttpRequest, pk: int) -> HttpResponse:
+    api_key = _visible_key(request, pk)
     if not tenancy.can_manage(request, api_key.organization):
         context = _context(request, api_key.organization)
         context["errors"] = {NON_FIELD: ["Only an owner or admin may revoke keys."]}
