@@ -83,7 +83,7 @@ def create_api_key(request: HttpRequest) -> HttpResponse:
     except exceptions.ValidationError as error:
         context["errors"] = field_errors(error)
         return render(request, "web/api_keys.html", context, status=400)
-    context.update(created=api_key, secret=secret, values={})
+    context.update(created=api_key, secret=secret, values={}, chosen=[])
     response = render(request, "web/api_keys.html", context, status=201)
     response["Cache-Control"] = "no-store"  # the secret must not stay in a cache or the history
     return response
