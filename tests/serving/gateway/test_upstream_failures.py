@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ from marketplace.accounts import services as account_services
 from serving.models import Deployment
 from tests.conftest import make_user
 from tests.serving.gateway.conftest import CHAT, Tenant, deploy, slow_streaming_engine, wait_until_aborted
+from tests.serving.gateway.in_process import key_headers, post
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +136,36 @@ def test_when_redis_is_down_callers_get_a_503_in_json_not_a_crash(
     response = asyncio.run(ask())
     assert response.status_code == 503
     assert "cannot check rate limits" in response.json()["error"]["message"]
+
+
+class GarbledEngine(BaseHTTPRequestHandler):
+    """Answers every request 200 with a body that is not JSON."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "9")
+        self.end_headers()
+        self.wfile.write(b"not json!")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_engine_answer_that_is_not_json_is_a_model_error_not_a_crash(transactional_catalog: None) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GarbledEngine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        organization = account_services.create_organization(slug="garble", name="Garble", owner=None)
+        deploy(organization, "garbled", CHAT, f"http://127.0.0.1:{server.server_address[1]}")
+        _, secret = account_services.create_api_key(
+            organization=organization, name="k", created_by=None, expires_at=None
+        )
+        body = {"messages": [{"role": "user", "content": [{"text": "Hi"}]}]}
+        answer = post("/model/garbled/converse", body, key_headers(secret))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (answer.status, answer.headers["x-amzn-errortype"]) == (424, "ModelErrorException")
+    assert answer.json()["message"] == "The model's answer could not be read."
