@@ -25,6 +25,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY marketplace/ marketplace/
 COPY serving/ serving/
+COPY learning/ learning/
 COPY static/ static/
 # A regular install (not editable): the final image needs no source tree.
 RUN /opt/venv/bin/pip install --no-deps .

@@ -13,7 +13,7 @@ engine:  ## the local backend's engine: vLLM on CPU in its own venv, and the two
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	SECRET_KEY=type-checking-only .venv/bin/mypy marketplace serving deploy
+	SECRET_KEY=type-checking-only .venv/bin/mypy marketplace serving learning deploy
 
 bench:  ## benchmarks that print their figures (DATABASE_URL/REDIS_URL when set, else embedded servers)
 	.venv/bin/python bench/catalog.py

@@ -375,3 +375,15 @@ def test_dockerfile_builds_one_pinned_non_root_image_around_the_entry_point() ->
     assert "DJANGO_SETTINGS_MODULE=marketplace.settings" in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "!deploy/entrypoint.sh" in ignored and "*" in ignored
+
+
+def test_dockerfile_copies_every_package_the_project_installs() -> None:
+    """A package missing from the image installs nothing and fails only at import, in production."""
+    import tomllib
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for package in (pattern.rstrip("*") for pattern in patterns["include"]):
+        assert f"COPY {package}/ {package}/" in dockerfile, package
+        assert f"!{package}/" in ignored, package
