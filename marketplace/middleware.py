@@ -6,8 +6,8 @@ platform keeps can contain one, so such a request can never mean anything: it is
 with a 400 that names the parameter, and no view has to think about it.
 
 What is checked: the URL's captured parameters (named as the route names them: `slug`, `username`), the
-rest of the path, every query parameter (name and values) and the fields of a posted form. JSON bodies
-are left to the serializers, whose text fields already refuse NUL.
+rest of the path, every query parameter (name and values) and the fields of a posted form (not the
+contents of uploaded files). JSON bodies are left to the serializers, whose text fields already refuse NUL.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 
@@ -35,13 +36,27 @@ def _first_with_nul(pairs: Iterable[tuple[str, list[str]]]) -> str | None:
     return None
 
 
+def _kept_in_memory(request: HttpRequest) -> bool:
+    """Whether the body is small enough for `request.body` (DATA_UPLOAD_MAX_MEMORY_SIZE): a larger
+    multipart form carries files, which Django streams to disk as it parses them, and must not be read
+    whole (`request.body` would refuse it, and a 50 MB dataset upload with it)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return False  # the multipart parser refuses it with a 400
+    return limit is None or length <= limit
+
+
 def _form(request: HttpRequest) -> Iterable[tuple[str, list[str]]]:
-    """The posted form's fields; nothing for other methods and bodies (JSON is a serializer's)."""
+    """The posted form's fields (not the contents of its files); nothing for other methods and bodies
+    (JSON is a serializer's)."""
     if request.method != "POST" or request.content_type not in FORM_TYPES:
         return ()
-    # Read the raw body first: Django keeps it, so a view that reads `request.body` after the form has
-    # been parsed still can (parsing a multipart form otherwise consumes the stream).
-    _ = request.body
+    if request.content_type != "multipart/form-data" or _kept_in_memory(request):
+        # Read the raw body first: Django keeps it, so a view that reads `request.body` after the form
+        # has been parsed still can (parsing a multipart form otherwise consumes the stream).
+        _ = request.body
     return request.POST.lists()
 
 
