@@ -83,6 +83,15 @@ def record_id(obj: InvocationLogObject, record: dict[str, Any]) -> str:
     return f"{obj.pk}-{record['id']}"
 
 
+def split_record_id(text: str) -> tuple[int, str] | None:
+    """The index row's pk and the record's own id of an id made by `record_id`; None when `text` is not
+    one (the caller answers 404)."""
+    object_pk, _, request_id = text.partition("-")
+    if not object_pk.isdigit() or not object_pk.isascii() or not request_id:
+        return None
+    return int(object_pk), request_id
+
+
 def present(
     obj: InvocationLogObject, record: dict[str, Any], organization_slug: str, *, bodies: bool
 ) -> dict[str, Any]:

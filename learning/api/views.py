@@ -134,8 +134,11 @@ class InvocationLogViewSet(mixins.ListModelMixin, TenantScopedViewSet):
 
     @extend_schema(responses={200: dict})
     def retrieve(self, request: Request, pk: str) -> Response:
-        object_pk, _, request_id = pk.partition("-")
-        obj = get_object_or_404(self.get_queryset(), pk=int(object_pk))
+        parts = browse.split_record_id(pk)
+        if parts is None:
+            raise Http404
+        object_pk, request_id = parts
+        obj = get_object_or_404(self.get_queryset(), pk=object_pk)
         record = browse.find(get_store(), obj, request_id)
         if record is None:
             raise Http404

@@ -147,6 +147,13 @@ def test_an_outsider_cannot_open_another_organisations_record(
     assert record_url(logged["acme"]["id"]) not in browser.get(LOGS).content.decode()
 
 
+@pytest.mark.parametrize("record_id", ["settings-x", "abc", "12", "99999999999999999999999-x"])
+def test_a_record_address_that_is_not_one_answers_404(
+    browser_for: BrowserFor, owner: AbstractUser, logged: Any, record_id: str
+) -> None:
+    assert browser_for(owner).get(f"{LOGS}{record_id}/").status_code == 404
+
+
 def test_a_bad_filter_is_shown_at_its_field(
     browser_for: BrowserFor, owner: AbstractUser, logged: Any
 ) -> None:

@@ -133,10 +133,13 @@ def logs(request: HttpRequest) -> HttpResponse:
 @require_GET
 def log_record(request: HttpRequest, record_id: str) -> HttpResponse:
     organization = current.organization(request)
-    object_pk, _, request_id = record_id.partition("-")
+    parts = browse.split_record_id(record_id)
+    if parts is None:
+        raise Http404
+    object_pk, request_id = parts
     obj = get_object_or_404(
         InvocationLogObject.objects.filter(organization__in=tenancy.visible_organizations(request)),
-        pk=int(object_pk),
+        pk=object_pk,
         organization=organization,
     )
     record = browse.find(get_store(), obj, request_id)
