@@ -278,7 +278,7 @@ def _check_one(spec: Any, field: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise SpecError(field, "Each scorer is an object with a kind.")
     kind = spec.get("kind")
-    if kind not in _OPTIONS:
+    if not isinstance(kind, str) or kind not in _OPTIONS:  # a list or object as kind is not hashable
         raise SpecError(f"{field}.kind", f"The kind must be one of {', '.join(_OPTIONS)}, not {kind!r:.40}.")
     unknown = sorted(set(spec) - _OPTIONS[kind] - {"kind", "name"})
     if unknown:

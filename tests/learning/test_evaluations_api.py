@@ -67,6 +67,7 @@ def test_an_owner_starts_an_evaluation_of_the_heldout_part(
         ({"scorers": [{"kind": "judge", "deployment": "nowhere"}]}, "scorers"),
         ({"scorers": [{"kind": "regex", "pattern": "("}]}, "scorers[0].pattern"),
         ({"scorers": "exact"}, "scorers"),
+        ({"scorers": [{"kind": ["exact_match"]}]}, "scorers[0].kind"),
         ({"concurrency": 99}, "concurrency"),
         ({"part": "everything"}, "part"),
         ({"dataset": 999999}, "dataset"),

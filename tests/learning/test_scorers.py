@@ -117,6 +117,8 @@ def test_specs_get_unique_names() -> None:
     [
         ([], "scorers"),
         ([{"kind": "vibes"}], "scorers[0].kind"),
+        ([{"kind": ["regex"]}], "scorers[0].kind"),
+        ([{"kind": {"regex": 1}}], "scorers[0].kind"),
         ([{"kind": "exact_match"}, {"kind": "regex", "pattern": "("}], "scorers[1].pattern"),
         ([{"kind": "json", "schema": {"type": 5}}], "scorers[0].schema"),
         ([{"kind": "similarity"}], "scorers[0].deployment"),
