@@ -134,7 +134,8 @@ def parse_line(line: str) -> dict[str, Any]:
             if not isinstance(raw["system"], list):
                 raise RecordError("system", 'must be a list of text blocks ([{"text": "…"}])')
             system = [{"role": "system", "content": _text_of(raw["system"], "system")}]
-        for index, message in enumerate(raw.get("messages") or []):
+        listed = raw.get("messages")
+        for index, message in enumerate(listed if isinstance(listed, list) else []):
             if isinstance(message, dict) and message.get("role") == "system":
                 raise RecordError(
                     f"messages[{index}].role", "must be user or assistant (put system text in 'system')"

@@ -83,6 +83,8 @@ def test_openai_text_parts_are_joined() -> None:
         ),
         ({**BEDROCK, "schemaVersion": "v9"}, "Line 2: schemaVersion: must be 'bedrock-conversation-2024'"),
         ({**BEDROCK, "system": "Be brief."}, "Line 2: system: must be a list of text blocks"),
+        ({**BEDROCK, "messages": 5}, "Line 2: messages: must be a non-empty list"),
+        ({**BEDROCK, "messages": True}, "Line 2: messages: must be a non-empty list"),
     ],
 )
 def test_a_bad_line_is_refused_naming_its_number_and_field(line: Any, error: str) -> None:
