@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from learning.models import InvocationLogObject
 from learning.storage import ObjectNotFound, ObjectStore, decode_records
 
 MAX_OBJECTS_PER_PAGE = 50
+# ASCII digits that fit the index's bigint key (str.isdigit also takes '²', which int() refuses)
+CURSOR = re.compile(r"(?P<pk>[0-9]{1,18})\.(?P<position>[0-9]{1,9})")
 BODY_FIELDS = ("request", "answer")
 
 
@@ -121,10 +124,10 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
-        pk, _, position = text.partition(".")
-        if not pk.isdigit() or not position.isdigit():
+        found = CURSOR.fullmatch(text)
+        if found is None:
             raise ValueError("A cursor is the `next` value of a previous page.")
-        return cls(int(pk), int(position))
+        return cls(int(found["pk"]), int(found["position"]))
 
 
 def page(

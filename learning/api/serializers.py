@@ -100,7 +100,7 @@ class RecordQuerySerializer(serializers.Serializer[dict[str, Any]]):
     def validate_status(self, value: str) -> int | str:
         if value == "errors":
             return value
-        if value.isdigit() and 100 <= int(value) <= 599:
+        if value.isascii() and value.isdigit() and 100 <= int(value) <= 599:
             return int(value)
         raise serializers.ValidationError("An HTTP status from 100 to 599, or `errors`.")
 

@@ -191,6 +191,8 @@ def test_export_gives_json_lines_of_the_range(
     [
         ("", {"status": "teapot"}, "status"),
         ("", {"status": "700"}, "status"),
+        ("", {"status": "²"}, "status"),  # a digit to str.isdigit, not to int()
+        ("", {"cursor": "99999999999999999999.0"}, "cursor"),
         ("", {"cursor": "nonsense"}, "cursor"),
         ("", {"since": "yesterday"}, "since"),
         ("", {"since": at(5), "until": at(0)}, "since"),
