@@ -148,6 +148,9 @@ API_PAGE_SIZE_MAX: {{ .Values.config.apiPageSizeMax | int64 | quote }}
 DATABASE_CONN_MAX_AGE: {{ .Values.config.databaseConnMaxAge | int64 | quote }}
 RECONCILE_INTERVAL_SECONDS: {{ .Values.config.reconcileIntervalSeconds | int64 | quote }}
 USAGE_FLUSH_INTERVAL_SECONDS: {{ .Values.config.usageFlushIntervalSeconds | int64 | quote }}
+INVOCATION_LOG_QUEUE_MAX: {{ .Values.config.invocationLog.queueMax | int64 | quote }}
+INVOCATION_LOG_WRITE_INTERVAL_SECONDS: {{ .Values.config.invocationLog.writeIntervalSeconds | int64 | quote }}
+INVOCATION_LOG_WINDOW_MINUTES: {{ .Values.config.invocationLog.windowMinutes | int64 | quote }}
 GATEWAY_CACHE_SECONDS: {{ .Values.config.gateway.cacheSeconds | int64 | quote }}
 GATEWAY_CONNECT_TIMEOUT: {{ .Values.config.gateway.connectTimeout | int64 | quote }}
 GATEWAY_READ_TIMEOUT: {{ .Values.config.gateway.readTimeout | int64 | quote }}
