@@ -116,7 +116,7 @@ def _embedded_valkey(folder: Path, *, persist: bool) -> Iterator[str]:
     # records survive a crash of Valkey or of the machine's processes, not only a clean stop.
     config = {"appendonly": "yes", "appendfsync": "everysec"} if persist else {}
     server = ValkeyServer(data_dir=str(folder), persist=persist, config=config)
-    server.start()
+    server.start(timeout=60)  # a loaded machine can take longer than the default 10 s
     try:
         yield f"redis://{server.host}:{server.port}/0"
     finally:
