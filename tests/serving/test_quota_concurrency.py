@@ -7,7 +7,7 @@ from django.db import connection
 from rest_framework.exceptions import ValidationError
 
 from marketplace.accounts import services as account_services
-from marketplace.accounts.models import Quota
+from marketplace.accounts.models import Organization, Quota
 from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions.services import subscribe
 from serving import services
@@ -29,27 +29,7 @@ def test_fifty_concurrent_creates_never_overshoot_the_gpu_quota(
     card = ModelCard.objects.get(slug="llama-3.1-8b-instruct")
     subscribe(organization=organization, card=card, license_sha256=None, user=owner)
     instance = InstanceType.objects.get(slug="aws-g5-12xlarge")  # 4 GPUs per replica: at most 5 fit in 20
-    start = threading.Barrier(CONCURRENT)
-    outcomes: list[str] = []
-
-    def create(number: int) -> None:
-        try:
-            start.wait()
-            services.create_deployment(
-                organization=organization, user=owner, name=f"d{number}", card=card, instance_type=instance,
-                scaling=services.Scaling(min_replicas=1, max_replicas=1), engine_options={},
-            )  # fmt: skip
-            outcomes.append("created")
-        except ValidationError as error:
-            outcomes.append(str(error.detail))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=create, args=(n,)) for n in range(CONCURRENT)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = race_to_create(organization, owner, card, instance, CONCURRENT)
 
     assert outcomes.count("created") == 5
     assert Deployment.objects.filter(organization=organization).count() == 5
@@ -71,7 +51,18 @@ def test_twenty_concurrent_creates_never_overshoot_the_cpu_replica_quota(
     card = ModelCard.objects.get(slug="smollm2-135m-instruct")
     subscribe(organization=organization, card=card, license_sha256=None, user=owner)
     instance = InstanceType.objects.get(slug="local-cpu")
-    racers = 20
+    outcomes = race_to_create(organization, owner, card, instance, 20)
+
+    assert outcomes.count("created") == 4
+    assert Deployment.objects.filter(organization=organization).count() == 4
+    refusals = [o for o in outcomes if o != "created"]
+    assert len(refusals) == 16 and all("CPU replica quota leaves 0 of 4" in r for r in refusals)
+
+
+def race_to_create(
+    organization: Organization, owner: Any, card: ModelCard, instance: InstanceType, racers: int
+) -> list[str]:
+    """`racers` threads create a one-replica deployment each at the same moment; what each was told."""
     start = threading.Barrier(racers)
     outcomes: list[str] = []
 
@@ -79,7 +70,7 @@ def test_twenty_concurrent_creates_never_overshoot_the_cpu_replica_quota(
         try:
             start.wait()
             services.create_deployment(
-                organization=organization, user=owner, name=f"c{number}", card=card, instance_type=instance,
+                organization=organization, user=owner, name=f"d{number}", card=card, instance_type=instance,
                 scaling=services.Scaling(min_replicas=1, max_replicas=1), engine_options={},
             )  # fmt: skip
             outcomes.append("created")
@@ -93,8 +84,4 @@ def test_twenty_concurrent_creates_never_overshoot_the_cpu_replica_quota(
         thread.start()
     for thread in threads:
         thread.join()
-
-    assert outcomes.count("created") == 4
-    assert Deployment.objects.filter(organization=organization).count() == 4
-    refusals = [o for o in outcomes if o != "created"]
-    assert len(refusals) == 16 and all("CPU replica quota leaves 0 of 4" in r for r in refusals)
+    return outcomes
