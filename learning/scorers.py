@@ -274,6 +274,18 @@ _OPTIONS: dict[str, set[str]] = {
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 
+def _holds_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character in any string or key: PostgreSQL's jsonb, where the
+    evaluation keeps its specs, refuses one."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
 def _check_one(spec: Any, field: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise SpecError(field, "Each scorer is an object with a kind.")
@@ -283,6 +295,9 @@ def _check_one(spec: Any, field: str) -> dict[str, Any]:
     unknown = sorted(set(spec) - _OPTIONS[kind] - {"kind", "name"})
     if unknown:
         raise SpecError(f"{field}.{unknown[0]}", f"A {kind} scorer takes no '{unknown[0]}'.")
+    for key, value in spec.items():
+        if _holds_nul(value):
+            raise SpecError(f"{field}.{key}", "Must not contain a NUL character (0x00); remove it.")
     if "name" in spec and (not isinstance(spec["name"], str) or not _NAME.fullmatch(spec["name"])):
         raise SpecError(f"{field}.name", "A name is 1 to 40 lowercase letters, digits, '-' or '_'.")
     if kind == ScorerKind.EXACT_MATCH and not isinstance(spec.get("ignore_case", False), bool):

@@ -68,6 +68,8 @@ def test_an_owner_starts_an_evaluation_of_the_heldout_part(
         ({"scorers": [{"kind": "regex", "pattern": "("}]}, "scorers[0].pattern"),
         ({"scorers": "exact"}, "scorers"),
         ({"scorers": [{"kind": ["exact_match"]}]}, "scorers[0].kind"),
+        ({"scorers": [{"kind": "regex", "pattern": "a\x00"}]}, "scorers[0].pattern"),
+        ({"scorers": [{"kind": "json", "schema": {"title": "\x00"}}]}, "scorers[0].schema"),
         ({"concurrency": 99}, "concurrency"),
         ({"part": "everything"}, "part"),
         ({"dataset": 999999}, "dataset"),
