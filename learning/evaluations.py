@@ -303,9 +303,21 @@ def stored_pairs(evaluation_id: int) -> set[tuple[str, str]]:
     )
 
 
+def without_nul(value: Any) -> Any:
+    """`value` with every NUL character taken out of its strings and keys: an engine may answer one, and
+    PostgreSQL stores none (in text or jsonb), so an item holding one would fail the run at every resume."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    return value
+
+
 def store_item(evaluation_id: int, fields: dict[str, Any]) -> None:
     EvaluationItem.objects.bulk_create(
-        [EvaluationItem(evaluation_id=evaluation_id, **fields)], ignore_conflicts=True
+        [EvaluationItem(evaluation_id=evaluation_id, **without_nul(fields))], ignore_conflicts=True
     )
 
 

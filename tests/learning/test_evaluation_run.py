@@ -221,3 +221,13 @@ def test_an_item_whose_scoring_raises_is_stored_as_an_error_and_the_run_goes_on(
     assert items.count() == 4
     [failed] = items.exclude(error="")
     assert failed.error == "The item could not be answered or scored (ValueError)."
+
+
+def test_an_answer_or_judgement_holding_a_nul_character_is_stored_without_it(
+    setup: Setup, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(standin, "JUDGE_VERDICT", '{"score": 7, "reason": "Correct\\u0000 and short."}')
+    evaluation = create(setup, deployments=["small"], scorer_specs=[{"kind": "judge", "deployment": "small"}])
+    assert evaluations.run_blocking(evaluation.pk) == EvaluationStatus.SUCCEEDED
+    notes = EvaluationItem.objects.filter(evaluation=evaluation).values_list("notes", flat=True)
+    assert [note["judge"] for note in notes] == ["Correct and short."] * 4
