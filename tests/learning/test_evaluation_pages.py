@@ -145,6 +145,14 @@ def test_a_member_sees_results_but_no_answers_and_cannot_cancel(
     assert Evaluation.objects.get(pk=evaluation.pk).status == EvaluationStatus.PENDING
 
 
+def test_a_members_cancel_is_refused_with_who_can_cancel_it(
+    browser_for: BrowserFor, member: AbstractUser, evaluation: Evaluation
+) -> None:
+    answer = browser_for(member).post(f"/evaluations/{evaluation.pk}/cancel/")
+    assert answer.status_code == 403
+    assert answer.content.decode().endswith("cancels evaluations; ask one of them.")
+
+
 def test_an_owner_cancels_from_the_page(
     browser_for: BrowserFor, owner: AbstractUser, evaluation: Evaluation
 ) -> None:

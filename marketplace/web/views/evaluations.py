@@ -217,9 +217,8 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     evaluation = _evaluation_of(request, pk)
     if not tenancy.can_manage(request, evaluation.organization):
-        return HttpResponse(
-            f"Only an owner or admin of {evaluation.organization.name} cancels evaluations.", status=403
-        )
+        [refusal] = _refusal(evaluation.organization, "cancels evaluations")[NON_FIELD]
+        return HttpResponse(refusal, status=403, content_type="text/plain; charset=utf-8")
     if evaluation.status in (EvaluationStatus.PENDING, EvaluationStatus.RUNNING):
         evaluations.cancel_evaluation(evaluation)
     return redirect("web:evaluation", pk=evaluation.pk)
