@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+import regex
 
 from learning.choices import ScorerKind
 
@@ -41,6 +42,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     ScorerKind.JUDGE: (1.0, 10.0),
 }
 MAX_PATTERN = 1000
+REGEX_TIMEOUT_SECONDS = 1.0  # a search of one answer; far above what a sane pattern needs
 MAX_RUBRIC = 8000
 JUDGE_MAX_TOKENS = 200
 DEFAULT_RUBRIC = """You are grading an assistant's answer to a user's request.
@@ -122,14 +124,27 @@ class ExactMatch(Scorer):
 
 
 class Regex(Scorer):
+    """A search for the pattern in the answer. The pattern is the customer's and the answer the model's,
+    so a pattern that backtracks without end (`(a|aa)+$`) would hold the worker's event loop, and every
+    worker the evaluation is resumed on, for ever: the `regex` module's search gives up after
+    REGEX_TIMEOUT_SECONDS, and the item is left unscored with a note."""
+
     kind = ScorerKind.REGEX
 
     def __init__(self, name: str, pattern: str) -> None:
         super().__init__(name)
-        self.pattern = re.compile(pattern)
+        self.pattern = regex.compile(pattern)
 
     async def score(self, item: Item, ask: Ask) -> Score:
-        return Score(1.0 if self.pattern.search(item.answer) else 0.0)
+        try:
+            found = self.pattern.search(item.answer, timeout=REGEX_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return Score(
+                None,
+                f"The pattern took more than {REGEX_TIMEOUT_SECONDS} s on this answer; "
+                "simplify its nested repetitions.",
+            )
+        return Score(1.0 if found else 0.0)
 
 
 def strip_code_fence(text: str) -> str:
@@ -309,8 +324,8 @@ def _check_one(spec: Any, field: str) -> dict[str, Any]:
                 f"{field}.pattern", f"A regex scorer needs a pattern of 1 to {MAX_PATTERN} characters."
             )
         try:
-            re.compile(pattern)
-        except re.error as error:
+            regex.compile(pattern)
+        except regex.error as error:
             raise SpecError(f"{field}.pattern", f"The pattern does not compile: {error}.") from None
     if kind == ScorerKind.JSON and "schema" in spec:
         try:

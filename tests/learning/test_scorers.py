@@ -41,6 +41,13 @@ def test_a_regex_is_searched_in_the_answer() -> None:
     assert score(scorers.Regex("regex", r"\bParis\b"), "It is Lyon.").value == 0.0
 
 
+def test_a_regex_that_backtracks_without_end_gives_up_unscored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scorers, "REGEX_TIMEOUT_SECONDS", 0.2)
+    # (a|aa)+$ against a's and a final "!" tries every way of splitting the a's: exponential in re
+    verdict = score(scorers.Regex("regex", r"(a|aa)+$"), "a" * 36 + "!")
+    assert verdict.value is None and "more than 0.2 s" in verdict.note
+
+
 def test_valid_json_with_and_without_a_schema() -> None:
     schema = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
     assert score(scorers.ValidJson("json"), '{"city": "Paris"}').value == 1.0
