@@ -321,20 +321,28 @@ def stream_response(
     """The streaming answer with `body` (the API's events), and the clean-up every way a stream can end:
     the engine request closed (when the client left, the engine stops generating) and the call metered,
     once. `response.close_relay` lets the ASGI front run the clean-up itself, whatever happened, instead
-    of waiting for the generator to be collected."""
-    closed = False
+    of waiting for the generator to be collected.
+
+    A stream closed before `body` ended is metered with CLIENT_CLOSED, as an unstreamed call whose
+    caller left is: its answer is cut short, so neither the usage record nor the invocation log may
+    present it as a whole answer (datasets made from logs take status 200 as a complete one)."""
+    closed = ended = False
 
     async def close_relay() -> None:
         nonlocal closed
         if not closed:
             closed = True
+            if not ended and call.status_code == 200:
+                call.status_code = CLIENT_CLOSED
             await upstream.close(exchange)
             await finish(call)
 
     async def content() -> AsyncIterator[bytes]:
+        nonlocal ended
         try:
             async for part in body:
                 yield part
+            ended = True
         finally:
             await close_relay()
 

@@ -87,6 +87,17 @@ def test_a_stream_left_midway_is_charged_for_the_tokens_it_relayed(
     assert all(charged >= least for charged in charges.now().values()), (least, charges.now())
 
 
+@pytest.mark.parametrize("path", list(STREAMS))
+def test_a_stream_left_midway_is_metered_as_closed_by_its_caller(
+    path: str, acme: Organization, slow_engine: str, metered: list[pipeline.Call]
+) -> None:
+    """Its answer was cut short: metered 499 (as an unstreamed call whose caller left), not 200."""
+    deploy(acme, "slow", CHAT, slow_engine)
+    _, secret = create_api_key(organization=acme, name="k", created_by=None, expires_at=None)
+    post(path, STREAMS[path], key_headers(secret), leave_after_tokens=DELTAS)
+    assert [call.status_code for call in metered] == [pipeline.CLIENT_CLOSED]
+
+
 def test_a_playground_chat_stopped_midway_is_charged_for_the_tokens_it_relayed(
     acme: Organization, member: AbstractUser, slow_engine: str, metered: list[pipeline.Call]
 ) -> None:

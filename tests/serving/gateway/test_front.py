@@ -130,7 +130,7 @@ def test_a_client_that_leaves_mid_stream_closes_the_engine_request_and_is_metere
         metered = _leave_mid_stream(endpoint, monkeypatch)
         assert wait_until_aborted() is not None, "the engine kept generating for a caller that had left"
     assert upstream._outstanding[endpoint] == 0
-    assert metered == [200]  # metered once, as a stream that was answered
+    assert metered == [pipeline.CLIENT_CLOSED]  # metered once, as a stream its caller cut short
 
 
 def _leave_mid_stream(endpoint: str, monkeypatch: Any) -> list[int]:

@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 
 from learning import writer
 from learning.capture import OVERFLOW_KEY, QUEUE_KEY, Policy
+from learning.datasets import from_log_record
 from learning.models import InvocationLogSettings
 from learning.storage import FolderStore
 from marketplace.accounts.models import ApiKey, Organization
@@ -34,7 +35,7 @@ from serving.gateway.asgi import GatewayFront
 from serving.gateway.directory import Caller, Target
 from serving.gateway.limits import Limits
 from serving.models import Deployment
-from tests.serving.gateway.conftest import CHAT, EMBED, deploy
+from tests.serving.gateway.conftest import CHAT, EMBED, deploy, slow_streaming_engine
 from tests.serving.gateway.in_process import browser_headers, key_headers, post
 from tests.serving.gateway.scripted_engine import ANSWER, TOOL_CALL, USAGE, scripted_engine
 
@@ -149,6 +150,20 @@ def test_a_streamed_tool_call_is_stored_joined(
     function = {"name": TOOL_CALL["name"], "arguments": arguments}
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["tool_calls"] == [{"id": "call-1", "type": "function", "function": function}]
+
+
+def test_a_stream_its_caller_left_is_logged_as_cut_short_and_makes_no_dataset_record(
+    acme: Organization, key: tuple[ApiKey, str], queue: redis.Redis
+) -> None:
+    log_everything(acme)
+    with slow_streaming_engine() as endpoint:
+        deploy(acme, "slow", CHAT, endpoint)
+        body = {"model": "slow", "messages": HELLO, "stream": True}
+        post("/v1/chat/completions", body, key_headers(key[1]), leave_after_tokens=3)
+    record = the_record(queue)
+    assert record["status"] == pipeline.CLIENT_CLOSED
+    assert record["answer"]["choices"][0]["finish_reason"] is None
+    assert from_log_record(record, with_reference=True) is None
 
 
 @pytest.mark.parametrize("stream", [False, True])
