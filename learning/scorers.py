@@ -42,6 +42,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     ScorerKind.JUDGE: (1.0, 10.0),
 }
 MAX_PATTERN = 1000
+PLACEHOLDER = re.compile(r"\{(prompt|reference|answer)\}")
 REGEX_TIMEOUT_SECONDS = 1.0  # a search of one answer; far above what a sane pattern needs
 MAX_RUBRIC = 8000
 JUDGE_MAX_TOKENS = 200
@@ -238,14 +239,15 @@ def parse_judgement(text: str) -> tuple[int, str] | None:
 
 
 def fill_rubric(rubric: str, item: Item) -> str:
-    """The rubric with {prompt}, {reference} and {answer} filled in (plain replacement: braces elsewhere,
-    as in the JSON the rubric asks for, stay as written)."""
-    prompt = "\n".join(f"{m['role']}: {m['content']}" for m in item.messages)
-    return (
-        rubric.replace("{prompt}", prompt)
-        .replace("{reference}", item.reference or "")
-        .replace("{answer}", item.answer)
-    )
+    """The rubric with {prompt}, {reference} and {answer} filled in, in one pass: braces elsewhere (as in
+    the JSON the rubric asks for) stay as written, and so does a placeholder inside a filled text (a prompt
+    that mentions "{answer}" is not given the answer)."""
+    values = {
+        "prompt": "\n".join(f"{m['role']}: {m['content']}" for m in item.messages),
+        "reference": item.reference or "",
+        "answer": item.answer,
+    }
+    return PLACEHOLDER.sub(lambda found: values[found[1]], rubric)
 
 
 class Judge(Scorer):

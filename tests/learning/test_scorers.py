@@ -114,6 +114,12 @@ def test_an_edited_rubric_is_filled_without_touching_other_braces() -> None:
     assert filled == 'Q: user: Capital of France?\nA: Lyon\nRef: Paris\n{"score": n}'
 
 
+def test_placeholders_inside_the_filled_texts_stay_as_written() -> None:
+    item = Item([{"role": "user", "content": "What does {answer} mean in a template?"}], "{prompt}", "Lyon")
+    filled = scorers.fill_rubric("Q: {prompt}\nA: {answer}\nRef: {reference}", item)
+    assert filled == "Q: user: What does {answer} mean in a template?\nA: Lyon\nRef: {prompt}"
+
+
 def test_specs_get_unique_names() -> None:
     specs = scorers.check_specs([{"kind": "regex", "pattern": "a"}, {"kind": "regex", "pattern": "b"}])
     assert [s["name"] for s in specs] == ["regex", "regex-2"]
