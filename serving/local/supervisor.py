@@ -86,7 +86,9 @@ class Replica:
     last_health_at: float = 0.0
     message: str = ""
     log_path: Path = field(default_factory=Path)
-    tmpdir: Path = field(default_factory=Path)
+    # Made when the engine starts; None for a replica that never started (a waiting one), which has no
+    # folder to remove (an empty Path would be the working directory).
+    tmpdir: Path | None = None
 
     def report(self) -> dict[str, Any]:
         return {
@@ -313,7 +315,9 @@ class EngineSupervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         replica.process = None
-        shutil.rmtree(replica.tmpdir, ignore_errors=True)
+        if replica.tmpdir is not None:
+            shutil.rmtree(replica.tmpdir, ignore_errors=True)
+            replica.tmpdir = None
 
     def _poll(self, deployment_id: int, replica: Replica, engine: dict[str, Any]) -> None:
         now = time.monotonic()

@@ -135,6 +135,27 @@ def test_a_replica_waits_when_memory_is_short_counting_what_started_engines_will
         placed.stop_all()
 
 
+def test_stopping_a_replica_that_never_started_removes_no_folder(
+    connection, tmp_path, engine_dir, model, monkeypatch
+) -> None:
+    """A waiting replica has no temporary folder of its own: scaling it away, or stopping everything,
+    must remove nothing else (least of all the supervisor's working directory)."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    (workdir / "keep.txt").write_text("the platform's own files")
+    monkeypatch.chdir(workdir)
+    placed = engines(connection, tmp_path, engine_dir, cores=())
+    want(connection, 7, 2, model)
+    try:
+        placed.step()
+        assert [r["state"] for r in replicas_of(connection, 7)] == ["waiting", "waiting"]
+        want(connection, 7, 1, model)  # slot 1 is stopped
+        placed.step()
+    finally:
+        placed.stop_all()  # slot 0 is stopped
+    assert (workdir / "keep.txt").read_text() == "the platform's own files"
+
+
 def test_a_ready_engines_measured_memory_becomes_its_models_footprint(tmp_path: Path) -> None:
     footprints = capacity.Footprints(tmp_path / "footprints.json")
     assert footprints.of("/models/tiny") == capacity.ENGINE_OVERHEAD_BYTES  # estimated: no weights
