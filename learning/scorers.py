@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,12 +154,38 @@ def strip_code_fence(text: str) -> str:
     return match.group(1) if match else text
 
 
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    """JSON schema's `pattern`, searched with a timeout (see Regex)."""
+    if validator.is_type(instance, "string") and not regex.search(
+        pattern, instance, timeout=REGEX_TIMEOUT_SECONDS
+    ):
+        yield jsonschema.ValidationError(f"{instance!r:.80} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, properties: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[Any]:
+    """JSON schema's `patternProperties`, searched with a timeout (see Regex)."""
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in properties.items():
+        for key, value in instance.items():
+            if regex.search(pattern, key, timeout=REGEX_TIMEOUT_SECONDS):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+# The schema is the customer's and the answer the model's: its patterns get the regex scorer's timeout.
+TimedValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
+)
+
+
 class ValidJson(Scorer):
     kind = ScorerKind.JSON
 
     def __init__(self, name: str, schema: dict[str, Any] | None = None) -> None:
         super().__init__(name)
-        self.validator = jsonschema.Draft202012Validator(schema) if schema is not None else None
+        self.validator = TimedValidator(schema) if schema is not None else None
 
     async def score(self, item: Item, ask: Ask) -> Score:
         try:
@@ -167,7 +193,14 @@ class ValidJson(Scorer):
         except ValueError as error:
             return Score(0.0, f"Not JSON: {error.args[0]}")
         if self.validator is not None:
-            problem = jsonschema.exceptions.best_match(self.validator.iter_errors(value))
+            try:
+                problem = jsonschema.exceptions.best_match(self.validator.iter_errors(value))
+            except TimeoutError:
+                return Score(
+                    None,
+                    f"A pattern of the schema took more than {REGEX_TIMEOUT_SECONDS} s on this answer; "
+                    "simplify its nested repetitions.",
+                )
             if problem is not None:
                 where = "/".join(str(part) for part in problem.absolute_path) or "(the root)"
                 return Score(0.0, f"Not valid against the schema at {where}: {problem.message:.200}")

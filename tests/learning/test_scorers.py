@@ -5,6 +5,7 @@ refused by the field that is wrong."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -46,6 +47,24 @@ def test_a_regex_that_backtracks_without_end_gives_up_unscored(monkeypatch: pyte
     # (a|aa)+$ against a's and a final "!" tries every way of splitting the a's: exponential in re
     verdict = score(scorers.Regex("regex", r"(a|aa)+$"), "a" * 36 + "!")
     assert verdict.value is None and "more than 0.2 s" in verdict.note
+
+
+def test_a_schema_pattern_that_backtracks_without_end_gives_up_unscored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scorers, "REGEX_TIMEOUT_SECONDS", 0.2)
+    schema = {"type": "object", "properties": {"city": {"type": "string", "pattern": "(a|aa)+$"}}}
+    verdict = score(scorers.ValidJson("json", schema), json.dumps({"city": "a" * 36 + "!"}))
+    assert verdict.value is None and "more than 0.2 s" in verdict.note
+
+
+def test_a_schema_pattern_still_decides_validity() -> None:
+    schema = {"type": "string", "pattern": "^[A-Z]", "patternProperties": {}}
+    keys = {"type": "object", "patternProperties": {"^n": {"type": "integer"}}}
+    assert score(scorers.ValidJson("json", schema), '"Paris"').value == 1.0
+    assert score(scorers.ValidJson("json", schema), '"paris"').value == 0.0
+    assert score(scorers.ValidJson("json", keys), '{"n1": 3}').value == 1.0
+    assert score(scorers.ValidJson("json", keys), '{"n1": "three"}').value == 0.0
 
 
 def test_valid_json_with_and_without_a_schema() -> None:
