@@ -109,6 +109,18 @@ def test_malformed_records_are_dead_lettered_and_the_rest_stored(
     assert stored(folder_store) == [good]
 
 
+def test_a_dead_lettered_record_is_logged_without_its_bodies(
+    acme: Organization, redis_connection: redis.Redis, folder_store: FolderStore, make_record: MakeRecord,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Bodies reach the store only masked; the application log must not hold them unmasked either."""
+    record = make_record(acme.pk, status=700)  # a status no HTTP answer has
+    enqueue(redis_connection, {"request": record.pop("request"), **record})  # the body leads the line
+    with caplog.at_level("WARNING", logger="learning.writer"):
+        assert len(writer.write_queued(redis_connection, folder_store).dead) == 1
+    assert "dead-lettered" in caplog.text and "ann@example.com" not in caplog.text
+
+
 def test_records_of_a_deleted_deployment_keep_its_name_and_of_a_deleted_organisation_go(
     acme: Organization, globex: Organization, redis_connection: redis.Redis, folder_store: FolderStore,
     make_record: MakeRecord,
