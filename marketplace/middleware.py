@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.utils.deprecation import MiddlewareMixin
 
 NUL = "\x00"
@@ -80,8 +81,21 @@ def refusal(request: HttpRequest, parameter: str) -> HttpResponse:
     return HttpResponseBadRequest(f"{parameter}: {REFUSAL}", content_type="text/plain; charset=utf-8")
 
 
+def unreadable_form(request: HttpRequest, error: MultiPartParserError) -> HttpResponse:
+    """The answer to a multipart form that cannot be parsed (no boundary, a broken part): what DRF would
+    have said, in the REST API's format under /api/."""
+    message = (
+        f"The multipart form could not be read ({error}): send multipart/form-data with its boundary, or "
+        "JSON."
+    )
+    if request.path_info.startswith("/api/"):
+        return JsonResponse({"detail": message}, status=400)
+    return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")
+
+
 class RefuseNulMiddleware(MiddlewareMixin):
-    """Answers 400 naming the parameter when any part of the request holds a NUL character."""
+    """Answers 400 naming the parameter when any part of the request holds a NUL character, and 400
+    saying so when a posted multipart form cannot be read to check it."""
 
     def process_view(
         self,
@@ -90,5 +104,8 @@ class RefuseNulMiddleware(MiddlewareMixin):
         view_args: tuple[Any, ...],
         view_kwargs: dict[str, Any],
     ) -> HttpResponse | None:
-        parameter = parameter_with_nul(request, view_kwargs)
+        try:
+            parameter = parameter_with_nul(request, view_kwargs)
+        except MultiPartParserError as error:
+            return unreadable_form(request, error)
         return None if parameter is None else refusal(request, parameter)

@@ -1,6 +1,7 @@
 """A posted form is checked for NUL characters without reading its files: an upload larger than
 DATA_UPLOAD_MAX_MEMORY_SIZE (a dataset may be up to 50 MB) still reaches its view, and a NUL in one of
-the form's own fields is still refused."""
+the form's own fields is still refused; a multipart form that cannot be read is refused in the REST
+API's format."""
 
 from __future__ import annotations
 
@@ -58,4 +59,13 @@ def test_a_nul_in_a_field_of_a_multipart_form_is_still_refused(client_for, owner
     )
     assert answer.status_code == 400
     assert "NUL" in answer.json()["name"][0]
+    assert not Dataset.objects.exists()
+
+
+def test_a_multipart_form_without_a_boundary_is_refused_in_the_apis_format(
+    client_for, owner, small_form_limit
+):
+    answer = client_for(owner).generic("POST", URL, b"name=support", content_type="multipart/form-data")
+    assert answer.status_code == 400
+    assert "multipart form could not be read" in answer.json()["detail"]
     assert not Dataset.objects.exists()
