@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from marketplace.accounts.models import ApiKey, hash_api_key
 from marketplace.accounts.services import create_api_key
 from marketplace.catalog.models import InstanceType, ModelCard
@@ -126,6 +128,15 @@ def test_member_cannot_change_a_key(browser_for, owner, member, acme) -> None:
     assert response.status_code == 403
     key.refresh_from_db()
     assert key.requests_per_minute is None
+
+
+@pytest.mark.parametrize("action", ["settings", "revoke"])
+def test_a_member_refused_a_change_is_told_whom_to_ask(browser_for, owner, member, acme, action) -> None:
+    key, _ = create_api_key(organization=acme, name="ci", created_by=owner, expires_at=None)
+    response = browser_for(member).post(f"/api-keys/{key.pk}/{action}/", {"requests_per_minute": "1"})
+    assert response.status_code == 403
+    assert f"Only an owner or admin of {acme.name}" in response.text
+    assert "ask one of them" in response.text
 
 
 def test_outsider_cannot_change_acme_keys(browser_for, owner, outsider, acme, globex) -> None:

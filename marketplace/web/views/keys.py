@@ -64,9 +64,7 @@ def create_api_key(request: HttpRequest) -> HttpResponse:
         if organization is None:
             raise exceptions.ValidationError({NON_FIELD: ["You are in no organisation yet."]})
         if not context["can_manage"]:
-            raise exceptions.ValidationError(
-                {NON_FIELD: [f"Only an owner or admin of {organization.name} creates keys; ask one of them."]}
-            )
+            raise exceptions.ValidationError({NON_FIELD: [_managers_only(organization, "creates keys")]})
         data = form_data(request.POST, ("name", "expires_at", *LIMITS))
         data["allowed_deployments"] = context["chosen"]
         serializer = ApiKeyCreateSerializer(data=data)
@@ -89,6 +87,11 @@ def create_api_key(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def _managers_only(organization: Organization, does: str) -> str:
+    """The refusal of a person who may not manage keys, saying whom to ask."""
+    return f"Only an owner or admin of {organization.name} {does}; ask one of them."
+
+
 def _visible_key(request: HttpRequest, pk: int) -> ApiKey:
     """The key, or 404 when it belongs to an organisation the person cannot see."""
     return get_object_or_404(
@@ -108,7 +111,7 @@ def change_api_key(request: HttpRequest, pk: int) -> HttpResponse:
     api_key = _visible_key(request, pk)
     context = _context(request, api_key.organization)
     if not context["can_manage"]:
-        context["errors"] = {NON_FIELD: ["Only an owner or admin may change keys."]}
+        context["errors"] = {NON_FIELD: [_managers_only(api_key.organization, "changes keys")]}
         return render(request, "web/api_keys.html", context, status=403)
     data = {
         "allowed_deployments": request.POST.getlist("allowed_deployments"),
@@ -130,7 +133,7 @@ def revoke_api_key(request: HttpRequest, pk: int) -> HttpResponse:
     api_key = _visible_key(request, pk)
     if not tenancy.can_manage(request, api_key.organization):
         context = _context(request, api_key.organization)
-        context["errors"] = {NON_FIELD: ["Only an owner or admin may revoke keys."]}
+        context["errors"] = {NON_FIELD: [_managers_only(api_key.organization, "revokes keys")]}
         return render(request, "web/api_keys.html", context, status=403)
     services.revoke_api_key(api_key)
     return redirect("web:api-keys")
