@@ -3,7 +3,8 @@
 `write_queued` (run by the `learning.tasks.write_invocation_logs` Celery task, one at a time under a lock):
 1. Read the head of the queue (LRANGE; nothing removed yet).
 2. Parse each record; malformed ones are set aside for the dead-letter list (`gw:logs:dead`). Records
-   the gateway marked `mask` are masked here (learning.masking), before anything reaches the store.
+   the gateway marked `mask` are masked here (learning.masking), before anything reaches the store;
+   one whose bodies nest too deeply to mask is dead-lettered too, never left to block the queue.
 3. Group the rest by organisation, deployment and INVOCATION_LOG_WINDOW_MINUTES window. Each group
    becomes one object whose key is derived from the group's first record id (learning.records.object_key).
 4. Write each object, then upsert its index row by key.
@@ -78,26 +79,32 @@ def write_batch(raw_records: Sequence[bytes | str], store: ObjectStore) -> Batch
     parsed = []
     for raw in raw_records:
         try:
-            parsed.append(schema.parse_record(raw))
+            parsed.append((schema.parse_record(raw), raw))
         except schema.MalformedRecord as error:
             # The reason only: the record holds request and answer bodies, not yet masked.
             log.warning("invocation record dead-lettered (%s), %d bytes", error, len(raw))
             result.dead.append(raw)
     organizations = set(
-        Organization.objects.filter(pk__in={r["organization_id"] for r in parsed}).values_list(
+        Organization.objects.filter(pk__in={r["organization_id"] for r, _ in parsed}).values_list(
             "pk", flat=True
         )
     )
-    wanted_deployments = {r["deployment_id"] for r in parsed if r.get("deployment_id")}
+    wanted_deployments = {r["deployment_id"] for r, _ in parsed if r.get("deployment_id")}
     deployments = set(Deployment.objects.filter(pk__in=wanted_deployments).values_list("pk", flat=True))
     kept = []
-    for record in parsed:
+    for record, raw in parsed:
         if record["organization_id"] not in organizations:
             result.orphaned += 1
             continue
         if record.get("deployment_id") not in deployments:
             record["deployment_id"] = None
-        kept.append(masked(record))
+        try:
+            kept.append(masked(record))
+        except RecursionError:
+            # Bodies nested deeper than masking can walk (a request the engine refused, logged as
+            # sent): set aside like a malformed record, so it cannot hold every organisation's queue.
+            log.warning("invocation record %s dead-lettered: bodies nested too deeply", record["id"])
+            result.dead.append(raw)
     for (organization_id, deployment_id, window), group in group_records(
         kept, settings.INVOCATION_LOG_WINDOW_MINUTES
     ).items():

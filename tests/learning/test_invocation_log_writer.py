@@ -109,6 +109,21 @@ def test_malformed_records_are_dead_lettered_and_the_rest_stored(
     assert stored(folder_store) == [good]
 
 
+def test_a_record_too_deeply_nested_to_mask_is_dead_lettered_and_the_queue_moves_on(
+    acme: Organization, redis_connection: redis.Redis, folder_store: FolderStore, make_record: MakeRecord
+) -> None:
+    """A request nested 600 levels deep is valid JSON the gateway forwards (the engine refuses it); the
+    masking walk cannot follow it. Before, the writer raised on it and the batch stayed queued for
+    ever, every organisation's records behind it."""
+    deep = {"role": "user", "content": json.loads("[" * 600 + "]" * 600)}
+    good = make_record(acme.pk)
+    enqueue(redis_connection, make_record(acme.pk, request={"messages": [deep]}, mask=True), good)
+    result = writer.write_queued(redis_connection, folder_store)
+    assert (len(result.dead), redis_connection.llen(DEAD_LETTER_KEY)) == (1, 1)
+    assert [record["id"] for record in stored(folder_store)] == [good["id"]]
+    assert redis_connection.llen(QUEUE_KEY) == 0
+
+
 def test_a_dead_lettered_record_is_logged_without_its_bodies(
     acme: Organization, redis_connection: redis.Redis, folder_store: FolderStore, make_record: MakeRecord,
     caplog: pytest.LogCaptureFixture,
