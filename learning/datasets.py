@@ -25,11 +25,13 @@ always hold out the same records.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
 import re
 import uuid
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +41,7 @@ from django.db.models import Max
 
 from learning.choices import DatasetPart, DatasetSource
 from learning.models import Dataset
-from learning.storage import ObjectStore, decode_records, encode_records
+from learning.storage import ObjectNotFound, ObjectStore, decode_records, encode_records
 from marketplace.accounts.models import Organization
 
 OBJECT_PREFIX = "datasets"
@@ -338,8 +340,30 @@ def save(
         raise
 
 
+class DamagedRecords(ObjectNotFound):
+    """The stored object is there but cannot be read back (not gzip, cut short, not JSON). A kind of
+    ObjectNotFound, so every reader that copes with a missing dataset copes with a damaged one."""
+
+
+# What decoding raises on damaged bytes; a store that cannot be reached raises others, which may pass.
+DAMAGE = (gzip.BadGzipFile, zlib.error, EOFError, ValueError)
+
+
 def load(store: ObjectStore, dataset: Dataset) -> list[dict[str, Any]]:
-    return decode_records(store.get(dataset.key))
+    """The dataset's records; ObjectNotFound when its object is missing, DamagedRecords when it cannot
+    be read."""
+    data = store.get(dataset.key)
+    try:
+        return decode_records(data)
+    except DAMAGE as error:
+        raise DamagedRecords(f"{dataset.key}: {type(error).__name__}") from error
+
+
+def missing_or_damaged(error: ObjectNotFound) -> str:
+    """How a dataset's stored records failed to load, for a sentence ("The stored records of x v1 …")."""
+    if isinstance(error, DamagedRecords):
+        return f"cannot be read ({error.__cause__.__class__.__name__})"
+    return "are missing from the object store"
 
 
 def create_from_upload(store: ObjectStore, data: bytes, **fields: Any) -> Dataset:

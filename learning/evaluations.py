@@ -443,8 +443,8 @@ async def run(evaluation_id: int, invoke: Invoke | None = None) -> str:
     dataset = await sync_to_async(lambda: evaluation.dataset)()
     try:
         records = datasets.in_part(datasets.load(get_store(), dataset), evaluation.part)
-    except ObjectNotFound:
-        message = f"The stored records of {dataset} are missing from the object store; upload it again."
+    except ObjectNotFound as error:
+        message = f"The stored records of {dataset} {datasets.missing_or_damaged(error)}; upload it again."
         await sync_to_async(fail)(evaluation_id, message)
         return EvaluationStatus.FAILED
     done = await sync_to_async(stored_pairs)(evaluation_id)

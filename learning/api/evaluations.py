@@ -174,9 +174,10 @@ class EvaluationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
         query.is_valid(raise_exception=True)
         try:
             records = datasets.in_part(datasets.load(get_store(), evaluation.dataset), evaluation.part)
-        except ObjectNotFound:
+        except ObjectNotFound as error:
             raise Conflict(
-                f"The stored records of {evaluation.dataset} are missing from the store."
+                f"The stored records of {evaluation.dataset} {datasets.missing_or_damaged(error)}; "
+                "upload it again."
             ) from None
         offset, limit = query.validated_data["offset"], query.validated_data["limit"]
         return Response({"count": len(records), "results": side_by_side(evaluation, records, offset, limit)})

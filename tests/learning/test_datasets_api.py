@@ -139,6 +139,23 @@ def test_an_owner_downloads_all_or_one_part_as_json_lines(
     assert len(held_records) == 2 and {r["split"] for r in held_records} == {"heldout"}
 
 
+@pytest.mark.parametrize(
+    ("stored", "problem"),
+    [(None, "are missing from the object store"), (b"not gzip", "cannot be read (BadGzipFile)")],
+    ids=["missing", "unreadable"],
+)
+def test_a_download_whose_stored_records_are_gone_or_damaged_is_a_conflict(
+    client_for: ClientFor, owner: AbstractUser, store: FolderStore, stored: bytes | None, problem: str
+) -> None:
+    client = client_for(owner)
+    dataset = upload(client, *TEN).json()
+    key = Dataset.objects.get(pk=dataset["id"]).key
+    store.delete(key) if stored is None else store.put(key, stored)
+    answer = client.get(f"{URL}{dataset['id']}/download/")
+    assert answer.status_code == 409
+    assert problem in answer.json()["detail"] and "upload it again" in answer.json()["detail"]
+
+
 def test_deleting_a_dataset_removes_its_object(
     client_for: ClientFor, owner: AbstractUser, store: FolderStore, django_capture_on_commit_callbacks: Any
 ) -> None:

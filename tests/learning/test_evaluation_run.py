@@ -231,3 +231,22 @@ def test_an_answer_or_judgement_holding_a_nul_character_is_stored_without_it(
     assert evaluations.run_blocking(evaluation.pk) == EvaluationStatus.SUCCEEDED
     notes = EvaluationItem.objects.filter(evaluation=evaluation).values_list("notes", flat=True)
     assert [note["judge"] for note in notes] == ["Correct and short."] * 4
+
+
+@pytest.mark.parametrize(
+    ("stored", "problem"),
+    [(None, "are missing from the object store"), (b"not gzip", "cannot be read (BadGzipFile)")],
+    ids=["missing", "unreadable"],
+)
+def test_a_dataset_whose_stored_records_are_gone_or_unreadable_fails_the_evaluation_once(
+    setup: Setup, configured_store: FolderStore, stored: bytes | None, problem: str
+) -> None:
+    if stored is None:
+        configured_store.delete(setup.dataset.key)
+    else:
+        configured_store.put(setup.dataset.key, stored)
+    evaluation = create(setup)
+    assert evaluations.run_blocking(evaluation.pk) == EvaluationStatus.FAILED
+    evaluation.refresh_from_db()
+    assert problem in evaluation.status_message and "upload it again" in evaluation.status_message
+    assert evaluation.pk not in evaluations.unattended()
