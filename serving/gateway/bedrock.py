@@ -500,6 +500,8 @@ def invoke_body_to_openai(model: str, body: bytes, *, stream: bool = False) -> d
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BedrockValidationError(f"body: not valid JSON ({error})") from error
+    except RecursionError as error:  # the parser's own limit, some 1,000 levels
+        raise BedrockValidationError("body: nested too deeply to read; send a flatter JSON object") from error
     payload = _object(payload, "body")
     _list(payload.get("messages"), "body.messages")
     if payload.get("model") not in (None, model):

@@ -58,6 +58,8 @@ def read_json(request: HttpRequest) -> dict[str, Any] | str:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return "We could not parse the JSON body of your request: send a JSON object."
+    except RecursionError:  # the parser's own limit, some 1,000 levels: no request nests that deep
+        return "The JSON body of your request is nested too deeply to read: send a flatter JSON object."
     if not isinstance(payload, dict):
         return "The request body must be a JSON object."
     return payload

@@ -41,8 +41,9 @@ def carries_a_token(body: bytes) -> bool:
 
 
 def post(path: str, body: Any, headers: Headers, *, leave_after_tokens: int | None = None) -> Answer:
-    """POST `body` (as JSON) to `path` and read the answer; with `leave_after_tokens`, go away as soon as
-    that many tokens have arrived. Returns once the application is done and its metering written."""
+    """POST `body` (as JSON, or bytes as they are) to `path` and read the answer; with
+    `leave_after_tokens`, go away as soon as that many tokens have arrived. Returns once the
+    application is done and its metering written."""
     from marketplace.asgi import application
 
     answer = Answer()
@@ -50,7 +51,8 @@ def post(path: str, body: Any, headers: Headers, *, leave_after_tokens: int | No
     async def scenario() -> None:
         leave = asyncio.Event()
         tokens = 0
-        inbox = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+        sent = body if isinstance(body, bytes) else json.dumps(body).encode()
+        inbox = [{"type": "http.request", "body": sent, "more_body": False}]
 
         async def receive() -> dict[str, Any]:
             if inbox:

@@ -216,6 +216,17 @@ def test_an_outsider_learns_nothing_from_a_refused_field(
 # --- the table itself -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", list(ROUTES))
+def test_a_body_nested_too_deeply_to_parse_is_a_400_on_every_route(
+    path: str, chat: Deployment, secret: str, engine: Engine
+) -> None:
+    """JSON nested past the parser's limit (it was a 500, the parser's RecursionError)."""
+    deep = b'{"model": "chat", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    answer = post(path, deep, key_headers(secret))
+    assert answer.status == 400 and b"nested too deeply" in answer.body
+    assert engine.received == []
+
+
 def test_every_route_accepts_a_minimal_request() -> None:
     for route, body in {"chat.completions": ROUTES["/v1/chat/completions"],
                         "completions": ROUTES["/v1/completions"],
