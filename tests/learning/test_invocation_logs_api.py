@@ -193,6 +193,8 @@ def test_export_gives_json_lines_of_the_range(
         ("", {"status": "700"}, "status"),
         ("", {"status": "²"}, "status"),  # a digit to str.isdigit, not to int()
         ("", {"cursor": "99999999999999999999.0"}, "cursor"),
+        ("", {"since": "0001-01-01T00:00:00+05:00"}, "since"),
+        ("export/", {"since": "9999-12-31T00:00", "until": "9999-12-31T23:59:59-05:00"}, "until"),
         ("", {"cursor": "nonsense"}, "cursor"),
         ("", {"since": "yesterday"}, "since"),
         ("", {"since": at(5), "until": at(0)}, "since"),
