@@ -39,6 +39,8 @@ from serving.models import Deployment
 
 log = logging.getLogger(__name__)
 
+DEAD_LETTER_SECONDS = 24 * 3600
+
 
 @dataclass
 class BatchResult:
@@ -145,6 +147,9 @@ def write_queued(connection: redis.Redis, store: ObjectStore, batch_size: int = 
         with connection.pipeline(transaction=True) as pipe:
             if result.dead:
                 pipe.rpush(DEAD_LETTER_KEY, *result.dead)
+                # Set-aside records may hold bodies nobody masked: kept a day for an operator to look
+                # at, never past the shortest retention an organisation can choose.
+                pipe.expire(DEAD_LETTER_KEY, DEAD_LETTER_SECONDS)
             pipe.ltrim(QUEUE_KEY, len(batch), -1)
             pipe.execute()
         total.objects += result.objects

@@ -124,6 +124,15 @@ def test_a_record_too_deeply_nested_to_mask_is_dead_lettered_and_the_queue_moves
     assert redis_connection.llen(QUEUE_KEY) == 0
 
 
+def test_set_aside_records_unmasked_are_kept_a_day_at_most(
+    acme: Organization, redis_connection: redis.Redis, folder_store: FolderStore, make_record: MakeRecord
+) -> None:
+    deep = {"role": "user", "content": json.loads("[" * 600 + "]" * 600)}
+    enqueue(redis_connection, make_record(acme.pk, request={"messages": [deep]}, mask=True))
+    writer.write_queued(redis_connection, folder_store)
+    assert 0 < redis_connection.ttl(DEAD_LETTER_KEY) <= 24 * 3600
+
+
 def test_a_dead_lettered_record_is_logged_without_its_bodies(
     acme: Organization, redis_connection: redis.Redis, folder_store: FolderStore, make_record: MakeRecord,
     caplog: pytest.LogCaptureFixture,
