@@ -23,6 +23,7 @@ A run (`run`, in a Celery task, on an event loop of its own):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -357,7 +358,9 @@ def gateway_invoker(organization_id: int) -> Invoke:
     from serving.gateway import openai_api, pipeline
 
     async def invoke(route: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        caller = await pipeline.services().directory.person(organization_id)
+        # Not logged: the answers are the platform's, and would flow back into datasets made from logs.
+        person = await pipeline.services().directory.person(organization_id)
+        caller = dataclasses.replace(person, logged=False)
         for attempt in range(RATE_LIMIT_RETRIES + 1):
             response = await openai_api.invoke_as(caller, route, payload)
             body = getattr(response, "content", b"")

@@ -45,6 +45,7 @@ class Caller:
     allowed_deployments: frozenset[str]  # empty: every deployment of the organisation
     limits: Limits
     key_prefix: str | None = None  # the key's visible prefix (`mk-…`), which invocation logs narrow by
+    logged: bool = True  # False for the platform's own calls (evaluations): kept out of invocation logs
 
     def may_call(self, name: str) -> bool:
         return not self.allowed_deployments or name in self.allowed_deployments

@@ -45,6 +45,8 @@ INPUT_ONLY = frozenset({"embeddings"})  # vectors are not worth keeping; what wa
 
 async def decide(call: Call) -> None:
     """Set `call.log` (and, for a stream, `call.assembly`) when the call's organisation logs it."""
+    if not call.caller.logged:
+        return
     policy = await log_capture.policy_of(call.caller.organization_id)
     draw = random.random()  # noqa: S311 (sampling, not secrecy)
     if not policy.selects(call.target.name, call.caller.key_prefix, draw):

@@ -18,8 +18,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from learning import datasets, evaluations, scorers
+from learning.capture import QUEUE_KEY
 from learning.choices import DatasetSource, EvaluationStatus
-from learning.models import Dataset, Evaluation, EvaluationItem
+from learning.models import Dataset, Evaluation, EvaluationItem, InvocationLogSettings
 from learning.storage import FolderStore
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import Organization, Quota
@@ -108,6 +109,14 @@ def test_every_item_is_answered_scored_and_metered_once(setup: Setup) -> None:
     calls = UsageRecord.objects.filter(organization=setup.organization)
     assert calls.count() == 8 * 3  # an answer, a judgement and an embedding per item
     assert {c.model for c in calls} == {"small", "other", "minilm"}
+
+
+def test_an_evaluations_own_calls_stay_out_of_the_invocation_log(setup: Setup) -> None:
+    """Its answers and judgements are the platform's, not the organisation's traffic: logged, they would
+    flow back into datasets made from logs."""
+    InvocationLogSettings.objects.create(organization=setup.organization, enabled=True, sample_rate=1.0)
+    assert evaluations.run_blocking(create(setup).pk) == EvaluationStatus.SUCCEEDED
+    assert redis.Redis.from_url(settings.REDIS_URL).llen(QUEUE_KEY) == 0
 
 
 def test_results_and_progress_read_from_the_items(setup: Setup) -> None:
