@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from serving.gateway.metering import iso_time
+
 OBJECT_PREFIX = "invocation-logs"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # it becomes part of an object key
 
@@ -38,14 +40,10 @@ def _text(record: dict[str, Any], name: str, max_length: int, *, optional: bool 
 
 
 def record_time(record: dict[str, Any]) -> datetime.datetime:
-    value = record.get("time")
-    try:
-        moment = datetime.datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        moment = None
+    moment = iso_time(record.get("time"))
     if moment is None:
-        raise MalformedRecord(f"time must be an ISO 8601 time, not {value!r:.80}")
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
+        raise MalformedRecord(f"time must be an ISO 8601 time, not {record.get('time')!r:.80}")
+    return moment
 
 
 def parse_record(raw: bytes | str) -> dict[str, Any]:

@@ -318,15 +318,22 @@ def _text(record: dict[str, Any], name: str, max_length: int, *, truncate: bool 
     return value[:max_length]
 
 
-def _time(record: dict[str, Any], name: str) -> datetime.datetime:
-    value = record.get(name)
+def iso_time(value: object) -> datetime.datetime | None:
+    """A queued record's ISO 8601 time (taken as UTC without an offset), or None when it is not one."""
     try:
         moment = datetime.datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
-        moment = None
+        return None
     if moment is None:
-        raise MalformedRecord(f"{name} must be an ISO 8601 time, not {value!r}")
+        return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
+
+
+def _time(record: dict[str, Any], name: str) -> datetime.datetime:
+    moment = iso_time(record.get(name))
+    if moment is None:
+        raise MalformedRecord(f"{name} must be an ISO 8601 time, not {record.get(name)!r}")
+    return moment
 
 
 def parse_record(raw: bytes | str) -> UsageRecord:
