@@ -120,6 +120,14 @@ class UsageRecord(models.Model):
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     status_code = models.PositiveSmallIntegerField()
     streamed = models.BooleanField(default=False)
+    router = models.CharField(
+        max_length=40, blank=True, help_text="The router the caller called, which chose the deployment"
+    )
+    router_choice = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text="The deployment the router chose; in shadow mode, the one it would have chosen",
+    )
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:

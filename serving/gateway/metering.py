@@ -318,6 +318,16 @@ def _text(record: dict[str, Any], name: str, max_length: int, *, truncate: bool 
     return value[:max_length]
 
 
+def _optional_text(record: dict[str, Any], name: str, max_length: int) -> str:
+    """A name that may be absent (older records) or empty: "" then; cut to `max_length`."""
+    value = record.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MalformedRecord(f"{name} must be a string, not {value!r}")
+    return value[:max_length]
+
+
 def iso_time(value: object) -> datetime.datetime | None:
     """A queued record's ISO 8601 time (taken as UTC without an offset), or None when it is not one."""
     try:
@@ -341,8 +351,9 @@ def parse_record(raw: bytes | str) -> UsageRecord:
 
     Fields: request_id, organization_id, api_key_id, deployment_id (null allowed), model, route,
     prompt_tokens, completion_tokens, latency_ms, time_to_first_token_ms (null allowed), status_code,
-    streamed, created_at (ISO 8601; without an offset it is taken as UTC). An over-long model or route
-    name is cut rather than refused, so the tokens are still accounted for.
+    streamed, created_at (ISO 8601; without an offset it is taken as UTC); optionally router and
+    router_choice (the router called and the deployment it chose). An over-long model or route name is
+    cut rather than refused, so the tokens are still accounted for.
     """
     try:
         record = json.loads(raw)
@@ -365,6 +376,8 @@ def parse_record(raw: bytes | str) -> UsageRecord:
         time_to_first_token_ms=_optional_integer(record, "time_to_first_token_ms"),
         status_code=_integer(record, "status_code", low=100, high=599),
         streamed=record.get("streamed", False),
+        router=_optional_text(record, "router", 40),
+        router_choice=_optional_text(record, "router_choice", 40),
         created_at=_time(record, "created_at"),
     )
 
