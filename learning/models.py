@@ -237,3 +237,211 @@ class EvaluationItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment} on item {self.item_id}"
+
+
+# --- Prompt routers -----------------------------------------------------------------------------------------
+
+
+class RouterMode(models.TextChoices):
+    ACTIVE = "active", "Active: the chosen candidate answers"
+    SHADOW = "shadow", "Shadow: the fallback answers; the decision is only recorded"
+
+
+class PredictorKind(models.TextChoices):
+    NGRAM = "ngram", "Word n-grams, linear (no model call)"
+    SEMANTIC = "semantic", "Prompt embedding, nearest neighbours"
+
+
+class TrainingStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class SampleStatus(models.TextChoices):
+    PENDING = "pending", "Waiting for the judge"
+    SCORED = "scored", "Scored"
+    FAILED = "failed", "Could not be scored"
+
+
+class Router(models.Model):
+    """One callable name over two or more deployments of the organisation (learning.routing).
+
+    `candidates` is a list of {"deployment": name, "cost_per_1k_tokens": USD or null}: null means the
+    cost is computed (`measured_costs`, from the instance type's hourly price × replicas and the
+    throughput an evaluation measured). Deployments are held by name, as the gateway resolves them. The
+    name must not be a deployment's name of the organisation (learning.router_service checks it)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="routers")
+    name = models.CharField(max_length=40)
+    description = models.CharField(max_length=500, blank=True)
+    candidates = models.JSONField(help_text='[{"deployment": name, "cost_per_1k_tokens": USD or null}]')
+    fallback = models.CharField(max_length=40, help_text="The candidate that answers when unsure")
+    quality_difference = models.FloatField(
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="τ: how much worse than the fallback a cheaper candidate may be predicted, 0 to 1",
+    )
+    mode = models.CharField(max_length=8, choices=RouterMode.choices, default=RouterMode.SHADOW)
+    active_version = models.ForeignKey(
+        "RouterVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    embedding_deployment = models.CharField(
+        max_length=40, blank=True, help_text="The deployment that embeds prompts for the semantic predictor"
+    )
+    shadow_rate = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of calls whose other candidates are shadow-called, 0 to 1",
+    )
+    shadow_tokens_per_day = models.PositiveIntegerField(
+        default=0, help_text="Tokens shadow calls may spend per day; 0 turns shadow calls off"
+    )
+    judge_deployment = models.CharField(
+        max_length=40, blank=True, help_text="The deployment that judges shadow-call answers"
+    )
+    judge_rubric = models.TextField(blank=True, help_text="The judge's rubric; empty: the default one")
+    measured_costs = models.JSONField(
+        default=dict, blank=True, help_text="{deployment: USD per 1,000 tokens} measured by evaluations"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="router_name_per_organization"),
+            models.CheckConstraint(
+                condition=models.Q(quality_difference__gte=0) & models.Q(quality_difference__lte=1),
+                name="router_quality_difference_0_to_1",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(shadow_rate__gte=0) & models.Q(shadow_rate__lte=1),
+                name="router_shadow_rate_0_to_1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RouterTraining(models.Model):
+    """One training of a router from an evaluation of its candidates (learning.router_training), a row
+    with a status, a sentence and progress like an evaluation. Re-running it is harmless: it writes at
+    most one version per predictor kind (unique per training and kind)."""
+
+    router = models.ForeignKey(Router, on_delete=models.CASCADE, related_name="trainings")
+    evaluation = models.ForeignKey(
+        Evaluation, null=True, blank=True, on_delete=models.SET_NULL, related_name="router_trainings"
+    )
+    scorer = models.CharField(max_length=40, help_text="The evaluation's scorer whose scores are targets")
+    status = models.CharField(max_length=16, choices=TrainingStatus.choices, default=TrainingStatus.PENDING)
+    status_message = models.TextField(blank=True)
+    progress = models.FloatField(default=0.0, help_text="0 to 1")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Training of {self.router} ({self.status})"
+
+
+class RouterVersion(models.Model):
+    """A trained predictor of a router: its arrays in the object store (`key`, NumPy's .npz without
+    pickles), and the report measured on the held-out split. Never edited once written."""
+
+    router = models.ForeignKey(Router, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=PredictorKind.choices)
+    candidates = models.JSONField(help_text="The deployment names the predictor scores, in its order")
+    key = models.CharField(max_length=300, help_text="The predictor's object in the store")
+    bytes = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    report = models.JSONField(default=dict, help_text="Held-out figures (learning.router_report)")
+    training = models.ForeignKey(
+        RouterTraining, null=True, blank=True, on_delete=models.SET_NULL, related_name="versions"
+    )
+    evaluation = models.ForeignKey(
+        Evaluation, null=True, blank=True, on_delete=models.SET_NULL, related_name="router_versions"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["router", "version"], name="router_version_once"),
+            models.UniqueConstraint(fields=["training", "kind"], name="router_version_per_training_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.router} v{self.version} ({self.kind})"
+
+
+class RouterSample(models.Model):
+    """The answers of one shadow-called request (the served one among them), judged into targets:
+    `scores` maps each deployment to its normalised score 0..1 (null: could not be scored)."""
+
+    router = models.ForeignKey(Router, on_delete=models.CASCADE, related_name="samples")
+    request_id = models.CharField(max_length=64)
+    prompt = models.TextField()
+    answers = models.JSONField(
+        help_text="{deployment: {text, prompt_tokens, completion_tokens, latency_ms, status}}"
+    )
+    scores = models.JSONField(default=dict, blank=True)
+    notes = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=SampleStatus.choices, default=SampleStatus.PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["router", "request_id"], name="router_sample_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.router} sample {self.request_id}"
+
+
+class Feedback(models.Model):
+    """An app's rating of one answer (by the gateway's request id), 0 (useless) to 1 (perfect). One per
+    request: a later post replaces the score and text. `deployment` is who answered (from the usage
+    record), so a rating can be a training target for that deployment."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="feedback")
+    request_id = models.CharField(max_length=64)
+    score = models.FloatField(validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    text = models.TextField(blank=True)
+    deployment = models.CharField(max_length=40, blank=True)
+    router = models.CharField(max_length=40, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        verbose_name_plural = "feedback"
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "request_id"], name="feedback_once_per_request"),
+            models.CheckConstraint(
+                condition=models.Q(score__gte=0) & models.Q(score__lte=1), name="feedback_score_0_to_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Feedback {self.score} on {self.request_id}"

@@ -66,3 +66,21 @@ def resume_evaluations() -> int:
     for evaluation_id in ids:
         run_evaluation.delay(evaluation_id)
     return len(ids)
+
+
+@shared_task(acks_late=True)
+def train_router(training_id: int) -> str:
+    """Train (or finish training) a router (learning.router_training.run); a second delivery while a
+    worker holds the training, or after it finished, does nothing."""
+    from learning import router_training
+
+    return router_training.run(training_id)
+
+
+@shared_task(acks_late=True, autoretry_for=(ConnectionError,), retry_backoff=2, max_retries=5)
+def score_router_samples(sample_ids: list[int]) -> int:
+    """Judge shadow-call samples into training targets (learning.router_training.score_samples);
+    samples already scored are skipped. Returns how many were scored."""
+    from learning import router_training
+
+    return router_training.score_samples_blocking(sample_ids)
