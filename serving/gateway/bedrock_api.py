@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from serving.gateway import bedrock, pipeline, upstream
-from serving.gateway.errors import bedrock_error
+from serving.gateway.errors import bedrock_error, key_refusal
 from serving.gateway.openai_api import BodyTooLarge, read_body, read_json
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -32,7 +32,12 @@ async def _prepare(
     gateway = pipeline.services()
     caller = await gateway.directory.caller(request.headers.get("authorization", ""))
     if caller is None:
-        return bedrock_error(403, "The API key is missing, unknown, expired or revoked.")
+        return bedrock_error(
+            403,
+            key_refusal(
+                request.headers.get("authorization", ""), "The API key is unknown, expired or revoked."
+            ),
+        )
     try:
         payload = translate()
     except BodyTooLarge as error:

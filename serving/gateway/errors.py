@@ -30,6 +30,19 @@ def openai_error(
     return response
 
 
+def key_refusal(authorization: str, refused: str) -> str:
+    """What a caller without a usable key is told: that no key was sent (an empty `Authorization`, or
+    `Bearer ` with nothing after it, as a shell sends when $MARKETPLACE_API_KEY is not set), else
+    `refused`, the API's own sentence for a key that is wrong, expired or revoked."""
+    words = authorization.split()
+    if words and words != ["Bearer"] and words != ["bearer"]:
+        return refused
+    return (
+        "No API key was given: send one as the header `Authorization: Bearer mk-…` (create a key on the "
+        "API keys page, then `export MARKETPLACE_API_KEY=` it)."
+    )
+
+
 def bedrock_error(status: int, message: str, *, headers: dict[str, str] | None = None) -> HttpResponse:
     kind = BEDROCK_TYPES.get(status, "InternalServerException")
     response = HttpResponse(

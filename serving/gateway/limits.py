@@ -5,7 +5,8 @@ atomic: two processes can never both take the last request of a minute. The scri
 Redis TIME, so processes whose clocks disagree still agree on the window.
 
 Tokens are counted when they are known: the (estimated) prompt tokens at admission, the rest
-(completion tokens, and any correction of the estimate) by `add_tokens` when the response is finished.
+(completion tokens, and any correction of the estimate) by `add_tokens` when the response is finished;
+a call the engine refused is given its admission estimate back by `give_back_tokens`.
 A response may therefore push a token counter over its limit; the next admission is then refused until
 enough tokens leave the window. Requests are counted only at admission and never go over.
 
@@ -244,6 +245,41 @@ return 1
 """
 )
 
+_GIVE_BACK_TOKENS = (
+    _PRELUDE
+    + """
+-- KEYS: tokens of the key, tokens of the organisation. ARGV: window seconds, tokens, monthly prefix.
+-- Takes the tokens out of the newest seconds still in the window (where the call's admission was
+-- counted, unless it lasted past the window), so 'total' stays the sum of the seconds and never goes
+-- below zero; then out of this month's counter, which stops at zero.
+local tokens = tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  local total, from, last = tokens_in_window(key)
+  local left = math.min(tokens, total)
+  if last and left > 0 then
+    for second = last, from, -1 do
+      local field = int(second)
+      local held = tonumber(redis.call('HGET', key, field) or '0')
+      local taken = math.min(held, left)
+      if taken > 0 then
+        redis.call('HINCRBY', key, field, -taken)
+        left = left - taken
+        total = total - taken
+      end
+      if left <= 0 then break end
+    end
+    redis.call('HSET', key, 'total', int(total))
+  end
+end
+local month_key = this_month(ARGV[3])
+local month = tonumber(redis.call('GET', month_key) or '0')
+if month > 0 then
+  redis.call('DECRBY', month_key, math.min(month, tokens))
+end
+return 1
+"""
+)
+
 
 _FAILED_AUTHENTICATION = (
     _PRELUDE
@@ -274,6 +310,7 @@ class _Script:
 
 ADMIT_SCRIPT = _Script(_ADMIT)
 ADD_TOKENS_SCRIPT = _Script(_ADD_TOKENS)
+GIVE_BACK_TOKENS_SCRIPT = _Script(_GIVE_BACK_TOKENS)
 FAILED_AUTHENTICATION_SCRIPT = _Script(_FAILED_AUTHENTICATION)
 
 
@@ -408,6 +445,16 @@ class RateLimiter:
             return
         counters, month_prefix = self._keys(key_id, org_id)
         await self._run(ADD_TOKENS_SCRIPT, counters[2:], [self.window_seconds, tokens, month_prefix])
+
+    async def give_back_tokens(self, *, key_id: int | None, org_id: int, tokens: int) -> None:
+        """Uncount tokens counted at admission for a call that turned out to cost nothing (the engine
+        refused it): out of the key's and organisation's per-minute counters (their newest seconds, never
+        below zero) and this month's budget (never below zero). One round trip; nothing to do for zero
+        or fewer tokens."""
+        if tokens <= 0:
+            return
+        counters, month_prefix = self._keys(key_id, org_id)
+        await self._run(GIVE_BACK_TOKENS_SCRIPT, counters[2:], [self.window_seconds, tokens, month_prefix])
 
     async def take_authentication_attempt(self, address: str, limit: int) -> tuple[str, int]:
         """Count one attempt to authenticate from `address` against its failed-authentication budget

@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from serving.gateway import pipeline, request_fields, upstream
 from serving.gateway.directory import Caller
-from serving.gateway.errors import openai_error
+from serving.gateway.errors import key_refusal, openai_error
 
 PATHS = {
     "chat.completions": "/v1/chat/completions",
@@ -84,7 +84,13 @@ async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingH
     gateway = pipeline.services()
     caller = await gateway.directory.caller(request.headers.get("authorization", ""))
     if caller is None:
-        return openai_error(401, "Incorrect, expired or revoked API key provided.", code="invalid_api_key")
+        return openai_error(
+            401,
+            key_refusal(
+                request.headers.get("authorization", ""), "Incorrect, expired or revoked API key provided."
+            ),
+            code="invalid_api_key",
+        )
     payload = read_json(request)
     if isinstance(payload, str):
         return body_error(payload)
@@ -208,7 +214,13 @@ async def models(request: HttpRequest) -> HttpResponse:
     """The caller's organisation's ready deployments, as OpenAI lists models."""
     caller = await pipeline.services().directory.caller(request.headers.get("authorization", ""))
     if caller is None:
-        return openai_error(401, "Incorrect, expired or revoked API key provided.", code="invalid_api_key")
+        return openai_error(
+            401,
+            key_refusal(
+                request.headers.get("authorization", ""), "Incorrect, expired or revoked API key provided."
+            ),
+            code="invalid_api_key",
+        )
     targets = await pipeline.services().directory.targets(caller)
     data = [{"id": t.name, "object": "model", "created": 0, "owned_by": "organization"} for t in targets]
     return HttpResponse(json.dumps({"object": "list", "data": data}), content_type="application/json")

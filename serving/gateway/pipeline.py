@@ -235,8 +235,15 @@ async def _meter(call: Call, finished: float) -> None:
 async def _write_usage(call: Call, finished: float) -> None:
     elapsed = finished - call.started
     ttft = None if call.first_token_at is None else call.first_token_at - call.started
-    prompt = call.prompt_tokens if call.prompt_tokens is not None else call.estimated_prompt_tokens
-    # The estimate was counted at admission; now count what the engine really used.
+    refused = call.prompt_tokens is None and call.status_code >= 400 and call.status_code != CLIENT_CLOSED
+    if refused:
+        # Refused (the engine's 4xx, such as a prompt past its max model length) or never answered, and no
+        # usage reported: nothing was generated for the caller, so nothing is charged.
+        prompt = 0
+    else:
+        prompt = call.prompt_tokens if call.prompt_tokens is not None else call.estimated_prompt_tokens
+    # The estimate was counted at admission; now count what the engine really used (a negative
+    # correction gives back what was over-counted).
     correction = prompt - call.estimated_prompt_tokens + call.completion_tokens
     record = {
         "request_id": call.request_id,
@@ -272,6 +279,12 @@ async def _write_usage(call: Call, finished: float) -> None:
         writes.append(
             gateway.limiter.add_tokens(
                 key_id=call.caller.key_id, org_id=call.caller.organization_id, tokens=correction
+            )
+        )
+    elif correction < 0 and refused:  # an over-estimate of an answered call is not given back
+        writes.append(
+            gateway.limiter.give_back_tokens(
+                key_id=call.caller.key_id, org_id=call.caller.organization_id, tokens=-correction
             )
         )
     # All at once: one round trip of waiting, not several.
