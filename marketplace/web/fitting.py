@@ -3,6 +3,7 @@ it there, and what it costs: the rows of the model page's table and of the deplo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +20,39 @@ def _reason(card: ModelCard, instance: InstanceType, needed_gb: int, tokens: int
     return (
         f"Needs {needed_gb} GB of GPU memory at {tokens:,} tokens; "
         f"offers {instance.tensor_parallel_memory_gb} GB."
+    )
+
+
+def _instances(instance_types: Iterable[InstanceType] | None) -> list[InstanceType]:
+    return list(InstanceType.objects.all() if instance_types is None else instance_types)
+
+
+def deployable_here(card: ModelCard, instance_types: Iterable[InstanceType] | None = None) -> bool:
+    """Whether this platform can run `card` on at least one instance type: on the local backend the
+    engines run on this machine's CPU, so the card must run on CPU; on Kubernetes it must fit a GPU
+    instance type. Pass the instance types when asking for many cards (one query instead of one each)."""
+    return why_not_here(card, instance_types) is None
+
+
+def why_not_here(card: ModelCard, instance_types: Iterable[InstanceType] | None = None) -> str | None:
+    """None when `card` can be deployed here, else why not, in a sentence for a person (no setting names)."""
+    instances = _instances(instance_types)
+    if settings.SERVING_BACKEND == Backend.LOCAL:
+        if not card.cpu_capable:
+            return (
+                f"{card.name} needs a GPU (about {card.gpu_memory_gb} GB of GPU memory), and this platform "
+                "runs models on its own machine, which has no GPU."
+            )
+        if not any(instance.gpu_count == 0 for instance in instances):
+            return "This platform runs models on its own machine, but offers no CPU instance type for them."
+        return None
+    gpu_instances = [instance for instance in instances if instance.gpu_count > 0]
+    if any(card.placement(instance).fits for instance in gpu_instances):
+        return None
+    largest = max((instance.tensor_parallel_memory_gb for instance in gpu_instances), default=0)
+    return (
+        f"{card.name} needs about {card.min_gpu_memory_gb} GB of GPU memory; the largest instance type of "
+        f"this platform offers {largest} GB."
     )
 
 

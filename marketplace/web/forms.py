@@ -58,3 +58,15 @@ def field_errors(error: exceptions.ValidationError | dict[str, Any] | list[Any])
 def optional_numbers(post: QueryDict, fields: tuple[str, ...]) -> dict[str, Any]:
     """Every named field of a form that shows them all: an empty one is None ("no limit")."""
     return {name: str(post.get(name, "")).strip() or None for name in fields}
+
+
+def error_summary(errors: dict[str, list[str]], labels: dict[str, str]) -> list[dict[str, str]]:
+    """Every refusal of a form as one list for the top of the page, each with the label of its field and
+    a link to it when the form shows that field (`labels`: field → label). A refusal of a field the form
+    does not show (a quota, a status) still appears, on its own: nothing the service says is lost."""
+    summary = []
+    for name, messages in errors.items():
+        label = labels.get(name, "")
+        for message in messages:
+            summary.append({"label": label, "message": message, "anchor": f"id-{name}" if label else ""})
+    return summary

@@ -11,13 +11,18 @@ function csrfToken() {
   try { return JSON.parse(headers)["X-CSRFToken"]; } catch (error) { return ""; }
 }
 
-// A select that reloads the page with its value as a query parameter (the deploy form's model).
+// The deploy form's model select (htmx replaces what depends on the model; see deploy.html). The
+// deployment name follows the model's until the person types a name of their own.
 document.addEventListener("change", (event) => {
-  const select = event.target.closest("[data-reload-with]");
+  const select = event.target.closest("select[data-names-deployment]");
   if (!select) return;
-  const url = new URL(window.location.href);
-  url.searchParams.set(select.dataset.reloadWith, select.value);
-  window.location.assign(url.toString());
+  const name = document.querySelector(select.dataset.namesDeployment);
+  const option = select.selectedOptions[0];
+  if (!name || !option) return;
+  if (name.value === "" || name.value === name.dataset.suggested) {
+    name.value = option.dataset.name || "";
+    name.dataset.suggested = name.value;
+  }
 });
 
 // Filters left empty stay out of the URL the catalog pushes to the history (?task=chat, not ?q=&task=chat&…).
@@ -200,6 +205,11 @@ function setUpPlayground(root) {
 }
 
 onReady(() => {
+  document.querySelectorAll("select[data-names-deployment]").forEach((select) => {
+    const name = document.querySelector(select.dataset.namesDeployment);
+    const option = select.selectedOptions[0];
+    if (name) name.dataset.suggested = (option && option.dataset.name) || "";
+  });
   document.querySelectorAll("[data-tabs]").forEach(setUpTabs);
   document.querySelectorAll("[data-playground]").forEach(setUpPlayground);
 });

@@ -19,8 +19,8 @@ from marketplace.api import Conflict
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.models import Subscription
 from marketplace.web import charts, current
-from marketplace.web.fitting import instance_rows
-from marketplace.web.forms import NON_FIELD, field_errors, form_data
+from marketplace.web.fitting import instance_rows, why_not_here
+from marketplace.web.forms import NON_FIELD, error_summary, field_errors, form_data
 from marketplace.web.htmx import render_page
 from serving import services
 from serving.api.serializers import (
@@ -78,8 +78,31 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+# The deploy form's fields as the error summary names them, and the element each refusal links to.
+DEPLOY_LABELS = {
+    "model": "Subscribed model",
+    "name": "Deployment name",
+    "instance_type": "Instance type",
+    "min_replicas": "Min replicas",
+    "max_replicas": "Max replicas",
+    "autoscaling_policy": "Autoscaling policy",
+    "autoscaling_target": "Target",
+    "idle_seconds": "Idle seconds before zero",
+    "scale_up_window_seconds": "Scale-up window",
+    "scale_down_window_seconds": "Scale-down window",
+    "tensor_parallel_size": "Tensor-parallel size",
+    "engine_options": "Engine options",
+    "engine_options.max_model_len": "Max model length",
+    "engine_options.max_num_seqs": "Max concurrent sequences",
+    "engine_options.gpu_memory_utilization": "GPU memory utilisation",
+    "engine_options.dtype": "Data type",
+    "engine_options.quantization": "Quantization",
+    "engine_options.enable_prefix_caching": "Prefix caching",
+}
+
+
 def _deploy_context(organization: Organization | None, card: ModelCard | None) -> dict[str, Any]:
-    subscribed = (
+    subscribed = list(
         ModelCard.objects.filter(
             subscriptions__in=Subscription.objects.in_force().filter(organization=organization)
         ).order_by("name")
@@ -87,10 +110,20 @@ def _deploy_context(organization: Organization | None, card: ModelCard | None) -
         else ModelCard.objects.none()
     )
     rows = instance_rows(card) if card else []
+    # Said before anyone clicks: a model this platform cannot run, and what can run here instead.
+    instance_types = [row["instance"] for row in rows] or None
+    cannot_run = why_not_here(card, instance_types) if card else None
     return {
         "organization": organization,
         "card": card,
+        "cannot_run": cannot_run,
+        "runnable": [
+            option for option in subscribed if option != card and why_not_here(option, instance_types) is None
+        ]
+        if cannot_run
+        else [],
         "subscribed": subscribed,
+        "model_choices": [(option, suggested_name(option)) for option in subscribed],
         "instances": rows,
         "unusable": [row for row in rows if not row["usable"]],
         "policies": [
@@ -110,7 +143,19 @@ def _deploy_context(organization: Organization | None, card: ModelCard | None) -
             "scale_down_window_seconds": "300",
         },
         "errors": {},
+        "summary": [],
     }
+
+
+def _refused(request: HttpRequest, context: dict[str, Any], errors: dict[str, list[str]]) -> HttpResponse:
+    """The form again with every refusal: next to its field, and all of them in a summary at the top
+    (a refusal of no field on the form, such as the deployments quota, appears there)."""
+    context["errors"] = errors
+    context["summary"] = error_summary(errors, DEPLOY_LABELS)
+    context["engine_open"] = any(
+        name.startswith("engine_options") or name == "tensor_parallel_size" for name in errors
+    )
+    return render(request, "web/deploy.html", context, status=400)
 
 
 @login_required
@@ -122,14 +167,17 @@ def deploy(request: HttpRequest) -> HttpResponse:
     context = _deploy_context(organization, card)
     if request.method == "GET":
         if card is not None:
-            context["values"]["name"] = card.slug.replace(".", "-")[:40].strip("-")
+            context["values"]["name"] = suggested_name(card)
         return render(request, "web/deploy.html", context)
     context["values"] = request.POST.dict()
     if organization is None:
-        context["errors"] = {
-            NON_FIELD: ["You are in no organisation yet: ask a platform admin to add you to one."]
-        }
-        return render(request, "web/deploy.html", context, status=400)
+        return _refused(
+            request,
+            context,
+            {NON_FIELD: ["You are in no organisation yet: ask a platform admin to add you to one."]},
+        )
+    if context["cannot_run"] and not request.POST.get("instance_type"):
+        return _refused(request, context, {"model": [context["cannot_run"]]})
     data = form_data(
         request.POST,
         ("name", "model", "instance_type", "tensor_parallel_size", *SCALING_FIELDS),
@@ -141,12 +189,13 @@ def deploy(request: HttpRequest) -> HttpResponse:
         serializer.is_valid(raise_exception=True)
         deployment = serializer.create_deployment(organization, request.user)
     except exceptions.ValidationError as error:
-        context["errors"] = field_errors(error)
-        context["engine_open"] = any(
-            name.startswith("engine_options") or name == "tensor_parallel_size" for name in context["errors"]
-        )
-        return render(request, "web/deploy.html", context, status=400)
+        return _refused(request, context, field_errors(error))
     return redirect("web:deployment", pk=deployment.pk)
+
+
+def suggested_name(card: ModelCard) -> str:
+    """A deployment name made from the model's, offered until the person types their own."""
+    return card.slug.replace(".", "-")[:40].strip("-")
 
 
 def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
