@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import hashlib
 
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from marketplace.catalog import fits
 from marketplace.catalog.choices import CommercialUse
@@ -94,7 +97,30 @@ class InstanceType(models.Model):
 
     def save(self, *args: object, **kwargs: object) -> None:
         self.tensor_parallel_memory_gb = fits.tensor_parallel_memory_gb(self.gpu_count, self.gpu_memory_gb)
+        before = (
+            InstanceType.objects.filter(pk=self.pk)
+            .values_list("hourly_price_usd", "price_is_estimate")
+            .first()
+            if self.pk
+            else None
+        )
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+        if before != (decimal.Decimal(str(self.hourly_price_usd)), self.price_is_estimate):
+            self.record_price(first=before is None)
+
+    def record_price(self, *, first: bool) -> None:
+        """Keep the price history in step with the catalog's price: an instance type's first price has
+        always applied; a change the catalog makes later applies from now on, so past hours keep the price
+        they ran at. (A platform admin's versions are added with serving.costs.add_price.)"""
+        InstanceTypePrice.objects.get_or_create(
+            instance_type=self,
+            effective_from=PRICE_HISTORY_START if first else timezone.now(),
+            defaults={
+                "hourly_price_usd": self.hourly_price_usd,
+                "source": self.price_source,
+                "is_estimate": self.price_is_estimate,
+            },
+        )
 
     @property
     def total_gpu_memory_gb(self) -> int:
@@ -242,3 +268,40 @@ class ModelCard(models.Model):
         parts = [self.name, self.slug, self.huggingface_repo, self.family, self.summary, *self.tags]
         parts += [self.provider.name, self.provider.slug, self.license.identifier]
         return " ".join(part for part in parts if part).lower()
+
+
+# Before any recorded change, an instance type's first known price is taken to have always applied: no
+# metered hour predates the platform (serving.api.usage.FIRST_DAY is the same floor).
+PRICE_HISTORY_START = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+
+
+class InstanceTypePrice(models.Model):
+    """One version of an instance type's hourly price. The version in force for a metered hour is the
+    latest whose `effective_from` is at or before the hour's start (serving.costs prices hours with it).
+
+    Versions are added, never edited, so past costs can be explained: a platform admin adds one through
+    serving.costs.add_price (REST or admin), and the catalog loader's price changes add one too
+    (InstanceType.save), effective from the moment they are loaded.
+    """
+
+    instance_type = models.ForeignKey(InstanceType, on_delete=models.CASCADE, related_name="prices")
+    hourly_price_usd = models.DecimalField(max_digits=12, decimal_places=6)
+    effective_from = models.DateTimeField()
+    source = models.CharField(max_length=500, help_text="Where the price comes from: a URL or a name")
+    is_estimate = models.BooleanField(
+        default=False, help_text="True when the price is not read from a dated public price list"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["instance_type", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance_type", "effective_from"], name="one_price_per_instance_type_and_time"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.instance_type_id}: ${self.hourly_price_usd}/h from {self.effective_from:%Y-%m-%d %H:%M}"
+        )
