@@ -136,3 +136,70 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.status_code}"
+
+
+class ReplicaMeter(models.Model):
+    """The last observation of a deployment's ready replicas: one end of the next metered interval.
+
+    It survives worker restarts, so the interval from this observation to the next is metered however long
+    the reconciler was away (serving.costs.record_replicas says how a gap is attributed).
+    """
+
+    deployment = models.OneToOneField(
+        Deployment, primary_key=True, on_delete=models.CASCADE, related_name="replica_meter"
+    )
+    instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
+    ready_replicas = models.PositiveSmallIntegerField()
+    observed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}: {self.ready_replicas} ready at {self.observed_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ReplicaHour(models.Model):
+    """Replica-seconds a deployment ran on an instance type within one UTC hour, and the hourly price in
+    force at the hour's start (the system of record for costs; ReplicaDay rolls it up)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_hours")
+    instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
+    hour = models.DateTimeField()
+    replica_seconds = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    hourly_price_usd = models.DecimalField(max_digits=12, decimal_places=6)
+    price_is_estimate = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "instance_type", "hour"], name="one_replica_hour_per_deployment"
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "hour"], name="replica_hour_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.hour:%Y-%m-%d %H}h: {self.replica_seconds} replica-seconds"
+
+
+class ReplicaDay(models.Model):
+    """A UTC day's ReplicaHours of one deployment and instance type, summed with their cost: what cost
+    reports read, so a quarter of a thousand deployments is ~90,000 rows, not two million. Rewritten
+    from the hours whenever they change (serving.costs), never incremented on its own."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_days")
+    instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    replica_seconds = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=9, default=0)
+    price_is_estimate = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "instance_type", "day"], name="one_replica_day_per_deployment"
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "day"], name="replica_day_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.day}: ${self.cost_usd}"

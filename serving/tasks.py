@@ -9,7 +9,7 @@ Tasks only make that faster.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from serving import services
+from serving import costs, services
 from serving.backends import get_backend
 from serving.backends.base import ObservationPass, PermanentBackendError, TransientBackendError
 from serving.choices import LIVE_STATUSES, DeploymentStatus
@@ -185,6 +185,7 @@ def _reconcile_backend(
     backend: Any, rows: list[Deployment], seen: ObservationPass, counts: dict[str, int]
 ) -> None:
     now = timezone.now()
+    _meter(rows, seen, now)
     known = {row.pk for row in rows}
     for row in rows:
         try:
@@ -255,6 +256,23 @@ def _reconcile_backend(
             counts["orphans"] += 1
         except (TransientBackendError, PermanentBackendError) as error:
             log.warning("reconcile: cannot delete the objects of deleted deployment %s: %s", orphan, error)
+
+
+def _meter(rows: list[Deployment], seen: ObservationPass, at: datetime) -> None:
+    """Record the ready replicas this pass saw for every live or deleting row (serving/costs.py meters
+    the interval since the previous pass). Nothing seen of a row means none of its replicas is ready."""
+    readings = []
+    for row in rows:
+        observation = seen.observations.get(row.pk)
+        readings.append(
+            costs.ReplicaReading(
+                deployment_id=row.pk,
+                organization_id=row.organization_id,
+                instance_type_id=row.instance_type_id,
+                ready_replicas=observation.ready_replicas if observation is not None else 0,
+            )
+        )
+    costs.record_replicas(readings, at=at)
 
 
 @shared_task(acks_late=True, expires=60)

@@ -1,0 +1,318 @@
+"""What the GPUs cost: metered replica-seconds, priced by the version of the price in force then.
+
+Metering. The reconciler observes each deployment's ready replicas once per pass and hands the readings to
+`record_replicas`. Each deployment's ReplicaMeter keeps its previous reading; the interval between two
+readings is metered, and nothing outside such an interval is:
+
+1. The interval [previous reading, this reading] is attributed the LOWER of the two counts, for all of it.
+   Between two readings nothing is known, so nothing is guessed: a replica that started (or stopped)
+   somewhere inside the interval is counted from the first reading on which both ends see it. The error
+   is at most one reconcile interval per change of count, always an under-count, and a long gap (the
+   reconciler or its workers down for an hour) is bounded by what both of its ends saw.
+2. A reading on another instance type than the previous one meters nothing for that interval (the moment
+   of the change is not known).
+3. The interval is split at UTC hour boundaries into ReplicaHour rows, added to what the hour holds
+   (exact: decimal seconds to the microsecond), each hour priced at the version in force at its start.
+4. The touched days' ReplicaDay rows are rewritten from their hours, so reports read ~24 times fewer rows.
+
+Idempotency and concurrency: a pass locks the meters of its deployments (in id order, so two workers
+never deadlock) before reading them, and advances them in the same transaction as the hours it adds.
+A second worker reconciling at once waits, then meters only from the first worker's reading onwards; a
+reading older than the meter's (a slower worker's) is ignored. A worker that dies before committing
+meters nothing, and the next reading covers its interval.
+
+Prices. InstanceTypePrice versions (marketplace.catalog.models): the one in force for an hour is the latest
+whose `effective_from` is at or before the hour's start. `add_price` adds a version and re-prices the hours
+it governs (until the next version), so a correction of the past is reflected everywhere.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import DecimalField, ExpressionWrapper, F, Sum, Value
+
+from marketplace.catalog.models import InstanceType, InstanceTypePrice
+from serving.models import ReplicaDay, ReplicaHour, ReplicaMeter
+
+HOUR = timedelta(hours=1)
+MICROSECONDS = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class ReplicaReading:
+    """One deployment's ready replicas, as one reconcile pass saw them."""
+
+    deployment_id: int
+    organization_id: int
+    instance_type_id: int
+    ready_replicas: int
+
+
+@dataclass(frozen=True)
+class PriceVersion:
+    effective_from: datetime
+    hourly_price_usd: Decimal
+    is_estimate: bool
+
+
+def hour_start(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def split_by_hour(start: datetime, end: datetime) -> list[tuple[datetime, Decimal]]:
+    """[(hour, seconds of [start, end) inside it)], exact to the microsecond."""
+    pieces = []
+    cursor = start
+    while cursor < end:
+        hour = hour_start(cursor)
+        stop = min(end, hour + HOUR)
+        span = stop - cursor
+        microseconds = (span.days * 86_400 + span.seconds) * 1_000_000 + span.microseconds
+        pieces.append((hour, Decimal(microseconds) / MICROSECONDS))
+        cursor = stop
+    return pieces
+
+
+class PriceBook:
+    """Price versions of some instance types, to price many hours without a query each."""
+
+    def __init__(self, instance_type_ids: Iterable[int]) -> None:
+        ids = set(instance_type_ids)
+        self.versions: dict[int, list[PriceVersion]] = defaultdict(list)
+        for price in InstanceTypePrice.objects.filter(instance_type_id__in=ids).order_by("effective_from"):
+            self.versions[price.instance_type_id].append(
+                PriceVersion(price.effective_from, price.hourly_price_usd, price.is_estimate)
+            )
+        # An instance type with no versions at all (made without InstanceType.save) costs its catalog price.
+        self.catalog = {
+            pk: PriceVersion(datetime.min, price, estimate)
+            for pk, price, estimate in InstanceType.objects.filter(pk__in=ids).values_list(
+                "pk", "hourly_price_usd", "price_is_estimate"
+            )
+        }
+
+    def at(self, instance_type_id: int, hour: datetime) -> PriceVersion:
+        versions = self.versions.get(instance_type_id, [])
+        index = bisect.bisect_right([v.effective_from for v in versions], hour) - 1
+        if index >= 0:
+            return versions[index]
+        # Before the first version (or none): the earliest known price is the best there is.
+        return versions[0] if versions else self.catalog[instance_type_id]
+
+
+def _lock_instance_types(ids: Iterable[int], *, exclusive: bool) -> None:
+    """Recording shares these locks; adding a price takes one alone, so the hours a pass adds are priced
+    either before or after the new version is in place, never half."""
+    ordered = sorted(set(ids))
+    if not ordered:
+        return
+    mode = "UPDATE" if exclusive else "SHARE"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {InstanceType._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR {mode}",  # noqa: S608
+            [ordered],
+        )
+
+
+def record_replicas(readings: Sequence[ReplicaReading], *, at: datetime) -> int:
+    """Meter the interval from each deployment's previous reading to this one (module docstring).
+
+    Returns the number of ReplicaHour rows added to. Safe to call from several workers at once.
+    """
+    if not readings:
+        return 0
+    readings = sorted(readings, key=lambda r: r.deployment_id)
+    ids = [r.deployment_id for r in readings]
+    increments: dict[tuple[int, int, datetime], Decimal] = defaultdict(Decimal)
+    organizations: dict[int, int] = {}
+    with transaction.atomic():
+        # A first reading only opens an interval: its meter starts here (sorted: no deadlock between
+        # workers inserting the same new meters).
+        ReplicaMeter.objects.bulk_create(
+            [
+                ReplicaMeter(
+                    deployment_id=r.deployment_id,
+                    instance_type_id=r.instance_type_id,
+                    ready_replicas=r.ready_replicas,
+                    observed_at=at,
+                )
+                for r in readings
+            ],
+            ignore_conflicts=True,
+        )
+        meters = {
+            m.deployment_id: m
+            for m in ReplicaMeter.objects.select_for_update().filter(deployment_id__in=ids).order_by("pk")
+        }
+        advanced = []
+        for reading in readings:
+            meter = meters[reading.deployment_id]
+            if at <= meter.observed_at:
+                continue  # a newer reading is already in, or this is the first
+            if meter.instance_type_id == reading.instance_type_id:
+                replicas = min(meter.ready_replicas, reading.ready_replicas)
+                if replicas:
+                    for hour, seconds in split_by_hour(meter.observed_at, at):
+                        increments[(reading.deployment_id, reading.instance_type_id, hour)] += (
+                            seconds * replicas
+                        )
+                    organizations[reading.deployment_id] = reading.organization_id
+            meter.instance_type_id = reading.instance_type_id
+            meter.ready_replicas = reading.ready_replicas
+            meter.observed_at = at
+            advanced.append(meter)
+        if advanced:
+            ReplicaMeter.objects.bulk_update(advanced, ["instance_type", "ready_replicas", "observed_at"])
+        if not increments:
+            return 0
+        type_ids = {key[1] for key in increments}
+        _lock_instance_types(type_ids, exclusive=False)
+        prices = PriceBook(type_ids)
+        rows = []
+        for (deployment_id, instance_type_id, hour), seconds in sorted(increments.items()):
+            price = prices.at(instance_type_id, hour)
+            rows.append(
+                (organizations[deployment_id], deployment_id, instance_type_id, hour, seconds,
+                 price.hourly_price_usd, price.is_estimate)
+            )  # fmt: skip
+        _add_hours(rows)
+        hours = [key[2] for key in increments]
+        _roll_up_days(
+            deployment_ids=sorted({key[0] for key in increments}), start=min(hours), end=max(hours) + HOUR
+        )
+    return len(rows)
+
+
+def _add_hours(rows: list[tuple[Any, ...]]) -> None:
+    table = ReplicaHour._meta.db_table
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {table} (organization_id, deployment_id, instance_type_id, hour, replica_seconds,
+                                 hourly_price_usd, price_is_estimate)
+            VALUES {values}
+            ON CONFLICT (deployment_id, instance_type_id, hour)
+            DO UPDATE SET replica_seconds = {table}.replica_seconds + EXCLUDED.replica_seconds
+            """,  # noqa: S608 (table names and placeholders only)
+            [value for row in rows for value in row],
+        )
+
+
+def _roll_up_days(
+    *,
+    start: datetime,
+    end: datetime,
+    deployment_ids: Sequence[int] | None = None,
+    instance_type_id: int | None = None,
+) -> None:
+    """Rewrite the ReplicaDay rows of the UTC days that [start, end) touches from their hours."""
+    first = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    last = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    if last < end:
+        last += timedelta(days=1)
+    where = ["h.hour >= %s", "h.hour < %s"]
+    params: list[Any] = [first, last]
+    if deployment_ids is not None:
+        where.append("h.deployment_id = ANY(%s)")
+        params.append(list(deployment_ids))
+    if instance_type_id is not None:
+        where.append("h.instance_type_id = %s")
+        params.append(instance_type_id)
+    day_table, hour_table = ReplicaDay._meta.db_table, ReplicaHour._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {day_table} (organization_id, deployment_id, instance_type_id, day, replica_seconds,
+                                     cost_usd, price_is_estimate)
+            SELECT h.organization_id, h.deployment_id, h.instance_type_id, (h.hour AT TIME ZONE 'UTC')::date,
+                   SUM(h.replica_seconds), SUM(h.replica_seconds * h.hourly_price_usd / 3600),
+                   BOOL_OR(h.price_is_estimate)
+            FROM {hour_table} h
+            WHERE {" AND ".join(where)}
+            GROUP BY 1, 2, 3, 4
+            ON CONFLICT (deployment_id, instance_type_id, day) DO UPDATE SET
+                replica_seconds = EXCLUDED.replica_seconds, cost_usd = EXCLUDED.cost_usd,
+                price_is_estimate = EXCLUDED.price_is_estimate
+            """,  # noqa: S608 (table names and placeholders only)
+            params,
+        )
+
+
+def add_price(
+    instance_type: InstanceType,
+    *,
+    hourly_price_usd: Decimal,
+    effective_from: datetime,
+    source: str,
+    is_estimate: bool = False,
+) -> InstanceTypePrice:
+    """Add a price version and re-price the metered hours it governs: from its first whole hour until the
+    next version's. Raises IntegrityError when the instance type already has a version from that moment."""
+    with transaction.atomic():
+        _lock_instance_types([instance_type.pk], exclusive=True)
+        price = InstanceTypePrice.objects.create(
+            instance_type=instance_type,
+            hourly_price_usd=hourly_price_usd,
+            effective_from=effective_from,
+            source=source,
+            is_estimate=is_estimate,
+        )
+        later = (
+            InstanceTypePrice.objects.filter(instance_type=instance_type, effective_from__gt=effective_from)
+            .order_by("effective_from")
+            .values_list("effective_from", flat=True)
+            .first()
+        )
+        hours = ReplicaHour.objects.filter(instance_type=instance_type, hour__gte=effective_from)
+        if later is not None:
+            hours = hours.filter(hour__lt=later)
+        span = hours.values_list("hour", flat=True).order_by("hour")
+        first, last = span.first(), span.last()
+        if first is not None and last is not None:
+            hours.update(hourly_price_usd=hourly_price_usd, price_is_estimate=is_estimate)
+            _roll_up_days(start=first, end=last + HOUR, instance_type_id=instance_type.pk)
+    return price
+
+
+def hour_cost() -> ExpressionWrapper:
+    """A ReplicaHour's cost in USD: replica-hours × the price in force then."""
+    return ExpressionWrapper(
+        F("replica_seconds") * F("hourly_price_usd") / Value(Decimal(3600)),
+        output_field=DecimalField(max_digits=24, decimal_places=9),
+    )
+
+
+def cost_between(
+    *, organization_id: int, since: datetime, until: datetime, deployment_id: int | None = None
+) -> Decimal:
+    """USD an organisation's deployments (or one of them) cost in the metered hours that start in
+    [since, until): replica-hours × the price in force at each hour. Hour-granular: a month's budget
+    (since and until on hour boundaries) is exact; an hour that started before `since` is not counted."""
+    hours = ReplicaHour.objects.filter(organization_id=organization_id, hour__gte=since, hour__lt=until)
+    if deployment_id is not None:
+        hours = hours.filter(deployment_id=deployment_id)
+    total = hours.aggregate(cost=Sum(hour_cost()))["cost"]
+    return Decimal(total or 0).quantize(Decimal("0.000001"))
+
+
+def cost_by_deployment(*, organization_id: int, since: datetime, until: datetime) -> dict[int, Decimal]:
+    """{deployment id: USD} over the same hours as cost_between, in one query."""
+    rows = (
+        ReplicaHour.objects.filter(organization_id=organization_id, hour__gte=since, hour__lt=until)
+        .values("deployment_id")
+        .annotate(cost=Sum(hour_cost()))
+    )
+    return {row["deployment_id"]: Decimal(row["cost"] or 0).quantize(Decimal("0.000001")) for row in rows}
+
+
+def days_between(since: date, until: date) -> list[date]:
+    return [since + timedelta(days=n) for n in range((until - since).days + 1)]
