@@ -1,5 +1,5 @@
-"""Platform admins: all organisations and deployments, quota editing with inline errors. To anyone
-else the pages do not exist."""
+"""Platform admins: all organisations and deployments, quota editing with inline errors. Anyone else
+is refused (tests/web/test_error_pages.py shows what they read)."""
 
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ def test_bad_quota_values_are_named_and_nothing_changes(browser_for, platform_ad
     assert Quota.objects.get(organization=acme).max_gpus == 8
 
 
-def test_nobody_else_finds_the_platform_pages(browser_for, owner, outsider, acme) -> None:
+def test_nobody_else_may_use_the_platform_pages(browser_for, owner, outsider, acme) -> None:
     for person in (owner, outsider):
         browser = browser_for(person)
-        assert browser.get("/platform/").status_code == 404
-        assert browser.post("/platform/organizations/acme/quota/", {"max_gpus": "999"}).status_code == 404
+        assert browser.get("/platform/").status_code == 403
+        assert browser.post("/platform/organizations/acme/quota/", {"max_gpus": "999"}).status_code == 403
     assert Quota.objects.get(organization=acme).max_gpus == 8
