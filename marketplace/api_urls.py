@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 from learning.api import datasets as learning_datasets
 from learning.api import evaluations as learning_evaluations
 from learning.api import views as learning
+from marketplace.accounts.api import budgets as account_budgets
 from marketplace.accounts.api import views as accounts
 from marketplace.catalog.api import views as catalog
 from marketplace.subscriptions.api import views as subscriptions
@@ -26,6 +27,7 @@ router.register(
 router.register("invocation-logs", learning.InvocationLogViewSet, basename="invocationlog")
 router.register("datasets", learning_datasets.DatasetViewSet, basename="dataset")
 router.register("evaluations", learning_evaluations.EvaluationViewSet, basename="evaluation")
+router.register("budgets", account_budgets.BudgetViewSet, basename="budget")
 
 urlpatterns = [
     path(

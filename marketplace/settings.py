@@ -129,6 +129,11 @@ try:
     GATEWAY_SPOOL_DIR = env.string("GATEWAY_SPOOL_DIR", str(Path(DATA_DIR) / "usage-spool"))
     # Failed authentications one client address may make per minute before it is answered 429.
     GATEWAY_AUTH_FAILURES_PER_MINUTE = env.integer("GATEWAY_AUTH_FAILURES_PER_MINUTE", 10, minimum=1)
+    # A prompt router passes over a candidate whose least busy replica has more requests than this in hand
+    # (outstanding from the gateway process, or waiting at the engine): serving/gateway/capacity.py.
+    GATEWAY_ROUTER_MAX_QUEUE_PER_REPLICA = env.integer(
+        "GATEWAY_ROUTER_MAX_QUEUE_PER_REPLICA", 32, minimum=0, maximum=100_000
+    )
 
     # Learning from traffic: the object store for bulk data (S3-compatible when a bucket is named, else a
     # folder under DATA_DIR), and the invocation log's queue and writer.
@@ -142,6 +147,32 @@ try:
         "INVOCATION_LOG_WRITE_INTERVAL_SECONDS", 10, minimum=1, maximum=3600
     )
     INVOCATION_LOG_WINDOW_MINUTES = env.integer("INVOCATION_LOG_WINDOW_MINUTES", 5, minimum=1, maximum=60)
+
+    # Costs, budgets and idle deployments (marketplace/accounts/budgets.py, serving/idle.py). A stored secret
+    # (a budget webhook's) is encrypted under SECRETS_ENCRYPTION_KEY, a Fernet key
+    # (`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`); unset,
+    # under a key derived from SECRET_KEY.
+    SECRETS_ENCRYPTION_KEY = env.string("SECRETS_ENCRYPTION_KEY")
+    if SECRETS_ENCRYPTION_KEY:
+        try:
+            from cryptography.fernet import Fernet
+
+            Fernet(SECRETS_ENCRYPTION_KEY.encode())
+        except ValueError:
+            raise env.ConfigurationError(
+                "SECRETS_ENCRYPTION_KEY must be a Fernet key: 32 bytes in URL-safe base64 (44 characters)"
+            ) from None
+    BUDGET_CHECK_INTERVAL_SECONDS = env.integer(
+        "BUDGET_CHECK_INTERVAL_SECONDS", 300, minimum=10, maximum=86400
+    )
+    BUDGET_WEBHOOK_TIMEOUT_SECONDS = env.integer("BUDGET_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1, maximum=60)
+    # Attempts per alert, the first included; waits between them double from the backoff (10 s, 20 s, …).
+    BUDGET_WEBHOOK_ATTEMPTS = env.integer("BUDGET_WEBHOOK_ATTEMPTS", 6, minimum=1, maximum=20)
+    BUDGET_WEBHOOK_BACKOFF_SECONDS = env.integer(
+        "BUDGET_WEBHOOK_BACKOFF_SECONDS", 10, minimum=0, maximum=3600
+    )
+    # A ready deployment that served no request for this long is flagged idle.
+    IDLE_AFTER_HOURS = env.integer("IDLE_AFTER_HOURS", 24, minimum=1, maximum=24 * 90)
 except env.ConfigurationError as error:
     # Django would turn an exception here into a long traceback; one line names the variable.
     sys.stderr.write(f"Configuration error: {error}\n")
@@ -301,6 +332,15 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     "expire-invocation-logs": {"task": "learning.tasks.expire_invocation_logs", "schedule": 3600.0},
     "resume-evaluations": {"task": "learning.tasks.resume_evaluations", "schedule": 60.0},
+    "check-budgets": {
+        "task": "marketplace.accounts.tasks.check_budgets",
+        "schedule": float(BUDGET_CHECK_INTERVAL_SECONDS),
+    },
+    "summarize-idle-deployments": {
+        "task": "marketplace.accounts.tasks.summarize_idle_deployments",
+        # Hourly, but each organisation's summary is written once per week (the first run of the week).
+        "schedule": 3600.0,
+    },
 }
 
 LOGGING = {

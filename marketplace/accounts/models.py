@@ -132,3 +132,115 @@ class ApiKey(models.Model):
 
     def matches(self, key: str) -> bool:
         return hmac.compare_digest(self.hashed_key, hash_api_key(key))
+
+
+# Budgets: what an organisation (or one of its deployments) may cost in a calendar month (UTC), and the
+# alerts and webhook deliveries its crossings caused (marketplace/accounts/budgets.py).
+
+DEFAULT_BUDGET_THRESHOLDS = [50, 80, 100]
+
+
+def default_thresholds() -> list[int]:
+    return list(DEFAULT_BUDGET_THRESHOLDS)
+
+
+class Budget(models.Model):
+    """A monthly cost budget in USD. Without a deployment it covers the whole organisation.
+
+    The webhook secret is stored encrypted (marketplace/accounts/crypto.py); only its owner sees it, once,
+    when it is made. At 100% an owner may have the organisation's deployments (or this budget's one)
+    scaled down to their minimum.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="budgets")
+    deployment = models.ForeignKey(
+        "serving.Deployment", null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    monthly_amount_usd = models.DecimalField(max_digits=14, decimal_places=2)
+    thresholds = models.JSONField(default=default_thresholds, help_text="Percentages of the amount, 1–100")
+    webhook_url = models.URLField(max_length=500, blank=True)
+    webhook_secret_encrypted = models.TextField(blank=True, editable=False)
+    scale_down_at_limit = models.BooleanField(
+        default=False, help_text="At 100%, scale the deployments it covers down to their minimum"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["organization", "deployment_id", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=models.Q(deployment__isnull=True),
+                name="one_organization_budget",
+            ),
+            models.UniqueConstraint(fields=["organization", "deployment"], name="one_budget_per_deployment"),
+        ]
+
+    def __str__(self) -> str:
+        scope = f"deployment {self.deployment_id}" if self.deployment_id else "the organisation"
+        return f"Budget of {self.organization} for {scope}: ${self.monthly_amount_usd}/month"
+
+
+class BudgetAlert(models.Model):
+    """A threshold of a budget crossed in a month. The unique constraint makes the crossing happen once,
+    however many checkers see it at the same moment: the one whose insert succeeds alerts."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    month = models.DateField(help_text="The first day of the month (UTC)")
+    threshold = models.PositiveSmallIntegerField()
+    spent_usd = models.DecimalField(max_digits=14, decimal_places=2)
+    amount_usd = models.DecimalField(max_digits=14, decimal_places=2)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "month", "threshold"], name="one_alert_per_threshold"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget} at {self.threshold}% in {self.month:%Y-%m}"
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver an alert to its budget's webhook: what came back, or why nothing did."""
+
+    alert = models.ForeignKey(BudgetAlert, on_delete=models.CASCADE, related_name="deliveries")
+    attempt = models.PositiveSmallIntegerField()
+    url = models.URLField(max_length=500)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    delivered = models.BooleanField(default=False)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt} of alert {self.alert_id}: {self.status_code or self.error}"
+
+
+class IdleSummary(models.Model):
+    """The weekly list of an organisation's idle deployments, with what each cost while idle; written by
+    a periodic task, shown on the organisation page."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="idle_summaries")
+    week = models.DateField(help_text="The Monday the week starts (UTC)")
+    deployments = models.JSONField(default=list)
+    total_cost_usd = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-week"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "week"], name="one_idle_summary_per_week"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Idle deployments of {self.organization}, week of {self.week}"

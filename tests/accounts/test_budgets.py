@@ -1,0 +1,255 @@
+"""Monthly cost budgets: who may set them, what is refused, and how crossings alert (once each)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from marketplace.accounts import budgets, crypto
+from marketplace.accounts.models import Budget, BudgetAlert
+from serving import services
+from serving.choices import AutoscalingPolicy
+from serving.models import DeploymentEvent
+from tests.accounts.budget_helpers import MONTH, NOW, spend
+from tests.web.conftest import make_deployment
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def chat(acme):
+    return make_deployment(acme, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
+
+
+@pytest.fixture
+def scaled(monkeypatch, settings) -> list[int]:
+    """Scaling goes through serving.services; the backend work it enqueues is noted, not run."""
+    settings.SERVING_BACKEND = "kubernetes"
+    enqueued: list[int] = []
+    monkeypatch.setattr(services, "_enqueue", lambda task, deployment_id: enqueued.append(deployment_id))
+    return enqueued
+
+
+def make_budget(organization, amount: str = "100", **fields: Any) -> Budget:
+    budget, _ = budgets.create_budget(
+        organization=organization,
+        deployment=fields.pop("deployment", None),
+        monthly_amount_usd=Decimal(amount),
+        thresholds=fields.pop("thresholds", [50, 80, 100]),
+        webhook_url=fields.pop("webhook_url", ""),
+        scale_down_at_limit=fields.pop("scale_down_at_limit", False),
+        user=None,
+    )
+    return budget
+
+
+# The API: who may do what.
+
+
+def test_owner_creates_a_budget_and_is_shown_its_webhook_secret_once(client_for, owner, acme) -> None:
+    client = client_for(owner)
+    created = client.post(
+        "/api/budgets/",
+        {"monthly_amount_usd": "250.00", "webhook_url": "https://hooks.example.com/costs"},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    secret = created.json()["webhook_secret"]
+    assert secret.startswith("whsec_")
+    assert created.json()["thresholds"] == [50, 80, 100]
+    shown = client.get(f"/api/budgets/{created.json()['id']}/").json()
+    assert "webhook_secret" not in shown
+    assert shown["spent_this_month_usd"] == "0.00"
+    stored = Budget.objects.get().webhook_secret_encrypted
+    assert secret not in stored and crypto.decrypt(stored) == secret
+
+
+def test_member_may_read_budgets_but_not_change_them(client_for, member, acme) -> None:
+    budget = make_budget(acme)
+    client = client_for(member)
+    assert client.get("/api/budgets/").json()["count"] == 1
+    assert client.get(f"/api/budgets/{budget.pk}/deliveries/").status_code == 200
+    refusals = [
+        client.post("/api/budgets/", {"monthly_amount_usd": "5", "deployment": ""}, format="json"),
+        client.patch(f"/api/budgets/{budget.pk}/", {"monthly_amount_usd": "1"}, format="json"),
+        client.post(f"/api/budgets/{budget.pk}/rotate-secret/"),
+        client.delete(f"/api/budgets/{budget.pk}/"),
+    ]
+    assert [r.status_code for r in refusals] == [403, 403, 403, 403]
+    assert "owner" in refusals[1].json()["detail"]
+    assert Budget.objects.get().monthly_amount_usd == Decimal("100")
+
+
+def test_outsider_can_neither_see_nor_touch_another_organisations_budget(client_for, outsider, acme) -> None:
+    budget = make_budget(acme)
+    client = client_for(outsider)
+    assert client.get("/api/budgets/").json()["count"] == 0
+    for answer in (
+        client.get(f"/api/budgets/{budget.pk}/"),
+        client.get(f"/api/budgets/{budget.pk}/alerts/"),
+        client.get(f"/api/budgets/{budget.pk}/deliveries/"),
+        client.patch(f"/api/budgets/{budget.pk}/", {"monthly_amount_usd": "1"}, format="json"),
+        client.post(f"/api/budgets/{budget.pk}/rotate-secret/"),
+        client.delete(f"/api/budgets/{budget.pk}/"),
+    ):
+        assert answer.status_code == 404
+    made = client.post("/api/budgets/", {"organization": "acme", "monthly_amount_usd": "5"}, format="json")
+    assert made.status_code == 400 and "organization" in made.json()
+    assert Budget.objects.count() == 1 and Budget.objects.get().monthly_amount_usd == Decimal("100")
+
+
+def test_a_platform_admin_may_set_any_organisations_budget(client_for, platform_admin, acme) -> None:
+    answer = client_for(platform_admin).post(
+        "/api/budgets/", {"organization": "acme", "monthly_amount_usd": "10"}, format="json"
+    )
+    assert answer.status_code == 201, answer.content
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"monthly_amount_usd": "-5"}, "monthly_amount_usd"),
+        ({"monthly_amount_usd": "0"}, "monthly_amount_usd"),
+        ({"monthly_amount_usd": "lots"}, "monthly_amount_usd"),
+        ({"monthly_amount_usd": "5", "thresholds": [0, 50]}, "thresholds"),
+        ({"monthly_amount_usd": "5", "thresholds": [50, 101]}, "thresholds"),
+        ({"monthly_amount_usd": "5", "thresholds": []}, "thresholds"),
+        ({"monthly_amount_usd": "5", "thresholds": "50"}, "thresholds"),
+        ({"monthly_amount_usd": "5", "webhook_url": "not a url"}, "webhook_url"),
+        ({"monthly_amount_usd": "5", "webhook_url": "ftp://files.example.com/x"}, "webhook_url"),
+        ({"monthly_amount_usd": "5", "deployment": "nope"}, "deployment"),
+        ({"monthly_amount_usd": "5", "scale_down_at_limit": "perhaps"}, "scale_down_at_limit"),
+    ],
+)
+def test_malformed_budgets_are_refused_naming_the_field(client_for, owner, acme, body, field) -> None:
+    answer = client_for(owner).post("/api/budgets/", body, format="json")
+    assert answer.status_code == 400
+    assert field in answer.json()
+    assert not Budget.objects.exists()
+
+
+def test_a_change_to_malformed_values_is_refused_naming_the_field_and_changes_nothing(
+    client_for, owner, acme
+) -> None:
+    budget = make_budget(acme)
+    answer = client_for(owner).patch(
+        f"/api/budgets/{budget.pk}/", {"monthly_amount_usd": "7", "thresholds": [120]}, format="json"
+    )
+    assert answer.status_code == 400 and "thresholds" in answer.json()
+    assert Budget.objects.get().monthly_amount_usd == Decimal("100")
+
+
+def test_an_organisation_has_one_budget_of_its_own_and_one_per_deployment(
+    client_for, owner, acme, chat
+) -> None:
+    client = client_for(owner)
+    assert client.post("/api/budgets/", {"monthly_amount_usd": "5"}, format="json").status_code == 201
+    again = client.post("/api/budgets/", {"monthly_amount_usd": "6"}, format="json")
+    assert again.status_code == 400 and "already has a budget" in again.json()["deployment"][0]
+    mine = client.post("/api/budgets/", {"monthly_amount_usd": "6", "deployment": "chat"}, format="json")
+    assert mine.status_code == 201 and mine.json()["deployment"] == "chat"
+
+
+def test_rotating_the_secret_shows_a_new_one_once(client_for, owner, acme) -> None:
+    budget = make_budget(acme)
+    before = Budget.objects.get().webhook_secret_encrypted
+    answer = client_for(owner).post(f"/api/budgets/{budget.pk}/rotate-secret/")
+    secret = answer.json()["webhook_secret"]
+    after = Budget.objects.get().webhook_secret_encrypted
+    assert after != before and crypto.decrypt(after) == secret
+
+
+# Checking: crossings alert once each.
+
+
+def alerted(budget: Budget) -> list[int]:
+    return sorted(BudgetAlert.objects.filter(budget=budget).values_list("threshold", flat=True))
+
+
+def test_each_threshold_alerts_once_as_spending_grows(acme, chat) -> None:
+    budget = make_budget(acme, "100")
+    spend(chat, "40")
+    assert budgets.check_budget(budget, NOW) == []
+    spend(chat, "20")
+    assert [a.threshold for a in budgets.check_budget(budget, NOW)] == [50]
+    spend(chat, "60")  # 120%: 80 and 100 in one pass, lowest first
+    assert [a.threshold for a in budgets.check_budget(budget, NOW)] == [80, 100]
+    assert budgets.check_budget(budget, NOW) == []
+    assert alerted(budget) == [50, 80, 100]
+    top = BudgetAlert.objects.get(threshold=100)
+    assert top.spent_usd == Decimal("120.00")
+    assert top.message == "Acme has used up its monthly budget: $120.00 of $100.00 (120.0%) this month."
+
+
+def test_last_months_spending_does_not_count_and_a_new_month_alerts_again(acme, chat) -> None:
+    budget = make_budget(acme, "100")
+    spend(chat, "90", hour=MONTH - timedelta(hours=1))
+    assert budgets.check_budget(budget, NOW) == []
+    spend(chat, "55")
+    budgets.check_budget(budget, NOW)
+    spend(chat, "55", hour=MONTH + timedelta(days=31))  # December
+    december = budgets.check_budget(budget, NOW + timedelta(days=31))
+    assert [a.threshold for a in december] == [50]
+    assert BudgetAlert.objects.filter(threshold=50).count() == 2
+
+
+def test_a_deployment_budget_counts_only_its_deployment_and_writes_in_its_history(acme, chat) -> None:
+    other = make_deployment(acme, name="other", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
+    budget = make_budget(acme, "10", deployment=chat, thresholds=[50])
+    spend(other, "100")
+    assert budgets.check_budget(budget, NOW) == []
+    spend(chat, "6")
+    [alert] = budgets.check_budget(budget, NOW)
+    assert alert.message.startswith("The deployment chat has passed 50% of its monthly budget: $6.00")
+    assert DeploymentEvent.objects.filter(deployment=chat, message=alert.message).exists()
+
+
+def test_at_the_limit_the_owners_choice_scales_deployments_down_to_their_minimum(
+    acme, scaled, django_capture_on_commit_callbacks
+) -> None:
+    busy = make_deployment(
+        acme, name="busy", min_replicas=1, max_replicas=4, autoscaling_policy=AutoscalingPolicy.QUEUE_DEPTH,
+        reserved_gpus=4, gpu_model="NVIDIA A10G 24GB",
+    )  # fmt: skip
+    fixed = make_deployment(acme, name="fixed", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
+    budget = make_budget(acme, "100", thresholds=[100], scale_down_at_limit=True)
+    spend(busy, "101")
+    with django_capture_on_commit_callbacks(execute=True):
+        budgets.check_budget(budget, NOW)
+    busy.refresh_from_db()
+    assert (busy.min_replicas, busy.max_replicas, busy.reserved_gpus) == (1, 1, 1)
+    assert scaled == [busy.pk]  # the fixed one is at its minimum already
+    assert fixed.max_replicas == 1
+    assert BudgetAlert.objects.get().message.endswith("Scaled down to their minimum: busy.")
+    assert busy.events.filter(message__startswith="Scaling to 1–1 replicas").exists()
+
+
+def test_without_the_owners_choice_nothing_is_scaled(
+    acme, scaled, django_capture_on_commit_callbacks
+) -> None:
+    busy = make_deployment(
+        acme, name="busy", min_replicas=1, max_replicas=4, autoscaling_policy=AutoscalingPolicy.QUEUE_DEPTH,
+        reserved_gpus=4, gpu_model="NVIDIA A10G 24GB",
+    )  # fmt: skip
+    budget = make_budget(acme, "100", thresholds=[100])
+    spend(busy, "150")
+    with django_capture_on_commit_callbacks(execute=True):
+        budgets.check_budget(budget, NOW)
+    busy.refresh_from_db()
+    assert busy.max_replicas == 4 and scaled == []
+
+
+def test_alerts_are_listed_for_members_and_deleting_a_budget_clears_its_banner(
+    client_for, owner, member, acme, chat
+) -> None:
+    budget = make_budget(acme, "100")
+    spend(chat, "85")
+    budgets.check_budgets(NOW)
+    alerts = client_for(member).get(f"/api/budgets/{budget.pk}/alerts/").json()["results"]
+    assert [a["threshold"] for a in alerts] == [80, 50]
+    assert [line.level for line in budgets.banner(acme.pk, NOW.date())] == ["warning"]
+    assert client_for(owner).delete(f"/api/budgets/{budget.pk}/").status_code == 204
+    assert budgets.banner(acme.pk, NOW.date()) == []
