@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Avg, Count, QuerySet, Sum
+from django.db.models import Aggregate, Avg, Count, FloatField, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
 from django.utils import timezone
 
@@ -24,7 +24,18 @@ RANGES: dict[str, tuple[str, int, timedelta, Any]] = {
     "24h": ("Last 24 hours, by hour", 24, timedelta(hours=1), TruncHour),
     "30d": ("Last 30 days, by day", 30, timedelta(days=1), TruncDay),
 }
-WIDTH, HEIGHT, TOP, BOTTOM = 600, 160, 10, 22
+WIDTH, HEIGHT, TOP, BOTTOM = 600, 160, 20, 22  # TOP leaves room for the vertical axis's label
+
+
+class Percentile(Aggregate):
+    """PostgreSQL's percentile_cont: the value below which `fraction` of the rows fall, interpolated."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: str, fraction: float) -> None:
+        super().__init__(expression, fraction=float(fraction))
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,8 @@ class Bar:
     width: float
     height: float
     label: str  # for the tooltip and screen readers
+    slot_x: float = 0.0  # the bar's whole column, which carries the tooltip even when the bar is short
+    slot_width: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,10 @@ class Chart:
     width: int = WIDTH
     height: int = HEIGHT
     baseline: int = HEIGHT - BOTTOM
+    unit: str = ""  # the vertical axis's unit
+    peak_label: str = ""  # the value at the top of the vertical axis
+    middle_label: str = ""  # the time at the middle of the horizontal axis
+    top: int = TOP
 
 
 def _start(now: datetime, buckets: int, step: timedelta) -> datetime:
@@ -75,19 +92,49 @@ def usage_series(
             requests=Count("id"),
             tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
             latency=Avg("latency_ms"),
+            latency_p50=Percentile("latency_ms", 0.5),
+            latency_p95=Percentile("latency_ms", 0.95),
         )
         .order_by("bucket")
     )
     by_bucket = {row["bucket"]: row for row in rows}
     moments = [start + step * i for i in range(buckets)]
-    empty = {"requests": 0, "tokens": 0, "latency": None}
+    empty = {"requests": 0, "tokens": 0, "latency": None, "latency_p50": None, "latency_p95": None}
     points = [by_bucket.get(moment, empty) for moment in moments]
-    return {"label": label, "moments": moments, "points": points, "step": step}
+    return {"label": label, "moments": moments, "points": points, "step": step, "start": start}
+
+
+def latency_summary(records: QuerySet[UsageRecord], start: datetime) -> dict[str, float | int | None]:
+    """The latency of every call since `start`, each call weighing the same (one query): the mean, the
+    median and the 95th percentile in milliseconds, and how many calls were measured. Averaging the
+    buckets' averages instead would weigh a quiet hour as much as a busy one, so the mean would change
+    with the window for the same calls."""
+    return records.filter(created_at__gte=start, latency_ms__isnull=False).aggregate(
+        calls=Count("id"),
+        mean=Avg("latency_ms"),
+        p50=Percentile("latency_ms", 0.5),
+        p95=Percentile("latency_ms", 0.95),
+    )
 
 
 def _moment_label(moment: datetime, step: timedelta) -> str:
+    """A bucket's start with its date, as people read it: "2 Dec" for days, "2 Dec 14:05" otherwise."""
     local = timezone.localtime(moment)
-    return f"{local:%b %d}" if step >= timedelta(days=1) else f"{local:%H:%M}"
+    day = f"{local.day} {local:%b}"
+    return day if step >= timedelta(days=1) else f"{day} {local:%H:%M}"
+
+
+def _span_label(moment: datetime, step: timedelta) -> str:
+    """A bucket's whole span for its tooltip: "2 Dec", or "2 Dec 14:00–15:00"."""
+    if step >= timedelta(days=1):
+        return _moment_label(moment, step)
+    return f"{_moment_label(moment, step)}–{timezone.localtime(moment + step):%H:%M}"
+
+
+def _milliseconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1000:,.1f} s" if value >= 10_000 else f"{value:,.0f} ms"
 
 
 def bar_chart(title: str, unit: str, series: dict[str, Any], field: str, *, average: bool = False) -> Chart:
@@ -108,14 +155,14 @@ def bar_chart(title: str, unit: str, series: dict[str, Any], field: str, *, aver
                 y=round(TOP + usable - height, 2),
                 width=round(slot * 0.8, 2),
                 height=round(height, 2),
-                label=f"{_moment_label(moment, series['step'])}: {shown} {unit}",
+                label=f"{_span_label(moment, series['step'])}: {shown} {unit}",
+                slot_x=round(index * slot, 2),
+                slot_width=round(slot, 2),
             )
         )
-    measured = [v for v in values if v]
-    if average:
-        total = f"{sum(measured) / len(measured):,.1f} {unit} on average" if measured else "no calls"
-    else:
-        total = f"{sum(values):,.0f} {unit}"
+    # For an average, a mean of the buckets' means would weigh a quiet bucket as much as a busy one: the
+    # caller, who has the calls, states the window's figure (latency_chart).
+    total = ("" if any(values) else "no calls") if average else f"{sum(values):,.0f} {unit}"
     moments = series["moments"]
     return Chart(
         title=title,
@@ -123,7 +170,36 @@ def bar_chart(title: str, unit: str, series: dict[str, Any], field: str, *, aver
         bars=bars,
         first_label=_moment_label(moments[0], series["step"]) if moments else "",
         last_label=_moment_label(moments[-1], series["step"]) if moments else "",
+        unit=unit,
+        peak_label=f"{peak:,.0f} {unit}" if peak else "",
+        middle_label=_moment_label(moments[len(moments) // 2], series["step"]) if moments else "",
     )
+
+
+def latency_chart(series: dict[str, Any], summary: dict[str, Any]) -> Chart:
+    """Each bucket's mean latency as a bar (its tooltip: the span, the calls, the mean, median and 95th
+    percentile), and over the window the mean weighted by calls, the median and the 95th percentile."""
+    chart = bar_chart("Latency", "ms", series, "latency", average=True)
+    bars = []
+    for bar, point in zip(chart.bars, series["points"], strict=True):
+        span = bar.label.split(": ", 1)[0]
+        calls = point["requests"]
+        if calls:
+            label = (
+                f"{span}: {calls:,} call{'s' if calls != 1 else ''}, mean {_milliseconds(point['latency'])}, "
+                f"p50 {_milliseconds(point['latency_p50'])}, p95 {_milliseconds(point['latency_p95'])}"
+            )
+        else:
+            label = f"{span}: no calls"
+        bars.append(Bar(**{**bar.__dict__, "label": label}))
+    if summary["calls"]:
+        total = (
+            f"mean {_milliseconds(summary['mean'])} · p50 {_milliseconds(summary['p50'])} · "
+            f"p95 {_milliseconds(summary['p95'])}"
+        )
+    else:
+        total = "no calls"
+    return Chart(**{**chart.__dict__, "bars": bars, "total": total})
 
 
 def usage_charts(records: QuerySet[UsageRecord], range_name: str) -> dict[str, Any]:
@@ -133,7 +209,7 @@ def usage_charts(records: QuerySet[UsageRecord], range_name: str) -> dict[str, A
         "charts": [
             bar_chart("Requests", "requests", series, "requests"),
             bar_chart("Tokens", "tokens", series, "tokens"),
-            bar_chart("Latency", "ms", series, "latency", average=True),
+            latency_chart(series, latency_summary(records, series["start"])),
         ],
     }
 
