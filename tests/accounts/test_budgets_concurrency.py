@@ -1,0 +1,50 @@
+"""Budget checks run in several workers at once: each crossing is alerted by exactly one of them."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+from django.db import connection
+
+from marketplace.accounts import budgets
+from marketplace.accounts import services as account_services
+from marketplace.accounts.models import Budget, BudgetAlert
+from tests.accounts.budget_helpers import NOW, spend
+from tests.conftest import make_user
+from tests.web.conftest import make_deployment
+
+CHECKERS = 8
+
+
+def test_concurrent_checkers_alert_each_crossed_threshold_exactly_once(transactional_catalog: None) -> None:
+    organization = account_services.create_organization(slug="race", name="Race", owner=make_user("racer"))
+    deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
+    budget, _ = budgets.create_budget(
+        organization=organization, deployment=None, monthly_amount_usd=Decimal("100"),
+        thresholds=[50, 80, 100], webhook_url="", scale_down_at_limit=False, user=None,
+    )  # fmt: skip
+    spend(deployment, "130")
+    start = threading.Barrier(CHECKERS)
+    created: list[int] = []
+    failures: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            mine = Budget.objects.select_related("organization", "deployment").get(pk=budget.pk)
+            start.wait()
+            created.extend(alert.threshold for alert in budgets.check_budget(mine, NOW))
+        except BaseException as error:  # reported below, with the thread's own traceback lost otherwise
+            failures.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=check) for _ in range(CHECKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    assert sorted(created) == [50, 80, 100]
+    assert sorted(BudgetAlert.objects.values_list("threshold", flat=True)) == [50, 80, 100]
