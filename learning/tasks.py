@@ -83,4 +83,4 @@ def score_router_samples(sample_ids: list[int]) -> int:
     samples already scored are skipped. Returns how many were scored."""
     from learning import router_training
 
-    return router_training.score_samples_blocking(sample_ids)
+    return router_training.score_samples(sample_ids)
