@@ -10,6 +10,7 @@ from marketplace.accounts.api import budgets as account_budgets
 from marketplace.accounts.api import views as accounts
 from marketplace.catalog.api import views as catalog
 from marketplace.subscriptions.api import views as subscriptions
+from serving.api import capacity as serving_capacity
 from serving.api import usage
 from serving.api import views as serving
 
@@ -42,5 +43,6 @@ urlpatterns = [
     ),
     path("organizations/<slug:slug>/quota/", accounts.QuotaView.as_view(), name="organization-quota"),
     path("usage/", usage.UsageView.as_view(), name="usage"),
+    path("capacity/", serving_capacity.CapacityView.as_view(), name="capacity"),
     *router.urls,
 ]

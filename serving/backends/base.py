@@ -83,6 +83,18 @@ class ObservationPass:
     owned_ids: set[int] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class NodeState:
+    """A machine engines can run on, as capacity planning needs it."""
+
+    name: str
+    gpu_product: str = ""  # the nvidia.com/gpu.product label (GPU Feature Discovery); "" without GPUs
+    gpus: int = 0  # allocatable nvidia.com/gpu
+    cpu_cores: float = 0
+    ready: bool = True
+    schedulable: bool = True  # False when cordoned (spec.unschedulable)
+
+
 class Backend(Protocol):
     name: str
 
@@ -97,3 +109,6 @@ class Backend(Protocol):
 
     def observe(self) -> ObservationPass:
         """Read actual state: one list call per kind, selecting the platform's objects by label."""
+
+    def nodes(self) -> list[NodeState]:
+        """The machines engines can run on, with their GPUs (one call)."""

@@ -27,6 +27,7 @@ from serving import manifests
 from serving.backends.base import (
     ContainerState,
     EventState,
+    NodeState,
     Observation,
     ObservationPass,
     PermanentBackendError,
@@ -51,6 +52,7 @@ class _Kind:
     plural: str
     api: str  # client class, e.g. "AppsV1Api"
     suffix: str = ""  # typed methods are `<verb>_<suffix>`; "" means a custom kind (CustomObjectsApi)
+    namespaced: bool = True  # False for cluster-wide kinds (Node), listed without a namespace
 
     @property
     def custom(self) -> bool:
@@ -79,6 +81,9 @@ NETWORK_POLICY = _Kind(
 )
 POD = _Kind("Pod", "v1", "pods", "CoreV1Api", "namespaced_pod")
 EVENT = _Kind("Event", "v1", "events", "CoreV1Api", "namespaced_event")
+NODE = _Kind("Node", "v1", "nodes", "CoreV1Api", "node", namespaced=False)
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 APPLIED_KINDS = {
     (kind.api_version, kind.kind): kind
@@ -264,6 +269,12 @@ class KubernetesBackend:
             observation.endpoints.sort()
         return seen
 
+    def nodes(self) -> list[NodeState]:
+        """The cluster's nodes (one list call; needs `list` on nodes in the platform's ClusterRole), with
+        their allocatable GPUs and the GPU product label the manifests' nodeSelectors use."""
+        reply = self._request("listing Nodes", "list", NODE)
+        return [_node_state(item) for item in reply.get("items") or []]
+
     # Requests.
 
     def _apply_object(self, obj: dict[str, Any]) -> None:
@@ -345,7 +356,8 @@ class KubernetesBackend:
                 args.append(name)
         else:
             method = getattr(api, f"{verb}_{kind.suffix}")
-            args = [self.cluster.namespace] if name is None else [name, self.cluster.namespace]
+            namespace = [self.cluster.namespace] if kind.namespaced else []
+            args = namespace if name is None else [name, *namespace]
         if body is not None:
             args.append(body)
         try:
@@ -476,6 +488,37 @@ def _container_state(item: dict[str, Any]) -> ContainerState:
         last_terminated_reason=terminated.get("reason", ""),
         last_exit_code=int(exit_code) if exit_code is not None else None,
     )
+
+
+def _node_state(obj: dict[str, Any]) -> NodeState:
+    metadata = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    allocatable = status.get("allocatable") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    return NodeState(
+        name=metadata.get("name", ""),
+        gpu_product=(metadata.get("labels") or {}).get(GPU_PRODUCT_LABEL, ""),
+        gpus=_quantity(allocatable.get(GPU_RESOURCE, 0)),
+        cpu_cores=_cpu(allocatable.get("cpu", 0)),
+        ready=conditions.get("Ready") == "True",
+        schedulable=not (obj.get("spec") or {}).get("unschedulable", False),
+    )
+
+
+def _quantity(value: Any) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def _cpu(value: Any) -> float:
+    """A CPU quantity: "8" or "7910m" → cores."""
+    text = str(value)
+    try:
+        return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return 0
 
 
 def _event_owner(involved: dict[str, Any], by_name: dict[tuple[str, str], int]) -> int | None:

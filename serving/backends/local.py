@@ -8,12 +8,14 @@ reads that back in one call. Only CPU-capable models that `make engine` prepared
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import redis
 
 from serving.backends.base import (
     ContainerState,
+    NodeState,
     Observation,
     ObservationPass,
     PodState,
@@ -108,6 +110,12 @@ class LocalBackend:
         for deployment_id, entry in actual.items():
             observations[deployment_id] = _observation(deployment_id, entry)
         return ObservationPass(observations=observations, api_calls=1, owned_ids=set(actual))
+
+    def nodes(self) -> list[NodeState]:
+        """This machine: the cores engines may be bound to, and no GPU."""
+        from serving.local import capacity
+
+        return [NodeState(name=socket.gethostname(), cpu_cores=len(capacity.allowed_cores()))]
 
 
 def _observation(deployment_id: int, entry: dict[str, Any]) -> Observation:

@@ -11,6 +11,7 @@ calls, over real HTTP on 127.0.0.1, so the official client is exercised end to e
 - GET one; LIST with `labelSelector` (equality only: `a=b,c=d`; `fieldSelector` is ignored).
 - DELETE one (a Success Status) and DELETE collection by `labelSelector` (the list of deleted objects,
   as a real server answers).
+- Nodes (cluster-wide): GET one and LIST; tests place them with `add_node`.
 - 404 Status replies for missing objects and for unknown resources: with `crds_installed=False` the KEDA
   ScaledObject resource is unknown, as in a cluster without KEDA. With `namespaces` given, writes into
   any other namespace get the real server's "namespace not found" reply.
@@ -48,6 +49,8 @@ RESOURCES = {
     ("networking.k8s.io/v1", "networkpolicies"): "NetworkPolicy",
 }
 CRDS = {("keda.sh/v1alpha1", "scaledobjects"): "ScaledObject"}
+# Cluster-wide resources (no namespace in their path); stored under the namespace "".
+CLUSTER_RESOURCES = {("v1", "nodes"): "Node"}
 
 Key = tuple[str, str, str, str]  # (group/version, plural, namespace, name)
 
@@ -232,6 +235,38 @@ class FakeKubernetes:
             self._store(("v1", "events", namespace, name), event, created=True)
         return event
 
+    def add_node(
+        self,
+        name: str,
+        *,
+        gpu_product: str = "",
+        gpus: int = 0,
+        cpu: str = "8",
+        ready: bool = True,
+        unschedulable: bool = False,
+    ) -> dict[str, Any]:
+        """A node as the kubelet and GPU Feature Discovery describe it: allocatable `nvidia.com/gpu` and
+        the `nvidia.com/gpu.product` label when it has GPUs."""
+        labels = {"kubernetes.io/hostname": name}
+        allocatable = {"cpu": cpu, "memory": "64Gi", "pods": "110"}
+        if gpus:
+            labels["nvidia.com/gpu.product"] = gpu_product
+            allocatable["nvidia.com/gpu"] = str(gpus)
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"unschedulable": True} if unschedulable else {},
+            "status": {
+                "allocatable": allocatable,
+                "capacity": dict(allocatable),
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            },
+        }
+        with self._lock:
+            self._store(("v1", "nodes", "", name), node, created=True)
+        return node
+
     def set_deployment_status(
         self,
         name: str,
@@ -292,6 +327,12 @@ class FakeKubernetes:
             kind = RESOURCES.get((group_version, plural))
             if kind is None and self.crds_installed:
                 kind = CRDS.get((group_version, plural))
+            if kind is None and not namespace and method == "GET":
+                kind = CLUSTER_RESOURCES.get((group_version, plural))
+                if kind is not None:
+                    namespace = ""
+                    resource = _Resource(group_version, plural, kind, namespace)
+                    return self._get(resource, name) if name else self._list(resource, query)
             if kind is None or not namespace:
                 return _status(404, "NotFound", "the server could not find the requested resource")
             resource = _Resource(group_version, plural, kind, namespace)
@@ -405,7 +446,8 @@ class FakeKubernetes:
 
     def _store(self, key: Key, obj: dict[str, Any], *, created: bool) -> dict[str, Any]:
         metadata = obj.setdefault("metadata", {})
-        metadata["namespace"] = key[2]
+        if key[2]:  # cluster-wide objects (nodes) have no namespace
+            metadata["namespace"] = key[2]
         metadata["resourceVersion"] = str(next(self._versions))
         if created:
             metadata["uid"] = str(uuid.uuid4())
@@ -463,6 +505,8 @@ def _parse_path(path: str) -> tuple[str, str, str, str]:
         group_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
     else:
         return "", "", "", ""
+    if rest and rest[0] != "namespaces" and (group_version, rest[0]) in CLUSTER_RESOURCES and len(rest) <= 2:
+        return group_version, rest[0], "", rest[1] if len(rest) == 2 else ""
     if len(rest) < 3 or rest[0] != "namespaces" or len(rest) > 4:
         return group_version, "", "", ""
     return group_version, rest[2], rest[1], rest[3] if len(rest) == 4 else ""

@@ -1,0 +1,236 @@
+"""The fleet against what is promised and asked of it, per GPU model, for platform admins.
+
+For each GPU model (the catalog's name, e.g. "NVIDIA L4 24GB"):
+- on nodes: allocatable `nvidia.com/gpu` of the backend's nodes whose `nvidia.com/gpu.product` label (the
+  one the manifests' nodeSelectors use) is that model's product; cordoned and not-ready nodes are counted
+  apart, since nothing new lands on them;
+- promised by quotas: the sum of the organisations' limits for that model (`gpus_per_model`), each capped
+  by the organisation's total; organisations with no limit of their own for it are counted apart, since
+  their total may go to any model;
+- reserved by deployments (max replicas × GPUs per replica) and used by running replicas (ready
+  replicas × GPUs per replica);
+- waiting: replicas wanted but not ready (the larger of desired and minimum, less ready), and how many
+  of their GPUs do not fit in what the schedulable nodes have free.
+"Oversubscribed" means the quotas promise more than the nodes have. On the local backend the one node is
+this machine, with CPU cores and no GPU: a CPU row counts engine replicas against its cores.
+
+Reads: one backend call (the nodes) and three queries, whatever the number of deployments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db.models import F
+
+from marketplace.accounts.models import Quota
+from marketplace.catalog.models import InstanceType
+from serving.backends import get_backend
+from serving.backends.base import NodeState
+from serving.choices import LIVE_STATUSES, DeploymentStatus
+from serving.models import Deployment
+
+CPU = "CPU"
+
+
+@dataclass
+class Waiting:
+    deployment_id: int
+    organization: str
+    name: str
+    gpu_model: str
+    replicas: int
+    gpus: int
+    status: str
+    message: str
+
+
+@dataclass
+class ModelCapacity:
+    gpu_model: str
+    gpu_product: str
+    on_nodes: int = 0
+    unschedulable: int = 0  # on cordoned or not-ready nodes
+    nodes: int = 0
+    promised_by_quotas: int = 0
+    organizations_without_limit: int = 0
+    reserved_by_deployments: int = 0
+    used_by_replicas: int = 0
+    waiting_replicas: int = 0
+    waiting_gpus: int = 0
+
+    @property
+    def schedulable(self) -> int:
+        return self.on_nodes - self.unschedulable
+
+    @property
+    def free(self) -> int:
+        return max(0, self.schedulable - self.used_by_replicas)
+
+    @property
+    def waiting_without_room(self) -> int:
+        """GPUs of waiting replicas that the free GPUs cannot hold."""
+        return max(0, self.waiting_gpus - self.free)
+
+    @property
+    def oversubscribed(self) -> bool:
+        return self.promised_by_quotas > self.on_nodes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gpu_model": self.gpu_model,
+            "gpu_product": self.gpu_product,
+            "nodes": self.nodes,
+            "on_nodes": self.on_nodes,
+            "unschedulable": self.unschedulable,
+            "free": self.free,
+            "promised_by_quotas": self.promised_by_quotas,
+            "organizations_without_limit": self.organizations_without_limit,
+            "oversubscribed": self.oversubscribed,
+            "reserved_by_deployments": self.reserved_by_deployments,
+            "used_by_replicas": self.used_by_replicas,
+            "waiting_replicas": self.waiting_replicas,
+            "waiting_gpus": self.waiting_gpus,
+            "waiting_without_room": self.waiting_without_room,
+        }
+
+
+@dataclass
+class Capacity:
+    backend: str
+    nodes: list[NodeState]
+    models: list[ModelCapacity]
+    waiting: list[Waiting] = field(default_factory=list)
+    cpu: dict[str, Any] | None = None  # the local backend's machine
+    total_gpus: int = 0
+    total_promised: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "total_gpus": self.total_gpus,
+            "total_promised_by_quotas": self.total_promised,
+            "gpu_models": [model.as_dict() for model in self.models],
+            "cpu": self.cpu,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "gpu_product": n.gpu_product,
+                    "gpus": n.gpus,
+                    "cpu_cores": n.cpu_cores,
+                    "ready": n.ready,
+                    "schedulable": n.schedulable,
+                }
+                for n in self.nodes
+            ],
+            "waiting": [vars(w) for w in self.waiting],
+        }
+
+
+def _wanted(row: Any) -> int:
+    if row["status"] == DeploymentStatus.FAILED and row["ready_replicas"] == 0:
+        return 0  # stays failed until a person changes something: it waits for nothing
+    return max(row["desired_replicas"], row["min_replicas"]) - row["ready_replicas"]
+
+
+def current() -> Capacity:
+    """The capacity of the backend this platform deploys to."""
+    return measure(get_backend(settings.SERVING_BACKEND), settings.SERVING_BACKEND)
+
+
+def measure(backend: Any, backend_name: str) -> Capacity:
+    nodes = backend.nodes()
+    products = dict(
+        InstanceType.objects.filter(gpu_count__gt=0)
+        .exclude(gpu_product="")
+        .values_list("gpu_product", "gpu_model")
+        .distinct()
+    )
+    models: dict[str, ModelCapacity] = {}
+
+    def model(name: str, product: str = "") -> ModelCapacity:
+        if name not in models:
+            models[name] = ModelCapacity(gpu_model=name, gpu_product=product)
+        elif product and not models[name].gpu_product:
+            models[name].gpu_product = product
+        return models[name]
+
+    for node in nodes:
+        if not node.gpus:
+            continue
+        entry = model(products.get(node.gpu_product, node.gpu_product or "Unlabelled GPUs"), node.gpu_product)
+        entry.on_nodes += node.gpus
+        entry.nodes += 1
+        if not (node.ready and node.schedulable):
+            entry.unschedulable += node.gpus
+
+    quotas = list(Quota.objects.values("max_gpus", "gpus_per_model", "max_cpu_replicas"))
+    for quota in quotas:
+        for name, limit in (quota["gpus_per_model"] or {}).items():
+            model(name).promised_by_quotas += min(int(limit), quota["max_gpus"])
+
+    rows = list(
+        Deployment.objects.filter(status__in=LIVE_STATUSES)
+        .values(
+            "pk", "name", "status", "status_message", "gpu_model", "reserved_gpus", "ready_replicas",
+            "desired_replicas", "min_replicas", organization_slug=F("organization__slug"),
+            gpus_per_replica=F("instance_type__gpu_count"),
+        )
+        .order_by("organization__slug", "name")
+    )  # fmt: skip
+    waiting: list[Waiting] = []
+    cpu_used = cpu_waiting = 0
+    for row in rows:
+        replicas = max(0, _wanted(row))
+        if not row["gpus_per_replica"]:
+            cpu_used += row["ready_replicas"]
+            cpu_waiting += replicas
+        else:
+            entry = model(row["gpu_model"])
+            entry.reserved_by_deployments += row["reserved_gpus"]
+            entry.used_by_replicas += row["ready_replicas"] * row["gpus_per_replica"]
+            entry.waiting_replicas += replicas
+            entry.waiting_gpus += replicas * row["gpus_per_replica"]
+        if replicas:
+            waiting.append(
+                Waiting(
+                    deployment_id=row["pk"],
+                    organization=row["organization_slug"],
+                    name=row["name"],
+                    gpu_model=row["gpu_model"] or CPU,
+                    replicas=replicas,
+                    gpus=replicas * row["gpus_per_replica"],
+                    status=row["status"],
+                    message=row["status_message"],
+                )
+            )
+    for entry in models.values():
+        entry.organizations_without_limit = sum(
+            1 for quota in quotas if entry.gpu_model not in (quota["gpus_per_model"] or {})
+        )
+
+    cpu = None
+    if backend_name == "local":
+        from serving.local.capacity import CORES_PER_REPLICA
+
+        cores = int(sum(node.cpu_cores for node in nodes))
+        cpu = {
+            "cores": cores,
+            "replicas_that_fit": cores // CORES_PER_REPLICA,
+            "used_by_replicas": cpu_used,
+            "waiting_replicas": cpu_waiting,
+            "promised_by_quotas": sum(quota["max_cpu_replicas"] for quota in quotas),
+            "gpus": 0,
+        }
+    ordered = sorted(models.values(), key=lambda m: (-m.on_nodes, m.gpu_model))
+    return Capacity(
+        backend=backend_name,
+        nodes=nodes,
+        models=ordered,
+        waiting=waiting,
+        cpu=cpu,
+        total_gpus=sum(node.gpus for node in nodes),
+        total_promised=sum(quota["max_gpus"] for quota in quotas),
+    )
