@@ -93,12 +93,31 @@ def instance_rows(card: ModelCard, *, min_replicas: int = 1, max_replicas: int =
                 "max_model_len": max_model_len,
                 "max_model_len_text": f"{max_model_len:,}" if max_model_len else "",
                 "shortened": max_model_len is not None and max_model_len < card.facts.default_context,
+                "price": instance.hourly_price_usd,
                 "cost_min": instance.hourly_price_usd * min_replicas,
                 "cost_max": instance.hourly_price_usd * max_replicas,
+                # A replica rents the whole instance, however few of its GPUs the model needs.
+                "idle_gpus": (
+                    instance.gpu_count - tensor_parallel_size
+                    if fitted and tensor_parallel_size and tensor_parallel_size < instance.gpu_count
+                    else 0
+                ),
             }
         )
-    rows.sort(key=lambda row: (not row["usable"], not row["fits"], row["cost_min"]))
+    # By the price of an instance-hour, not of `min_replicas` of them (all free at zero replicas).
+    rows.sort(key=lambda row: (not row["usable"], not row["fits"], row["price"]))
     return rows
+
+
+def cheapest_fit(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row to recommend: the cheapest instance type the model fits that this platform can deploy
+    on, else the cheapest it fits anywhere (`usable` False says it needs another platform); None when it
+    fits nowhere. `rows` as instance_rows orders them."""
+    for wanted in (True, False):
+        for row in rows:
+            if row["fits"] and row["usable"] == wanted:
+                return row
+    return None
 
 
 def memory_arithmetic(card: ModelCard) -> dict[str, Any]:

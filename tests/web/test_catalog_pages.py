@@ -98,7 +98,7 @@ def test_fit_table_estimates_cost_for_min_and_max_replicas(client, db) -> None:
 
 def test_bad_replica_numbers_are_explained(client, db) -> None:
     response = client.get("/models/llama-3.1-8b-instruct/", {"min_replicas": "9", "max_replicas": "x"})
-    assert response.status_code == 200 and "A whole number from 0 to 64." in response.text
+    assert response.status_code == 400 and "Max replicas must be a whole number from 1 to 64" in response.text
 
 
 def test_unknown_model_is_404(client, db) -> None:

@@ -21,7 +21,7 @@ from marketplace.catalog.models import InstanceType, License, ModelCard, Provide
 from marketplace.subscriptions import services as subscriptions
 from marketplace.subscriptions.models import Subscription
 from marketplace.web import current
-from marketplace.web.fitting import instance_rows, memory_arithmetic
+from marketplace.web.fitting import cheapest_fit, instance_rows, memory_arithmetic
 from marketplace.web.forms import field_errors
 from marketplace.web.htmx import render_page
 from serving.choices import Backend
@@ -124,19 +124,30 @@ def catalog(request: HttpRequest) -> HttpResponse:
     return render_page(request, "web/catalog.html", context, parts={"results": "web/_catalog_results.html"})
 
 
+# The cost table's replica counts: (field, label, default, least, most).
+REPLICA_FIELDS = (("min_replicas", "Min replicas", 1, 0, 64), ("max_replicas", "Max replicas", 2, 1, 64))
+
+
 def _replicas(request: HttpRequest) -> tuple[int, int, dict[str, list[str]]]:
+    """The replica counts the cost table is worked out for, and what is wrong with those typed.
+
+    A page opened without them gets the defaults. Once the estimate form has sent them (its hidden
+    `estimate` field says so), a count left out is refused like a bad one: the browser leaves out a number
+    field it cannot read, and a table of the defaults would look like the estimate of what was typed."""
     errors: dict[str, list[str]] = {}
     values = []
-    for name, default in (("min_replicas", 1), ("max_replicas", 2)):
-        raw = request.GET.get(name, str(default))
-        if raw.isascii() and raw.isdigit() and 0 <= int(raw) <= 64:
+    sent = "estimate" in request.GET
+    for name, label, default, least, most in REPLICA_FIELDS:
+        raw = request.GET.get(name, "" if sent else str(default)).strip()
+        if raw.isascii() and raw.isdigit() and least <= int(raw) <= most:
             values.append(int(raw))
         else:
-            errors[name] = ["A whole number from 0 to 64."]
+            shown = f" (not {raw[:20]!r})" if raw else ""
+            errors[name] = [f"{label} must be a whole number from {least} to {most}{shown}."]
             values.append(default)
     low, high = values
-    if low > high:
-        errors["min_replicas"] = ["Must not be above max replicas."]
+    if not errors and low > high:
+        errors["min_replicas"] = [f"Min replicas ({low}) must not be above max replicas ({high})."]
     return low, high, errors
 
 
@@ -152,13 +163,15 @@ def _model_context(request: HttpRequest, card: ModelCard) -> dict[str, Any]:
         if subscription is not None:
             subscription.model_card = card  # already loaded: `in_force` compares with its license
     low, high, errors = _replicas(request)
+    rows = instance_rows(card, min_replicas=low, max_replicas=high)
     return {
         "card": card,
         "organization": organization,
         "subscription": subscription,
         "in_force": subscription is not None and subscription.in_force,
         "can_manage": organization is not None and tenancy.can_manage(request, organization),
-        "fit_rows": instance_rows(card, min_replicas=low, max_replicas=high),
+        "fit_rows": rows,
+        "cheapest": cheapest_fit(rows),
         "memory": memory_arithmetic(card),
         "min_replicas": low,
         "max_replicas": high,
@@ -174,10 +187,11 @@ def _card(slug: str) -> ModelCard:
 
 @require_GET
 def model_page(request: HttpRequest, slug: str) -> HttpResponse:
-    card = _card(slug)
-    return render_page(
-        request, "web/model.html", _model_context(request, card), parts={"fits": "web/_fits.html"}
-    )
+    context = _model_context(request, card)
+    response = render_page(request, "web/model.html", context, parts={"fits": "web/_fits.html"})
+    if context["replica_errors"]:
+        response.status_code = 400  # the page and the table say what to type instead
+    return response
 
 
 @login_required
