@@ -5,12 +5,14 @@ from rest_framework.routers import DefaultRouter
 
 from learning.api import datasets as learning_datasets
 from learning.api import evaluations as learning_evaluations
+from learning.api import routers as learning_routers
 from learning.api import views as learning
 from marketplace.accounts.api import budgets as account_budgets
 from marketplace.accounts.api import views as accounts
 from marketplace.catalog.api import views as catalog
 from marketplace.subscriptions.api import views as subscriptions
 from serving.api import capacity as serving_capacity
+from serving.api import costs as serving_costs
 from serving.api import usage
 from serving.api import views as serving
 
@@ -28,6 +30,9 @@ router.register(
 router.register("invocation-logs", learning.InvocationLogViewSet, basename="invocationlog")
 router.register("datasets", learning_datasets.DatasetViewSet, basename="dataset")
 router.register("evaluations", learning_evaluations.EvaluationViewSet, basename="evaluation")
+router.register("routers", learning_routers.RouterViewSet, basename="router")
+router.register("feedback", learning_routers.FeedbackViewSet, basename="feedback")
+router.register("instance-type-prices", serving_costs.InstanceTypePriceViewSet, basename="instancetypeprice")
 router.register("budgets", account_budgets.BudgetViewSet, basename="budget")
 
 urlpatterns = [
@@ -43,6 +48,7 @@ urlpatterns = [
     ),
     path("organizations/<slug:slug>/quota/", accounts.QuotaView.as_view(), name="organization-quota"),
     path("usage/", usage.UsageView.as_view(), name="usage"),
+    path("costs/", serving_costs.CostView.as_view(), name="costs"),
     path("capacity/", serving_capacity.CapacityView.as_view(), name="capacity"),
     *router.urls,
 ]

@@ -32,15 +32,17 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.postgres.aggregates import BoolOr
 from django.db import connection, transaction
-from django.db.models import DecimalField, ExpressionWrapper, F, Sum, Value
+from django.db.models import DecimalField, ExpressionWrapper, F, QuerySet, Sum, Value
+from django.db.models.functions import TruncDate
 
 from marketplace.catalog.models import InstanceType, InstanceTypePrice
-from serving.models import ReplicaDay, ReplicaHour, ReplicaMeter
+from serving.models import ReplicaDay, ReplicaHour, ReplicaMeter, UsageRecord
 
 HOUR = timedelta(hours=1)
 MICROSECONDS = Decimal(1_000_000)
@@ -314,5 +316,108 @@ def cost_by_deployment(*, organization_id: int, since: datetime, until: datetime
     return {row["deployment_id"]: Decimal(row["cost"] or 0).quantize(Decimal("0.000001")) for row in rows}
 
 
-def days_between(since: date, until: date) -> list[date]:
-    return [since + timedelta(days=n) for n in range((until - since).days + 1)]
+# Reports: what a group means on each side. Costs are read from ReplicaDay, tokens from UsageRecord (only
+# calls a deployment answered: a call no deployment took served nothing that cost anything).
+GROUPS = ("day", "deployment", "model", "instance_type", "api_key", "organization")
+COST_FIELDS = {
+    "day": "day",
+    "deployment": "deployment__name",
+    "model": "deployment__model_card__slug",
+    "instance_type": "instance_type__slug",
+    "organization": "organization__slug",
+}
+TOKEN_FIELDS = {
+    "day": "day",
+    "deployment": "deployment__name",
+    "model": "deployment__model_card__slug",
+    "instance_type": "deployment__instance_type__slug",
+    "organization": "organization__slug",
+    "api_key": "api_key__prefix",
+}
+# The figures of every row, in the order CSV exports them after the group columns.
+FIGURES = ("replica_hours", "cost_usd", "tokens", "cost_per_1k_tokens", "cost_share", "price_is_estimate")
+
+
+@dataclass
+class _Tally:
+    seconds: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)
+    tokens: int = 0
+    estimate: bool = False
+
+
+def cost_report(
+    days: QuerySet[ReplicaDay], usage: QuerySet[UsageRecord], groups: Sequence[str]
+) -> list[dict]:
+    """One row per group with replica-hours, cost (USD), tokens served, cost per 1,000 tokens (idle time
+    included: what the tokens really cost) and the group's share of the whole cost. Two queries
+    whatever the number of deployments or days.
+
+    By `api_key`: each deployment's cost within a row's span (a day, when grouped by day; else the window)
+    is shared among the keys by the tokens they had it serve; a deployment that served no tokens in the
+    span leaves its cost to the row whose api_key is None, as do tokens of deleted keys.
+    """
+    plain = [g for g in groups if g != "api_key"]
+    by_key = "api_key" in groups
+    cell = [COST_FIELDS[g] for g in plain] + (["deployment_id"] if by_key else [])
+    cost_rows = (
+        days.values(*cell)
+        .annotate(seconds=Sum("replica_seconds"), cost=Sum("cost_usd"), estimate=BoolOr("price_is_estimate"))
+        .order_by()
+    )
+    if "day" in plain:
+        usage = usage.annotate(day=TruncDate("created_at", tzinfo=UTC))
+    token_cell = [TOKEN_FIELDS[g] for g in plain] + (["deployment_id", "api_key__prefix"] if by_key else [])
+    token_rows = (
+        usage.filter(deployment__isnull=False)
+        .values(*token_cell)
+        .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
+        .order_by()
+    )
+    tallies: dict[tuple[Any, ...], _Tally] = defaultdict(_Tally)
+    width = len(plain)
+    if not by_key:
+        for row in cost_rows:
+            tally = tallies[tuple(row[f] for f in cell)]
+            tally.seconds, tally.cost, tally.estimate = row["seconds"], row["cost"], row["estimate"]
+        for row in token_rows:
+            tallies[tuple(row[f] for f in token_cell)].tokens += row["tokens"] or 0
+    else:
+        served: dict[tuple[Any, ...], dict[str | None, int]] = defaultdict(dict)
+        for row in token_rows:
+            where = tuple(row[f] for f in token_cell[:-1])
+            served[where][row["api_key__prefix"]] = row["tokens"] or 0
+        for row in cost_rows:
+            where = tuple(row[f] for f in cell)
+            keys = served.get(where) or {}
+            total = sum(keys.values())
+            shares = (
+                {key: Decimal(tokens) / total for key, tokens in keys.items()}
+                if total
+                else {None: Decimal(1)}
+            )
+            for key, share in shares.items():
+                tally = tallies[(*where[:width], key)]
+                tally.seconds += row["seconds"] * share
+                tally.cost += row["cost"] * share
+                tally.estimate = tally.estimate or row["estimate"]
+        for where, keys in served.items():
+            for key, tokens in keys.items():
+                tallies[(*where[:width], key)].tokens += tokens
+    whole = sum((t.cost for t in tallies.values()), Decimal(0))
+    names = [*plain, "api_key"] if by_key else plain
+    rows: list[dict[str, Any]] = []
+    for values, tally in sorted(tallies.items(), key=lambda item: [(v is None, v) for v in item[0]]):
+        line: dict[str, Any] = {name: value for name, value in zip(names, values, strict=True)}
+        if "day" in line and line["day"] is not None:
+            line["day"] = line["day"].isoformat()
+        line.update(
+            replica_hours=round(float(tally.seconds / 3600), 3),
+            cost_usd=round(float(tally.cost), 6),
+            tokens=tally.tokens,
+            cost_per_1k_tokens=round(float(tally.cost * 1000 / tally.tokens), 6) if tally.tokens else None,
+            cost_share=round(float(tally.cost / whole), 4) if whole else None,
+            price_is_estimate=tally.estimate,
+        )
+        rows.append({name: line[name] for name in groups} | {name: line[name] for name in FIGURES})
+    return rows

@@ -1,0 +1,184 @@
+"""GET /api/costs/: what deployments cost, by day, deployment, model, instance type and API key (JSON or
+CSV); /api/instance-type-prices/: the versioned prices costs are computed with (platform admins add)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from django.http import Http404
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, mixins, serializers, viewsets
+from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.accounts import tenancy
+from marketplace.catalog.models import PRICE_HISTORY_START, InstanceType, InstanceTypePrice
+from serving import costs
+from serving.api.usage import UsageQuerySerializer
+from serving.models import ReplicaDay, UsageRecord
+
+
+class CostQuerySerializer(UsageQuerySerializer):
+    """The usage API's `organization`, `since`, `until` and `group_by`, with the cost report's groups."""
+
+    group_by = serializers.CharField(
+        required=False, default="day", help_text="Comma-separated: " + ", ".join(costs.GROUPS)
+    )
+
+    def validate_group_by(self, value: str) -> list[str]:
+        groups = [g.strip() for g in value.split(",") if g.strip()]
+        unknown = [g for g in groups if g not in costs.GROUPS]
+        if unknown or not groups:
+            raise serializers.ValidationError(
+                f"Group by any of {', '.join(costs.GROUPS)}; not {', '.join(unknown) or 'nothing'}."
+            )
+        if len(set(groups)) != len(groups):
+            raise serializers.ValidationError("Name each group once.")
+        return groups
+
+
+class CostCsvRenderer(BaseRenderer):
+    """The report as CSV for finance tools: a header row of stable column names (the groups asked for,
+    then costs.FIGURES), one line per row; an empty figure is an empty cell."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        columns = [*data["group_by"], *costs.FIGURES]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(columns)
+        for row in data["results"]:
+            writer.writerow(["" if row[c] is None else row[c] for c in columns])
+        return out.getvalue().encode()
+
+
+class CostView(APIView):
+    """Costs of your organisations (platform admins: of all, or of `organization`), one row per group:
+    replica-hours, cost in USD at the price in force at each hour, tokens served, cost per 1,000 tokens
+    (idle time included), share of the whole cost, and whether an estimated price went into it.
+    `?format=csv` (or `Accept: text/csv`) answers CSV. A key limited to some deployments reads only
+    theirs."""
+
+    deployment_name_lookup = "deployment__name"
+    renderer_classes = [JSONRenderer, BrowsableAPIRenderer, CostCsvRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        try:
+            return super().perform_content_negotiation(request, force)
+        except Http404:  # DRF's answer to an unknown ?format=
+            raise exceptions.ValidationError({"format": ["Answer as json or csv."]}) from None
+
+    def handle_exception(self, exc: Exception) -> Response:
+        """Refusals are JSON, naming the field, whatever format was asked for."""
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
+
+    @extend_schema(parameters=[CostQuerySerializer], responses={200: dict})
+    def get(self, request: Request) -> Response:
+        query = CostQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        organizations = tenancy.visible_organizations(request)
+        if params.get("organization"):
+            organizations = organizations.filter(slug=params["organization"])
+            if not organizations.exists():
+                raise serializers.ValidationError(
+                    {"organization": [f"No organisation '{params['organization']}' that you belong to."]}
+                )
+        start = datetime.combine(params["since"], time(), tzinfo=UTC)
+        end = datetime.combine(params["until"], time(), tzinfo=UTC) + timedelta(days=1)
+        days = ReplicaDay.objects.filter(
+            organization__in=organizations, day__gte=params["since"], day__lte=params["until"]
+        )
+        usage = UsageRecord.objects.filter(
+            organization__in=organizations, created_at__gte=start, created_at__lt=end
+        )
+        days = tenancy.narrow_to_key_scope(request, days, self.deployment_name_lookup)
+        usage = tenancy.narrow_to_key_scope(request, usage, self.deployment_name_lookup)
+        response = Response(
+            {
+                "since": params["since"],
+                "until": params["until"],
+                "group_by": params["group_by"],
+                "results": costs.cost_report(days, usage, params["group_by"]),
+            }
+        )
+        if request.accepted_renderer.format == "csv":
+            name = f"costs-{params['since']}-{params['until']}.csv"
+            response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
+
+class InstanceTypePriceSerializer(serializers.ModelSerializer[InstanceTypePrice]):
+    instance_type = serializers.SlugRelatedField(slug_field="slug", queryset=InstanceType.objects.all())
+    hourly_price_usd = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=0)
+
+    class Meta:
+        model = InstanceTypePrice
+        fields = [
+            "id",
+            "instance_type",
+            "hourly_price_usd",
+            "effective_from",
+            "source",
+            "is_estimate",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+        validators: list[Any] = []  # the unique pair is checked in validate(), naming effective_from
+
+    def validate_effective_from(self, value: datetime) -> datetime:
+        if value < PRICE_HISTORY_START:
+            raise serializers.ValidationError(f"Must be {PRICE_HISTORY_START:%Y-%m-%d} or later.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if InstanceTypePrice.objects.filter(
+            instance_type=attrs["instance_type"], effective_from=attrs["effective_from"]
+        ).exists():
+            raise serializers.ValidationError(
+                {"effective_from": [f"{attrs['instance_type'].slug} already has a price from this moment."]}
+            )
+        return attrs
+
+
+class InstanceTypePriceViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
+    """Every version of every instance type's hourly price (`?instance_type=<slug>` for one), newest
+    first. A platform admin adds a version; the metered hours it governs are re-priced at once.
+    Versions are never edited: a correction is a newer version."""
+
+    serializer_class = InstanceTypePriceSerializer
+    queryset = InstanceTypePrice.objects.select_related("instance_type").order_by(
+        "instance_type__slug", "-effective_from"
+    )
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        slug = self.request.query_params.get("instance_type")
+        return queryset.filter(instance_type__slug=slug) if slug else queryset
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if not tenancy.is_platform_admin(request):
+            raise exceptions.PermissionDenied("Only a platform admin may add a price; ask one.")
+        return super().create(request, *args, **kwargs)
+
+    def perform_create(self, serializer: Any) -> None:
+        data = serializer.validated_data
+        serializer.instance = costs.add_price(
+            data["instance_type"],
+            hourly_price_usd=data["hourly_price_usd"],
+            effective_from=data["effective_from"],
+            source=data["source"],
+            is_estimate=data.get("is_estimate", False),
+        )
