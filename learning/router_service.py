@@ -308,10 +308,18 @@ class UnknownRequest(LookupError):
 
 
 def give_feedback(
-    *, organization: Organization, request_id: str, score: float, text: str, user: Any, api_key: Any
+    *,
+    organization: Organization,
+    request_id: str,
+    score: float,
+    text: str,
+    user: Any,
+    api_key: Any,
+    scope: frozenset[str] | None = None,
 ) -> tuple[Feedback, bool]:
     """Store (or replace) the rating of one answer of the organisation; (feedback, created).
-    UnknownRequest when neither a usage record nor a router sample of the organisation has the id."""
+    UnknownRequest when neither a usage record nor a router sample of the organisation has the id, or
+    when a key limited to `scope` rates a call to a name outside it."""
     usage = (
         UsageRecord.objects.filter(organization=organization, request_id=request_id)
         .select_related("deployment")
@@ -319,6 +327,8 @@ def give_feedback(
     )
     deployment, router_name = "", ""
     if usage is not None:
+        if scope is not None and usage.model not in scope:
+            raise UnknownRequest(request_id)
         deployment = usage.deployment.name if usage.deployment else ""
         router_name = usage.router
     else:
@@ -327,7 +337,7 @@ def give_feedback(
             .select_related("router")
             .first()
         )
-        if sample is None:
+        if sample is None or (scope is not None and sample.router.name not in scope):
             raise UnknownRequest(request_id)
         router_name = sample.router.name
     with transaction.atomic():
