@@ -5,9 +5,12 @@ from django.urls import path
 
 from marketplace.web import sign_in
 from marketplace.web.views import (
+    budgets,
+    capacity,
     catalog,
     deployments,
     evaluations,
+    idle,
     keys,
     logs,
     organization,
@@ -49,6 +52,12 @@ urlpatterns = [
     path("organization/members/", organization.add_member, name="member-add"),
     path("organization/members/<str:username>/role/", organization.change_role, name="member-role"),
     path("organization/members/<str:username>/remove/", organization.remove_member, name="member-remove"),
+    path("deployments/<int:pk>/scale-idle/", idle.scale_idle, name="deployment-scale-idle"),
+    path("budgets/", budgets.budget_list, name="budgets"),
+    path("budgets/<int:pk>/", budgets.budget_detail, name="budget"),
+    path("budgets/<int:pk>/rotate-secret/", budgets.budget_rotate_secret, name="budget-rotate-secret"),
+    path("budgets/<int:pk>/delete/", budgets.budget_delete, name="budget-delete"),
+    path("platform/capacity/", capacity.capacity_page, name="platform-capacity"),
     path("platform/", platform.overview, name="platform"),
     path("platform/organizations/<slug:slug>/quota/", platform.edit_quota, name="platform-quota"),
 ]
