@@ -235,3 +235,117 @@ def quota_bars(organization: Organization) -> list[dict[str, Any]]:
         }
         for label, used, limit, unit in bars
     ]
+
+
+# Costs (the costs page): one bar a day, stacked by deployment, and each deployment's cost per 1,000 tokens.
+# Colours a reader with colour blindness can tell apart (Okabe and Ito); the costliest deployments get one
+# each and the rest share the last, "others".
+SERIES_COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#999999")
+
+
+@dataclass(frozen=True)
+class Segment:
+    x: float
+    y: float
+    width: float
+    height: float
+    colour: str
+    label: str  # the day, the deployment and its cost, for the tooltip and screen readers
+
+
+@dataclass(frozen=True)
+class StackedChart:
+    title: str
+    total: str
+    columns: list[list[Segment]]
+    slots: list[tuple[float, float, str]]  # each day's whole column (x, width, label), for its tooltip
+    legend: list[tuple[str, str]]  # (colour, name)
+    first_label: str
+    last_label: str
+    peak_label: str
+    width: int = WIDTH
+    height: int = HEIGHT
+    baseline: int = HEIGHT - BOTTOM
+    top: int = TOP
+
+
+def _dollars(value: float) -> str:
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:,.4f}"
+
+
+def stacked_cost_chart(rows: list[dict[str, Any]], days: list[Any]) -> StackedChart:
+    """Cost per day stacked by deployment, from the cost report's rows grouped by day and deployment
+    (serving.costs.cost_report). `days` are ISO dates, oldest first, one bar each."""
+    totals: dict[str, float] = {}
+    for row in rows:
+        totals[row["deployment"]] = totals.get(row["deployment"], 0.0) + row["cost_usd"]
+    ranked = sorted(totals, key=lambda name: (-totals[name], name))
+    named = ranked[: len(SERIES_COLOURS) - 1] if len(ranked) > len(SERIES_COLOURS) else ranked
+    series = {name: SERIES_COLOURS[i] for i, name in enumerate(named)}
+    others = "others" if len(ranked) > len(named) else None
+    by_day: dict[str, dict[str, float]] = {day: {} for day in days}
+    for row in rows:
+        name = row["deployment"] if row["deployment"] in series else others
+        if row["day"] in by_day and name is not None:
+            by_day[row["day"]][name] = by_day[row["day"]].get(name, 0.0) + row["cost_usd"]
+    order = [*named, *([others] if others else [])]
+    colours = {**series, **({others: SERIES_COLOURS[-1]} if others else {})}
+    peak = max((sum(values.values()) for values in by_day.values()), default=0.0)
+    usable = HEIGHT - TOP - BOTTOM
+    slot = WIDTH / max(len(days), 1)
+    columns, slots = [], []
+    for index, day in enumerate(days):
+        y = float(TOP + usable)
+        column = []
+        for name in order:
+            value = by_day[day].get(name, 0.0)
+            if not value or not peak:
+                continue
+            height = usable * value / peak
+            y -= height
+            column.append(
+                Segment(
+                    x=round(index * slot + slot * 0.1, 2), y=round(y, 2), width=round(slot * 0.8, 2),
+                    height=round(height, 2), colour=colours[name], label=f"{day}: {name} {_dollars(value)}",
+                )
+            )  # fmt: skip
+        columns.append(column)
+        day_total = sum(by_day[day].values())
+        slots.append((round(index * slot, 2), round(slot, 2), f"{day}: {_dollars(day_total)} in all"))
+    return StackedChart(
+        title="Cost per day",
+        total=f"{_dollars(sum(totals.values()))} in all",
+        columns=columns,
+        slots=slots,
+        legend=[(colours[name], name) for name in order],
+        first_label=days[0] if days else "",
+        last_label=days[-1] if days else "",
+        peak_label=_dollars(peak) if peak else "",
+    )
+
+
+@dataclass(frozen=True)
+class RateBar:
+    name: str
+    figure: str  # "$0.0123 per 1,000 tokens"
+    percent: float  # of the widest bar, for the CSS width
+    estimate: bool
+
+
+def cost_per_token_bars(rows: list[dict[str, Any]]) -> list[RateBar]:
+    """Each deployment's cost per 1,000 tokens (idle hours included), dearest first, from the cost
+    report's rows grouped by deployment; deployments that served no tokens have no rate and no bar."""
+    rated = sorted(
+        (row for row in rows if row["cost_per_1k_tokens"] is not None),
+        key=lambda row: (-row["cost_per_1k_tokens"], row["deployment"]),
+    )
+    widest = max((row["cost_per_1k_tokens"] for row in rated), default=0.0)
+    return [
+        RateBar(
+            name=row["deployment"],
+            figure=f"{_dollars(row['cost_per_1k_tokens'])} per 1,000 tokens",
+            percent=round(100 * row["cost_per_1k_tokens"] / widest, 1) if widest else 0.0,
+            estimate=row["price_is_estimate"],
+        )
+        for row in rated
+    ]

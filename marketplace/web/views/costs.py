@@ -1,0 +1,63 @@
+"""The costs page: what the current organisation's deployments cost, per day and per deployment, and
+what 1,000 tokens cost on each (idle hours included). Reads the same report as GET /api/costs/."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET
+
+from marketplace.web import charts, current
+from serving import costs
+from serving.models import ReplicaDay, UsageRecord
+
+RANGES = {"7d": 7, "30d": 30, "90d": 90}
+
+
+@login_required
+@require_GET
+def costs_page(request: HttpRequest) -> HttpResponse:
+    organization = current.organization(request)
+    range_name = request.GET.get("range", "30d")
+    if range_name not in RANGES:
+        range_name = "30d"
+    until = timezone.now().date()
+    since = until - timedelta(days=RANGES[range_name] - 1)
+    context: dict[str, Any] = {"organization": organization, "range": range_name, "ranges": RANGES}
+    if organization is None:
+        return render(request, "web/costs.html", context)
+    start = datetime.combine(since, time(), tzinfo=UTC)
+    days = ReplicaDay.objects.filter(organization=organization, day__gte=since, day__lte=until)
+    usage = UsageRecord.objects.filter(
+        organization=organization,
+        created_at__gte=start,
+        created_at__lt=start + timedelta(days=RANGES[range_name]),
+    )
+    daily = costs.cost_report(days, usage, ["day", "deployment"])
+    per_deployment = costs.cost_report(days, usage, ["deployment"])
+    total_cost = sum(row["cost_usd"] for row in per_deployment)
+    total_tokens = sum(row["tokens"] for row in per_deployment)
+    query = {"organization": organization.slug, "since": since.isoformat(), "until": until.isoformat()}
+    context.update(
+        since=since,
+        until=until,
+        chart=charts.stacked_cost_chart(
+            daily, [(since + timedelta(days=n)).isoformat() for n in range(RANGES[range_name])]
+        ),
+        rates=charts.cost_per_token_bars(per_deployment),
+        deployments=sorted(per_deployment, key=lambda row: (-row["cost_usd"], row["deployment"])),
+        total_cost=total_cost,
+        total_hours=sum(row["replica_hours"] for row in per_deployment),
+        total_tokens=total_tokens,
+        total_rate=total_cost * 1000 / total_tokens if total_tokens else None,
+        any_estimate=any(row["price_is_estimate"] for row in per_deployment),
+        csv_url=reverse("costs") + "?" + urlencode({**query, "group_by": "day,deployment", "format": "csv"}),
+    )
+    return render(request, "web/costs.html", context)
