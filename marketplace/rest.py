@@ -15,6 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from marketplace import wording
+
 
 class Pagination(pagination.PageNumberPagination):
     page_size_query_param = "page_size"
@@ -35,7 +37,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             {"detail": "This conflicts with a change made at the same time; reload and try again."},
             status=409,
         )
-    return drf_exception_handler(exc, context)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.ValidationError):
+        response.data = wording.reword_all(response.data)  # the framework's generic refusals, in our words
+    return response
 
 
 # The answers every operation can give besides its own, as the schema documents them. A status an

@@ -12,6 +12,8 @@ from typing import Any
 from django.http import QueryDict
 from rest_framework import exceptions
 
+from marketplace import wording
+
 NON_FIELD = "form"
 
 
@@ -49,7 +51,7 @@ def field_errors(error: exceptions.ValidationError | dict[str, Any] | list[Any])
                 walk(inner, prefix)
         else:
             messages = value if isinstance(value, list) else [value]
-            found.setdefault(prefix or NON_FIELD, []).extend(str(m) for m in messages)
+            found.setdefault(prefix or NON_FIELD, []).extend(wording.reword(str(m)) for m in messages)
 
     walk(detail, "")
     return found

@@ -55,7 +55,13 @@ class MembershipSerializer(serializers.ModelSerializer[Membership]):
 
 
 class MembershipCreateSerializer(serializers.Serializer[Membership]):
-    username = serializers.SlugRelatedField(slug_field="username", queryset=User.objects.all())
+    username = serializers.SlugRelatedField(
+        slug_field="username",
+        queryset=User.objects.all(),
+        error_messages={
+            "does_not_exist": "No one has this username: check its spelling (platform admins add people)."
+        },
+    )
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 
 
