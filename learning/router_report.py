@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from learning import routing
+
 TAU_STEPS = 21  # 0%, 5%, … 100%
 BOOTSTRAP = 1000
 CURVE_BOOTSTRAP = 200
@@ -37,7 +39,7 @@ SHARE_STEPS = 101
 
 def choose(predicted: np.ndarray, costs_per_1k: np.ndarray, fallback: int, tau: float) -> np.ndarray:
     """The chosen candidate's column per prompt (routing.decide's rule, every candidate available)."""
-    floor = (1.0 - tau) * predicted[:, fallback : fallback + 1]
+    floor = (1.0 - tau) * predicted[:, fallback : fallback + 1] - routing.SLACK
     eligible = predicted >= floor
     eligible[:, fallback] = True
     order = np.argsort(costs_per_1k, kind="stable")
@@ -86,8 +88,9 @@ def gap_recovered(true: np.ndarray, predicted: np.ndarray, strong: int, weak: in
     order = np.argsort(-(predicted[:, strong] - predicted[:, weak]), kind="stable")
     gains = np.concatenate([[0.0], np.cumsum((true[:, strong] - true[:, weak])[order])])
     shares = np.linspace(0.0, 1.0, SHARE_STEPS)
-    counts = np.ceil(shares * n - 1e-9).astype(int)
-    quality = q_weak + gains[counts] / n
+    # A share between two whole numbers of prompts sends the prompt at the boundary in part (linear
+    # interpolation), so a small split gives a continuous curve rather than steps.
+    quality = q_weak + np.interp(shares * n, np.arange(n + 1), gains) / n
     pgr = (quality - q_weak) / (q_strong - q_weak)
     apgr = float(np.mean((pgr[1:] + pgr[:-1]) / 2))  # the trapezoid rule over equal steps
 

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     import numpy
 
 MAX_PROMPT_CHARACTERS = 4000
+# Predictions are compared with this slack, so a candidate exactly at (1 − τ) × the fallback's prediction
+# counts as within τ whatever the float rounding of the product.
+SLACK = 1e-9
 ACTIVE, SHADOW = "active", "shadow"
 
 
@@ -142,7 +145,7 @@ def _active_choice(
     if not fallback_up:
         best = max(up, key=lambda candidate: predicted.get(candidate.deployment, -math.inf))
         return best.deployment, "fallback unavailable: best available candidate", predicted
-    floor = (1.0 - route.quality_difference) * predicted.get(route.fallback, 0.0)
+    floor = (1.0 - route.quality_difference) * predicted.get(route.fallback, 0.0) - SLACK
     good = [candidate for candidate in up if predicted.get(candidate.deployment, -math.inf) >= floor]
     if not good:  # the fallback's own prediction meets its floor unless τ < 0; kept for safety
         return route.fallback, "no candidate predicted good enough: the fallback answers", predicted
