@@ -17,6 +17,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from marketplace.accounts.models import Organization, Quota
+from marketplace.catalog import fits
 from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions.services import require_in_force, subscription_in_force
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
@@ -157,10 +158,13 @@ def default_max_model_len(
     card: ModelCard, instance_type: InstanceType, tensor_parallel_size: int, options: dict[str, Any]
 ) -> dict[str, Any]:
     """`options` with max_model_len set when the instance cannot hold the card's default context: the
-    longest context that fits on `tensor_parallel_size` GPUs. Unchanged when the option is given, the
-    default fits, or the instance has no GPUs."""
-    if "max_model_len" in options or instance_type.gpu_count == 0:
+    longest context that fits on `tensor_parallel_size` GPUs. On an instance without GPUs (this machine's
+    engines) it is always set, to what the CPU engine serves (fits.cpu_context), so the deployment
+    records the length its engine runs with. Unchanged when the option is given or the default fits."""
+    if "max_model_len" in options:
         return options
+    if instance_type.gpu_count == 0:
+        return {**options, "max_model_len": fits.cpu_context(card.facts)}
     placement = card.placement(instance_type, tensor_parallel_size=tensor_parallel_size)
     if not placement.fits or placement.max_model_len >= card.facts.default_context:
         return options

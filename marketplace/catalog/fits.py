@@ -155,6 +155,26 @@ def largest_context(facts: ModelFacts, memory_gb: int) -> int:
     return max(0, min(tokens, cap))
 
 
+# RAM the local backend's CPU engines keep their KV cache in, in GiB: serving.local.engine_env sets
+# VLLM_CPU_KVCACHE_SPACE to it (a test checks that the two agree).
+CPU_KV_CACHE_GIB = 1
+
+
+def cpu_context(facts: ModelFacts) -> int:
+    """The max model length a CPU engine of this platform serves by default: the card's default context,
+    or, when the KV cache of one sequence that long would not fit in CPU_KV_CACHE_GIB, the longest
+    multiple of CONTEXT_STEP that does (vLLM refuses to start otherwise). Never below one step.
+
+    The cache is counted at 4 bytes a value, twice kv_bytes_per_token's 16-bit figure: CPU engines may
+    run a model in float32 (this platform runs SmolLM2 so), and the cache takes the model's dtype."""
+    cap = facts.default_context
+    per_token = 2 * facts.kv_bytes_per_token
+    if not per_token:
+        return cap  # encoders keep no KV cache; older cards without config facts keep their default
+    tokens = CPU_KV_CACHE_GIB * 2**30 // per_token // CONTEXT_STEP * CONTEXT_STEP
+    return min(cap, max(tokens, CONTEXT_STEP))
+
+
 def largest_power_of_two_at_most(n: int) -> int:
     """The largest power of two ≤ n (0 for n < 1): the widest tensor-parallel group n GPUs allow."""
     return 1 << (n.bit_length() - 1) if n >= 1 else 0

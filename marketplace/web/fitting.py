@@ -65,7 +65,9 @@ def instance_rows(card: ModelCard, *, min_replicas: int = 1, max_replicas: int =
     rows = []
     for instance in InstanceType.objects.order_by("hourly_price_usd", "gpu_count"):
         if instance.gpu_count == 0:
-            fitted, tensor_parallel_size, max_model_len = card.cpu_capable, None, None
+            # What this machine's CPU engine serves: its KV cache space may hold less than the default.
+            fitted, tensor_parallel_size = card.cpu_capable, None
+            max_model_len = fits.cpu_context(card.facts) if fitted else None
             needed = fits.estimate(card.facts)
         else:
             placement = card.placement(instance)

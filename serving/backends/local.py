@@ -27,6 +27,7 @@ from serving.spec import DeploymentSpec
 from serving.status import CRASH_LOOP_RESTARTS
 
 # The KV cache is 1 GiB on CPU (VLLM_CPU_KVCACHE_SPACE): a long default context would not fit in it.
+# New deployments record the length that fits their model (fits.cpu_context); older rows have none.
 LOCAL_MAX_MODEL_LEN = 2048
 
 
@@ -36,6 +37,13 @@ class SupervisorNotRunning(TransientBackendError):
 
 def desired_replicas(spec: DeploymentSpec) -> int:
     return spec.autoscaling.min_replicas
+
+
+def served_max_model_len(spec: DeploymentSpec) -> int:
+    """The max model length a replica's engine runs with: the deployment's (set when it was created,
+    from fits.cpu_context), else, for a deployment made before it was recorded, LOCAL_MAX_MODEL_LEN."""
+    options = {**engine_env.LOCAL_MODEL_ARGS.get(spec.model.slug, {}), **spec.engine_options}
+    return int(options.get("max_model_len") or min(spec.model.context_length, LOCAL_MAX_MODEL_LEN))
 
 
 def engine_arguments(spec: DeploymentSpec) -> dict[str, Any]:
@@ -50,9 +58,7 @@ def engine_arguments(spec: DeploymentSpec) -> dict[str, Any]:
     return {
         "model_path": str(path),
         "served_model_name": spec.name,
-        "max_model_len": int(
-            options.get("max_model_len") or min(spec.model.context_length, LOCAL_MAX_MODEL_LEN)
-        ),
+        "max_model_len": served_max_model_len(spec),
         "runner": options.get("runner"),
         "dtype": options.get("dtype"),
     }

@@ -9,6 +9,9 @@ from django import template
 from django.conf import settings
 from django.utils import timezone
 
+from serving import manifests, services
+from serving.backends import local
+from serving.choices import Backend
 from serving.manifests import DEPLOYMENT_ID_LABEL
 from serving.models import Deployment
 
@@ -52,3 +55,14 @@ def pod_events_command(deployment: Deployment) -> str:
     return (
         f"kubectl -n {settings.KUBERNETES_NAMESPACE} describe pods -l {DEPLOYMENT_ID_LABEL}={deployment.pk}"
     )
+
+
+@register.simple_tag
+def served_max_model_len(deployment: Deployment) -> str:
+    """The max model length the deployment's engines run with, as its backend builds their command."""
+    spec = services.spec_for(deployment)
+    if deployment.backend == Backend.LOCAL:
+        tokens = local.served_max_model_len(spec)
+    else:
+        tokens = manifests.max_model_len(spec)
+    return f"{tokens:,}"
