@@ -18,6 +18,7 @@ from marketplace.web.views import (
     organization,
     platform,
     playground,
+    routers,
 )
 
 app_name = "web"
@@ -50,6 +51,11 @@ urlpatterns = [
     path("evaluations/", evaluations.evaluation_list, name="evaluations"),
     path("evaluations/<int:pk>/", evaluations.evaluation_detail, name="evaluation"),
     path("evaluations/<int:pk>/cancel/", evaluations.evaluation_cancel, name="evaluation-cancel"),
+    path("routers/", routers.router_list, name="routers"),
+    path("routers/<int:pk>/", routers.router_detail, name="router"),
+    path("routers/<int:pk>/train/", routers.router_train, name="router-train"),
+    path("routers/<int:pk>/activate/", routers.router_activate, name="router-activate"),
+    path("routers/<int:pk>/settings/", routers.router_change, name="router-change"),
     path("organization/", organization.organization_page, name="organization"),
     path("costs/", costs.costs_page, name="costs"),
     path("organization/switch/", organization.switch, name="organization-switch"),
