@@ -23,9 +23,10 @@ from django.http import HttpRequest
 from rest_framework import exceptions, permissions
 from rest_framework.request import Request
 
+from marketplace.accounts import rights
 from marketplace.accounts.authentication import ApiKeyPrincipal
 from marketplace.accounts.choices import MANAGERS, Role
-from marketplace.accounts.models import Membership, Organization
+from marketplace.accounts.models import ApiKey, Membership, Organization
 
 AnyRequest = Request | HttpRequest
 M = TypeVar("M", bound=Model)
@@ -69,6 +70,25 @@ def require_manager(request: AnyRequest, organization: Organization) -> None:
         raise exceptions.PermissionDenied(
             f"Only an owner or admin of '{organization.slug}' may do this; ask one of them."
         )
+
+
+def can_create_keys(request: AnyRequest, organization: Organization) -> bool:
+    """People create keys (rights.CREATE_KEYS), keys do not: a leaked key must not mint others that
+    outlive its revocation."""
+    if isinstance(request.user, ApiKeyPrincipal):
+        return False
+    return rights.CREATE_KEYS.allows(role_in(request, organization))
+
+
+def can_change_key(request: AnyRequest, api_key: ApiKey) -> bool:
+    """Managers change and revoke any key of their organisation (rights.MANAGE_KEYS); a person, the
+    keys they created."""
+    if isinstance(request.user, ApiKeyPrincipal):
+        return can_manage(request, api_key.organization)
+    role = role_in(request, api_key.organization)
+    if rights.MANAGE_KEYS.allows(role):
+        return True
+    return role is not None and api_key.created_by_id == request.user.pk
 
 
 def resolve_organization(

@@ -33,10 +33,10 @@ def test_bad_input_names_the_field(browser_for, owner, acme) -> None:
     assert not ApiKey.objects.exists()
 
 
-def test_member_cannot_create_keys(browser_for, member, acme) -> None:
+def test_member_creates_a_key_to_call_what_they_deploy(browser_for, member, acme) -> None:
     response = browser_for(member).post("/api-keys/new/", {"name": "mine"})
-    assert response.status_code == 400 and "Only an owner or admin" in response.text
-    assert not ApiKey.objects.exists()
+    assert response.status_code == 201
+    assert ApiKey.objects.get(organization=acme).created_by == member
 
 
 def test_revoke(browser_for, owner, acme) -> None:

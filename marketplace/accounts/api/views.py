@@ -212,9 +212,10 @@ class ApiKeyViewSet(
     mixins.DestroyModelMixin,
     TenantScopedViewSet,
 ):
-    """API keys of your organisations. Owners and admins create, change (PATCH: name, the deployments
-    it may call, its own per-minute limits) and revoke them; the secret is shown once, in the answer to
-    create. Deleting a key revokes it (the row stays for the audit trail)."""
+    """API keys of your organisations. Every member creates keys; owners and admins change (PATCH: name,
+    the deployments it may call, its own per-minute limits) and revoke any key, a member the keys they
+    created. The secret is shown once, in the answer to create. Deleting a key revokes it (the row stays
+    for the audit trail)."""
 
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     queryset = ApiKey.objects.select_related("organization", "created_by")
@@ -227,7 +228,8 @@ class ApiKeyViewSet(
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         organization = tenancy.resolve_organization(request, serializer.validated_data.get("organization"))
-        tenancy.require_manager(request, organization)
+        if not tenancy.can_create_keys(request, organization):
+            raise exceptions.PermissionDenied("API keys are created by people signed in, not by other keys.")
         creator = request.user if request.user.pk is not None else None
         api_key, secret = services.create_api_key(
             organization=organization,
@@ -246,7 +248,7 @@ class ApiKeyViewSet(
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Change a key; the gateway applies it within GATEWAY_CACHE_SECONDS."""
         api_key = self.get_object()
-        tenancy.require_manager(request, api_key.organization)
+        _require_key_changer(request, api_key)
         serializer = ApiKeySettingsSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         return Response(ApiKeySerializer(services.update_api_key(api_key, serializer.validated_data)).data)
@@ -255,11 +257,19 @@ class ApiKeyViewSet(
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         api_key = self.get_object()
-        tenancy.require_manager(request, api_key.organization)
+        _require_key_changer(request, api_key)
         return Response(ApiKeySerializer(services.revoke_api_key(api_key)).data)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         api_key = self.get_object()
-        tenancy.require_manager(request, api_key.organization)
+        _require_key_changer(request, api_key)
         services.revoke_api_key(api_key)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _require_key_changer(request: Request, api_key: ApiKey) -> None:
+    if not tenancy.can_change_key(request, api_key):
+        raise exceptions.PermissionDenied(
+            f"Only an owner or admin of '{api_key.organization.slug}', or the person who created this key, "
+            "may change or revoke it; ask one of them."
+        )

@@ -1,5 +1,7 @@
 """API keys of the current organisation: create (the secret is shown once), list, change the
-deployments a key may call and its own per-minute limits, revoke."""
+deployments a key may call and its own per-minute limits, revoke. Every member creates keys (to call
+what they deploy); owners and admins change and revoke any key, a member the keys they created (see
+accounts/rights.py)."""
 
 from __future__ import annotations
 
@@ -35,11 +37,15 @@ def _context(request: HttpRequest, organization: Organization | None) -> dict[st
         if organization
         else Deployment.objects.none().values_list("name", flat=True)
     )
+    can_manage = organization is not None and tenancy.can_manage(request, organization)
     return {
         "organization": organization,
         "keys": keys,
         "deployments": list(deployments),
-        "can_manage": organization is not None and tenancy.can_manage(request, organization),
+        "can_manage": can_manage,
+        "can_create": organization is not None and tenancy.can_create_keys(request, organization),
+        # The keys this person may change and revoke: all of them for a manager, else their own.
+        "changeable": {key.pk for key in keys if can_manage or key.created_by_id == request.user.pk},
         "errors": {},
         "values": {},
         "chosen": [],
@@ -63,8 +69,10 @@ def create_api_key(request: HttpRequest) -> HttpResponse:
     try:
         if organization is None:
             raise exceptions.ValidationError({NON_FIELD: ["You are in no organisation yet."]})
-        if not context["can_manage"]:
-            raise exceptions.ValidationError({NON_FIELD: [_managers_only(organization, "creates keys")]})
+        if not context["can_create"]:
+            raise exceptions.ValidationError(
+                {NON_FIELD: ["Only members of the organisation create its keys."]}
+            )
         data = form_data(request.POST, ("name", "expires_at", *LIMITS))
         data["allowed_deployments"] = context["chosen"]
         serializer = ApiKeyCreateSerializer(data=data)
@@ -88,8 +96,11 @@ def create_api_key(request: HttpRequest) -> HttpResponse:
 
 
 def _managers_only(organization: Organization, does: str) -> str:
-    """The refusal of a person who may not manage keys, saying whom to ask."""
-    return f"Only an owner or admin of {organization.name} {does}; ask one of them."
+    """The refusal of a person who may not change a key, saying whom to ask."""
+    return (
+        f"Only an owner or admin of {organization.name}, or the person who created the key, {does}; "
+        "ask one of them."
+    )
 
 
 def _visible_key(request: HttpRequest, pk: int) -> ApiKey:
@@ -110,7 +121,7 @@ def change_api_key(request: HttpRequest, pk: int) -> HttpResponse:
     GATEWAY_CACHE_SECONDS."""
     api_key = _visible_key(request, pk)
     context = _context(request, api_key.organization)
-    if not context["can_manage"]:
+    if not tenancy.can_change_key(request, api_key):
         context["errors"] = {NON_FIELD: [_managers_only(api_key.organization, "changes keys")]}
         return render(request, "web/api_keys.html", context, status=403)
     data = {
@@ -131,7 +142,7 @@ def change_api_key(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def revoke_api_key(request: HttpRequest, pk: int) -> HttpResponse:
     api_key = _visible_key(request, pk)
-    if not tenancy.can_manage(request, api_key.organization):
+    if not tenancy.can_change_key(request, api_key):
         context = _context(request, api_key.organization)
         context["errors"] = {NON_FIELD: [_managers_only(api_key.organization, "revokes keys")]}
         return render(request, "web/api_keys.html", context, status=403)

@@ -14,13 +14,15 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework import exceptions
 
-from marketplace.accounts import services, tenancy
+from marketplace.accounts import rights, services, tenancy
 from marketplace.accounts.api.serializers import MembershipCreateSerializer, MembershipUpdateSerializer
 from marketplace.accounts.choices import Role
 from marketplace.accounts.models import ApiKey, Membership, Organization
 from marketplace.web import current
 from marketplace.web.charts import quota_bars
-from marketplace.web.forms import NON_FIELD, field_errors, form_data
+from marketplace.web.forms import NON_FIELD, error_summary, field_errors, form_data
+
+MEMBER_LABELS = {"username": "Add a person (username)", "role": "Role"}
 
 
 def _members(organization: Organization) -> QuerySet[Membership]:
@@ -52,6 +54,9 @@ def _context(request: HttpRequest, organization: Organization) -> dict[str, Any]
         "can_manage": role in (Role.OWNER, Role.ADMIN),
         "is_owner": role == Role.OWNER,
         "roles": Role.choices,
+        "role_label": Role(role).label if role else "",
+        "rights": rights.table(),
+        "rights_roles": [Role(role).label for role in rights.EVERYONE],
         "errors": {},
         "values": {},
     }
@@ -92,8 +97,10 @@ def _refused(
     context["values"] = request.POST.dict()
     if isinstance(error, exceptions.ValidationError):
         context["errors"] = field_errors(error)
+        context["summary"] = error_summary(context["errors"], MEMBER_LABELS)
         return render(request, "web/organization.html", context, status=400)
     context["errors"] = {NON_FIELD: [str(error.detail)]}
+    context["summary"] = error_summary(context["errors"], MEMBER_LABELS)
     return render(request, "web/organization.html", context, status=403)
 
 
@@ -113,6 +120,9 @@ def add_member(request: HttpRequest) -> HttpResponse:
         )
     except exceptions.APIException as error:
         return _refused(request, organization, error)
+    messages.success(
+        request, f"{serializer.validated_data['username'].username} was added to {organization.name}."
+    )
     return redirect("web:organization")
 
 
@@ -130,10 +140,20 @@ def change_role(request: HttpRequest, username: str) -> HttpResponse:
         serializer = MembershipUpdateSerializer(data=form_data(request.POST, ("role",)))
         serializer.is_valid(raise_exception=True)
         by_owner = tenancy.role_in(request, organization) == Role.OWNER
+        before = membership.role
         services.change_role(membership, serializer.validated_data["role"], by_owner=by_owner)
     except exceptions.APIException as error:
         return _refused(request, organization, error)
+    label = Role(membership.role).label.lower()
+    if membership.role == before:
+        messages.info(request, f"{username} was already {_article(label)} {label}: nothing changed.")
+    else:
+        messages.success(request, f"{username} is now {_article(label)} {label} of {organization.name}.")
     return redirect("web:organization")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 @login_required
