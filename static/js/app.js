@@ -92,6 +92,8 @@ function setUpPlayground(root) {
   const stats = root.querySelector("#chat-stats");
   const history = [];
   let controller = null;
+  const FOLD_CHARACTERS = 600;
+  const FOLD_LINES = 12;
 
   function add(role, text) {
     const item = document.createElement("li");
@@ -103,8 +105,26 @@ function setUpPlayground(root) {
     body.className = "body";
     body.textContent = text;
     item.append(who, body);
+    if (text.length > FOLD_CHARACTERS || text.split("\n").length > FOLD_LINES) fold(item, body, text);
     transcript.append(item);
     return body;
+  }
+
+  // A very long message is shown folded, with a button that unfolds it (and folds it again).
+  function fold(item, body, text) {
+    body.classList.add("folded");
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "link unfold";
+    toggle.setAttribute("aria-expanded", "false");
+    const label = `Show all ${text.length.toLocaleString("en")} characters`;
+    toggle.textContent = label;
+    toggle.addEventListener("click", () => {
+      const folded = body.classList.toggle("folded");
+      toggle.setAttribute("aria-expanded", String(!folded));
+      toggle.textContent = folded ? label : "Fold it";
+    });
+    item.append(toggle);
   }
 
   function fail(message) {
@@ -127,8 +147,9 @@ function setUpPlayground(root) {
     const text = prompt.value.trim();
     if (!text || controller) return;
     problem.hidden = true;
+    stats.textContent = "Waiting for the answer…";  // never the previous answer's figures
     history.push({ role: "user", content: text });
-    add("user", text);
+    const asked = add("user", text).closest("li");
     prompt.value = "";
     const answer = add("assistant", "");
     answer.classList.add("streaming");
@@ -191,8 +212,13 @@ function setUpPlayground(root) {
         history.push({ role: "assistant", content: answer.textContent });
         stats.textContent = "Stopped.";
       } else {
+        // The failed exchange leaves no trace: its bubbles go, the prompt comes back to send again.
         history.pop();
-        fail(error.message);
+        asked.remove();
+        answer.closest("li").remove();
+        if (!prompt.value) prompt.value = text;
+        stats.textContent = "";
+        fail(error.message + " Your message is back in the box: send it again when ready.");
       }
     } finally {
       answer.classList.remove("streaming");
