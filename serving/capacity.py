@@ -28,7 +28,7 @@ from django.db.models import F
 from marketplace.accounts.models import Quota
 from marketplace.catalog.models import InstanceType
 from serving.backends import get_backend
-from serving.backends.base import NodeState
+from serving.backends.base import NodeState, PermanentBackendError, TransientBackendError
 from serving.choices import LIVE_STATUSES, DeploymentStatus
 from serving.models import Deployment
 
@@ -106,10 +106,13 @@ class Capacity:
     cpu: dict[str, Any] | None = None  # the local backend's machine
     total_gpus: int = 0
     total_promised: int = 0
+    # Why the nodes could not be read, when they could not: the rest still stands (it is the database's).
+    nodes_error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
+            "nodes_error": self.nodes_error,
             "total_gpus": self.total_gpus,
             "total_promised_by_quotas": self.total_promised,
             "gpu_models": [model.as_dict() for model in self.models],
@@ -137,11 +140,33 @@ def _wanted(row: Any) -> int:
 
 def current() -> Capacity:
     """The capacity of the backend this platform deploys to."""
-    return measure(get_backend(settings.SERVING_BACKEND), settings.SERVING_BACKEND)
+    backend: Any
+    try:
+        backend = get_backend(settings.SERVING_BACKEND)
+    except PermanentBackendError as error:  # a kubeconfig that cannot be read, say
+        backend = _Unreachable(error)
+    return measure(backend, settings.SERVING_BACKEND)
+
+
+class _Unreachable:
+    def __init__(self, error: PermanentBackendError) -> None:
+        self.error = error
+
+    def nodes(self) -> list[NodeState]:
+        raise self.error
 
 
 def measure(backend: Any, backend_name: str) -> Capacity:
-    nodes = backend.nodes()
+    """The figures; when the nodes cannot be read, every figure but theirs, and a sentence saying why."""
+    nodes_error = ""
+    try:
+        nodes = backend.nodes()
+    except (TransientBackendError, PermanentBackendError) as error:
+        nodes = []
+        nodes_error = (
+            f"The nodes could not be read: {str(error).rstrip('.')}. GPUs on nodes show as 0 until they can "
+            "be: try again, or grant the platform `list` on nodes."
+        )
     products = dict(
         InstanceType.objects.filter(gpu_count__gt=0)
         .exclude(gpu_product="")
@@ -233,4 +258,5 @@ def measure(backend: Any, backend_name: str) -> Capacity:
         cpu=cpu,
         total_gpus=sum(node.gpus for node in nodes),
         total_promised=sum(quota["max_gpus"] for quota in quotas),
+        nodes_error=nodes_error,
     )

@@ -248,7 +248,7 @@ def test_alerts_are_listed_for_members_and_deleting_a_budget_clears_its_banner(
     budget = make_budget(acme, "100")
     spend(chat, "85")
     budgets.check_budgets(NOW)
-    alerts = client_for(member).get(f"/api/budgets/{budget.pk}/alerts/").json()["results"]
+    alerts = client_for(member).get(f"/api/budgets/{budget.pk}/alerts/").json()
     assert [a["threshold"] for a in alerts] == [80, 50]
     assert [line.level for line in budgets.banner(acme.pk, NOW.date())] == ["warning"]
     assert client_for(owner).delete(f"/api/budgets/{budget.pk}/").status_code == 204

@@ -211,3 +211,10 @@ def test_a_platform_admin_sees_capacity_bars_per_gpu_model(
 @pytest.mark.parametrize("who", ["owner", "member", "outsider"])
 def test_no_one_but_a_platform_admin_sees_the_capacity_page(browser_for, request, cluster, who) -> None:
     assert browser_for(request.getfixturevalue(who)).get("/platform/capacity/").status_code == 403
+
+
+def test_the_capacity_page_says_when_the_nodes_cannot_be_read(browser_for, platform_admin, cluster) -> None:
+    cluster.fail_next(503, times=10)
+    page = browser_for(platform_admin).get("/platform/capacity/")
+    assert page.status_code == 200
+    assert 'id="nodes-error"' in page.content.decode()

@@ -21,6 +21,10 @@ from marketplace.accounts import budgets, tenancy
 from marketplace.accounts.models import DEFAULT_BUDGET_THRESHOLDS, Budget, BudgetAlert, WebhookDelivery
 from marketplace.api import TenantScopedViewSet
 
+# Alerts and deliveries answered at most: a year of alerts of a budget with a few thresholds, and of
+# deliveries with their retries.
+LATEST = 200
+
 
 class BudgetSerializer(serializers.ModelSerializer[Budget]):
     organization: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
@@ -204,16 +208,14 @@ class BudgetViewSet(
     @extend_schema(responses={200: BudgetAlertSerializer(many=True)})
     @action(detail=True, methods=["get"])
     def alerts(self, request: Request, pk: str | None = None) -> Response:
-        """The thresholds this budget crossed, newest first."""
-        alerts: QuerySet[BudgetAlert] = self.get_object().alerts.all()
-        page = self.paginate_queryset(alerts)
-        return self.get_paginated_response(BudgetAlertSerializer(page, many=True).data)
+        """The thresholds this budget crossed, newest first (the latest 200)."""
+        alerts: QuerySet[BudgetAlert] = self.get_object().alerts.all()[:LATEST]
+        return Response(BudgetAlertSerializer(alerts, many=True).data)
 
     @extend_schema(responses={200: WebhookDeliverySerializer(many=True)})
     @action(detail=True, methods=["get"])
     def deliveries(self, request: Request, pk: str | None = None) -> Response:
-        """Every attempt to deliver this budget's alerts to its webhook, newest first."""
+        """Every attempt to deliver this budget's alerts to its webhook, newest first (the latest 200)."""
         budget = self.get_object()
-        deliveries = WebhookDelivery.objects.filter(alert__budget=budget).select_related("alert")
-        page = self.paginate_queryset(deliveries)
-        return self.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
+        deliveries = WebhookDelivery.objects.filter(alert__budget=budget).select_related("alert")[:LATEST]
+        return Response(WebhookDeliverySerializer(deliveries, many=True).data)
