@@ -15,7 +15,15 @@ from django.db import transaction
 from learning import predictors, routing
 from learning.choices import EvaluationStatus
 from learning.evaluations import Refused, results
-from learning.models import Evaluation, Feedback, Router, RouterMode, RouterSample, RouterVersion
+from learning.models import (
+    Evaluation,
+    Feedback,
+    Router,
+    RouterMode,
+    RouterSample,
+    RouterVersion,
+    SampleStatus,
+)
 from learning.storage import ObjectNotFound, get_store
 from marketplace.accounts.models import Organization
 from serving.choices import DeploymentStatus
@@ -279,7 +287,9 @@ def record_sample(router_id: int, request_id: str, prompt: str, answers: dict[st
         for name, answer in answers.items()
         if isinstance(answer, dict)
     }
-    created = RouterSample.objects.bulk_create(
+    # ON CONFLICT DO NOTHING returns no id, so the pending sample is looked up: a record of a request
+    # already stored and still unjudged queues its judging again, one already judged queues nothing.
+    RouterSample.objects.bulk_create(
         [
             RouterSample(
                 router_id=router_id,
@@ -290,17 +300,15 @@ def record_sample(router_id: int, request_id: str, prompt: str, answers: dict[st
         ],
         ignore_conflicts=True,
     )
-    if created and created[0].pk is not None:
-        sample_id = created[0].pk
-        transaction.on_commit(lambda: score_router_samples.delay([sample_id]))
-    else:  # the conflict path returns no id: look it up, and queue only if still unscored
-        pending = (
-            RouterSample.objects.filter(router_id=router_id, request_id=request_id[:64], status="pending")
-            .values_list("pk", flat=True)
-            .first()
+    pending = (
+        RouterSample.objects.filter(
+            router_id=router_id, request_id=request_id[:64], status=SampleStatus.PENDING
         )
-        if pending is not None:
-            transaction.on_commit(lambda: score_router_samples.delay([pending]))
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if pending is not None:
+        transaction.on_commit(lambda: score_router_samples.delay([pending]))
 
 
 class UnknownRequest(LookupError):

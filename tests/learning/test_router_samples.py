@@ -1,0 +1,120 @@
+"""Shadow-call samples: stored once per request with every answer, queued for judging after commit,
+and judged by the router's judge into 0..1 targets (a stand-in judge with known verdicts)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import AbstractUser
+
+from learning import router_service, router_training, routing, tasks
+from learning.models import Router, RouterSample, SampleStatus
+from marketplace.accounts.models import Organization
+from tests.learning.conftest import make_deployment
+from tests.learning.routerdata import router_fields
+
+ANSWERS = {
+    "small": {
+        "text": "4, wrong",
+        "prompt_tokens": 9,
+        "completion_tokens": 2,
+        "latency_ms": 30,
+        "status": 200,
+    },
+    "large": {
+        "text": "4, right",
+        "prompt_tokens": 9,
+        "completion_tokens": 2,
+        "latency_ms": 90,
+        "status": 200,
+    },
+}
+
+
+@pytest.fixture
+def router(acme: Organization, owner: AbstractUser) -> Router:
+    for name in ("small", "large", "judge"):
+        make_deployment(acme, name)
+    return router_service.create_router(
+        organization=acme, user=owner, **router_fields(judge_deployment="judge", mode="shadow")
+    )
+
+
+def stand_in_judge(asked: list[dict[str, Any]]) -> Any:
+    """Scores 10 an answer that says "right", 1 anything else, as the judge deployment would."""
+
+    async def ask(route: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        asked.append(payload)
+        score = 10 if "4, right" in payload["messages"][0]["content"] else 1
+        verdict = json.dumps({"score": score, "reason": "Checked."})
+        return 200, {"choices": [{"message": {"content": verdict}}], "usage": {"total_tokens": 50}}
+
+    return ask
+
+
+def test_a_sample_is_stored_once_and_queued_for_judging_after_commit(
+    router: Router, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    queued: list[list[int]] = []
+    monkeypatch.setattr(tasks.score_router_samples, "delay", queued.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        routing.record_sample(router.pk, "req-1", "What is 2 + 2?", ANSWERS)
+        routing.record_sample(router.pk, "req-1", "What is 2 + 2?", ANSWERS)
+    sample = RouterSample.objects.get()
+    assert sample.answers["large"]["text"] == "4, right" and sample.status == SampleStatus.PENDING
+    assert queued == [[sample.pk], [sample.pk]]  # the second record re-queues the same pending sample
+
+
+def test_the_judge_turns_answers_into_targets_from_0_to_1(router: Router) -> None:
+    routing.record_sample(router.pk, "req-1", "What is 2 + 2?", ANSWERS)
+    sample = RouterSample.objects.get()
+    asked: list[dict[str, Any]] = []
+    assert router_training.score_samples([sample.pk], invoke=stand_in_judge(asked)) == 1
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.SCORED
+    assert sample.scores == {"small": 0.0, "large": 1.0}
+    assert {payload["model"] for payload in asked} == {"judge"}
+    assert "What is 2 + 2?" in asked[0]["messages"][0]["content"]
+
+
+def test_a_scored_sample_is_not_judged_again(router: Router) -> None:
+    routing.record_sample(router.pk, "req-1", "What is 2 + 2?", ANSWERS)
+    sample = RouterSample.objects.get()
+    router_training.score_samples([sample.pk], invoke=stand_in_judge([]))
+    asked: list[dict[str, Any]] = []
+    assert router_training.score_samples([sample.pk], invoke=stand_in_judge(asked)) == 0
+    assert asked == []
+
+
+def test_an_answer_that_failed_is_left_unscored_saying_why(router: Router) -> None:
+    answers = {**ANSWERS, "small": {"text": "", "status": 503}}
+    routing.record_sample(router.pk, "req-2", "What is 2 + 2?", answers)
+    sample = RouterSample.objects.get()
+    router_training.score_samples([sample.pk], invoke=stand_in_judge([]))
+    sample.refresh_from_db()
+    assert sample.scores["small"] is None and sample.notes["small"] == "The deployment did not answer."
+    assert sample.scores["large"] == 1.0
+
+
+def test_a_router_without_a_judge_leaves_its_samples_failed_saying_what_to_set(router: Router) -> None:
+    Router.objects.filter(pk=router.pk).update(judge_deployment="")
+    routing.record_sample(router.pk, "req-3", "Hi", ANSWERS)
+    sample = RouterSample.objects.get()
+    router_training.score_samples([sample.pk], invoke=stand_in_judge([]))
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.FAILED and "set judge_deployment" in sample.notes[""]
+
+
+def test_an_unparseable_judgement_is_not_guessed(router: Router) -> None:
+    async def rambling(route: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 200, {"choices": [{"message": {"content": "Pretty good, I think."}}]}
+
+    routing.record_sample(router.pk, "req-4", "Hi", ANSWERS)
+    sample = RouterSample.objects.get()
+    router_training.score_samples([sample.pk], invoke=rambling)
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.FAILED
+    assert sample.scores == {"small": None, "large": None}
+    assert sample.notes["small"].startswith("Unparseable judgement")
