@@ -1,6 +1,19 @@
-from django.contrib import admin
+from typing import TypeVar
 
-from learning.models import Dataset, Evaluation, InvocationLogObject, InvocationLogSettings
+from django.contrib import admin
+from django.db.models import Model
+
+from learning.models import (
+    Dataset,
+    Evaluation,
+    Feedback,
+    InvocationLogObject,
+    InvocationLogSettings,
+    Router,
+    RouterSample,
+    RouterTraining,
+    RouterVersion,
+)
 
 
 @admin.register(InvocationLogSettings)
@@ -69,3 +82,60 @@ class EvaluationAdmin(admin.ModelAdmin[Evaluation]):
 
     def has_change_permission(self, request: object, obj: object = None) -> bool:
         return False
+
+
+M = TypeVar("M", bound=Model)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[M]):
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Router)
+class RouterAdmin(ReadOnlyAdmin[Router]):
+    """Read-only: a router's fields are checked against each other and the organisation's deployments
+    by learning.router_service, which the API and the web UI call."""
+
+    list_display = ["name", "organization", "fallback", "quality_difference", "mode", "active_version"]
+    list_filter = ["mode", "organization"]
+    list_select_related = ["organization", "active_version"]
+    search_fields = ["name"]
+
+
+@admin.register(RouterTraining)
+class RouterTrainingAdmin(ReadOnlyAdmin[RouterTraining]):
+    list_display = ["router", "evaluation", "scorer", "status", "progress", "created_at"]
+    list_filter = ["status"]
+    list_select_related = ["router", "evaluation"]
+
+
+@admin.register(RouterVersion)
+class RouterVersionAdmin(ReadOnlyAdmin[RouterVersion]):
+    """A version describes its stored predictor and never changes."""
+
+    list_display = ["router", "version", "kind", "bytes", "created_at"]
+    list_filter = ["kind"]
+    list_select_related = ["router"]
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(RouterSample)
+class RouterSampleAdmin(ReadOnlyAdmin[RouterSample]):
+    list_display = ["request_id", "router", "status", "created_at"]
+    list_filter = ["status"]
+    list_select_related = ["router"]
+    search_fields = ["request_id"]
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnlyAdmin[Feedback]):
+    list_display = ["request_id", "organization", "score", "deployment", "router", "updated_at"]
+    list_filter = ["organization"]
+    list_select_related = ["organization"]
+    search_fields = ["request_id"]
