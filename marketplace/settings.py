@@ -310,6 +310,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "marketplace.rest.document_organization_filter",
         "marketplace.rest.document_error_answers",
+        "serving.gateway.openapi.add_invoke_api",  # after the REST API's: its errors have their own format
     ],
 }
 
