@@ -59,6 +59,18 @@ class Subscription(models.Model):
     def in_force(self) -> bool:
         return self.status == SubscriptionStatus.ACTIVE and self.license_current
 
+    def live_deployment_names(self) -> list[str]:
+        """The organisation's live deployments of this model, by name: while there are any, unsubscribing
+        is refused (see services.unsubscribe), and the model page says so before anyone clicks."""
+        from serving.models import Deployment  # serving builds on subscriptions, not the other way round
+
+        return list(
+            Deployment.objects.live()
+            .filter(organization=self.organization_id, model_card=self.model_card_id)
+            .order_by("name")
+            .values_list("name", flat=True)
+        )
+
 
 class LicenseAcceptance(models.Model):
     """Who accepted which license text (by hash) for which organisation, and when. Never edited."""

@@ -11,7 +11,6 @@ from marketplace.accounts.models import Organization, Quota
 from marketplace.api import Conflict
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.models import LicenseAcceptance, Subscription, SubscriptionStatus
-from serving.models import Deployment
 
 
 @transaction.atomic
@@ -79,12 +78,7 @@ def unsubscribe(subscription: Subscription) -> Subscription:
     # The quota row is the lock create_deployment admits under: a deployment being admitted now is
     # either committed before the count below, or admitted after the cancellation (and then refused).
     Quota.objects.select_for_update().filter(organization=subscription.organization_id).first()
-    names = list(
-        Deployment.objects.live()
-        .filter(organization=subscription.organization_id, model_card=subscription.model_card_id)
-        .order_by("name")
-        .values_list("name", flat=True)
-    )
+    names = subscription.live_deployment_names()
     if names:
         several = len(names) > 1
         raise Conflict(
