@@ -26,11 +26,11 @@ PINNED = {
     "/deployments/": 5,
     "/deployments/new/?model=llama-3.1-8b-instruct": 11,
     "/deployments/{pk}/": 7,
-    "/deployments/{pk}/usage/?range=24h": 4,
+    "/deployments/{pk}/usage/?range=24h": 5,  # with the latency of the window's calls, each weighing the same
     "/deployments/{pk}/playground/": 6,  # with whether the person is a member (may chat)
     "/api-keys/": 6,  # with the live deployment names a key may be limited to
     "/organization/": 10,
-    "/platform/": 8,
+    "/platform/": 9,  # with the latency of the window's calls, each weighing the same
     "/platform/organizations/acme/quota/": 11,
 }
 
