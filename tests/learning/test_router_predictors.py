@@ -54,6 +54,15 @@ def test_a_stored_semantic_predictor_predicts_the_same_after_loading() -> None:
     assert loaded.predict("", vectors[3]) == pytest.approx({"small": TARGETS[3][0], "large": 1.0}, abs=1e-3)
 
 
+def test_the_semantic_one_prompt_path_gives_what_the_neighbours_model_gives() -> None:
+    rng = np.random.default_rng(2)
+    targets = rng.random((300, 2))
+    semantic = predictors.SemanticPredictor.fit(["a", "b"], rng.normal(size=(300, 16)), targets)
+    queries = rng.normal(size=(40, 16))
+    one = np.array([[semantic.predict("", q)[n] for n in ("a", "b")] for q in queries])
+    assert np.allclose(one, semantic.predict_many(queries), atol=1e-4)
+
+
 def test_the_semantic_predictor_refuses_to_guess_without_an_embedding() -> None:
     semantic = predictors.SemanticPredictor.fit(["a", "b"], np.eye(3), np.ones((3, 2)))
     with pytest.raises(ValueError, match="embedding"):
