@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 
-from learning.models import Dataset, InvocationLogObject
+from learning.models import Dataset, InvocationLogObject, Router, RouterVersion
 from marketplace.accounts.models import Organization
 
 KEYS_PER_TASK = 1000
@@ -27,3 +27,13 @@ def delete_organization_logs(sender: type[Organization], instance: Organization,
     keys += Dataset.objects.filter(organization=instance).values_list("key", flat=True)
     for start in range(0, len(keys), KEYS_PER_TASK):
         transaction.on_commit(partial(delete_log_objects.delay, keys[start : start + KEYS_PER_TASK]))
+
+
+@receiver(pre_delete, sender=Router, dispatch_uid="learning-delete-router-predictors")
+def delete_router_predictors(sender: type[Router], instance: Router, **kwargs: Any) -> None:
+    """A router's stored predictors go with it (deleted alone or with its organisation)."""
+    from learning.tasks import delete_log_objects
+
+    keys = list(RouterVersion.objects.filter(router=instance).values_list("key", flat=True))
+    if keys:
+        transaction.on_commit(partial(delete_log_objects.delay, keys))

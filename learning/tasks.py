@@ -84,3 +84,15 @@ def score_router_samples(sample_ids: list[int]) -> int:
     from learning import router_training
 
     return router_training.score_samples(sample_ids)
+
+
+@shared_task(expires=60)
+def resume_router_trainings() -> int:
+    """The safety net behind `train_router`: hand every training no live worker holds (a lost task, a
+    killed worker whose lease lapsed) to a worker again. Returns how many were handed on."""
+    from learning.router_training import unattended
+
+    ids = unattended()
+    for training_id in ids:
+        train_router.delay(training_id)
+    return len(ids)
