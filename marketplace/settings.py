@@ -171,6 +171,9 @@ try:
     BUDGET_WEBHOOK_BACKOFF_SECONDS = env.integer(
         "BUDGET_WEBHOOK_BACKOFF_SECONDS", 10, minimum=0, maximum=3600
     )
+    # Webhooks are tenants' URLs called from inside the platform's network: internal addresses (loopback,
+    # private, link-local: the cluster's API, cloud metadata) are refused unless this allows them.
+    BUDGET_WEBHOOK_PRIVATE_ADDRESSES = env.boolean("BUDGET_WEBHOOK_PRIVATE_ADDRESSES", False)
     # A ready deployment that served no request for this long is flagged idle.
     IDLE_AFTER_HOURS = env.integer("IDLE_AFTER_HOURS", 24, minimum=1, maximum=24 * 90)
 except env.ConfigurationError as error:

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -409,6 +412,29 @@ def payload(alert: BudgetAlert) -> dict[str, Any]:
     }
 
 
+def private_address_refusal(url: str) -> str:
+    """Why the platform will not call `url`, or "": its host resolves to a loopback, private, link-local
+    or otherwise internal address, which a tenant must not reach from inside the platform's network
+    (the cluster's API, cloud metadata), unless BUDGET_WEBHOOK_PRIVATE_ADDRESSES allows it. A host that
+    does not resolve is left to the delivery to report (and retry)."""
+    if settings.BUDGET_WEBHOOK_PRIVATE_ADDRESSES:
+        return ""
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parsed.hostname or "", parsed.port or 443, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return ""
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not address.is_global:
+            return (
+                f"The webhook's host {parsed.hostname} is an internal address ({address}), which the "
+                "platform does not call: use a public address, or a platform admin sets "
+                "BUDGET_WEBHOOK_PRIVATE_ADDRESSES=True."
+            )
+    return ""
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A webhook answers where it was asked; a redirect is reported as the failure it is."""
 
@@ -444,6 +470,10 @@ def deliver(alert_id: int) -> DeliveryOutcome:
         secret = crypto.decrypt(alert.budget.webhook_secret_encrypted)
     except crypto.UnreadableSecret as error:
         WebhookDelivery.objects.create(alert=alert, attempt=attempt, url=url, error=str(error))
+        return DeliveryOutcome(delivered=False, attempt=attempt, final=True)
+    refusal = private_address_refusal(url)
+    if refusal:
+        WebhookDelivery.objects.create(alert=alert, attempt=attempt, url=url, error=refusal)
         return DeliveryOutcome(delivered=False, attempt=attempt, final=True)
     body = json.dumps(payload(alert), sort_keys=True).encode()
     request = urllib.request.Request(  # noqa: S310 (the URL was checked to be http or https)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from celery.contrib.testing.worker import start_worker
 
-from marketplace.accounts import budgets
+from marketplace.accounts import budgets, tasks
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import WebhookDelivery
 from marketplace.celery import app
@@ -58,6 +58,14 @@ class Receiver:
 
 
 @pytest.fixture
+def no_worker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """For tests that deliver by hand: the deliveries a new alert enqueues are noted, not queued."""
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.deliver_budget_alert, "delay", queued.append)
+    return queued
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     found = Receiver([500, 503, 200])
     yield found
@@ -75,6 +83,7 @@ def test_a_failing_webhook_is_retried_with_backoff_until_it_accepts(
     transactional_catalog: None, settings: Any, receiver: Receiver
 ) -> None:
     settings.BUDGET_WEBHOOK_BACKOFF_SECONDS = 0.2
+    settings.BUDGET_WEBHOOK_PRIVATE_ADDRESSES = True  # the receiver listens on this machine
     organization = account_services.create_organization(slug="hooked", name="Hooked", owner=make_user("h"))
     deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
     budget, secret = budgets.create_budget(
@@ -82,6 +91,7 @@ def test_a_failing_webhook_is_retried_with_backoff_until_it_accepts(
         webhook_url=receiver.url, scale_down_at_limit=False, user=None,
     )  # fmt: skip
     spend(deployment, "6")
+    app.control.purge()  # deliveries other tests queued for alerts of their own must not reach this worker
     with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False, shutdown_timeout=10):
         [alert] = budgets.check_budget(budget, NOW)  # enqueues the delivery on commit (autocommit here)
         wait_for(lambda: WebhookDelivery.objects.filter(delivered=True).exists())
@@ -104,7 +114,10 @@ def test_a_failing_webhook_is_retried_with_backoff_until_it_accepts(
     assert (sent["alert_id"], sent["threshold_percent"], sent["spent_usd"]) == (alert.pk, 50, "6.00")
 
 
-def test_a_delivered_alert_is_not_sent_again(transactional_catalog: None, receiver: Receiver) -> None:
+def test_a_delivered_alert_is_not_sent_again(
+    transactional_catalog: None, receiver: Receiver, settings: Any, no_worker: list[int]
+) -> None:
+    settings.BUDGET_WEBHOOK_PRIVATE_ADDRESSES = True
     receiver.statuses = [204]
     organization = account_services.create_organization(slug="once", name="Once", owner=make_user("o"))
     deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
@@ -114,9 +127,31 @@ def test_a_delivered_alert_is_not_sent_again(transactional_catalog: None, receiv
     )  # fmt: skip
     spend(deployment, "6")
     [alert] = budgets.check_budget(budget, NOW)  # no worker: delivered by hand below, twice
+    assert no_worker == [alert.pk]
     assert budgets.deliver(alert.pk).delivered
     assert budgets.deliver(alert.pk).delivered
     assert len(receiver.received) == 1 and WebhookDelivery.objects.count() == 1
+
+
+def test_an_internal_address_is_not_called_unless_allowed(
+    transactional_catalog: None, receiver: Receiver, no_worker: list[int]
+) -> None:
+    organization = account_services.create_organization(slug="inside", name="Inside", owner=make_user("i"))
+    deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
+    budget, _ = budgets.create_budget(
+        organization=organization, deployment=None, monthly_amount_usd=Decimal("10"), thresholds=[50],
+        webhook_url=receiver.url, scale_down_at_limit=False, user=None,
+    )  # fmt: skip
+    spend(deployment, "6")
+    [alert] = budgets.check_budget(budget, NOW)
+    outcome = budgets.deliver(alert.pk)
+    assert (outcome.delivered, outcome.final) == (False, True)  # no retry: it will not change
+    assert receiver.received == []
+    [attempt] = WebhookDelivery.objects.all()
+    assert (
+        "internal address (127.0.0.1)" in attempt.error
+        and "BUDGET_WEBHOOK_PRIVATE_ADDRESSES" in attempt.error
+    )
 
 
 # Signatures, as a receiver checks them.
