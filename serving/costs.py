@@ -13,7 +13,8 @@ readings is metered, and nothing outside such an interval is:
    of the change is not known).
 3. The interval is split at UTC hour boundaries into ReplicaHour rows, added to what the hour holds
    (exact: decimal seconds to the microsecond), each hour priced at the version in force at its start.
-4. The touched days' ReplicaDay rows are rewritten from their hours, so reports read ~24 times fewer rows.
+4. The same increments are added to the days' ReplicaDay rows with their cost, so reports read ~24 times
+   fewer rows (a price added later rewrites the days it changes from their hours).
 
 Idempotency and concurrency: a pass locks the meters of its deployments (in id order, so two workers
 never deadlock) before reading them, and advances them in the same transaction as the hours it adds.
@@ -32,7 +33,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -45,6 +46,7 @@ from marketplace.catalog.models import InstanceType, InstanceTypePrice
 from serving.models import ReplicaDay, ReplicaHour, ReplicaMeter, UsageRecord
 
 HOUR = timedelta(hours=1)
+COST_PLACES = Decimal("0.000000001")  # ReplicaDay.cost_usd's
 MICROSECONDS = Decimal(1_000_000)
 
 
@@ -162,35 +164,75 @@ def record_replicas(readings: Sequence[ReplicaReading], *, at: datetime) -> int:
             if meter.instance_type_id == reading.instance_type_id:
                 replicas = min(meter.ready_replicas, reading.ready_replicas)
                 if replicas:
+                    key = (reading.deployment_id, reading.instance_type_id)
                     for hour, seconds in split_by_hour(meter.observed_at, at):
-                        increments[(reading.deployment_id, reading.instance_type_id, hour)] += (
-                            seconds * replicas
-                        )
+                        increments[(*key, hour)] += seconds * replicas
                     organizations[reading.deployment_id] = reading.organization_id
-            meter.instance_type_id = reading.instance_type_id
-            meter.ready_replicas = reading.ready_replicas
-            meter.observed_at = at
-            advanced.append(meter)
-        if advanced:
-            ReplicaMeter.objects.bulk_update(advanced, ["instance_type", "ready_replicas", "observed_at"])
+            advanced.append((reading.deployment_id, reading.instance_type_id, reading.ready_replicas))
+        _advance_meters(advanced, at)
         if not increments:
             return 0
         type_ids = {key[1] for key in increments}
         _lock_instance_types(type_ids, exclusive=False)
         prices = PriceBook(type_ids)
         rows = []
+        days: dict[tuple[int, int, date], list[Any]] = {}
         for (deployment_id, instance_type_id, hour), seconds in sorted(increments.items()):
             price = prices.at(instance_type_id, hour)
+            organization_id = organizations[deployment_id]
             rows.append(
-                (organizations[deployment_id], deployment_id, instance_type_id, hour, seconds,
-                 price.hourly_price_usd, price.is_estimate)
+                (organization_id, deployment_id, instance_type_id, hour, seconds, price.hourly_price_usd,
+                 price.is_estimate)
             )  # fmt: skip
+            cost = (seconds * price.hourly_price_usd / 3600).quantize(COST_PLACES)
+            day = days.setdefault(
+                (deployment_id, instance_type_id, hour.date()),
+                [organization_id, Decimal(0), Decimal(0), False],
+            )
+            day[1] += seconds
+            day[2] += cost
+            day[3] = day[3] or price.is_estimate
         _add_hours(rows)
-        hours = [key[2] for key in increments]
-        _roll_up_days(
-            deployment_ids=sorted({key[0] for key in increments}), start=min(hours), end=max(hours) + HOUR
-        )
+        _add_days([(o, d, i, day, seconds, cost, e) for (d, i, day), (o, seconds, cost, e) in days.items()])
     return len(rows)
+
+
+def _advance_meters(advanced: list[tuple[int, int, int]], at: datetime) -> None:
+    """Move the (locked) meters to this reading, in one statement."""
+    if not advanced:
+        return
+    values = ", ".join(["(%s, %s, %s)"] * len(advanced))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {ReplicaMeter._meta.db_table} AS m
+            SET instance_type_id = v.instance_type_id, ready_replicas = v.ready_replicas, observed_at = %s
+            FROM (VALUES {values}) AS v (deployment_id, instance_type_id, ready_replicas)
+            WHERE m.deployment_id = v.deployment_id
+            """,  # noqa: S608 (table names and placeholders only)
+            [at, *(value for row in advanced for value in row)],
+        )
+
+
+def _add_days(rows: list[tuple[Any, ...]]) -> None:
+    """Add increments to ReplicaDay rows: the same seconds as their hours, each hour's share of cost at
+    its price (rounded to COST_PLACES, so a day may differ from its hours' exact sum by far less than a
+    cent; add_price rewrites days from their hours exactly)."""
+    table = ReplicaDay._meta.db_table
+    values = ", ".join(["(%s, %s, %s, %s::date, %s, %s, %s)"] * len(rows))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {table} (organization_id, deployment_id, instance_type_id, day, replica_seconds,
+                                 cost_usd, price_is_estimate)
+            VALUES {values}
+            ON CONFLICT (deployment_id, instance_type_id, day) DO UPDATE SET
+                replica_seconds = {table}.replica_seconds + EXCLUDED.replica_seconds,
+                cost_usd = {table}.cost_usd + EXCLUDED.cost_usd,
+                price_is_estimate = {table}.price_is_estimate OR EXCLUDED.price_is_estimate
+            """,  # noqa: S608 (table names and placeholders only)
+            [value for row in rows for value in row],
+        )
 
 
 def _add_hours(rows: list[tuple[Any, ...]]) -> None:

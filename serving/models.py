@@ -182,8 +182,8 @@ class ReplicaHour(models.Model):
 
 class ReplicaDay(models.Model):
     """A UTC day's ReplicaHours of one deployment and instance type, summed with their cost: what cost
-    reports read, so a quarter of a thousand deployments is ~90,000 rows, not two million. Rewritten
-    from the hours whenever they change (serving.costs), never incremented on its own."""
+    reports read, so a quarter of a thousand deployments is ~90,000 rows, not two million. Metering adds
+    to it exactly what it adds to the hours; a new price version rewrites it from them (serving.costs)."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_days")

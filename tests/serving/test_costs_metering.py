@@ -133,3 +133,16 @@ def test_a_price_change_mid_month_prices_each_hour_at_the_version_in_force(deplo
     assert cost == expected.quantize(Decimal("0.000001"))
     day_total = sum(d.cost_usd for d in ReplicaDay.objects.filter(deployment=deployment))
     assert day_total.quantize(Decimal("0.000001")) == expected.quantize(Decimal("0.000001"))
+
+
+def test_days_added_to_pass_by_pass_agree_with_their_hours(deployment) -> None:
+    for step in range(200):  # a reading every 37 seconds across two hours
+        read(deployment, 1 + step % 2, T0 + timedelta(seconds=37 * step))
+    days = sum(d.cost_usd for d in ReplicaDay.objects.filter(deployment=deployment))
+    hours = costs.cost_between(
+        organization_id=deployment.organization_id, since=T0, until=T0 + timedelta(days=1)
+    )
+    assert sum(d.replica_seconds for d in ReplicaDay.objects.filter(deployment=deployment)) == sum(
+        replica_seconds(deployment).values()
+    )
+    assert abs(days - hours) < Decimal("0.000001")
