@@ -62,6 +62,11 @@ def client() -> aiohttp.ClientSession:
     return found
 
 
+def outstanding(endpoint: str) -> int:
+    """Requests this process has sent to `endpoint` and not yet seen answered (streams until closed)."""
+    return _outstanding.get(endpoint, 0)
+
+
 def order_replicas(endpoints: tuple[str, ...]) -> list[str]:
     """Least outstanding requests first; random among equals so processes spread their load."""
     shuffled = list(endpoints)
@@ -164,6 +169,22 @@ async def read_rest(exchange: Exchange) -> bytes:
         raise UpstreamError(502, f"The model server failed mid-answer ({type(error).__name__}).") from None
     finally:
         await close(exchange)
+
+
+async def read_metrics(endpoint: str, timeout: float) -> str:
+    """The engine's Prometheus text (`GET /metrics`), within `timeout` seconds; UpstreamError otherwise.
+    Never on a request's path: serving/gateway/capacity.py reads it in the background."""
+    try:
+        async with client().get(
+            f"{endpoint}/metrics", headers=_headers(endpoint), timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            if response.status != 200:
+                raise UpstreamError(502, f"The engine's metrics answered {response.status}.")
+            return await response.text()
+    except (TimeoutError, aiohttp.ClientError) as error:
+        raise UpstreamError(
+            502, f"The engine's metrics could not be read ({type(error).__name__})."
+        ) from None
 
 
 async def close_clients() -> None:

@@ -157,6 +157,7 @@ GATEWAY_READ_TIMEOUT: {{ .Values.config.gateway.readTimeout | int64 | quote }}
 GATEWAY_MAX_BODY_BYTES: {{ .Values.config.gateway.maxBodyBytes | int64 | quote }}
 GATEWAY_SPOOL_DIR: {{ .Values.config.gateway.spoolDir | quote }}
 GATEWAY_AUTH_FAILURES_PER_MINUTE: {{ .Values.config.gateway.authFailuresPerMinute | int64 | quote }}
+GATEWAY_ROUTER_MAX_QUEUE_PER_REPLICA: {{ .Values.config.gateway.routerMaxQueuePerReplica | int64 | quote }}
 OBJECT_STORE_BUCKET: {{ .Values.config.objectStore.bucket | quote }}
 OBJECT_STORE_ENDPOINT_URL: {{ .Values.config.objectStore.endpointUrl | quote }}
 OBJECT_STORE_REGION: {{ .Values.config.objectStore.region | quote }}
