@@ -253,3 +253,25 @@ def test_alerts_are_listed_for_members_and_deleting_a_budget_clears_its_banner(
     assert [line.level for line in budgets.banner(acme.pk, NOW.date())] == ["warning"]
     assert client_for(owner).delete(f"/api/budgets/{budget.pk}/").status_code == 204
     assert budgets.banner(acme.pk, NOW.date()) == []
+
+
+def test_a_deployment_budget_at_its_limit_scales_down_only_its_deployment(
+    acme, scaled, django_capture_on_commit_callbacks
+) -> None:
+    wide = {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "autoscaling_policy": AutoscalingPolicy.QUEUE_DEPTH,
+        "reserved_gpus": 3,
+        "gpu_model": "NVIDIA A10G 24GB",
+    }
+    mine = make_deployment(acme, name="mine", **wide)
+    other = make_deployment(acme, name="other", **wide)
+    budget = make_budget(acme, "10", deployment=mine, thresholds=[100], scale_down_at_limit=True)
+    spend(mine, "10")
+    with django_capture_on_commit_callbacks(execute=True):
+        budgets.check_budget(budget, NOW)
+    mine.refresh_from_db()
+    other.refresh_from_db()
+    assert (mine.max_replicas, other.max_replicas) == (1, 3)
+    assert scaled == [mine.pk]
