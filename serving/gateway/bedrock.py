@@ -315,8 +315,17 @@ def _reasoning(fields: dict[str, Any]) -> str | None:
     return fields.get("reasoning_content") or fields.get("reasoning") or None
 
 
-def openai_to_converse(response: dict[str, Any], *, latency_ms: int) -> dict[str, Any]:
-    """A chat.completions response → a Converse response (first choice; Converse has no `n`).
+def router_trace(invoked_model: str | None) -> dict[str, Any]:
+    """Converse's `trace` for a call through a prompt router (ConverseTrace.promptRouter), naming the
+    model that answered; nothing for a call to a model."""
+    return {} if invoked_model is None else {"trace": {"promptRouter": {"invokedModelId": invoked_model}}}
+
+
+def openai_to_converse(
+    response: dict[str, Any], *, latency_ms: int, invoked_model: str | None = None
+) -> dict[str, Any]:
+    """A chat.completions response → a Converse response (first choice; Converse has no `n`), with the
+    prompt router's trace when a router chose `invoked_model`.
 
     Tool arguments that are not JSON are passed as the raw string with stopReason `malformed_tool_use`,
     rather than failing an answer the client has paid for.
@@ -347,6 +356,7 @@ def openai_to_converse(response: dict[str, Any], *, latency_ms: int) -> dict[str
         "stopReason": "malformed_tool_use" if malformed else reason,
         "usage": _usage(response.get("usage")),
         "metrics": {"latencyMs": latency_ms},
+        **router_trace(invoked_model),
     }
 
 
@@ -357,9 +367,11 @@ class ConverseStreamTranslator:
     block's `contentBlockStop` comes before the next block's first event; text and reasoning blocks get no
     `contentBlockStart`, tool blocks do; `messageStop` once, after the last block; `metadata` last, from
     finish(), because usage arrives in the chunk after the finish reason and latency is known only at the end.
+    A call through a prompt router has the router's trace in its metadata, as ConverseStream sends it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, invoked_model: str | None = None) -> None:
+        self._invoked_model = invoked_model
         self._started = self._stopped = self._finished = self._used_tools = False
         self._open: tuple[str, int] | None = None  # (kind, OpenAI tool index or 0) of the open block
         self._open_index = 0
@@ -392,7 +404,8 @@ class ConverseStreamTranslator:
             return []
         self._finished = True
         events = self._start() + self._stop(None)
-        events.append(("metadata", {"usage": _usage(self._usage), "metrics": {"latencyMs": latency_ms}}))
+        metadata = {"usage": _usage(self._usage), "metrics": {"latencyMs": latency_ms}}
+        events.append(("metadata", {**metadata, **router_trace(self._invoked_model)}))
         return events
 
     def _start(self) -> list[Event]:

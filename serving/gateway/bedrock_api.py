@@ -11,16 +11,17 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from serving.gateway import bedrock, pipeline, upstream
+from serving.gateway import bedrock, pipeline, routers, upstream
 from serving.gateway.errors import bedrock_error, key_refusal
 from serving.gateway.openai_api import BodyTooLarge, read_body, read_json
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
+Answer = TypeVar("Answer", HttpResponse, StreamingHttpResponse)
 
 
 async def _prepare(
@@ -44,9 +45,12 @@ async def _prepare(
         return bedrock_error(413, str(error))
     except bedrock.BedrockValidationError as error:
         return bedrock_error(413 if "limit is" in str(error) else 400, str(error))
-    target = await gateway.directory.target(caller, model_id)
-    if target is None:
+    resolved = await pipeline.resolve(caller, model_id, route)
+    if isinstance(resolved, routers.Unresolved):
+        if resolved.status != 404:
+            return bedrock_error(resolved.status, resolved.message)
         return bedrock_error(404, f"The model {model_id} does not exist or you do not have access to it.")
+    target, router = resolved
     call = pipeline.Call(
         caller=caller,
         target=target,
@@ -54,10 +58,11 @@ async def _prepare(
         model=model_id,
         streamed=route.endswith("stream"),
         estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload),
+        router=router,
     )
     call.payload = payload
     try:
-        decision = await pipeline.admit(call)
+        decision = await pipeline.admit(call)  # a router chooses here; call.payload then names its choice
     except pipeline.LimitsUnavailable:
         return bedrock_error(503, "The gateway cannot check rate limits right now; retry shortly.")
     if not decision.allowed:
@@ -83,7 +88,7 @@ async def _complete(
     except upstream.UpstreamError as error:
         call.status_code = error.status
         await pipeline.finish(call)
-        return None, bedrock_error(error.status, error.message)
+        return None, bedrock_error(error.status, error.message, headers=pipeline.answer_headers(call))
     except asyncio.CancelledError:  # the caller went away: what was admitted is still metered
         call.status_code = pipeline.CLIENT_CLOSED
         await pipeline.finish(call)
@@ -92,11 +97,15 @@ async def _complete(
     answer = call.answered(exchange.body) if exchange.status == 200 or call.log is not None else None
     if exchange.status != 200:
         await pipeline.finish(call)
-        return None, bedrock_error(400 if exchange.status < 500 else 502, _engine_message(exchange.body))
+        status = 400 if exchange.status < 500 else 502
+        return None, bedrock_error(
+            status, _engine_message(exchange.body), headers=pipeline.answer_headers(call)
+        )
     if answer is None:
         call.status_code = 502
         await pipeline.finish(call)
-        return None, bedrock_error(502, "The model's answer could not be read.")
+        message = "The model's answer could not be read."
+        return None, bedrock_error(502, message, headers=pipeline.answer_headers(call))
     await pipeline.finish(call)
     return answer, None
 
@@ -123,9 +132,18 @@ async def converse(request: HttpRequest, model_id: str) -> HttpResponse:
         return error
     assert answer is not None
     latency = round((time.perf_counter() - prepared.started) * 1000)
-    return HttpResponse(
-        json.dumps(bedrock.openai_to_converse(answer, latency_ms=latency)), content_type="application/json"
+    converse_answer = bedrock.openai_to_converse(
+        answer, latency_ms=latency, invoked_model=routers.invoked_model(prepared)
     )
+    return _with_headers(HttpResponse(json.dumps(converse_answer), content_type="application/json"), prepared)
+
+
+def _with_headers(response: Answer, call: pipeline.Call) -> Answer:
+    """`response` with the headers every answer of an admitted call carries (the request id, and who
+    answered for a router)."""
+    for name, value in pipeline.answer_headers(call).items():
+        response[name] = value
+    return response
 
 
 @csrf_exempt
@@ -143,7 +161,8 @@ async def invoke(request: HttpRequest, model_id: str) -> HttpResponse:
     if error is not None:
         return error
     assert answer is not None
-    return HttpResponse(bedrock.openai_to_invoke_body(answer), content_type="application/json")
+    response = HttpResponse(bedrock.openai_to_invoke_body(answer), content_type="application/json")
+    return _with_headers(response, prepared)
 
 
 async def _stream(
@@ -156,9 +175,11 @@ async def _stream(
     call.payload = upstream_payload
     exchange = await pipeline.start_stream(call, "/v1/chat/completions", upstream_payload)
     if isinstance(exchange, pipeline.Refusal):
+        headers = pipeline.answer_headers(call)
         if exchange.message:
-            return bedrock_error(exchange.status, exchange.message)
-        return bedrock_error(400 if exchange.status < 500 else 502, _engine_message(exchange.body))
+            return bedrock_error(exchange.status, exchange.message, headers=headers)
+        status = 400 if exchange.status < 500 else 502
+        return bedrock_error(status, _engine_message(exchange.body), headers=headers)
 
     async def relay() -> AsyncIterator[bytes]:
         try:
@@ -179,7 +200,7 @@ async def _stream(
             call.status_code = error.status
             yield bedrock.encode_exception("ModelStreamErrorException", error.message)
 
-    return pipeline.stream_response(call, exchange, relay(), EVENT_STREAM)
+    return _with_headers(pipeline.stream_response(call, exchange, relay(), EVENT_STREAM), call)
 
 
 @csrf_exempt
@@ -192,7 +213,7 @@ async def converse_stream(request: HttpRequest, model_id: str) -> HttpResponse |
     )
     if isinstance(prepared, HttpResponse):
         return prepared
-    translator = bedrock.ConverseStreamTranslator()
+    translator = bedrock.ConverseStreamTranslator(invoked_model=routers.invoked_model(prepared))
 
     def frame(chunk: dict[str, Any]) -> list[bytes]:
         return [bedrock.encode_event(kind, body) for kind, body in translator.feed(chunk)]

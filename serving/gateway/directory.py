@@ -12,6 +12,15 @@ from that budget first, and gives it back when it was valid; an address without 
 (`AuthenticationThrottled`, a 429) before any database work. The client address is the ASGI scope's
 (`client_address`, set by serving/gateway/asgi.py); behind a proxy, uvicorn's FORWARDED_ALLOW_IPS makes
 it the client's own.
+
+Prompt routers (learning.routing) are resolved here too: a model name is the organisation's ready
+deployment of that name or, else, its router of that name. Routers are read with the deployments, once
+per TTL per organisation and process (a router's newly trained predictor is therefore in use within
+the TTL, without a restart). The key rule: a key whose allowed deployments are listed may call a router
+only when the router's name is in its list, and the router then calls its candidates on the caller's
+behalf whether or not they are in the list. Allowing a router is allowing what it routes to, as
+allowing a deployment is allowing whatever model runs behind it; a key allowed only a candidate cannot
+reach it through the router, since the router might send its prompts elsewhere.
 """
 
 from __future__ import annotations
@@ -21,8 +30,8 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
@@ -31,6 +40,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from learning import routing
 from marketplace.accounts.models import API_KEY_PREFIX, ApiKey, Quota, hash_api_key
 from marketplace.subscriptions.models import Subscription
 from serving.choices import DeploymentStatus
@@ -58,6 +68,29 @@ class Target:
     model_slug: str
     endpoints: tuple[str, ...]
     is_embedding: bool
+
+
+@dataclass(frozen=True)
+class RouterTarget:
+    """A prompt router the caller may call, with what it needs at decision time: its candidates that
+    are targets now (ready, subscription in force; a candidate missing here is unavailable), and its
+    embedding deployment when its predictor needs a prompt embedding."""
+
+    route: routing.Route
+    candidates: Mapping[str, Target]
+    embedder: Target | None
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What an organisation's callers can call, as one process holds it for a TTL."""
+
+    targets: dict[str, Target]
+    routers: dict[str, RouterTarget] = field(default_factory=dict)
 
 
 log = logging.getLogger(__name__)
@@ -138,6 +171,9 @@ class Directory:
         self.keys = _TtlCache(ttl)
         self.unknown_keys = _TtlCache(ttl, size=UNKNOWN_KEYS_REMEMBERED)
         self.deployments = _TtlCache(ttl)
+        # The routers last read of each organisation: kept when a later read fails, so a broken router
+        # table (or object store) cannot take the routers down between two reads, nor the deployments.
+        self.last_routes: dict[int, dict[str, routing.Route]] = {}
         # One load per missing entry at a time: a burst of requests with a cold cache makes one query,
         # not one query (and one database connection) per request.
         self.loading: dict[Any, asyncio.Lock] = {}
@@ -248,17 +284,60 @@ class Directory:
         key may not call it, so an outsider learns nothing from the answer."""
         if not caller.may_call(name):
             return None
-        return (await self._targets_of(caller.organization_id)).get(name)
+        return (await self._catalog_of(caller.organization_id)).targets.get(name)
+
+    async def resolve(self, caller: Caller, name: str) -> Target | RouterTarget | None:
+        """What `name` calls for this caller: its organisation's ready deployment of that name, else its
+        router of that name; None when neither exists or the key may not call it (the same answer, so an
+        outsider learns nothing from it)."""
+        if not caller.may_call(name):
+            return None
+        catalog = await self._catalog_of(caller.organization_id)
+        return catalog.targets.get(name) or catalog.routers.get(name)
 
     async def targets(self, caller: Caller) -> list[Target]:
-        targets = await self._targets_of(caller.organization_id)
+        targets = (await self._catalog_of(caller.organization_id)).targets
         return [t for name, t in sorted(targets.items()) if caller.may_call(name)]
 
-    async def _targets_of(self, organization_id: int) -> dict[str, Target]:
-        targets: dict[str, Target] = await self._load(
-            self.deployments, ("org", organization_id), _load_targets, organization_id
+    async def names(self, caller: Caller) -> list[str]:
+        """Every name the caller may call: its organisation's ready deployments and its routers."""
+        catalog = await self._catalog_of(caller.organization_id)
+        return sorted(name for name in {*catalog.targets, *catalog.routers} if caller.may_call(name))
+
+    async def _catalog_of(self, organization_id: int) -> Catalog:
+        catalog: Catalog = await self._load(
+            self.deployments, ("org", organization_id), self._load_catalog, organization_id
         )
-        return targets
+        return catalog
+
+    def _load_catalog(self, organization_id: int) -> Catalog:
+        """The organisation's targets and routers (in a worker thread). A router whose name is also a
+        deployment's is shadowed by the deployment (learning refuses such names; a deployment created
+        later wins)."""
+        targets = _load_targets(organization_id)
+        try:
+            routes = _load_routes(organization_id)
+        except Exception:  # whatever broke there, the deployments keep answering, and the routers too
+            log.exception(
+                "could not read the routers of organisation %s; keeping the last read", organization_id
+            )
+            routes = self.last_routes.get(organization_id, {})
+        else:
+            self.last_routes[organization_id] = routes
+        routers = {
+            name: RouterTarget(
+                route=route,
+                candidates={
+                    candidate.deployment: targets[candidate.deployment]
+                    for candidate in route.candidates
+                    if candidate.deployment in targets
+                },
+                embedder=targets.get(route.embedding_deployment) if route.embedding_deployment else None,
+            )
+            for name, route in routes.items()
+            if name not in targets
+        }
+        return Catalog(targets, routers)
 
 
 def _closing(load: Any) -> Any:
@@ -302,6 +381,10 @@ def _caller(organization_id: int, key: ApiKey | None) -> Caller:
         ),
         key_prefix=None if key is None else key.prefix,
     )
+
+
+def _load_routes(organization_id: int) -> dict[str, routing.Route]:
+    return routing.routes_of(organization_id)
 
 
 def _load_targets(organization_id: int) -> dict[str, Target]:

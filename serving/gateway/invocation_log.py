@@ -15,7 +15,8 @@
 
 The request kept is the one sent to the engine (after Bedrock's translation, with the usage chunk the
 gateway always asks for); the answer is the engine's own, in OpenAI's shape whatever the route, so
-datasets read one shape. Embeddings keep their input only.
+datasets read one shape. Embeddings keep their input only. A call through a prompt router is recorded
+under the deployment that answered, with the router's name and choice beside it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ async def decide(call: Call) -> None:
         return
     policy = await log_capture.policy_of(call.caller.organization_id)
     draw = random.random()  # noqa: S311 (sampling, not secrecy)
-    if not policy.selects(call.target.name, call.caller.key_prefix, draw):
+    # A routed call is selected by the deployment that answers it or by the router's name, so narrowing
+    # the log to a router keeps all its calls.
+    names = [call.target.name] if call.router is None else [call.target.name, call.router.name]
+    if not any(policy.selects(name, call.caller.key_prefix, draw) for name in names):
         return
     call.log = policy
     if call.streamed:
@@ -164,6 +168,9 @@ def record(call: Call, finished: float) -> dict[str, Any]:
         "latency_ms": round(elapsed * 1000),
         "time_to_first_token_ms": None if ttft is None else round(ttft * 1000),
         "status": call.status_code,
+        # A routed call's router and its choice (in shadow mode, the deployment it would have chosen).
+        "router": call.router.name if call.router is not None else None,
+        "router_choice": call.choice.chosen if call.choice is not None else None,
     }
 
 

@@ -30,6 +30,11 @@ Windows, and why:
   its budget a minute, and is then answered 429 without any database work.
 - Monthly token budget: a counter per organisation named after the UTC year-month (`…:2025-06`), which
   expires a day after the month ends, so a new month starts from zero without a reset job.
+- Shadow calls of a prompt router (serving/gateway/shadow.py): a counter per router and UTC day (named
+  by the day's number since the epoch) caps the tokens they spend a day, and they are counted in their
+  organisation's monthly budget, never in a key's or the organisation's per-minute counters, so shadow
+  traffic cannot throttle the callers it shadows. A shadow call reserves its estimate in both counters
+  at once, only if both have room (one script), and settles the difference when its usage is known.
 
 All keys expire on their own shortly after their last write. Keys are built inside the script from the
 organisation's prefix (the month is only known there), so this needs a single Redis primary; it is not
@@ -302,6 +307,47 @@ return {1, entry}
 )
 
 
+_RESERVE_SHADOW_TOKENS = (
+    _PRELUDE
+    + """
+-- KEYS: none. ARGV: window seconds (unused), tokens, tokens a day, monthly budget, day counter prefix,
+-- monthly prefix. Counts `tokens` in the router's counter of this UTC day and in the organisation's
+-- monthly counter when both stay within their caps; returns 1 then, else 0 (nothing counted).
+local tokens, per_day, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local day = math.floor(now_s / 86400)
+local day_key = ARGV[5] .. int(day)
+local month_key, next_month = this_month(ARGV[6])
+local spent_today = tonumber(redis.call('GET', day_key) or '0')
+local spent_month = tonumber(redis.call('GET', month_key) or '0')
+if spent_today + tokens > per_day or spent_month + tokens > budget then return 0 end
+redis.call('INCRBY', day_key, tokens)
+redis.call('EXPIREAT', day_key, (day + 2) * 86400)
+redis.call('INCRBY', month_key, tokens)
+redis.call('EXPIREAT', month_key, next_month + 86400)
+return 1
+"""
+)
+
+_SETTLE_SHADOW_TOKENS = (
+    _PRELUDE
+    + """
+-- KEYS: none. ARGV: window seconds (unused), tokens (negative: given back), day counter prefix, monthly
+-- prefix. Adds `tokens` to the router's counter of this UTC day and the organisation's monthly counter;
+-- neither goes below zero.
+local tokens = tonumber(ARGV[2])
+local day = math.floor(now_s / 86400)
+local month_key, next_month = this_month(ARGV[4])
+for _, key in ipairs({ARGV[3] .. int(day), month_key}) do
+  local value = redis.call('INCRBY', key, tokens)
+  if value < 0 then redis.call('SET', key, 0) end
+end
+redis.call('EXPIREAT', ARGV[3] .. int(day), (day + 2) * 86400)
+redis.call('EXPIREAT', month_key, next_month + 86400)
+return 1
+"""
+)
+
+
 class _Script:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -312,6 +358,8 @@ ADMIT_SCRIPT = _Script(_ADMIT)
 ADD_TOKENS_SCRIPT = _Script(_ADD_TOKENS)
 GIVE_BACK_TOKENS_SCRIPT = _Script(_GIVE_BACK_TOKENS)
 FAILED_AUTHENTICATION_SCRIPT = _Script(_FAILED_AUTHENTICATION)
+RESERVE_SHADOW_TOKENS_SCRIPT = _Script(_RESERVE_SHADOW_TOKENS)
+SETTLE_SHADOW_TOKENS_SCRIPT = _Script(_SETTLE_SHADOW_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -471,6 +519,40 @@ class RateLimiter:
     async def give_back_authentication_attempt(self, address: str, entry: str) -> None:
         """Forget an attempt that turned out to be a valid key's."""
         await cast(Awaitable[Any], self.redis.zrem(self._address_key(address), entry))
+
+    async def reserve_shadow_tokens(
+        self, *, router_id: int, org_id: int, tokens: int, per_day: int, monthly_budget: int
+    ) -> bool:
+        """Count a shadow call's estimated tokens in its router's counter of the day and its
+        organisation's monthly budget, if both have room; False (nothing counted) otherwise."""
+        args: list[int | str] = [
+            self.window_seconds, max(0, tokens), per_day, monthly_budget,
+            self._shadow_prefix(router_id), f"{self.prefix}month:org:{org_id}:",
+        ]  # fmt: skip
+        return bool(int(await self._run(RESERVE_SHADOW_TOKENS_SCRIPT, [], args)))
+
+    async def settle_shadow_tokens(self, *, router_id: int, org_id: int, tokens: int) -> None:
+        """Correct a shadow call's reservation by `tokens` (what it really used minus the estimate)."""
+        if tokens == 0:
+            return
+        args: list[int | str] = [
+            self.window_seconds,
+            tokens,
+            self._shadow_prefix(router_id),
+            f"{self.prefix}month:org:{org_id}:",
+        ]
+        await self._run(SETTLE_SHADOW_TOKENS_SCRIPT, [], args)
+
+    async def shadow_tokens_today(self, router_id: int) -> int:
+        """Tokens the router's shadow calls have counted this UTC day (by Redis' clock)."""
+        seconds, _ = await cast(Awaitable[Any], self.redis.time())
+        value = await cast(
+            Awaitable[Any], self.redis.get(f"{self._shadow_prefix(router_id)}{int(seconds) // 86400}")
+        )
+        return int(value or 0)
+
+    def _shadow_prefix(self, router_id: int) -> str:
+        return f"{self.prefix}shadow:router:{router_id}:day:"
 
     def _address_key(self, address: str) -> str:
         return f"{self.prefix}authfail:{address}"

@@ -41,6 +41,23 @@ USAGE_LOST = Counter(
     "marketplace_gateway_usage_records_lost_total", "Usage records Redis and the local spool both refused"
 )
 
+# Prompt routers (names repeat across organisations, like deployments' on dashboards).
+ROUTED = Counter(
+    "marketplace_gateway_routed_total",
+    "Calls through a prompt router by router, the deployment that answered, and the router's mode",
+    ["router", "deployment", "mode"],
+)
+ROUTER_EMBEDDING_FAILURES = Counter(
+    "marketplace_gateway_router_embedding_failures_total",
+    "Prompt embeddings a router's semantic predictor could not get (the router then answered untrained)",
+    ["router"],
+)
+SHADOW_CALLS = Counter(
+    "marketplace_gateway_router_shadow_calls_total",
+    "Shadow calls of a router's other candidates, by outcome (called, capped, busy, failed)",
+    ["router", "deployment", "outcome"],
+)
+
 
 def observe(
     deployment_id: int, deployment: str, route: str, status: int, seconds: float, ttft: float | None,

@@ -15,7 +15,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from serving.gateway import pipeline, request_fields, upstream
+from serving.gateway import pipeline, request_fields, routers, upstream
 from serving.gateway.directory import Caller
 from serving.gateway.errors import key_refusal, openai_error
 
@@ -107,18 +107,21 @@ async def invoke_as(
     if problem:
         return openai_error(400, problem[1], param=problem[0])
     model = payload["model"]
-    target = await pipeline.services().directory.target(caller, model)
-    if target is None:
+    resolved = await pipeline.resolve(caller, model, route)
+    if isinstance(resolved, routers.Unresolved):
+        if resolved.status != 404:
+            return openai_error(resolved.status, resolved.message, param="model")
         return openai_error(
             404,
             f"The model `{model}` does not exist or you do not have access to it.",
             code="model_not_found",
         )
+    target, router = resolved
     streamed = bool(payload.get("stream")) and route != "embeddings"
     call = pipeline.Call(
         caller=caller, target=target, route=route, model=model, streamed=streamed,
         estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload), payload=payload,
-        log_route=log_route,
+        log_route=log_route, router=router,
     )  # fmt: skip
     try:
         decision = await pipeline.admit(call)
@@ -130,14 +133,15 @@ async def invoke_as(
         return openai_error(
             429, f"Rate limit reached: {decision.reason}. Retry later.", code=code, headers=headers
         )
+    # From here on the call goes to call.target, with call.payload naming it (a router has chosen).
     if streamed:
-        return await _stream(call, route, payload)
+        return await _stream(call, route, call.payload)
     try:
-        exchange = await upstream.call(PATHS[route], payload, target.endpoints)
+        exchange = await upstream.call(PATHS[route], call.payload, call.target.endpoints)
     except upstream.UpstreamError as error:
         call.status_code = error.status
         await pipeline.finish(call)
-        return openai_error(error.status, error.message)
+        return openai_error(error.status, error.message, headers=pipeline.answer_headers(call))
     except asyncio.CancelledError:  # the caller went away: what was admitted is still metered
         call.status_code = pipeline.CLIENT_CLOSED
         await pipeline.finish(call)
@@ -147,7 +151,7 @@ async def invoke_as(
         call.answered(exchange.body)
     await pipeline.finish(call)
     response = HttpResponse(exchange.body, status=exchange.status, content_type="application/json")
-    for name, value in decision.headers().items():
+    for name, value in {**decision.headers(), **pipeline.answer_headers(call)}.items():
         response[name] = value
     return response
 
@@ -166,8 +170,11 @@ async def _stream(
     exchange = await pipeline.start_stream(call, PATHS[route], upstream_payload)
     if isinstance(exchange, pipeline.Refusal):
         if exchange.message:
-            return openai_error(exchange.status, exchange.message)
-        return HttpResponse(exchange.body, status=exchange.status, content_type="application/json")
+            return openai_error(exchange.status, exchange.message, headers=pipeline.answer_headers(call))
+        refused = HttpResponse(exchange.body, status=exchange.status, content_type="application/json")
+        for name, value in pipeline.answer_headers(call).items():
+            refused[name] = value
+        return refused
 
     async def relay() -> AsyncIterator[bytes]:
         try:
@@ -190,7 +197,7 @@ async def _stream(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     assert call.decision is not None
-    for name, value in call.decision.headers().items():
+    for name, value in {**call.decision.headers(), **pipeline.answer_headers(call)}.items():
         response[name] = value
     return response
 
@@ -211,7 +218,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
 
 
 async def models(request: HttpRequest) -> HttpResponse:
-    """The caller's organisation's ready deployments, as OpenAI lists models."""
+    """The caller's organisation's ready deployments and prompt routers, as OpenAI lists models."""
     caller = await pipeline.services().directory.caller(request.headers.get("authorization", ""))
     if caller is None:
         return openai_error(
@@ -221,6 +228,6 @@ async def models(request: HttpRequest) -> HttpResponse:
             ),
             code="invalid_api_key",
         )
-    targets = await pipeline.services().directory.targets(caller)
-    data = [{"id": t.name, "object": "model", "created": 0, "owned_by": "organization"} for t in targets]
+    names = await pipeline.services().directory.names(caller)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "organization"} for name in names]
     return HttpResponse(json.dumps({"object": "list", "data": data}), content_type="application/json")

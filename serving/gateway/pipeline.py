@@ -1,15 +1,20 @@
 """What every invoke route does, whatever its API: authenticate, resolve, admit, proxy, meter.
 
 1. The API key → the caller (cached; no database query in steady state).
-2. The model name → a ready deployment of the caller's organisation (cached), or the same 404 as for a
-   name that does not exist.
+2. The model name → a ready deployment of the caller's organisation, or its prompt router of that name
+   (cached; serving.gateway.routers.resolve), or the same 404 as for a name that does not exist.
 3. Limits: one atomic Redis round trip checks and counts requests and prompt tokens (estimated from the
-   request's size; corrected when the engine reports usage). Then whether the call is logged
-   (serving.gateway.invocation_log.decide, from an in-process snapshot: no round trip).
-4. Proxy to a replica (serving.gateway.upstream); a logged stream is assembled as it is relayed.
+   request's size; corrected when the engine reports usage). For a router, then, its decision
+   (serving.gateway.routers.choose): from here on the call is a call to the chosen deployment. Then
+   whether the call is logged (serving.gateway.invocation_log.decide, from an in-process snapshot: no
+   round trip).
+4. Proxy to a replica (serving.gateway.upstream); a logged (or shadowed) stream is assembled as it is
+   relayed.
 5. Meter, after the answer and without the caller waiting: completion tokens to the limiter, a usage
-   record to the Redis queue a periodic task flushes to PostgreSQL, Prometheus metrics, and a logged
-   call's invocation record to the log's bounded queue (learning.capture).
+   record to the Redis queue a periodic task flushes to PostgreSQL (with the router's name and choice
+   for a routed call), Prometheus metrics, and a logged call's invocation record to the log's bounded
+   queue (learning.capture). A shadowed call's other candidates are called then
+   (serving.gateway.shadow).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
+from learning import routing
 from learning.capture import Policy
-from serving.gateway import invocation_log, metrics, upstream
-from serving.gateway.directory import Caller, Directory, Target
+from serving.gateway import invocation_log, metrics, routers, shadow, upstream
+from serving.gateway.directory import Caller, Directory, RouterTarget, Target
 from serving.gateway.limits import Decision, RateLimiter
 from serving.gateway.metering import UsageQueue
 
@@ -144,7 +150,12 @@ class Call:
     log: Policy | None = None  # set when the call is logged (invocation_log.decide)
     log_route: str | None = None  # the record's route when not the API's (the web playground)
     assembly: invocation_log.StreamAssembly | None = None  # a logged stream, put back together
-    answer: Any = None  # a logged call's unstreamed answer
+    answer: Any = None  # a logged (or shadowed) call's unstreamed answer
+    router: RouterTarget | None = None  # the router called, which chose `target`
+    choice: routing.Choice | None = None  # its decision (in shadow mode, `chosen` is not the target)
+    prompt: str = ""  # a routed call's prompt text, as its router predicted on it
+    embedding: Any = None  # a routed call's prompt embedding, when its router needed one
+    shadow: bool = False  # whether the router's other candidates are called after the answer
 
     def answered(self, body: bytes) -> dict[str, Any] | None:
         """The engine's unstreamed JSON answer, read once: its usage replaces the estimate, and a logged
@@ -157,7 +168,7 @@ class Call:
             return None
         if self.status_code == 200:
             self.saw_usage(answer.get("usage"))
-        if self.log is not None:
+        if self.log is not None or self.shadow:
             self.answer = answer
         return answer
 
@@ -197,8 +208,25 @@ async def admit(call: Call) -> Decision:
         raise LimitsUnavailable(str(error)) from error
     call.decision = decision
     if decision.allowed:
+        if call.router is not None:
+            await routers.choose(call)
         await invocation_log.decide(call)
+        if call.shadow and call.streamed and call.assembly is None:
+            call.assembly = invocation_log.StreamAssembly()  # the served answer of the sample
     return decision
+
+
+async def resolve(
+    caller: Caller, name: str, route: str
+) -> tuple[Target, RouterTarget | None] | routers.Unresolved:
+    """What the call to `name` goes to: (a deployment, None), or (the deployment it is admitted under,
+    the router) for a router, which chooses after admission; or why it cannot be called."""
+    return await routers.resolve(services().directory, caller, name, route)
+
+
+def answer_headers(call: Call) -> dict[str, str]:
+    """The headers every invoke answer of an admitted call carries (serving.gateway.routers.headers)."""
+    return routers.headers(call)
 
 
 _metering: set[asyncio.Task[None]] = set()
@@ -208,9 +236,11 @@ async def finish(call: Call) -> None:
     """Meter a finished call, after the answer: the figures are taken now, the Redis writes run as a task
     of their own, so the caller waits for neither (`drain` awaits them when the process stops). Never
     raises: metering must not turn an answered request into an error."""
-    task = asyncio.get_running_loop().create_task(_meter(call, time.perf_counter()))
+    finished = time.perf_counter()
+    task = asyncio.get_running_loop().create_task(_meter(call, finished))
     _metering.add(task)
     task.add_done_callback(_metering.discard)
+    shadow.start(call, services(), finished)
 
 
 async def drain() -> None:
@@ -220,6 +250,7 @@ async def drain() -> None:
 
     while _metering:
         await asyncio.gather(*list(_metering), return_exceptions=True)
+    await shadow.settle(timeout=1)  # shadow calls meter themselves; they answer nobody, so they wait least
     # Short: this runs within gunicorn's graceful timeout, after uvicorn's own (marketplace/server.py).
     await metering.settle_spools(timeout=1)
 
@@ -258,6 +289,8 @@ async def _write_usage(call: Call, finished: float) -> None:
         "time_to_first_token_ms": None if ttft is None else round(ttft * 1000),
         "status_code": call.status_code,
         "streamed": call.streamed,
+        "router": call.router.name if call.router is not None else "",
+        "router_choice": call.choice.chosen if call.choice is not None else "",
         "created_at": timezone.now().isoformat(),
     }
     metrics.observe(

@@ -204,8 +204,19 @@ def tls_certificate(tmp_path_factory: Any) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="package")
+def gateway_data_dir(tmp_path_factory: Any) -> Path:
+    """The gateway processes' DATA_DIR: their object store (a router's trained predictor) is its
+    `objects` folder, which a test writes through learning.storage with DATA_DIR set to it."""
+    return Path(tmp_path_factory.mktemp("gateway-data"))
+
+
+@pytest.fixture(scope="package")
 def gateway_url(
-    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any, tls_certificate: Path
+    django_db_setup: Any,
+    django_db_blocker: Any,
+    tmp_path_factory: Any,
+    tls_certificate: Path,
+    gateway_data_dir: Path,
 ) -> Iterator[str]:
     """The platform under gunicorn with two uvicorn workers, on the test database: two processes, so
     limits and caches are shared only through Redis, as in production."""
@@ -218,6 +229,7 @@ def gateway_url(
         "REDIS_URL": f"{base_redis}/{GATEWAY_REDIS_DB}",
         "GATEWAY_CACHE_SECONDS": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "DATA_DIR": str(gateway_data_dir),
     }
     process = subprocess.Popen(
         [

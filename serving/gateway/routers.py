@@ -1,0 +1,164 @@
+"""The pipeline's router step: a call to a prompt router becomes a call to the deployment it chooses.
+
+1. Resolution (`resolve`): the name is a deployment (nothing to do here) or a router of the caller's
+   organisation (serving.gateway.directory). A router answers chat and completions on every API;
+   embeddings through one are refused (400): a router picks who answers a prompt, and vectors of
+   different embedding models are not interchangeable, so there is no answer it could choose. A router
+   none of whose candidates is a target (none ready, or their subscriptions not in force) is a 503
+   saying so. Otherwise the call is admitted under the router's fallback (or, when the fallback is no
+   target, another candidate): admission does not depend on the deployment.
+2. The decision (`choose`, after admission, so a caller refused by its limits costs no embedding):
+   the prompt's text (learning.routing.prompt_text); its embedding when the router's predictor needs
+   one, from the router's embedding deployment, once, kept on the call for any other step that needs
+   it; then learning.routing.decide with each candidate's capacity (serving.gateway.capacity).
+   An embedding that fails (the embedding deployment not ready, an error, slower than
+   EMBEDDING_TIMEOUT_SECONDS) is no error for the caller: the decision goes on without it, which for a
+   semantic predictor means the fallback answers (learning.routing says so in its reason), and the
+   failure is counted in /metrics. The embedding is the router's own overhead: it is neither metered
+   nor counted against the caller's limits.
+3. The call then goes on exactly as a call to the chosen deployment: the engine request names it, and
+   metering, logging and metrics see it (with the router's name and choice beside it). When every
+   candidate is unavailable the decision names the fallback; if the fallback is no target either, the
+   candidate with the shortest queue answers (one scaled to zero answers "try again shortly" and wakes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from learning import routing
+from serving.gateway import capacity, metrics, shadow, upstream
+from serving.gateway.directory import Caller, Directory, RouterTarget, Target
+
+if TYPE_CHECKING:
+    from serving.gateway.pipeline import Call
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_TIMEOUT_SECONDS = 2.0
+ROUTABLE = frozenset(
+    {
+        "chat.completions", "completions", "bedrock.converse", "bedrock.converse-stream",
+        "bedrock.invoke", "bedrock.invoke-stream",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """Why a name cannot be called: 404 (the API says it in its own words), 400 or 503 with `message`."""
+
+    status: int
+    message: str = ""
+
+
+async def resolve(
+    directory: Directory, caller: Caller, name: str, route: str
+) -> tuple[Target, RouterTarget | None] | Unresolved:
+    """(the target the call is admitted under, the router when `name` is one), or why not."""
+    found = await directory.resolve(caller, name)
+    if found is None:
+        return Unresolved(404)
+    if isinstance(found, Target):
+        return found, None
+    if route not in ROUTABLE:
+        return Unresolved(
+            400,
+            f"`{name}` is a prompt router: it answers chat and completions. For embeddings, call an "
+            "embedding deployment by its own name.",
+        )
+    target = provisional(found)
+    if target is None:
+        candidates = ", ".join(candidate.deployment for candidate in found.route.candidates)
+        return Unresolved(
+            503,
+            f"None of the router `{name}`'s candidates ({candidates}) is ready right now; deploy or "
+            "resume one, or check that their models' subscriptions are in force.",
+        )
+    return target, found
+
+
+def provisional(router: RouterTarget) -> Target | None:
+    """The target a router's call is admitted under: its fallback, else its first candidate that is
+    a target; None when none is."""
+    fallback = router.candidates.get(router.route.fallback)
+    if fallback is not None:
+        return fallback
+    return next(iter(router.candidates.values()), None)
+
+
+async def choose(call: Call) -> None:
+    """Decide who answers the admitted call to a router and point the call at it (see the module
+    docstring). Sets call.target, call.payload's model, call.choice, call.prompt, call.embedding and
+    whether the call is shadowed."""
+    router = call.router
+    assert router is not None
+    route = router.route
+    call.prompt = routing.prompt_text(call.payload)
+    if route.predictor is not None and route.predictor.needs_embedding:
+        call.embedding = await embed(router, call.prompt)
+    choice = routing.decide(
+        route, call.prompt, lambda name: capacity.available(router.candidates.get(name)), call.embedding
+    )
+    target = router.candidates.get(choice.deployment) or _last_resort(router)
+    call.choice = choice
+    call.target = target
+    call.payload = {**call.payload, "model": target.name}
+    call.shadow = shadow.sampled(route) and call.route in shadow.PATHS
+    metrics.ROUTED.labels(route.name, target.name, route.mode).inc()
+
+
+def _last_resort(router: RouterTarget) -> Target:
+    """The candidate with the shortest queue (one without replicas last), when the decision named a
+    deployment that is no target."""
+    return min(router.candidates.values(), key=capacity.load)
+
+
+async def embed(router: RouterTarget, text: str) -> np.ndarray | None:
+    """The prompt's embedding from the router's embedding deployment, or None when it cannot be had in
+    EMBEDDING_TIMEOUT_SECONDS (counted in /metrics; the decision goes on without it)."""
+    embedder = router.embedder
+    if embedder is None or not embedder.endpoints or not text:
+        why = "no prompt text" if not text else "embedding deployment not ready"
+        log.debug("router %s decides without an embedding: %s", router.name, why)
+        if text:
+            metrics.ROUTER_EMBEDDING_FAILURES.labels(router.name).inc()
+        return None
+    try:
+        async with asyncio.timeout(EMBEDDING_TIMEOUT_SECONDS):
+            exchange = await upstream.call(
+                "/v1/embeddings", {"model": embedder.name, "input": text}, embedder.endpoints
+            )
+        if exchange.status != 200:
+            raise ValueError(f"the embedding deployment answered {exchange.status}")
+        vector = np.asarray(json.loads(exchange.body)["data"][0]["embedding"], dtype=np.float32)
+        if vector.ndim != 1 or not vector.size or not np.isfinite(vector).all():
+            raise ValueError("the embedding is not a vector of numbers")
+        return vector
+    except (TimeoutError, upstream.UpstreamError, ValueError, KeyError, IndexError, TypeError) as error:
+        message = error.message if isinstance(error, upstream.UpstreamError) else str(error) or "timed out"
+        log.warning("router %s decides without an embedding: %s", router.name, message)
+        metrics.ROUTER_EMBEDDING_FAILURES.labels(router.name).inc()
+        return None
+
+
+def headers(call: Call) -> dict[str, str]:
+    """What every invoke answer says about the call: its request id (which POST /api/feedback/ takes),
+    and, when a router chose, the deployment that answered."""
+    found = {"x-request-id": call.request_id}
+    if call.router is not None:
+        found["x-router-deployment"] = call.target.name
+    return found
+
+
+def invoked_model(call: Call) -> str | None:
+    """The deployment that answered a routed call (Bedrock's trace.promptRouter.invokedModelId), or None
+    for a call to a deployment. Model ids here are deployment names, so the id is the one a caller would
+    use to call that deployment directly."""
+    return call.target.name if call.router is not None else None
