@@ -388,3 +388,20 @@ def test_a_key_limited_to_other_names_cannot_rate_a_routed_answer(acme: Organiza
     assert (
         client.post("/api/feedback/", {"request_id": "req-4", "score": 1}, format="json").status_code == 404
     )
+
+
+def test_listing_routers_costs_the_same_queries_however_many_there_are(
+    client_for: Client, owner: AbstractUser, router: Router, setup: Setup, django_assert_max_num_queries: Any
+) -> None:
+    version = trained(router, setup, owner)
+    router_service.activate(router, version)
+    client = client_for(owner)
+    with django_assert_max_num_queries(8) as one:
+        client.get("/api/routers/")
+    for number in range(5):
+        router_service.create_router(
+            organization=setup.organization, user=owner, **router_fields(name=f"auto-{number}")
+        )
+    Router.objects.update(active_version=version)  # each reads its version: no query per router
+    with django_assert_max_num_queries(len(one.captured_queries)):
+        assert len(client.get("/api/routers/").json()["results"]) == 6
