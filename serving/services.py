@@ -446,12 +446,15 @@ EDITABLE = (DeploymentStatus.PENDING, DeploymentStatus.PROVISIONING, DeploymentS
 
 def scale_deployment(deployment: Deployment, scaling: Scaling) -> Deployment:
     """Change replica bounds and policy; quota is checked again for the new maximum. While the model's
-    subscription is not in force (cancelled, or changed terms not yet accepted) it may shrink, not grow."""
+    subscription is not in force (cancelled, or changed terms not yet accepted) it may shrink, not grow.
+    Asking for the settings it already has changes nothing and records nothing."""
     check_scaling(scaling, deployment.backend)
     with transaction.atomic():
         row = Deployment.objects.select_for_update().get(pk=deployment.pk)
         if row.status not in EDITABLE:
             raise _refuse("status", f"A {row.get_status_display().lower()} deployment cannot be scaled.")
+        if all(getattr(row, name) == value for name, value in scaling.fields().items()):
+            return row  # nothing changes: no history entry, no work for the backend
         if scaling.min_replicas > row.min_replicas or scaling.max_replicas > row.max_replicas:
             require_in_force(row.organization, row.model_card, refused="this deployment cannot be scaled up")
         reserved = check_quota(
