@@ -110,7 +110,8 @@ async def choose(call: Call) -> None:
     call.choice = choice
     call.target = target
     call.payload = {**call.payload, "model": target.name}
-    call.shadow = shadow.sampled(route) and call.route in shadow.PATHS
+    # The platform's own calls (evaluations, which call every candidate anyway) are never shadowed.
+    call.shadow = call.caller.logged and call.route in shadow.PATHS and shadow.sampled(route)
     metrics.ROUTED.labels(route.name, target.name, route.mode).inc()
 
 

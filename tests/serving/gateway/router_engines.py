@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,7 @@ class RouterEngine(BaseHTTPRequestHandler):
 
     engine_name = ""
     waiting = 0.0  # what /metrics reports as vllm:num_requests_waiting
+    delay = 0.0  # seconds before each answer to a chat or completion
     received: list[tuple[str, dict[str, Any]]]
     lock: threading.Lock
 
@@ -85,6 +87,7 @@ class RouterEngine(BaseHTTPRequestHandler):
             self._send(200, "application/json", json.dumps(body).encode())
             return
         chat = self.path == "/v1/chat/completions"
+        time.sleep(self.delay)
         if payload.get("stream"):
             head = {"id": "s", "created": 1, "model": payload.get("model")}
             events = []
@@ -118,7 +121,7 @@ def engine(name: str) -> Iterator[tuple[str, type[RouterEngine]]]:
     handler = type(
         f"RouterEngine_{name}",
         (RouterEngine,),
-        {"engine_name": name, "received": [], "lock": threading.Lock(), "waiting": 0.0},
+        {"engine_name": name, "received": [], "lock": threading.Lock(), "waiting": 0.0, "delay": 0.0},
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -197,6 +197,19 @@ def test_shadow_calls_ask_the_other_candidate_after_the_answer_and_stop_at_the_d
     }  # fmt: skip
 
 
+def test_a_slow_shadow_call_does_not_delay_the_callers_answer(gateway_url: str, routed: Routed) -> None:
+    Router.objects.filter(pk=routed.router.pk).update(shadow_rate=1.0, shadow_tokens_per_day=1000)
+    routed.engines["large"].delay = 3
+    started = time.monotonic()
+    served = openai_client(gateway_url, routed.key).chat.completions.create(
+        model="auto", messages=chat_messages(SUM)
+    )
+    answered_in = time.monotonic() - started
+    assert served.choices[0].message.content == answer_of("small") and answered_in < 2
+    sample = wait_for_sample(routed.router)  # the shadow answer came later
+    assert sample.answers["large"]["latency_ms"] >= 3000
+
+
 def wait_for_sample(router: Router, timeout: float = 10) -> RouterSample:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
