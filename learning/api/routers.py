@@ -268,7 +268,8 @@ class RouterViewSet(
     def report(self, request: Request, pk: str | None = None) -> Response:
         """What a version would do on the held-out split: the quality/cost curve over τ for it beside
         always-fallback, always-cheapest and a same-cost random mix; shares per candidate, quality retained
-        and cost saved (95% intervals) at the router's τ; APGR and CPT(50%), CPT(80%)."""
+        and cost saved (95% intervals) at the router's τ; APGR and CPT(50%), CPT(80%); and the same figures
+        of the other predictor kinds trained on the same held-out split (`same_split`)."""
         router = self.get_object()
         query = ReportQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -290,12 +291,26 @@ class RouterViewSet(
             version = router.versions.filter(version=number).first()
             if version is None:
                 raise NotFound(f"{router.name} has no version {number}.")
+        # The other kinds trained on the same held-out split, to compare on one chart.
+        siblings = (
+            router.versions.filter(training_id=version.training_id).exclude(pk=version.pk)
+            if version.training_id is not None
+            else router.versions.none()
+        )
         return Response(
             {
                 "router": router.name, "trained": True, "version": version.version, "kind": version.kind,
                 "active": router.active_version_id == version.pk, "tau": router.quality_difference,
                 "at_router_tau": router_report.at_tau(version.report, router.quality_difference),
                 **version.report,
+                "same_split": [
+                    {
+                        "version": other.version, "kind": other.kind, "curve": other.report.get("curve"),
+                        "at_router_tau": router_report.at_tau(other.report, router.quality_difference),
+                        "gap_recovered": other.report.get("gap_recovered"),
+                    }
+                    for other in siblings
+                ],
             }
         )  # fmt: skip
 

@@ -405,3 +405,25 @@ def test_listing_routers_costs_the_same_queries_however_many_there_are(
     Router.objects.update(active_version=version)  # each reads its version: no query per router
     with django_assert_max_num_queries(len(one.captured_queries)):
         assert len(client.get("/api/routers/").json()["results"]) == 6
+
+
+def test_the_report_shows_the_other_kind_trained_on_the_same_split(
+    client_for: Client, owner: AbstractUser, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from learning import router_training
+
+    async def embed(batch: list[str]) -> list[list[float]]:
+        return [[float(any(c.isdigit() for c in text)), 1.0] for text in batch]
+
+    monkeypatch.setattr(router_training, "gateway_embedder", lambda organization, deployment: embed)
+    router = router_service.create_router(
+        organization=setup.organization, user=owner, **router_fields(embedding_deployment="embedder")
+    )
+    training = router_training.start_training(
+        router=router, evaluation=setup.evaluation, scorer="exact_match", user=owner
+    )
+    train_router.apply(args=[training.pk])
+    report = client_for(owner).get(f"/api/routers/{router.pk}/report/?version=1").json()
+    assert report["kind"] == "ngram"
+    assert [(other["version"], other["kind"]) for other in report["same_split"]] == [(2, "semantic")]
+    assert len(report["same_split"][0]["curve"]) == 21
