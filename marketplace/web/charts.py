@@ -273,23 +273,32 @@ def _dollars(value: float) -> str:
     return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:,.4f}"
 
 
-def stacked_cost_chart(rows: list[dict[str, Any]], days: list[Any]) -> StackedChart:
+def stacked_cost_chart(
+    rows: list[dict[str, Any]], days: list[Any], others: dict[str, float] | None = None
+) -> StackedChart:
     """Cost per day stacked by deployment, from the cost report's rows grouped by day and deployment
-    (serving.costs.cost_report). `days` are ISO dates, oldest first, one bar each."""
+    (serving.costs.cost_report). `days` are ISO dates, oldest first, one bar each. `others`: the cost per
+    day of deployments left out of `rows` (a large organisation's report names only its costliest), drawn
+    as one more series on top."""
     totals: dict[str, float] = {}
     for row in rows:
         totals[row["deployment"]] = totals.get(row["deployment"], 0.0) + row["cost_usd"]
     ranked = sorted(totals, key=lambda name: (-totals[name], name))
     named = ranked[: len(SERIES_COLOURS) - 1] if len(ranked) > len(SERIES_COLOURS) else ranked
     series = {name: SERIES_COLOURS[i] for i, name in enumerate(named)}
-    others = "others" if len(ranked) > len(named) else None
+    left_out = any(value > 0.000001 for value in (others or {}).values())
+    others_name = "others" if len(ranked) > len(named) or left_out else None
     by_day: dict[str, dict[str, float]] = {day: {} for day in days}
     for row in rows:
-        name = row["deployment"] if row["deployment"] in series else others
+        name = row["deployment"] if row["deployment"] in series else others_name
         if row["day"] in by_day and name is not None:
             by_day[row["day"]][name] = by_day[row["day"]].get(name, 0.0) + row["cost_usd"]
-    order = [*named, *([others] if others else [])]
-    colours = {**series, **({others: SERIES_COLOURS[-1]} if others else {})}
+    for day, value in (others or {}).items():
+        if day in by_day and value > 0.000001 and others_name:
+            by_day[day][others_name] = by_day[day].get(others_name, 0.0) + value
+            totals[others_name] = totals.get(others_name, 0.0) + value
+    order = [*named, *([others_name] if others_name else [])]
+    colours = {**series, **({others_name: SERIES_COLOURS[-1]} if others_name else {})}
     peak = max((sum(values.values()) for values in by_day.values()), default=0.0)
     usable = HEIGHT - TOP - BOTTOM
     slot = WIDTH / max(len(days), 1)

@@ -40,8 +40,17 @@ def costs_page(request: HttpRequest) -> HttpResponse:
         created_at__gte=start,
         created_at__lt=start + timedelta(days=RANGES[range_name]),
     )
-    daily = costs.cost_report(days, usage, ["day", "deployment"])
     per_deployment = costs.cost_report(days, usage, ["deployment"])
+    # The chart names the costliest deployments and stacks the rest as one: a large organisation's
+    # day-by-deployment report would be tens of thousands of rows for seven coloured series.
+    ranked = sorted(per_deployment, key=lambda row: (-row["cost_usd"], row["deployment"]))
+    named = [row["deployment"] for row in ranked[: len(charts.SERIES_COLOURS) - 1]]
+    daily = costs.cost_report(days.filter(deployment__name__in=named), usage.none(), ["day", "deployment"])
+    shown = {row["day"]: 0.0 for row in daily}
+    for row in daily:
+        shown[row["day"]] += row["cost_usd"]
+    whole = costs.cost_report(days, usage.none(), ["day"])
+    others = {row["day"]: max(row["cost_usd"] - shown.get(row["day"], 0.0), 0.0) for row in whole}
     total_cost = sum(row["cost_usd"] for row in per_deployment)
     total_tokens = sum(row["tokens"] for row in per_deployment)
     query = {"organization": organization.slug, "since": since.isoformat(), "until": until.isoformat()}
@@ -49,10 +58,10 @@ def costs_page(request: HttpRequest) -> HttpResponse:
         since=since,
         until=until,
         chart=charts.stacked_cost_chart(
-            daily, [(since + timedelta(days=n)).isoformat() for n in range(RANGES[range_name])]
+            daily, [(since + timedelta(days=n)).isoformat() for n in range(RANGES[range_name])], others
         ),
         rates=charts.cost_per_token_bars(per_deployment),
-        deployments=sorted(per_deployment, key=lambda row: (-row["cost_usd"], row["deployment"])),
+        deployments=ranked,
         total_cost=total_cost,
         total_hours=sum(row["replica_hours"] for row in per_deployment),
         total_tokens=total_tokens,
