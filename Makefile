@@ -19,4 +19,5 @@ bench:  ## benchmarks that print their figures (DATABASE_URL/REDIS_URL when set,
 	.venv/bin/python bench/catalog.py
 	.venv/bin/python bench/catalog_page.py
 	.venv/bin/python bench/provision.py
+	.venv/bin/python bench/costs.py
 	.venv/bin/python bench/routing.py
