@@ -52,6 +52,11 @@ ROUTER_EMBEDDING_FAILURES = Counter(
     "Prompt embeddings a router's semantic predictor could not get (the router then answered untrained)",
     ["router"],
 )
+ROUTER_PREDICTION_FAILURES = Counter(
+    "marketplace_gateway_router_prediction_failures_total",
+    "Decisions whose predictor failed on the prompt (the router then answered untrained)",
+    ["router"],
+)
 SHADOW_CALLS = Counter(
     "marketplace_gateway_router_shadow_calls_total",
     "Shadow calls of a router's other candidates, by outcome (called, capped, busy, failed)",

@@ -15,7 +15,9 @@
    EMBEDDING_TIMEOUT_SECONDS) is no error for the caller: the decision goes on without it, which for a
    semantic predictor means the fallback answers (learning.routing says so in its reason), and the
    failure is counted in /metrics. The embedding is the router's own overhead: it is neither metered
-   nor counted against the caller's limits.
+   nor counted against the caller's limits. A predictor that fails on a prompt (say, an embedding
+   deployment now serving vectors of another size than it was trained on) is logged and counted, and
+   the call is decided as if the router were untrained.
 3. The call then goes on exactly as a call to the chosen deployment: the engine request names it, and
    metering, logging and metrics see it (with the router's name and choice beside it). When every
    candidate is unavailable the decision names the fallback; if the fallback is no target either, the
@@ -25,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -103,9 +106,16 @@ async def choose(call: Call) -> None:
     call.prompt = routing.prompt_text(call.payload)
     if route.predictor is not None and route.predictor.needs_embedding:
         call.embedding = await embed(router, call.prompt)
-    choice = routing.decide(
-        route, call.prompt, lambda name: capacity.available(router.candidates.get(name)), call.embedding
-    )
+
+    def available(name: str) -> bool:
+        return capacity.available(router.candidates.get(name))
+
+    try:
+        choice = routing.decide(route, call.prompt, available, call.embedding)
+    except Exception:  # a predictor that fails on this prompt must not fail the call: answer untrained
+        log.exception("router %s: its predictor failed; deciding as untrained", route.name)
+        metrics.ROUTER_PREDICTION_FAILURES.labels(route.name).inc()
+        choice = routing.decide(dataclasses.replace(route, predictor=None), call.prompt, available)
     target = router.candidates.get(choice.deployment) or _last_resort(router)
     call.choice = choice
     call.target = target

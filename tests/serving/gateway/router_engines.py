@@ -169,7 +169,7 @@ def train(router: Router, kind: str = "ngram") -> Router:
     return router_service.activate(router, trained_version(router, kind))
 
 
-def trained_version(router: Router, kind: str = "ngram") -> RouterVersion:
+def trained_version(router: Router, kind: str = "ngram", dimensions: int = 2) -> RouterVersion:
     """A predictor of `kind` fitted on the stand-ins' known quality, stored as the router's next version
     (not yet in use)."""
     texts = SUMS + ESSAYS
@@ -179,6 +179,7 @@ def trained_version(router: Router, kind: str = "ngram") -> RouterVersion:
         predictor = predictors.NgramPredictor.fit(["small", "large"], texts, targets)
     else:
         vectors = np.array([[1.0, 0.0] if is_sum(text) else [0.0, 1.0] for text in texts])
+        vectors = np.pad(vectors, ((0, 0), (0, dimensions - 2)))  # beyond 2: not the embedder's size
         predictor = predictors.SemanticPredictor.fit(["small", "large"], vectors, targets)
     data = predictors.dump(predictor)
     number = RouterVersion.objects.filter(router=router).count() + 1

@@ -390,6 +390,17 @@ def test_a_failed_embedding_answers_through_the_fallback_not_an_error(
     assert counter("marketplace_gateway_router_embedding_failures_total", router="auto") == before + 1
 
 
+def test_a_predictor_that_fails_on_the_prompt_answers_through_the_fallback_not_an_error(
+    acme: Organization, key: str
+) -> None:
+    router = make_router(acme, embedding_deployment="embedder")
+    router_service.activate(router, trained_version(router, "semantic", dimensions=3))  # embedder gives 2
+    before = counter("marketplace_gateway_router_prediction_failures_total", router="auto")
+    answer = chat(key, SUM)
+    assert (answer.status, answer.headers["x-router-deployment"]) == (200, "large")
+    assert counter("marketplace_gateway_router_prediction_failures_total", router="auto") == before + 1
+
+
 # --- Who may call a router ----------------------------------------------------------------------------------
 
 
