@@ -70,6 +70,8 @@ class Plot:
     y_max_label: str
     series: list[Series]
     points: list[Marker] = field(default_factory=list)  # baselines drawn as labelled dots
+    y_min_label: str = ""  # the value at the bottom of the vertical axis
+    circled: bool = False  # whether a marker rings the router's τ
     width: int = WIDTH
     height: int = HEIGHT
     left: int = LEFT
@@ -79,15 +81,17 @@ class Plot:
 
 
 class _Scale:
-    def __init__(self, x_max: float, y_max: float) -> None:
+    def __init__(self, x_max: float, y_max: float, y_min: float = 0.0) -> None:
         self.x_max = x_max if x_max > 0 and math.isfinite(x_max) else 1.0
-        self.y_max = y_max if y_max > 0 and math.isfinite(y_max) else 1.0
+        self.y_max = y_max if y_max > y_min and math.isfinite(y_max) else y_min + 1.0
+        self.y_min = y_min
 
     def x(self, value: float) -> float:
         return round(LEFT + value / self.x_max * (WIDTH - LEFT - RIGHT), 1)
 
     def y(self, value: float) -> float:
-        return round(HEIGHT - BOTTOM - value / self.y_max * (HEIGHT - TOP - BOTTOM), 1)
+        share = (value - self.y_min) / (self.y_max - self.y_min)
+        return round(HEIGHT - BOTTOM - share * (HEIGHT - TOP - BOTTOM), 1)
 
 
 def _usable(entry: dict[str, Any]) -> bool:
@@ -107,7 +111,11 @@ def tradeoff_chart(reports: list[tuple[str, dict[str, Any]]], tau: float) -> Plo
     cheapest = baselines.get("always_cheapest") or {}
     costs = [e["cost_per_call_usd"] for _, r in reports for e in r["curve"] if _usable(e)]
     costs += [b["cost_per_call_usd"] for b in (fallback, cheapest) if _usable(b)]
-    scale = _Scale(max(costs, default=0.0) * 1.05, 1.0)
+    qualities = [e["quality"] for _, r in reports for e in r["curve"] if _usable(e)]
+    qualities += [b["quality"] for b in (fallback, cheapest) if _usable(b)]
+    # The quality axis starts at the tenth below the lowest point, so close curves stay apart; it is labelled.
+    floor = max(0.0, math.floor((min(qualities, default=0.0) - 0.05) * 10) / 10)
+    scale = _Scale(max(costs, default=0.0) * 1.05, 1.0, floor)
     series: list[Series] = []
     for index, (name, report) in enumerate(reports):
         curve = [entry for entry in report["curve"] if _usable(entry)]
@@ -149,8 +157,8 @@ def tradeoff_chart(reports: list[tuple[str, dict[str, Any]]], tau: float) -> Plo
     return Plot(
         title="Quality against cost per call as τ moves from 0 to 100%",
         x_label="cost per call (USD)", y_label="quality (0–1)",
-        x_max_label=_usd(scale.x_max), y_max_label="1",
-        series=series, points=dots,
+        x_max_label=_usd(scale.x_max), y_max_label="1", y_min_label=f"{floor:g}",
+        series=series, points=dots, circled=any(s.chosen for s in series),
     )  # fmt: skip
 
 
@@ -172,7 +180,7 @@ def gap_chart(report: dict[str, Any]) -> Plot | None:
     return Plot(
         title="Performance gap recovered against calls to the strongest candidate",
         x_label="share of calls to the strongest", y_label="gap recovered",
-        x_max_label="100%", y_max_label=_percent(scale.y_max),
+        x_max_label="100%", y_max_label=_percent(scale.y_max), y_min_label="0",
         series=[
             Series("this predictor", COLOURS[0], " ".join(f"{m.x},{m.y}" for m in markers), markers, None),
             Series("random", "#6b7280", diagonal, [], None, dashed=True),
