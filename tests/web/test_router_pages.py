@@ -478,3 +478,34 @@ def test_a_router_without_calls_says_so(
 ) -> None:
     summary = page(browser_for(member), f"/routers/{router.pk}/").select_one("#live-summary").get_text()
     assert re.search(r"No calls through auto in the last 30 days", summary)
+
+
+# --- Queries ------------------------------------------------------------------------------------------------
+
+
+def queries(client: Client, path: str) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(path).status_code == 200
+    return len(captured)
+
+
+def test_the_router_pages_make_as_many_queries_with_many_trainings_versions_and_routers_as_with_one(
+    browser_for: BrowserFor, owner: AbstractUser, router: Router, setup: Setup
+) -> None:
+    client = browser_for(owner)
+    trained(router, setup, owner)
+    usage(setup.organization, "auto", "large", "small")
+    detail, listing = queries(client, f"/routers/{router.pk}/"), queries(client, "/routers/")
+    for _ in range(2):
+        trained(router, setup, owner)
+        usage(setup.organization, "auto", "small", "small")
+    for index in range(4):
+        router_service.create_router(
+            organization=setup.organization, user=owner, **router_fields(name=f"r{index}")
+        )
+    assert RouterVersion.objects.filter(router=router).count() == 3
+    assert queries(client, f"/routers/{router.pk}/") == detail
+    assert queries(client, "/routers/") == listing
