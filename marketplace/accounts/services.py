@@ -97,9 +97,11 @@ def removal_message(username: str, revoked: int) -> str:
 
 def check_key_scope(organization: Organization, names: list[str]) -> list[str]:
     """The deployment names a key is limited to, each once in the order given; refused, naming
-    `allowed_deployments` and every unknown name, unless each names a live deployment of `organization`
-    (an empty list means all of them, and is always valid)."""
-    from serving.models import Deployment  # serving builds on accounts, not the other way round
+    `allowed_deployments` and every unknown name, unless each names a live deployment or a prompt router
+    of `organization` (an empty list means all of them, and is always valid). A key allowed a router
+    reaches its candidates through it (serving/gateway/directory.py)."""
+    from learning.models import Router  # learning and serving build on accounts, not the other way round
+    from serving.models import Deployment
 
     wanted = list(dict.fromkeys(names))
     live = set(
@@ -107,15 +109,20 @@ def check_key_scope(organization: Organization, names: list[str]) -> list[str]:
         .filter(organization=organization, name__in=wanted)
         .values_list("name", flat=True)
     )
+    live |= set(
+        Router.objects.filter(organization=organization, name__in=wanted).values_list("name", flat=True)
+    )
     unknown = [name for name in wanted if name not in live]
     if unknown:
         several = len(unknown) > 1
+        those = "those names" if several else "that name"
         raise exceptions.ValidationError(
             {
                 "allowed_deployments": [
                     f"{organization.name} has no live deployment{'s' if several else ''} named "
-                    f"{', '.join(repr(name) for name in unknown)}: name deployments listed on the "
-                    "deployments page, or leave the list empty to allow them all."
+                    f"{', '.join(repr(name) for name in unknown)}, nor a router by {those}: "
+                    "name deployments listed on the deployments page or routers on the routers page, or "
+                    "leave the list empty to allow them all."
                 ]
             }
         )

@@ -427,8 +427,9 @@ def test_a_key_allowed_the_router_reaches_its_candidates_through_it_though_they_
     acme: Organization, key: str
 ) -> None:
     train(make_router(acme))
-    allowed, secret = create_api_key(organization=acme, name="router only", created_by=None, expires_at=None)
-    ApiKey.objects.filter(pk=allowed.pk).update(allowed_deployments=["auto"])
+    secret = create_api_key(
+        organization=acme, name="router only", created_by=None, expires_at=None, allowed_deployments=["auto"]
+    )[1]
     assert chat(secret, SUM).headers["x-router-deployment"] == "small"
     assert chat(secret, SUM, model="small").status == 404  # not directly
 
