@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from marketplace.accounts.services import create_api_key, create_organization
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.services import subscribe
 from serving.choices import DeploymentStatus
+from tests.browser.conftest import shoot
 from tests.conftest import make_user
 from tests.web.conftest import make_deployment
 
@@ -81,10 +83,13 @@ def open_as(browser: Any, live_server: Any) -> Iterator[Callable[..., Any]]:
         context.close()
 
 
-def test_nothing_overflows_sideways_at_390_pixels(people: dict[str, Any], open_as: Any) -> None:
+def test_nothing_overflows_sideways_at_390_pixels(
+    people: dict[str, Any], open_as: Any, screenshots: Path
+) -> None:
     page = open_as(people["admin"], "/organization/", PHONE)
     for path in ("/organization/", "/api-keys/", "/platform/"):
         page.goto(path)
+        shoot(page, screenshots, f"narrow-{path.strip('/')}")
         assert page.evaluate(OVERFLOW) <= 0, f"{path} scrolls sideways by {page.evaluate(OVERFLOW)} px"
 
 
