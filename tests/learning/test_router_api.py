@@ -11,7 +11,7 @@ from django.contrib.auth.models import AbstractUser
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from learning import router_service
+from learning import router_service, router_training
 from learning.models import Feedback, Router, RouterTraining, RouterVersion, TrainingStatus
 from learning.storage import FolderStore
 from learning.tasks import train_router
@@ -37,8 +37,6 @@ def router(setup: Setup, owner: AbstractUser) -> Router:
 
 
 def trained(router: Router, setup: Setup, owner: AbstractUser) -> RouterVersion:
-    from learning import router_training
-
     training = router_training.start_training(
         router=router, evaluation=setup.evaluation, scorer="exact_match", user=owner
     )
@@ -410,8 +408,6 @@ def test_listing_routers_costs_the_same_queries_however_many_there_are(
 def test_the_report_shows_the_other_kind_trained_on_the_same_split(
     client_for: Client, owner: AbstractUser, setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from learning import router_training
-
     async def embed(batch: list[str]) -> list[list[float]]:
         return [[float(any(c.isdigit() for c in text)), 1.0] for text in batch]
 
