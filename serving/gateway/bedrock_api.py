@@ -64,9 +64,14 @@ async def _prepare(
     try:
         decision = await pipeline.admit(call)  # a router chooses here; call.payload then names its choice
     except pipeline.LimitsUnavailable:
-        return bedrock_error(503, "The gateway cannot check rate limits right now; retry shortly.")
+        message = "The gateway cannot check rate limits right now; retry shortly."
+        return bedrock_error(503, message, headers=pipeline.answer_headers(call))
     if not decision.allowed:
-        headers = {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)}
+        headers = {
+            **decision.headers(),
+            "Retry-After": str(decision.retry_after_seconds),
+            **pipeline.answer_headers(call),
+        }
         return bedrock_error(429, f"Too many requests: {decision.reason}. Retry later.", headers=headers)
     return call
 

@@ -126,9 +126,14 @@ async def invoke_as(
     try:
         decision = await pipeline.admit(call)
     except pipeline.LimitsUnavailable:
-        return openai_error(503, "The gateway cannot check rate limits right now; retry shortly.")
+        message = "The gateway cannot check rate limits right now; retry shortly."
+        return openai_error(503, message, headers=pipeline.answer_headers(call))
     if not decision.allowed:
-        headers = {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)}
+        headers = {
+            **decision.headers(),
+            "Retry-After": str(decision.retry_after_seconds),
+            **pipeline.answer_headers(call),
+        }
         code = "insufficient_quota" if "monthly" in decision.reason else "rate_limit_exceeded"
         return openai_error(
             429, f"Rate limit reached: {decision.reason}. Retry later.", code=code, headers=headers

@@ -160,10 +160,10 @@ async def embed(router: RouterTarget, text: str) -> np.ndarray | None:
 
 
 def headers(call: Call) -> dict[str, str]:
-    """What every invoke answer says about the call: its request id (which POST /api/feedback/ takes),
-    and, when a router chose, the deployment that answered."""
+    """What every invoke answer of an admitted (or refused) call says about it: its request id (which
+    POST /api/feedback/ takes), and, once a router has chosen, the deployment that answered."""
     found = {"x-request-id": call.request_id}
-    if call.router is not None:
+    if call.choice is not None:
         found["x-router-deployment"] = call.target.name
     return found
 

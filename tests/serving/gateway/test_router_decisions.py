@@ -24,12 +24,12 @@ from django.test import AsyncRequestFactory
 from prometheus_client import REGISTRY
 
 from learning import router_service
-from learning.models import InvocationLogSettings
+from learning.models import InvocationLogSettings, RouterSample
 from learning.storage import get_store
 from marketplace.accounts.models import ApiKey, Organization
 from marketplace.accounts.services import create_api_key
 from serving.choices import DeploymentStatus
-from serving.gateway import capacity, openai_api, upstream
+from serving.gateway import capacity, openai_api, shadow, upstream
 from serving.gateway.directory import Directory, RouterTarget, Target
 from serving.gateway.metering import QUEUE_KEY
 from serving.models import Deployment
@@ -159,6 +159,19 @@ def test_every_invoke_answer_carries_the_request_id_its_usage_is_metered_under(
     assert "x-router-deployment" not in direct.headers  # no router chose
 
 
+def test_a_call_refused_by_its_limits_says_its_request_id_and_no_deployment(
+    acme: Organization, deployments: dict[str, Deployment]
+) -> None:
+    make_router(acme)
+    secret = create_api_key(
+        organization=acme, name="one a minute", created_by=None, expires_at=None, requests_per_minute=1
+    )[1]
+    assert chat(secret, SUM).status == 200
+    refused = chat(secret, SUM)
+    assert refused.status == 429 and refused.headers["x-request-id"]
+    assert "x-router-deployment" not in refused.headers  # nobody answered: the router did not choose
+
+
 def test_an_untrained_router_answers_through_its_fallback(
     acme: Organization, key: str, stand: Stand, queue: redis.Redis
 ) -> None:
@@ -271,6 +284,29 @@ def test_routed_calls_are_counted_by_router_and_deployment_in_prometheus(
     chat(key, SUM)
     chat(key, SUM)
     assert counter("marketplace_gateway_routed_total", **labels) - before == 2
+
+
+def test_shadow_calls_in_process_answer_the_sample_in_shadow_mode_too(
+    acme: Organization, key: str, stand: Stand
+) -> None:
+    train(make_router(acme, mode="shadow", shadow_rate=1.0, shadow_tokens_per_day=1000))
+    answer = chat(key, SUM)  # the fallback answers; the small one, the router's choice, is shadow-called
+    assert answer.headers["x-router-deployment"] == "large"
+    assert [payload["model"] for payload in stand.calls("small")] == ["small"]
+    sample = RouterSample.objects.get()
+    assert (sample.request_id, set(sample.answers)) == (answer.headers["x-request-id"], {"small", "large"})
+
+
+def test_shadow_calls_beyond_the_bound_in_flight_are_skipped_not_queued(
+    acme: Organization, key: str, stand: Stand, monkeypatch: Any
+) -> None:
+    train(make_router(acme, shadow_rate=1.0, shadow_tokens_per_day=1000))
+    monkeypatch.setattr(shadow, "MAX_IN_FLIGHT", 0)  # as if every slot were taken
+    labels = {"router": "auto", "deployment": "large", "outcome": "busy"}
+    before = counter("marketplace_gateway_router_shadow_calls_total", **labels)
+    assert chat(key, SUM).headers["x-router-deployment"] == "small"
+    assert stand.calls("large") == [] and not RouterSample.objects.exists()
+    assert counter("marketplace_gateway_router_shadow_calls_total", **labels) == before + 1
 
 
 # --- Capacity -----------------------------------------------------------------------------------------------
