@@ -86,6 +86,20 @@ def test_a_gpu_only_model_on_a_machine_without_gpus_is_explained_and_deploy_is_d
     assert soup.find("button", string="Deploy").has_attr("disabled")
 
 
+def test_the_model_list_marks_the_models_this_platform_cannot_run(
+    browser_for, member, owner, acme, subscribed, local_backend
+) -> None:
+    subscribe(organization=acme, card=ModelCard.objects.get(slug=CPU_MODEL), license_sha256=None, user=owner)
+    soup = BeautifulSoup(browser_for(member).get(DEPLOY).text, "html.parser")
+    options = {
+        option["value"]: option.get_text() for option in soup.select("#id-model option") if option["value"]
+    }
+    assert options == {
+        subscribed.slug: "Llama 3.1 8B Instruct (cannot run on this platform)",
+        CPU_MODEL: ModelCard.objects.get(slug=CPU_MODEL).name,
+    }
+
+
 def test_deploying_a_gpu_only_model_without_gpus_is_refused_with_the_reason(
     browser_for, member, acme, subscribed, local_backend
 ) -> None:

@@ -16,7 +16,7 @@ from rest_framework import exceptions
 from marketplace.accounts import tenancy
 from marketplace.accounts.models import Organization
 from marketplace.api import Conflict
-from marketplace.catalog.models import ModelCard
+from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions.models import Subscription
 from marketplace.web import charts, current
 from marketplace.web.fitting import instance_rows, why_not_here
@@ -110,20 +110,19 @@ def _deploy_context(organization: Organization | None, card: ModelCard | None) -
         else ModelCard.objects.none()
     )
     rows = instance_rows(card) if card else []
-    # Said before anyone clicks: a model this platform cannot run, and what can run here instead.
-    instance_types = [row["instance"] for row in rows] or None
+    # Said before anyone clicks: which models this platform cannot run, why, and what can run instead.
+    instance_types = [row["instance"] for row in rows] or list(InstanceType.objects.all())
     cannot_run = why_not_here(card, instance_types) if card else None
+    runs_here = {option.pk: why_not_here(option, instance_types) is None for option in subscribed}
     return {
         "organization": organization,
         "card": card,
         "cannot_run": cannot_run,
-        "runnable": [
-            option for option in subscribed if option != card and why_not_here(option, instance_types) is None
-        ]
+        "runnable": [option for option in subscribed if option != card and runs_here[option.pk]]
         if cannot_run
         else [],
         "subscribed": subscribed,
-        "model_choices": [(option, suggested_name(option)) for option in subscribed],
+        "model_choices": [(option, suggested_name(option), runs_here[option.pk]) for option in subscribed],
         "instances": rows,
         "unusable": [row for row in rows if not row["usable"]],
         "policies": [
