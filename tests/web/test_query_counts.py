@@ -20,8 +20,8 @@ from tests.web.conftest import make_deployment
 
 # page → queries (session and user included); each is measured with few rows and with many.
 PINNED = {
-    "/": 6,
-    "/?q=instruct&task=chat&fits=aws-g5-xlarge&sort=-parameters": 7,
+    "/": 8,  # with the instance types (what is deployable here) and every facet's counts (one query)
+    "/?q=instruct&task=chat&fits=aws-g5-xlarge&sort=-parameters": 10,  # and which typed words are stop words
     "/models/llama-3.1-8b-instruct/": 8,  # with the live deployments that hold the subscription
     "/deployments/": 5,
     "/deployments/new/?model=llama-3.1-8b-instruct": 11,

@@ -6,120 +6,101 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Func, QuerySet
+from django.db.models import F, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework import exceptions
 
 from marketplace.accounts import tenancy
-from marketplace.catalog import choices
+from marketplace.catalog import search
 from marketplace.catalog.filtersets import ModelCardFilterSet
-from marketplace.catalog.models import InstanceType, License, ModelCard, Provider
+from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions import services as subscriptions
 from marketplace.subscriptions.models import Subscription
+from marketplace.web import catalog_facets as facets
 from marketplace.web import current
-from marketplace.web.fitting import cheapest_fit, instance_rows, memory_arithmetic
+from marketplace.web.fitting import cheapest_fit, instance_rows, memory_arithmetic, why_not_here
 from marketplace.web.forms import field_errors
 from marketplace.web.htmx import render_page
 from serving.choices import Backend
 
 PAGE_SIZE = 24  # a multiple of the grid's 2, 3 and 4 columns
-SORTS = {
-    "name": ("name", "Name"),
-    "-parameters": ("-parameters", "Largest first"),
-    "parameters": ("parameters", "Smallest first"),
-    "-context_length": ("-context_length", "Longest context"),
-    "-release_date": ("-release_date", "Newest"),
-}
-# Size buckets (billions of parameters) offered as one facet; the API takes any range.
-SIZES = {
-    "": ("", "", "Any size"),
-    "small": ("", "3", "Up to 3B"),
-    "medium": ("3", "15", "3B – 15B"),
-    "large": ("15", "80", "15B – 80B"),
-    "huge": ("80", "", "Over 80B"),
+RELEVANCE = "relevance"
+# Each sort's label and order; ties go by name, and unknown release dates sort last.
+SORTS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    RELEVANCE: ("Best match", ("-search_rank", "name")),
+    "name": ("Name", ("name",)),
+    "-parameters": ("Largest first", ("-parameters", "name")),
+    "parameters": ("Smallest first", ("parameters", "name")),
+    "-context_length": ("Longest context", ("-context_length", "name")),
+    "-release_date": ("Newest", (F("release_date").desc(nulls_last=True), "name")),
 }
 CONTEXTS = {"": "Any context", "8192": "8K+", "32768": "32K+", "131072": "128K+", "1000000": "1M+"}
-VOCABULARY_SECONDS = 60
+SEARCH_MAX_LENGTH = 200
+# Single-valued filters that the API's filterset validates and applies; the facets are catalog_facets'.
+SINGLE_FILTERS = (
+    "context_length_min", "context_length_max", "parameters_min", "parameters_max", "fits", "gated",
+    "cpu_capable",
+)  # fmt: skip
 
 
-class Unnest(Func):
-    function = "unnest"
-
-
-def vocabularies() -> dict[str, Any]:
-    """The facets' options. They change only when the catalog is loaded again, so they are kept in the
-    cache for a minute instead of costing four queries on every page."""
-    found = cache.get("web:catalog-vocabularies")
-    if found is None:
-        found = {
-            "providers": list(Provider.objects.order_by("name").values_list("slug", "name")),
-            "licenses": list(License.objects.order_by("name").values_list("identifier", "name")),
-            # order_by(): the default ordering would join `name` into the DISTINCT.
-            "languages": list(
-                ModelCard.objects.annotate(language=Unnest("languages"))
-                .order_by("language")
-                .values_list("language", flat=True)
-                .distinct()
-            ),
-            "instance_types": list(
-                InstanceType.objects.order_by("provider", "gpu_count", "name").values_list("slug", "name")
-            ),
-        }
-        cache.set("web:catalog-vocabularies", found, VOCABULARY_SECONDS)
-    return dict(found)
-
-
-def _catalog_query(request: HttpRequest) -> tuple[dict[str, str], dict[str, str]]:
-    """The page's own parameters (size, sort) turned into the filterset's (parameters_min/max)."""
-    params = {key: str(value) for key, value in request.GET.items() if value != "" and key != "page"}
-    size = params.pop("size", "")
-    extra = {"size": size, "sort": params.pop("sort", "name")}
-    if size in SIZES:
-        low, high, _ = SIZES[size]
-        if low:
-            params["parameters_min"] = low
-        if high:
-            params["parameters_max"] = high
-    return params, extra
+def _searched_cards(request: HttpRequest) -> tuple[QuerySet[ModelCard], dict[str, list[str]], bool]:
+    """The cards that pass the search and the single-valued filters (the facets come after), the errors
+    in words by field, and whether the person searched."""
+    params = {name: request.GET[name] for name in SINGLE_FILTERS if request.GET.get(name, "") != ""}
+    filterset = ModelCardFilterSet(params, queryset=ModelCard.objects.all())
+    if not filterset.is_valid():
+        return (
+            ModelCard.objects.none(),
+            {name: list(messages) for name, messages in filterset.errors.items()},
+            False,
+        )
+    cards: QuerySet[ModelCard] = filterset.qs
+    text = request.GET.get("q", "").strip()
+    if len(text) > SEARCH_MAX_LENGTH:
+        return ModelCard.objects.none(), {"q": [f"Search for at most {SEARCH_MAX_LENGTH} characters."]}, False
+    if text:
+        cards = search.search(cards, text)
+    return cards, {}, bool(text)
 
 
 @require_GET
 def catalog(request: HttpRequest) -> HttpResponse:
-    params, extra = _catalog_query(request)
-    filterset = ModelCardFilterSet(
-        params,
-        queryset=ModelCard.objects.select_related("provider", "license").defer(
-            "search_text", "summary", "license__text"
-        ),
-    )
-    errors = {}
-    if filterset.is_valid():
-        cards: QuerySet[ModelCard] = filterset.qs
-    else:
-        errors = {name: list(messages) for name, messages in filterset.errors.items()}
+    cards, errors, searched = _searched_cards(request)
+    selection = {name: [v for v in request.GET.getlist(name) if v != ""] for name in facets.FACET_NAMES}
+    selection_errors = facets.check_selection(selection)
+    if selection_errors:
+        errors.update(selection_errors)
         cards = ModelCard.objects.none()
-    sort = extra["sort"] if extra["sort"] in SORTS else "name"
-    cards = cards.order_by(SORTS[sort][0], "name")
-    page = Paginator(cards, PAGE_SIZE).get_page(request.GET.get("page"))
+    instance_types = list(InstanceType.objects.order_by("provider", "gpu_count", "name"))
+    cards = facets.with_deployable(cards, instance_types)
+    filters = facets.facet_filters(selection)
+    facet_results = facets.counts(cards, selection, filters)
+    shown = cards.filter(*filters.values()).select_related("provider", "license")
+    sort = request.GET.get("sort") or (RELEVANCE if searched else "name")
+    if sort not in SORTS or (sort == RELEVANCE and not searched):
+        sort = "name"
+    shown = shown.defer("search_text", "summary", "license__text").order_by(*SORTS[sort][1])
+    page = Paginator(shown, PAGE_SIZE).get_page(request.GET.get("page"))
+    for card in page.object_list:  # a sentence for a person on the badge of a model that cannot run here
+        card.why_not_here = None if card.deployable else why_not_here(card, instance_types)  # type: ignore[attr-defined]
     query = request.GET.copy()
     query.pop("page", None)
+    single_active = sum(1 for name in ("context_length_min", "fits") if request.GET.get(name))
     context = {
         "page": page,
         "errors": errors,
         "selected": {**request.GET.dict(), "sort": sort},
         "query_string": query.urlencode(),
-        "vocabularies": vocabularies(),
-        "tasks": choices.TASKS,
-        "domains": choices.DOMAINS,
-        "modalities": choices.MODALITIES_IN,
-        "sizes": {key: label for key, (_, _, label) in SIZES.items()},
+        "facets": facet_results,
+        "active_filters": sum(facet.selected_count for facet in facet_results) + single_active,
+        "instance_types": [(instance.slug, instance.name) for instance in instance_types],
         "contexts": CONTEXTS,
-        "sorts": {key: label for key, (_, label) in SORTS.items()},
-        "commercial_uses": choices.CommercialUse.choices,
+        "sorts": {key: label for key, (label, _) in SORTS.items() if key != RELEVANCE or searched},
+        # An htmx request for the results also refreshes the facets' counts (out of band).
+        "refresh_facets": request.headers.get("HX-Target") == "results",
     }
     return render_page(request, "web/catalog.html", context, parts={"results": "web/_catalog_results.html"})
 
@@ -187,6 +168,7 @@ def _card(slug: str) -> ModelCard:
 
 @require_GET
 def model_page(request: HttpRequest, slug: str) -> HttpResponse:
+    card = _card(slug)
     context = _model_context(request, card)
     response = render_page(request, "web/model.html", context, parts={"fits": "web/_fits.html"})
     if context["replica_errors"]:
