@@ -78,11 +78,13 @@ class CostView(APIView):
         except Http404:  # DRF's answer to an unknown ?format=
             raise exceptions.ValidationError({"format": ["Answer as json or csv."]}) from None
 
-    def handle_exception(self, exc: Exception) -> Response:
-        """Refusals are JSON, naming the field, whatever format was asked for."""
-        self.request.accepted_renderer = JSONRenderer()
-        self.request.accepted_media_type = JSONRenderer.media_type
-        return super().handle_exception(exc)
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        """Only the report is CSV: refusals (naming the field) and OPTIONS answer JSON whatever format
+        was asked for."""
+        if not (isinstance(getattr(response, "data", None), dict) and "results" in response.data):
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
 
     @extend_schema(parameters=[CostQuerySerializer], responses={200: dict})
     def get(self, request: Request) -> Response:

@@ -258,3 +258,8 @@ def test_a_price_added_in_the_admin_reprices_past_hours(admin_client, metered) -
     )
     chat, idle = hourly_price_before(metered) * 2 * 5 + 3 * 2 * 5, hourly_price(metered["idle"]) * 5
     assert cost == (chat + idle).quantize(Decimal("0.000001"))
+
+
+def test_options_asked_as_csv_are_answered_as_json(client_for, member, metered) -> None:
+    response = client_for(member).options(COSTS + "?format=csv")
+    assert response.status_code == 200 and response["Content-Type"].startswith("application/json")
