@@ -34,6 +34,8 @@ from marketplace.accounts.models import Organization
 from marketplace.api import TenantScopedViewSet
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# The largest daily shadow-token cap the database stores (a PostgreSQL integer).
+MAX_SHADOW_TOKENS_PER_DAY = 2**31 - 1
 UNTRAINED = "untrained: fallback answers"
 
 
@@ -139,7 +141,9 @@ class RouterWriteSerializer(serializers.Serializer[dict[str, Any]]):
     mode = serializers.ChoiceField(choices=RouterMode.choices, required=False)
     embedding_deployment = serializers.CharField(max_length=40, required=False, allow_blank=True)
     shadow_rate = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
-    shadow_tokens_per_day = serializers.IntegerField(min_value=0, max_value=10**10, required=False)
+    shadow_tokens_per_day = serializers.IntegerField(
+        min_value=0, max_value=MAX_SHADOW_TOKENS_PER_DAY, required=False
+    )
     judge_deployment = serializers.CharField(max_length=40, required=False, allow_blank=True)
     judge_rubric = serializers.CharField(max_length=8000, required=False, allow_blank=True)
 

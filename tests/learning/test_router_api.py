@@ -423,3 +423,12 @@ def test_the_report_shows_the_other_kind_trained_on_the_same_split(
     assert report["kind"] == "ngram"
     assert [(other["version"], other["kind"]) for other in report["same_split"]] == [(2, "semantic")]
     assert len(report["same_split"][0]["curve"]) == 21
+
+
+def test_a_daily_shadow_token_cap_beyond_what_can_be_stored_is_refused_naming_the_field(
+    client_for: Client, owner: AbstractUser, setup: Setup
+) -> None:
+    fields = router_fields(shadow_tokens_per_day=10**10)
+    response = client_for(owner).post("/api/routers/", fields, format="json")
+    assert response.status_code == 400 and "shadow_tokens_per_day" in response.json(), response.content
+    assert not Router.objects.exists()
