@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.db import connections
 from django.test import Client
 
 from marketplace.accounts.choices import Role
@@ -81,6 +82,7 @@ def open_as(browser: Any, live_server: Any) -> Iterator[Callable[..., Any]]:
     yield open_page
     for context in contexts:
         context.close()
+    connections.close_all()  # opened beside Playwright's loop; left open, they keep the test database in use
 
 
 def test_nothing_overflows_sideways_at_390_pixels(
