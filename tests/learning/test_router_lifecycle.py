@@ -17,6 +17,16 @@ from marketplace.accounts.models import Organization
 from tests.learning.routerdata import Setup, make_evaluation, router_fields
 
 
+def test_the_training_and_its_resume_are_celery_tasks_and_beat_runs_the_resume(settings: Any) -> None:
+    from marketplace.celery import app
+
+    app.loader.import_default_modules()
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "learning.tasks.train_router" in app.tasks
+    assert "learning.tasks.resume_router_trainings" in app.tasks
+    assert "learning.tasks.resume_router_trainings" in scheduled
+
+
 @pytest.fixture
 def setup(acme: Organization, configured_store: FolderStore) -> Setup:
     return make_evaluation(configured_store, acme, count=60)
