@@ -26,8 +26,6 @@ UNDATED = {
     "paraphrase-multilingual-minilm-l12-v2",
     "salamandra-7b-instruct",
     "stablelm-2-1-6b-chat",
-    "towerinstruct-13b-v0.1",
-    "towerinstruct-7b-v0.2",
 }
 
 
