@@ -138,3 +138,19 @@ def test_outsider_is_not_offered_acme_models_on_the_deploy_form(
 ) -> None:
     page = browser_for(outsider).get(DEPLOY, {"model": subscribed.slug}).text
     assert f'value="{subscribed.slug}"' not in page
+
+
+def test_a_refusal_that_is_not_about_a_field_still_reaches_the_page(
+    browser_for, member, subscribed, monkeypatch
+) -> None:
+    from rest_framework import exceptions
+
+    from serving.api import serializers
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise exceptions.PermissionDenied("Deployments are paused on this platform for maintenance.")
+
+    monkeypatch.setattr(serializers.DeploymentCreateSerializer, "create_deployment", refuse)
+    response = browser_for(member).post(DEPLOY, form())
+    assert response.status_code == 403
+    assert summary_of(response.text) == ["Deployments are paused on this platform for maintenance."]

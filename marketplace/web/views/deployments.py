@@ -146,7 +146,9 @@ def _deploy_context(organization: Organization | None, card: ModelCard | None) -
     }
 
 
-def _refused(request: HttpRequest, context: dict[str, Any], errors: dict[str, list[str]]) -> HttpResponse:
+def _refused(
+    request: HttpRequest, context: dict[str, Any], errors: dict[str, list[str]], status: int = 400
+) -> HttpResponse:
     """The form again with every refusal: next to its field, and all of them in a summary at the top
     (a refusal of no field on the form, such as the deployments quota, appears there)."""
     context["errors"] = errors
@@ -154,7 +156,7 @@ def _refused(request: HttpRequest, context: dict[str, Any], errors: dict[str, li
     context["engine_open"] = any(
         name.startswith("engine_options") or name == "tensor_parallel_size" for name in errors
     )
-    return render(request, "web/deploy.html", context, status=400)
+    return render(request, "web/deploy.html", context, status=status)
 
 
 @login_required
@@ -187,8 +189,9 @@ def deploy(request: HttpRequest) -> HttpResponse:
     try:
         serializer.is_valid(raise_exception=True)
         deployment = serializer.create_deployment(organization, request.user)
-    except exceptions.ValidationError as error:
-        return _refused(request, context, field_errors(error))
+    except exceptions.APIException as error:  # a refusal of any kind (400, 403, 409) is shown, never a 500
+        errors = field_errors(exceptions.ValidationError(error.detail))
+        return _refused(request, context, errors, status=error.status_code)
     return redirect("web:deployment", pk=deployment.pk)
 
 
