@@ -341,6 +341,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "marketplace.accounts.tasks.check_budgets",
         "schedule": float(BUDGET_CHECK_INTERVAL_SECONDS),
     },
+    # The nodes for the capacity page: only the worker holds the cluster credentials to read them.
+    "remember-nodes": {"task": "serving.tasks.remember_nodes", "schedule": 60.0},
     "summarize-idle-deployments": {
         "task": "marketplace.accounts.tasks.summarize_idle_deployments",
         # Hourly, but each organisation's summary is written once per week (the first run of the week).

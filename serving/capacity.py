@@ -14,16 +14,26 @@ For each GPU model (the catalog's name, e.g. "NVIDIA L4 24GB"):
 "Oversubscribed" means the quotas promise more than the nodes have. On the local backend the one node is
 this machine, with CPU cores and no GPU: a CPU row counts engine replicas against its cores.
 
-Reads: one backend call (the nodes) and three queries, whatever the number of deployments.
+Who reads the nodes: on Kubernetes, the worker (the one component with a service account token and the
+ClusterRole granting `list` on nodes) reads them every NODES_INTERVAL_SECONDS (`remember_nodes`, a beat
+task) and leaves them in the cache; the page and the API read that, with its age, so web pods hold no
+cluster credentials and a slow API server never slows the page. On the local backend the web process is
+on the machine it describes and reads it directly.
+
+Reads: no backend call on Kubernetes (one on the local backend) and three queries, whatever the number
+of deployments.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import F
+from django.utils import timezone
 
 from marketplace.accounts.models import Quota
 from marketplace.catalog.models import InstanceType
@@ -33,6 +43,11 @@ from serving.choices import LIVE_STATUSES, DeploymentStatus
 from serving.models import Deployment
 
 CPU = "CPU"
+NODES_KEY = "capacity:nodes"
+NODES_INTERVAL_SECONDS = 60
+# A snapshot older than this says so: the worker or beat has stopped reading the nodes.
+NODES_STALE_SECONDS = 5 * NODES_INTERVAL_SECONDS
+NODES_KEPT_SECONDS = 86400
 
 
 @dataclass
@@ -108,11 +123,13 @@ class Capacity:
     total_promised: int = 0
     # Why the nodes could not be read, when they could not: the rest still stands (it is the database's).
     nodes_error: str = ""
+    nodes_read_at: datetime | None = None  # when the worker read them (Kubernetes); None: just now
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
             "nodes_error": self.nodes_error,
+            "nodes_read_at": self.nodes_read_at.isoformat() if self.nodes_read_at else None,
             "total_gpus": self.total_gpus,
             "total_promised_by_quotas": self.total_promised,
             "gpu_models": [model.as_dict() for model in self.models],
@@ -139,13 +156,39 @@ def _wanted(row: Any) -> int:
 
 
 def current() -> Capacity:
-    """The capacity of the backend this platform deploys to."""
-    backend: Any
+    """The capacity of the backend this platform deploys to: on Kubernetes with the nodes the worker
+    read last (`remember_nodes`), on this machine with the machine read now."""
+    if settings.SERVING_BACKEND != "kubernetes":
+        return measure(_backend(), settings.SERVING_BACKEND)
+    remembered = _Remembered(cache.get(NODES_KEY))
+    measured = measure(remembered, settings.SERVING_BACKEND)
+    measured.nodes_read_at = remembered.read_at
+    return measured
+
+
+def _backend() -> Any:
     try:
-        backend = get_backend(settings.SERVING_BACKEND)
+        return get_backend(settings.SERVING_BACKEND)
     except PermanentBackendError as error:  # a kubeconfig that cannot be read, say
-        backend = _Unreachable(error)
-    return measure(backend, settings.SERVING_BACKEND)
+        return _Unreachable(error)
+
+
+def remember_nodes() -> dict[str, Any]:
+    """Read the backend's nodes (one call) and keep them, or why they could not be read, for the
+    capacity page and API; run by the worker every NODES_INTERVAL_SECONDS. What was kept."""
+    error = ""
+    nodes: list[NodeState] = []
+    try:
+        nodes = _backend().nodes()
+    except (TransientBackendError, PermanentBackendError) as failure:
+        error = str(failure)
+    snapshot = {
+        "read_at": timezone.now().isoformat(),
+        "nodes": [asdict(node) for node in nodes],
+        "error": error,
+    }
+    cache.set(NODES_KEY, snapshot, NODES_KEPT_SECONDS)
+    return snapshot
 
 
 class _Unreachable:
@@ -154,6 +197,30 @@ class _Unreachable:
 
     def nodes(self) -> list[NodeState]:
         raise self.error
+
+
+class _Remembered:
+    """The nodes as the worker last read them, served like a backend's `nodes()`."""
+
+    def __init__(self, snapshot: dict[str, Any] | None) -> None:
+        self.snapshot = snapshot
+        self.read_at = datetime.fromisoformat(snapshot["read_at"]) if snapshot else None
+
+    def nodes(self) -> list[NodeState]:
+        if self.snapshot is None:
+            raise TransientBackendError(
+                "the worker has not read them yet (it does every minute; is the worker and beat running?)"
+            )
+        if self.snapshot["error"]:
+            raise TransientBackendError(f"the worker could not read them: {self.snapshot['error']}")
+        assert self.read_at is not None
+        age = (timezone.now() - self.read_at).total_seconds()
+        if age > NODES_STALE_SECONDS:
+            raise TransientBackendError(
+                f"the worker last read them {int(age // 60)} minutes ago (it should every minute; is "
+                "the worker and beat running?)"
+            )
+        return [NodeState(**node) for node in self.snapshot["nodes"]]
 
 
 def measure(backend: Any, backend_name: str) -> Capacity:
@@ -165,7 +232,8 @@ def measure(backend: Any, backend_name: str) -> Capacity:
         nodes = []
         nodes_error = (
             f"The nodes could not be read: {str(error).rstrip('.')}. GPUs on nodes show as 0 until they can "
-            "be: try again, or grant the platform `list` on nodes."
+            "be: try again, or grant the worker's service account `list` on nodes (the chart's ClusterRole "
+            "does)."
         )
     products = dict(
         InstanceType.objects.filter(gpu_count__gt=0)

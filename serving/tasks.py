@@ -276,6 +276,16 @@ def _meter(rows: list[Deployment], seen: ObservationPass, at: datetime) -> None:
 
 
 @shared_task(acks_late=True, expires=60)
+def remember_nodes() -> str:
+    """Read the backend's nodes for the capacity page and API (serving/capacity.py), so web pods need no
+    cluster credentials."""
+    from serving import capacity
+
+    snapshot = capacity.remember_nodes()
+    return snapshot["error"] or f"{len(snapshot['nodes'])} node(s)"
+
+
+@shared_task(acks_late=True, expires=60)
 def flush_usage() -> int:
     """Move queued usage records from Redis to PostgreSQL in batches; skipped when a flush still runs
     (the flush holds a lock of its own in Redis that a flusher which lost Redis cannot leave stuck:

@@ -58,6 +58,8 @@ NO_GATEWAY = (
 )  # fmt: skip
 SCENARIOS = {"defaults": DEFAULTS, "production": PRODUCTION, "no-gateway": NO_GATEWAY}
 COMPONENTS = ("web", "gateway", "worker", "beat")
+# The worker's ClusterRole (list nodes, for the capacity page): cluster-wide, so named for its namespace.
+NODE_READER = f"{NAMESPACE}-marketplace-worker-nodes"
 
 # prometheus-operator's ServiceMonitor is a CRD that kubernetes-validate has no schema for: this checks
 # the fields the chart sets (as monitoring.coreos.com/v1 defines them) and refuses any other.
@@ -202,7 +204,7 @@ def test_every_component_gets_its_objects() -> None:
 
 def test_optional_objects_are_left_out_by_default() -> None:
     rendered = {kind for kind, _ in kinds(render(DEFAULTS))}
-    assert not rendered & {"Ingress", "ServiceMonitor", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+    assert not rendered & {"Ingress", "ServiceMonitor", "Namespace"}
 
 
 # Names.
@@ -641,10 +643,12 @@ def test_install_notes_render() -> None:
 # The worker's Role against what the kubernetes backend really does.
 
 
-def rbac_requests_of_the_backend() -> dict[tuple[str, str], set[str]]:
-    """(API group, resource) → RBAC verbs, from every request the backend sends to a fake API server
-    while it applies, scales, switches autoscalers, observes and deletes deployments."""
-    used: dict[tuple[str, str], set[str]] = {}
+@functools.cache
+def rbac_requests_of_the_backend() -> dict[tuple[str, str, str], set[str]]:
+    """(namespace or "" for a cluster-wide request, API group, resource) → RBAC verbs, from every request
+    the backend sends to a fake API server while it applies, scales, switches autoscalers, observes and
+    deletes deployments, and reads the nodes for the capacity page."""
+    used: dict[tuple[str, str, str], set[str]] = {}
 
     def exercise(fake: FakeKubernetes, cluster: ClusterSettings) -> None:
         backend = backend_for(fake.url, cluster)
@@ -654,6 +658,7 @@ def rbac_requests_of_the_backend() -> dict[tuple[str, str], set[str]]:
             backend.scale(make_spec(policy=AutoscalingPolicy.FIXED))  # deletes it by name
             backend.observe()
             backend.delete(7)
+            backend.nodes()
             # NETWORK_POLICY_ENABLED turned off: the deployment's NetworkPolicy is deleted by name.
             without_policies = backend_for(fake.url, replace(cluster, network_policy=False))
             without_policies.apply(make_spec())
@@ -661,8 +666,8 @@ def rbac_requests_of_the_backend() -> dict[tuple[str, str], set[str]]:
         finally:
             backend.api_client.close()
         for request in fake.requests:
-            group, resource, name = _resource_of(request.path)
-            verbs = used.setdefault((group, resource), set())
+            namespace, group, resource, name = _resource_of(request.path)
+            verbs = used.setdefault((namespace, group, resource), set())
             if request.method == "GET":
                 verbs.add("get" if name else "list")
             elif request.method == "PATCH":
@@ -689,12 +694,25 @@ def rbac_requests_of_the_backend() -> dict[tuple[str, str], set[str]]:
     return used
 
 
-def _resource_of(path: str) -> tuple[str, str, str]:
-    """/api/v1/namespaces/NS/PLURAL[/NAME] or /apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME]."""
+def _resource_of(path: str) -> tuple[str, str, str, str]:
+    """/api/v1/[namespaces/NS/]PLURAL[/NAME] or /apis/GROUP/VERSION/[namespaces/NS/]PLURAL[/NAME] →
+    (NS or "", GROUP, PLURAL, NAME or "")."""
     parts = [part for part in path.split("/") if part]
     group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
-    assert rest[0] == "namespaces", f"a cluster-wide request: {path}"
-    return group, rest[2], rest[3] if len(rest) > 3 else ""
+    namespace = ""
+    if rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    return namespace, group, rest[0], rest[1] if len(rest) > 1 else ""
+
+
+def namespaced_requests() -> dict[tuple[str, str], set[str]]:
+    requests = rbac_requests_of_the_backend()
+    return {(group, resource): verbs for (ns, group, resource), verbs in requests.items() if ns}
+
+
+def cluster_wide_requests() -> dict[tuple[str, str], set[str]]:
+    requests = rbac_requests_of_the_backend()
+    return {(group, resource): verbs for (ns, group, resource), verbs in requests.items() if not ns}
 
 
 def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -708,7 +726,29 @@ def granted(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 def test_worker_role_grants_exactly_the_verbs_the_kubernetes_backend_uses() -> None:
     role = find(render(PRODUCTION), "Role", "marketplace-worker")
-    assert granted(role) == rbac_requests_of_the_backend()
+    assert granted(role) == namespaced_requests()
+
+
+def test_worker_cluster_role_grants_exactly_the_cluster_wide_verbs_the_backend_uses() -> None:
+    role = find(render(PRODUCTION), "ClusterRole", NODE_READER)
+    assert cluster_wide_requests() == {("", "nodes"): {"list"}}
+    assert granted(role) == cluster_wide_requests()
+
+
+def test_worker_cluster_role_is_bound_to_the_worker_and_named_for_its_namespace() -> None:
+    objects = render(PRODUCTION)
+    role = find(objects, "ClusterRole", NODE_READER)
+    binding = find(objects, "ClusterRoleBinding", NODE_READER)
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "marketplace-worker", "namespace": NAMESPACE}
+    ]
+    other = render((*PRODUCTION, "--namespace", "staging"))
+    assert find(other, "ClusterRole", "staging-marketplace-worker-nodes")
 
 
 def test_worker_role_lives_in_the_serving_namespace_and_binds_the_worker() -> None:
@@ -726,9 +766,21 @@ def test_worker_role_lives_in_the_serving_namespace_and_binds_the_worker() -> No
     ]
 
 
-def test_nothing_is_cluster_wide() -> None:
+def test_nothing_is_cluster_wide_but_the_workers_node_reader() -> None:
     for scenario in SCENARIOS.values():
-        assert not {o["kind"] for o in render(scenario)} & {"ClusterRole", "ClusterRoleBinding", "Namespace"}
+        cluster_wide = [
+            o for o in render(scenario) if o["kind"] in ("ClusterRole", "ClusterRoleBinding", "Namespace")
+        ]
+        assert sorted((o["kind"], o["metadata"]["name"]) for o in cluster_wide) == [
+            ("ClusterRole", NODE_READER),
+            ("ClusterRoleBinding", NODE_READER),
+        ]
+
+
+def test_without_reading_nodes_or_without_rbac_nothing_is_cluster_wide() -> None:
+    for setting in ("worker.rbac.readNodes=false", "worker.rbac.create=false"):
+        kinds = {o["kind"] for o in render((*DEFAULTS, "--set", setting))}
+        assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Namespace"}
 
 
 # values.schema.json and the templates' own checks refuse bad values, naming them.

@@ -1,12 +1,16 @@
 """Capacity for platform admins: the cluster's GPUs per model (read from the fake Kubernetes API's
-nodes) against quotas, reservations, running and waiting replicas (serving/capacity.py, /api/capacity/)."""
+nodes by the worker) against quotas, reservations, running and waiting replicas (serving/capacity.py,
+/api/capacity/)."""
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.cache import cache
+from django.utils import timezone
 
 from marketplace.accounts.models import Quota
 from serving import capacity
@@ -23,14 +27,17 @@ L4 = "NVIDIA L4 24GB"
 
 @pytest.fixture
 def cluster(fake_kubernetes, kubernetes_backend, monkeypatch, settings):
-    """Two A10G nodes of 4 GPUs, a cordoned L4 node, and a CPU-only node; the platform on Kubernetes."""
+    """Two A10G nodes of 4 GPUs, a cordoned L4 node, and a CPU-only node; the platform on Kubernetes.
+    Nothing has read the nodes yet: a test runs the worker's `remember_nodes` when it wants them."""
     settings.SERVING_BACKEND = "kubernetes"
     monkeypatch.setattr(capacity, "get_backend", lambda name=None: kubernetes_backend)
     fake_kubernetes.add_node("gpu-a", gpu_product="NVIDIA-A10G", gpus=4, cpu="47900m")
     fake_kubernetes.add_node("gpu-b", gpu_product="NVIDIA-A10G", gpus=4, cpu="48")
     fake_kubernetes.add_node("gpu-c", gpu_product="NVIDIA-L4", gpus=1, unschedulable=True)
     fake_kubernetes.add_node("system", cpu="4")
-    return fake_kubernetes
+    cache.delete(capacity.NODES_KEY)
+    yield fake_kubernetes
+    cache.delete(capacity.NODES_KEY)
 
 
 @pytest.fixture
@@ -56,6 +63,7 @@ def test_the_kubernetes_backend_reads_nodes_with_their_gpus_and_product_label(cl
 
 
 def test_gpus_per_model_show_quota_oversubscription_and_replicas_that_do_not_fit(fleet) -> None:
+    capacity.remember_nodes()
     measured = capacity.current()
     a10g, l4 = measured.models
     assert (a10g.gpu_model, a10g.nodes, a10g.on_nodes, a10g.used_by_replicas) == (A10G, 2, 8, 2)
@@ -92,6 +100,7 @@ def test_on_this_machine_the_one_node_has_cpu_cores_and_no_gpu(acme, settings) -
 
 
 def test_a_platform_admin_reads_capacity_per_gpu_model(client_for, platform_admin, fleet) -> None:
+    capacity.remember_nodes()
     answer = client_for(platform_admin).get("/api/capacity/")
     assert answer.status_code == 200, answer.content
     body = answer.json()
@@ -117,7 +126,47 @@ def test_an_unreachable_cluster_still_shows_what_the_database_knows_and_says_why
     client_for, platform_admin, fleet, cluster: Any
 ) -> None:
     cluster.fail_next(503, times=10)
+    capacity.remember_nodes()
     body = client_for(platform_admin).get("/api/capacity/").json()
-    assert "nodes could not be read" in body["nodes_error"] and "grant the platform" in body["nodes_error"]
+    assert "nodes could not be read" in body["nodes_error"] and "list` on nodes" in body["nodes_error"]
     a10g = body["gpu_models"][0]
     assert (a10g["on_nodes"], a10g["promised_by_quotas"], a10g["waiting_gpus"]) == (0, 12, 8)
+
+
+# Who reads the nodes: the worker, which holds the cluster credentials; web pods hold none.
+
+
+def test_the_page_and_api_read_the_nodes_the_worker_read_and_call_no_kubernetes_api(
+    client_for, platform_admin, fleet, cluster: Any
+) -> None:
+    capacity.remember_nodes()
+    calls = len(cluster.requests)
+    body = client_for(platform_admin).get("/api/capacity/").json()
+    assert len(cluster.requests) == calls
+    assert body["gpu_models"][0]["on_nodes"] == 8 and body["nodes_error"] == ""
+    assert body["nodes_read_at"] is not None
+
+
+def test_the_nodes_the_worker_reads_are_a_scheduled_celery_task(settings) -> None:
+    from marketplace.celery import app
+    from serving import tasks
+
+    app.loader.import_default_modules()
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "serving.tasks.remember_nodes" in scheduled and "serving.tasks.remember_nodes" in app.tasks
+    assert tasks.remember_nodes.name == "serving.tasks.remember_nodes"
+
+
+def test_before_the_worker_read_the_nodes_capacity_says_so(client_for, platform_admin, fleet) -> None:
+    body = client_for(platform_admin).get("/api/capacity/").json()
+    assert "has not read them yet" in body["nodes_error"]
+    assert body["gpu_models"][0]["promised_by_quotas"] == 12
+
+
+def test_nodes_the_worker_read_long_ago_are_not_shown_as_current(client_for, platform_admin, fleet) -> None:
+    snapshot = capacity.remember_nodes()
+    snapshot["read_at"] = (timezone.now() - timedelta(minutes=30)).isoformat()
+    cache.set(capacity.NODES_KEY, snapshot)
+    body = client_for(platform_admin).get("/api/capacity/").json()
+    assert "30 minutes ago" in body["nodes_error"]
+    assert body["gpu_models"][0]["on_nodes"] == 0

@@ -7,6 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.cache import cache
 from django.utils import timezone
 
 from marketplace.accounts import budgets
@@ -185,8 +186,9 @@ def test_the_organisation_page_shows_the_weekly_idle_summary(browser_for, owner,
 
 
 @pytest.fixture
-def cluster(monkeypatch):
-    """A fake Kubernetes API with one node of four A10Gs, which the capacity page reads."""
+def cluster(monkeypatch, settings):
+    """A fake Kubernetes API with one node of four A10Gs, which the worker reads for the capacity page."""
+    settings.SERVING_BACKEND = "kubernetes"
     fake = FakeKubernetes().start()
     backend = backend_for(fake.url)
     monkeypatch.setattr(capacity, "get_backend", lambda name=None: backend)
@@ -194,6 +196,7 @@ def cluster(monkeypatch):
     yield fake
     backend.api_client.close()
     fake.stop()
+    cache.delete(capacity.NODES_KEY)
 
 
 def test_a_platform_admin_sees_capacity_bars_per_gpu_model(
@@ -201,6 +204,7 @@ def test_a_platform_admin_sees_capacity_bars_per_gpu_model(
 ) -> None:
     make_deployment(acme, name="chat", ready_replicas=1, desired_replicas=1, reserved_gpus=1,
                     gpu_model="NVIDIA A10G 24GB")  # fmt: skip
+    capacity.remember_nodes()
     page = browser_for(platform_admin).get("/platform/capacity/")
     assert page.status_code == 200
     text = page.content.decode()
@@ -215,6 +219,7 @@ def test_no_one_but_a_platform_admin_sees_the_capacity_page(browser_for, request
 
 def test_the_capacity_page_says_when_the_nodes_cannot_be_read(browser_for, platform_admin, cluster) -> None:
     cluster.fail_next(503, times=10)
+    capacity.remember_nodes()
     page = browser_for(platform_admin).get("/platform/capacity/")
     assert page.status_code == 200
     assert 'id="nodes-error"' in page.content.decode()

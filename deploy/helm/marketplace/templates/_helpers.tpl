@@ -334,3 +334,10 @@ checksum/secret: {{ printf "%s%s%s%s" (include "marketplace.secretData" .) (incl
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The worker's cluster-wide node reader: "<release namespace>-<fullname>-worker-nodes", within 63
+characters (cluster-scoped names are shared by every namespace's releases). */}}
+{{- define "marketplace.nodeReaderName" -}}
+{{- $base := printf "%s-%s" .Release.Namespace (include "marketplace.fullname" .) | trunc 49 | trimSuffix "-" }}
+{{- printf "%s-worker-nodes" $base }}
+{{- end }}
