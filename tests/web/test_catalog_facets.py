@@ -62,8 +62,11 @@ def test_a_size_finds_that_size_not_a_longer_number(client, db) -> None:
 
 def test_a_search_lists_the_best_match_first(client, db) -> None:
     assert shown_names(page(client, q="mistral 7b"))[0] == "Mistral 7B Instruct v0.3"
-    html = page(client, q="mistral 7b")
-    assert html.select_one("#f-sort option[selected]")["value"] == "relevance"
+    # The sort the form sends by default is no sort, so a search typed later still ranks.
+    html = page(client)
+    assert html.select_one("#f-sort option[selected]")["value"] == ""
+    assert shown_names(page(client, q="mistral 7b", sort=""))[0] == "Mistral 7B Instruct v0.3"
+    assert shown_names(page(client, sort=""))[:2] == ["ALMA-13B-R", "AdaptLLM Finance Chat"]
 
 
 def test_no_option_would_show_nothing(client, db) -> None:

@@ -98,7 +98,10 @@ def catalog(request: HttpRequest) -> HttpResponse:
         "active_filters": sum(facet.selected_count for facet in facet_results) + single_active,
         "instance_types": [(instance.slug, instance.name) for instance in instance_types],
         "contexts": CONTEXTS,
-        "sorts": {key: label for key, (label, _) in SORTS.items() if key != RELEVANCE or searched},
+        # The first option sends no sort: the best match while searching, else by name. A search typed
+        # after the page loaded then still lists the best match first.
+        "sorts": {"": "Best match", **{key: label for key, (label, _) in SORTS.items() if key != RELEVANCE}},
+        "sort_chosen": request.GET.get("sort", "") if request.GET.get("sort") != RELEVANCE else "",
         # An htmx request for the results also refreshes the facets' counts (out of band).
         "refresh_facets": request.headers.get("HX-Target") == "results",
     }
