@@ -16,6 +16,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 from rest_framework import exceptions
 
+from learning.router_service import is_router_name
 from marketplace.accounts.models import Organization, Quota
 from marketplace.catalog import fits
 from marketplace.catalog.models import InstanceType, ModelCard
@@ -378,6 +379,13 @@ def create_deployment(
             .exists()
         ):
             raise _refuse("name", f"{organization.slug} already has a deployment named '{name}'.")
+        if is_router_name(organization.pk, name):
+            # One name never means two things to the gateway (a router refuses a deployment's name too).
+            raise _refuse(
+                "name",
+                f"{organization.slug} already has a prompt router named {name}; choose another name, "
+                "or delete or rename the router (see /api/routers/).",
+            )
         deployment = Deployment.objects.create(
             organization=organization,
             name=name,

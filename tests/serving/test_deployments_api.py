@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
+from learning.models import Router
 from marketplace.accounts.models import Organization, Quota
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.services import subscribe
@@ -133,6 +134,23 @@ def test_names_are_unique_per_organisation_until_deleted(client_for, member, sub
     assert client.delete(f"{DEPLOYMENTS}{first['id']}/").status_code == 202
     Deployment.objects.filter(pk=first["id"]).update(status="deleted")
     assert client.post(DEPLOYMENTS, body(), format="json").status_code == 201
+
+
+def test_a_name_a_router_of_the_organisation_uses_is_refused_naming_the_name(
+    client_for, member, subscribed, acme
+) -> None:
+    Router.objects.create(organization=acme, name="chat", candidates=[], fallback="")
+    response = client_for(member).post(DEPLOYMENTS, body(), format="json")
+    assert response.status_code == 400
+    assert "router named chat" in response.json()["name"][0]
+    assert not Deployment.objects.exists()
+
+
+def test_a_router_of_another_organisation_does_not_take_the_name(
+    client_for, member, subscribed, globex
+) -> None:
+    Router.objects.create(organization=globex, name="chat", candidates=[], fallback="")
+    assert client_for(member).post(DEPLOYMENTS, body(), format="json").status_code == 201
 
 
 def test_delete_frees_quota_at_once_and_is_idempotent(client_for, member, subscribed, acme) -> None:
