@@ -8,7 +8,8 @@ answer well enough:
    bounded in length so a huge prompt costs no more to route than a long one.
 2. The predictor (learning.predictors) scores every candidate; an untrained router has none.
 3. `decide`: among the available candidates whose prediction is at least (1 − τ) × the fallback's,
-   the cheapest answers; else the fallback. Untrained: the fallback. The fallback unavailable: the best
+   the cheapest answers; else the fallback. Untrained, or a predictor that does not know the fallback
+   (it became one after training): the fallback. The fallback unavailable: the best
    available candidate (highest predicted quality; cheapest when untrained). Nothing available: the
    fallback, and the gateway answers as for any unavailable deployment. In shadow mode the fallback
    answers (or the best available) and the decision is only recorded (`chosen`).
@@ -145,7 +146,11 @@ def _active_choice(
     if not fallback_up:
         best = max(up, key=lambda candidate: predicted.get(candidate.deployment, -math.inf))
         return best.deployment, "fallback unavailable: best available candidate", predicted
-    floor = (1.0 - route.quality_difference) * predicted.get(route.fallback, 0.0) - SLACK
+    if route.fallback not in predicted:
+        # A fallback chosen after training has no predicted quality to be within τ of; taking it as 0
+        # would let every candidate pass and send everything to the cheapest.
+        return route.fallback, "the predictor does not know the fallback: the fallback answers", predicted
+    floor = (1.0 - route.quality_difference) * predicted[route.fallback] - SLACK
     good = [candidate for candidate in up if predicted.get(candidate.deployment, -math.inf) >= floor]
     if not good:  # the fallback's own prediction meets its floor unless τ < 0; kept for safety
         return route.fallback, "no candidate predicted good enough: the fallback answers", predicted

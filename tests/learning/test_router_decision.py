@@ -127,6 +127,13 @@ def test_a_candidate_the_predictor_does_not_know_is_never_chosen_over_a_predicte
     assert choice.deployment == "medium"
 
 
+def test_a_fallback_the_predictor_does_not_know_answers_rather_than_the_cheapest() -> None:
+    # Trained before large became a candidate and the fallback: there is no quality to be within τ of.
+    choice = decide(route({"small": 0.3, "medium": 0.4}), "hi", everyone)
+    assert choice.deployment == "large"
+    assert choice.reason == "the predictor does not know the fallback: the fallback answers"
+
+
 def test_shadow_mode_answers_with_the_fallback_and_records_the_decision() -> None:
     choice = decide(route({"small": 0.9, "medium": 0.9, "large": 0.9}, mode="shadow"), "hi", everyone)
     assert (choice.deployment, choice.chosen) == ("large", "small")
