@@ -234,6 +234,18 @@ def remember(summary: Any) -> None:
 
 
 def latest_summary(organization_id: int) -> dict[str, Any] | None:
-    """The summary the last run left for the organisation page (no query)."""
-    stored: dict[str, Any] | None = cache.get(SUMMARY_KEY.format(organization_id=organization_id))
-    return stored
+    """The summary the last run left for the organisation page (no query). When the cache has none (Redis
+    was flushed or restarted), the latest summary is read from the database, one query, and kept again;
+    an organisation that has none keeps an empty entry, so it pays that query once too."""
+    from marketplace.accounts.models import IdleSummary
+
+    key = SUMMARY_KEY.format(organization_id=organization_id)
+    stored: dict[str, Any] | None = cache.get(key)
+    if stored is None:
+        summary = IdleSummary.objects.filter(organization=organization_id).order_by("-week").first()
+        if summary is None:
+            cache.set(key, {}, SUMMARY_SECONDS)
+            return None
+        remember(summary)
+        stored = cache.get(key)
+    return stored or None

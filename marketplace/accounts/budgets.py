@@ -356,8 +356,14 @@ def refresh_banner(organization_id: int, now: datetime | None = None) -> list[Ba
 
 
 def banner(organization_id: int, today: date | None = None) -> list[BannerLine]:
-    """The banner as the last check left it (no query); nothing once the month it was written in is over."""
+    """The banner as the last check left it (no query); nothing once the month it was written in is over.
+    When the cache has none (Redis was flushed or restarted without persistence), it is rebuilt from this
+    month's alerts, one query, and kept again, so a crossed budget never vanishes from the pages until the
+    next check; an organisation without alerts keeps an empty banner, so it pays that query once too."""
     stored = cache.get(BANNER_KEY.format(organization_id=organization_id))
+    if stored is None:
+        refresh_banner(organization_id)
+        stored = cache.get(BANNER_KEY.format(organization_id=organization_id))
     month = month_start(timezone.now()).date() if today is None else today.replace(day=1)
     if not stored or stored.get("month") != month.isoformat():
         return []

@@ -116,6 +116,17 @@ def test_a_crossed_budget_shows_a_banner_to_its_organisation_only(browser_for, o
     assert "budget-banner" not in browser_for(outsider).get("/organization/").content.decode()
 
 
+def test_a_crossed_budget_still_shows_its_banner_after_the_cache_is_flushed(browser_for, owner, acme):
+    chat = make_deployment(acme, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
+    budget_of(acme, "10")
+    spend(chat, "12", hour=this_month_hour())
+    budgets.check_budgets()
+    cache.delete(budgets.BANNER_KEY.format(organization_id=acme.pk))  # Redis flushed or restarted
+    page = browser_for(owner).get("/organization/").content.decode()
+    assert "Acme has used up its monthly budget" in page
+    assert cache.get(budgets.BANNER_KEY.format(organization_id=acme.pk)) is not None  # kept again
+
+
 def test_the_budget_page_shows_spending_alerts_and_deliveries(browser_for, member, acme) -> None:
     chat = make_deployment(acme, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
     budget = budget_of(acme, "10")
@@ -177,6 +188,14 @@ def test_outsider_cannot_scale_another_organisations_idle_deployment(browser_for
 
 def test_the_organisation_page_shows_the_weekly_idle_summary(browser_for, owner, outsider, quiet) -> None:
     idle.summarize_week()
+    page = browser_for(owner).get("/organization/").content.decode()
+    assert 'id="idle-summary"' in page and "quiet" in page and "$2.00" in page
+    assert "quiet" not in browser_for(outsider).get("/organization/").content.decode()
+
+
+def test_the_weekly_idle_summary_survives_a_cache_flush(browser_for, owner, outsider, quiet) -> None:
+    idle.summarize_week()
+    cache.delete(idle.SUMMARY_KEY.format(organization_id=quiet.organization_id))  # Redis flushed
     page = browser_for(owner).get("/organization/").content.decode()
     assert 'id="idle-summary"' in page and "quiet" in page and "$2.00" in page
     assert "quiet" not in browser_for(outsider).get("/organization/").content.decode()

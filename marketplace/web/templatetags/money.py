@@ -1,7 +1,8 @@
 """Budgets and idle deployments on every page: the banner of the current organisation's crossed budgets,
 the idle flags of a list of deployments, and the latest weekly idle summary.
 
-The banner and the summary are read from the cache their periodic tasks keep (no query); the idle flags
+The banner and the summary are read from the cache their periodic tasks keep (no query; one, once, to
+rebuild them from the database when the cache lost them); the idle flags
 ride on the list's own query (one Subquery column) plus one cost query for the idle ones."""
 
 from __future__ import annotations
