@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import Value
+from django.db.models.functions import Coalesce, NullIf
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -340,9 +342,11 @@ class FeedbackViewSet(mixins.ListModelMixin, TenantScopedViewSet):
     (useless) to 1 (perfect) and optional text. Rated answers of a router's shadow samples become
     training targets beside the judge's scores."""
 
-    queryset = Feedback.objects.all()
+    # A key limited to some names sees the ratings of calls to those names: the router's when the call
+    # went through one (as rating it required), else the deployment's.
+    queryset = Feedback.objects.annotate(called=Coalesce(NullIf("router", Value("")), "deployment"))
     serializer_class = FeedbackSerializer
-    deployment_name_lookup = "deployment"
+    deployment_name_lookup = "called"
 
     @extend_schema(
         request=FeedbackInputSerializer, responses={201: FeedbackSerializer, 200: FeedbackSerializer}

@@ -432,3 +432,28 @@ def test_a_daily_shadow_token_cap_beyond_what_can_be_stored_is_refused_naming_th
     response = client_for(owner).post("/api/routers/", fields, format="json")
     assert response.status_code == 400 and "shadow_tokens_per_day" in response.json(), response.content
     assert not Router.objects.exists()
+
+
+def key_client(organization: Organization, names: list[str] | None) -> APIClient:
+    key, secret = account_services.create_api_key(
+        organization=organization, name="key", created_by=None, expires_at=None
+    )
+    # Set directly: whether a key's service accepts a router's name is the accounts side's to decide.
+    ApiKey.objects.filter(pk=key.pk).update(allowed_deployments=names or [])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def test_a_key_limited_to_a_router_lists_the_ratings_of_calls_through_it_and_only_those(
+    acme: Organization, setup: Setup
+) -> None:
+    usage(acme, "req-5")  # through the router auto, answered by large
+    usage(acme, "req-6", model="large")  # large called directly
+    whole = key_client(acme, None)
+    for request_id in ("req-5", "req-6"):
+        rated = whole.post("/api/feedback/", {"request_id": request_id, "score": 1}, format="json")
+        assert rated.status_code == 201
+    routed, direct = key_client(acme, ["auto"]), key_client(acme, ["large"])
+    assert [f["request_id"] for f in routed.get("/api/feedback/").json()["results"]] == ["req-5"]
+    assert [f["request_id"] for f in direct.get("/api/feedback/").json()["results"]] == ["req-6"]
