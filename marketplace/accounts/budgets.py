@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
@@ -441,6 +442,52 @@ def private_address_refusal(url: str) -> str:
     return ""
 
 
+class InternalPeer(OSError):
+    """The connection reached an internal address although the host's name resolved to a public one when
+    checked (DNS rebinding: a name that answers differently the second time)."""
+
+
+def _refuse_internal_peer(sock: socket.socket | None, host: str) -> None:
+    if sock is None or settings.BUDGET_WEBHOOK_PRIVATE_ADDRESSES:
+        return
+    address = ipaddress.ip_address(str(sock.getpeername()[0]).split("%")[0])
+    if not address.is_global:
+        sock.close()
+        raise InternalPeer(
+            f"The webhook's host {host} led to an internal address ({address}), which the platform does "
+            "not call: use a public address, or a platform admin sets BUDGET_WEBHOOK_PRIVATE_ADDRESSES=True."
+        )
+
+
+class _PublicHTTPConnection(http.client.HTTPConnection):
+    """Checks the address it really connected to, before anything is sent: the name was resolved again
+    by the connection, so the earlier check alone can be fooled."""
+
+    def connect(self) -> None:
+        super().connect()
+        _refuse_internal_peer(self.sock, self.host)
+
+
+class _PublicHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _refuse_internal_peer(self.sock, self.host)
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> Any:
+        if req.has_proxy():  # the peer is the proxy, which decides where its network may go
+            return super().http_open(req)
+        return self.do_open(_PublicHTTPConnection, req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> Any:
+        if getattr(req, "_tunnel_host", None):  # through a proxy, as above
+            return super().https_open(req)
+        return self.do_open(_PublicHTTPSConnection, req, context=getattr(self, "_context", None))
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A webhook answers where it was asked; a redirect is reported as the failure it is."""
 
@@ -448,7 +495,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+_OPENER = urllib.request.build_opener(_NoRedirects, _PublicHTTPHandler, _PublicHTTPSHandler)
 
 
 @dataclass(frozen=True)
@@ -504,6 +551,9 @@ def deliver(alert_id: int) -> DeliveryOutcome:
         problem = f"The webhook answered {failure.code} {failure.reason}."
     except (urllib.error.URLError, TimeoutError, OSError) as failure:
         reason = getattr(failure, "reason", failure)
+        if isinstance(reason, InternalPeer):  # refused, not failed: trying again changes nothing
+            WebhookDelivery.objects.create(alert=alert, attempt=attempt, url=url, error=str(reason))
+            return DeliveryOutcome(delivered=False, attempt=attempt, final=True)
         problem = f"The webhook could not be reached: {reason}."
     delivered = status_code is not None and 200 <= status_code < 300
     WebhookDelivery.objects.create(

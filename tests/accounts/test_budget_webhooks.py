@@ -154,6 +154,27 @@ def test_an_internal_address_is_not_called_unless_allowed(
     )
 
 
+def test_a_host_that_resolves_to_an_internal_address_only_when_called_is_not_called(
+    transactional_catalog: None, receiver: Receiver, no_worker: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name answers a public address to the check and an internal one to the
+    connection. The address connected to is what counts."""
+    organization = account_services.create_organization(slug="rebind", name="Rebind", owner=make_user("r"))
+    deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
+    budget, _ = budgets.create_budget(
+        organization=organization, deployment=None, monthly_amount_usd=Decimal("10"), thresholds=[50],
+        webhook_url=receiver.url, scale_down_at_limit=False, user=None,
+    )  # fmt: skip
+    spend(deployment, "6")
+    [alert] = budgets.check_budget(budget, NOW)
+    monkeypatch.setattr(budgets, "private_address_refusal", lambda url: "")  # the check saw a public one
+    outcome = budgets.deliver(alert.pk)
+    assert (outcome.delivered, outcome.final) == (False, True)
+    assert receiver.received == []
+    [attempt] = WebhookDelivery.objects.all()
+    assert "led to an internal address (127.0.0.1)" in attempt.error
+
+
 # Signatures, as a receiver checks them.
 
 SECRET = "whsec_test-secret"
