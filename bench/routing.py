@@ -12,8 +12,8 @@
    engine (when the engine environment is prepared), against a call to the fast stand-in engine
    (bench/responder.py) as the baseline of an HTTP round trip.
 3. Through the gateway (gunicorn, 2 uvicorn workers, GATEWAY_ONLY=True, a `<name>_bench` database), one
-   client at a time, in interleaved rounds: the stand-in engine called directly, a deployment by its
-   name, and an active router (n-gram version) over two deployments by its name. Added by routing =
+   client at a time, in interleaved rounds of 100 calls: the stand-in engine called directly, a deployment
+   by its name, and an active router (n-gram version) over two deployments by its name. Added by routing =
    router − deployment; the cloud router's published overhead (≈ 85 ms at P90) is the anchor.
 4. Training: the router training task's run (learning.router_training.run: targets read from an
    evaluation's items in PostgreSQL, split, the n-gram predictor fitted, the held-out report with its
@@ -270,7 +270,8 @@ def through_gateway(requests: int, procs: Processes, upstream: str) -> list[str]
     models = dict(zip(systems, (MODEL, MODEL, ROUTER), strict=True))
     latencies: dict[str, list[float]] = {name: [] for name in systems}
     errors: dict[str, int] = dict.fromkeys(systems, 0)
-    rounds = 3
+    # Many short rounds, so the three see the same load on a machine shared with other work.
+    rounds = max(3, requests // 100)
 
     for _ in range(rounds):
         for name, target in systems.items():
