@@ -131,6 +131,29 @@ def test_malformed_budgets_are_refused_naming_the_field(client_for, owner, acme,
     assert not Budget.objects.exists()
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/hook", "http://169.254.169.254/latest/meta-data/"])
+def test_a_webhook_on_an_internal_address_is_refused_when_set_naming_the_field(
+    client_for, owner, acme, url
+) -> None:
+    client = client_for(owner)
+    answer = client.post("/api/budgets/", {"monthly_amount_usd": "5", "webhook_url": url}, format="json")
+    assert answer.status_code == 400
+    assert "internal address" in answer.json()["webhook_url"][0]
+    assert not Budget.objects.exists()
+    budget = make_budget(acme)
+    changed = client.patch(f"/api/budgets/{budget.pk}/", {"webhook_url": url}, format="json")
+    assert changed.status_code == 400 and "webhook_url" in changed.json()
+    assert Budget.objects.get().webhook_url == ""
+
+
+def test_a_webhook_on_an_internal_address_is_accepted_when_the_platform_allows_it(
+    client_for, owner, acme, settings
+) -> None:
+    settings.BUDGET_WEBHOOK_PRIVATE_ADDRESSES = True
+    body = {"monthly_amount_usd": "5", "webhook_url": "http://10.0.0.5/hook"}
+    assert client_for(owner).post("/api/budgets/", body, format="json").status_code == 201
+
+
 def test_a_change_to_malformed_values_is_refused_naming_the_field_and_changes_nothing(
     client_for, owner, acme
 ) -> None:

@@ -57,6 +57,11 @@ class BudgetSerializer(serializers.ModelSerializer[Budget]):
 def _http_url(value: str) -> None:
     if value and urlparse(value).scheme not in ("http", "https"):
         raise serializers.ValidationError("Must be an http:// or https:// URL.")
+    # Said when the URL is set, not first at the month's first alert; delivery checks again, as the
+    # name may resolve elsewhere by then.
+    refusal = budgets.private_address_refusal(value) if value else ""
+    if refusal:
+        raise serializers.ValidationError(refusal)
 
 
 class BudgetSettingsSerializer(serializers.Serializer[Budget]):
