@@ -10,7 +10,7 @@ import logging
 import math
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from learning import predictors, routing
 from learning.choices import EvaluationStatus
@@ -118,9 +118,7 @@ def check_router(
         if router is not None:
             others = others.exclude(pk=router.pk)
         if others.exists():
-            raise Refused(
-                "name", f"'{organization.slug}' already has a router named {name}; choose another name."
-            )
+            raise _name_taken(organization, name)
         if deployment_names(organization, {name}):
             raise Refused(
                 "name",
@@ -154,16 +152,25 @@ def check_router(
     return checked
 
 
+def _name_taken(organization: Organization, name: str) -> Refused:
+    return Refused("name", f"'{organization.slug}' already has a router named {name}; choose another name.")
+
+
 def create_router(*, organization: Organization, user: Any, **fields: Any) -> Router:
     checked = check_router(organization, fields)
-    with transaction.atomic():
-        router = Router.objects.create(
-            organization=organization,
-            created_by=user if getattr(user, "pk", None) else None,
-            measured_costs=measured_costs(organization, [c["deployment"] for c in checked["candidates"]]),
-            **checked,
-        )
-    return router
+    costs = measured_costs(organization, [c["deployment"] for c in checked["candidates"]])
+    try:
+        with transaction.atomic():
+            return Router.objects.create(
+                organization=organization,
+                created_by=user if getattr(user, "pk", None) else None,
+                measured_costs=costs,
+                **checked,
+            )
+    except IntegrityError:  # another request took the name between the check and the insert
+        if Router.objects.filter(organization=organization, name=checked["name"]).exists():
+            raise _name_taken(organization, checked["name"]) from None
+        raise
 
 
 def update_router(router: Router, **fields: Any) -> Router:
@@ -175,7 +182,13 @@ def update_router(router: Router, **fields: Any) -> Router:
     names = [c["deployment"] for c in router.candidates]
     if set(names) - set(router.measured_costs):
         router.measured_costs = {**measured_costs(router.organization, names), **router.measured_costs}
-    router.save()
+    try:
+        with transaction.atomic():
+            router.save()
+    except IntegrityError:  # renamed to a name another request took meanwhile
+        if "name" in fields:
+            raise _name_taken(router.organization, router.name) from None
+        raise
     return router
 
 

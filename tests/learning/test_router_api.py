@@ -457,3 +457,19 @@ def test_a_key_limited_to_a_router_lists_the_ratings_of_calls_through_it_and_onl
     routed, direct = key_client(acme, ["auto"]), key_client(acme, ["large"])
     assert [f["request_id"] for f in routed.get("/api/feedback/").json()["results"]] == ["req-5"]
     assert [f["request_id"] for f in direct.get("/api/feedback/").json()["results"]] == ["req-6"]
+
+
+def test_a_router_of_the_same_name_created_meanwhile_is_a_400_naming_name_not_a_500(
+    client_for: Client, owner: AbstractUser, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured = router_service.measured_costs
+
+    def meanwhile(organization: Organization, names: list[str]) -> dict[str, float]:
+        # Another request creates the same name between this one's checks and its insert.
+        Router.objects.create(organization=organization, name="auto", candidates=[], fallback="")
+        return measured(organization, names)
+
+    monkeypatch.setattr(router_service, "measured_costs", meanwhile)
+    response = client_for(owner).post("/api/routers/", router_fields(), format="json")
+    assert response.status_code == 400 and "already has a router named auto" in response.json()["name"][0]
+    assert Router.objects.count() == 1
