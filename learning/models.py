@@ -445,3 +445,52 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"Feedback {self.score} on {self.request_id}"
+
+
+class Guardrail(models.Model):
+    """A policy for the text going into and out of models (learning.guardrails). `draft` is the
+    configuration people edit; publishing freezes it as the next numbered GuardrailVersion, which is
+    what callers apply. The configuration's shape is checked by learning.guardrails.service."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="guardrails")
+    name = models.CharField(max_length=40)
+    description = models.CharField(max_length=500, blank=True)
+    draft = models.JSONField(default=dict, help_text="The configuration being edited (not applied yet)")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="guardrail_name_per_organization"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class GuardrailVersion(models.Model):
+    """One published configuration of a guardrail; never changed once written. `topic_vectors` holds
+    the embeddings of each denied topic's examples, in order, made at publishing time by the
+    configuration's embeddings deployment."""
+
+    guardrail = models.ForeignKey(Guardrail, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    config = models.JSONField()
+    topic_vectors = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["guardrail", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["guardrail", "version"], name="guardrail_version_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.guardrail.name} v{self.version}"

@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 
 from learning.api import datasets as learning_datasets
 from learning.api import evaluations as learning_evaluations
+from learning.api import guardrails as learning_guardrails
 from learning.api import routers as learning_routers
 from learning.api import views as learning
 from marketplace.accounts.api import budgets as account_budgets
@@ -32,6 +33,7 @@ router.register("datasets", learning_datasets.DatasetViewSet, basename="dataset"
 router.register("evaluations", learning_evaluations.EvaluationViewSet, basename="evaluation")
 router.register("routers", learning_routers.RouterViewSet, basename="router")
 router.register("feedback", learning_routers.FeedbackViewSet, basename="feedback")
+router.register("guardrails", learning_guardrails.GuardrailViewSet, basename="guardrail")
 router.register("instance-type-prices", serving_costs.InstanceTypePriceViewSet, basename="instancetypeprice")
 router.register("budgets", account_budgets.BudgetViewSet, basename="budget")
 
