@@ -12,12 +12,13 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from learning import predictors, routing
+from learning import masking, predictors, routing
 from learning.choices import EvaluationStatus
 from learning.evaluations import Refused, results
 from learning.models import (
     Evaluation,
     Feedback,
+    InvocationLogSettings,
     Router,
     RouterMode,
     RouterSample,
@@ -291,7 +292,20 @@ def routes_of(organization_id: int) -> dict[str, routing.Route]:
 ANSWER_FIELDS = ("text", "prompt_tokens", "completion_tokens", "latency_ms", "status")
 
 
+def masks_personal_data(router_id: int) -> bool:
+    """Whether the router's organisation masks personal data in what it keeps of its traffic: its
+    invocation log setting, on unless the organisation turned it off."""
+    setting = (
+        InvocationLogSettings.objects.filter(organization__routers=router_id)
+        .values_list("mask_personal_data", flat=True)
+        .first()
+    )
+    return True if setting is None else setting
+
+
 def record_sample(router_id: int, request_id: str, prompt: str, answers: dict[str, dict[str, Any]]) -> None:
+    """A sample is traffic kept, like an invocation log record: personal data in the prompt and the
+    answers is masked (learning.masking) as the organisation masks its logs, before it is stored."""
     from learning.evaluations import without_nul
     from learning.tasks import score_router_samples
 
@@ -300,6 +314,11 @@ def record_sample(router_id: int, request_id: str, prompt: str, answers: dict[st
         for name, answer in answers.items()
         if isinstance(answer, dict)
     }
+    if masks_personal_data(router_id):
+        prompt = masking.mask(prompt)[0]
+        for answer in kept.values():
+            if isinstance(answer["text"], str):
+                answer["text"] = masking.mask(answer["text"])[0]
     # ON CONFLICT DO NOTHING returns no id, so the pending sample is looked up: a record of a request
     # already stored and still unjudged queues its judging again, one already judged queues nothing.
     RouterSample.objects.bulk_create(

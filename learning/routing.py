@@ -214,7 +214,8 @@ def routes_of(organization_id: int) -> dict[str, Route]:
 def record_sample(router_id: int, request_id: str, prompt: str, answers: dict[str, dict[str, Any]]) -> None:
     """Store the answers of one shadow-called request (the served answer among them) and queue their
     judging, so they become training targets. `answers`: deployment name -> {"text", "prompt_tokens",
-    "completion_tokens", "latency_ms", "status"}. Sync; a second record of the same request is ignored."""
+    "completion_tokens", "latency_ms", "status"}. Personal data is masked as the organisation masks its
+    invocation logs. Sync; a second record of the same request is ignored."""
     from learning.router_service import record_sample as store_sample
 
     store_sample(router_id, request_id, prompt, answers)

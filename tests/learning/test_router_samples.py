@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import AbstractUser
 
 from learning import router_service, router_training, routing, tasks
-from learning.models import Router, RouterSample, SampleStatus
+from learning.models import InvocationLogSettings, Router, RouterSample, SampleStatus
 from marketplace.accounts.models import Organization
 from tests.learning.conftest import make_deployment
 from tests.learning.routerdata import router_fields
@@ -118,3 +118,19 @@ def test_an_unparseable_judgement_is_not_guessed(router: Router) -> None:
     assert sample.status == SampleStatus.FAILED
     assert sample.scores == {"small": None, "large": None}
     assert sample.notes["small"].startswith("Unparseable judgement")
+
+
+def test_personal_data_in_a_sample_is_masked_as_the_organisation_masks_its_logs(router: Router) -> None:
+    text = "Mail ann@example.com, card 4111 1111 1111 1111"
+    answers = {**ANSWERS, "small": {**ANSWERS["small"], "text": text}}
+    routing.record_sample(router.pk, "req-5", "I am ann@example.com; what is 2 + 2?", answers)
+    sample = RouterSample.objects.get()
+    assert sample.prompt == "I am [EMAIL]; what is 2 + 2?"
+    assert sample.answers["small"]["text"] == "Mail [EMAIL], card [CARD]"
+    assert sample.answers["large"]["text"] == "4, right"
+
+
+def test_a_sample_keeps_personal_data_when_the_organisation_turned_masking_off(router: Router) -> None:
+    InvocationLogSettings.objects.create(organization=router.organization, mask_personal_data=False)
+    routing.record_sample(router.pk, "req-6", "I am ann@example.com", ANSWERS)
+    assert RouterSample.objects.get().prompt == "I am ann@example.com"
