@@ -33,7 +33,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -206,9 +206,9 @@ def check_budget(budget: Budget, now: datetime | None = None) -> list[BudgetAler
     Safe to run in many workers at once: each crossing is alerted by exactly one of them."""
     now = now or timezone.now()
     amount_spent = spent(budget, now)
-    percent = percent_of(amount_spent, budget.monthly_amount_usd)
     month = month_start(now).date()
-    crossed = [threshold for threshold in budget.thresholds if threshold <= percent]
+    # Exact, not against the rounded percentage a message shows: $49.96 of $100 has not crossed 50%.
+    crossed = [t for t in budget.thresholds if amount_spent * 100 >= t * budget.monthly_amount_usd]
     already = set(
         BudgetAlert.objects.filter(budget=budget, month=month, threshold__in=crossed).values_list(
             "threshold", flat=True
@@ -242,15 +242,48 @@ def _after_alert(budget: Budget, alert: BudgetAlert) -> None:
         assert deployment is not None
         services.record(deployment, deployment.status, alert.message)
     if budget.webhook_url:
-        from marketplace.accounts import tasks
-
-        transaction.on_commit(lambda: tasks.deliver_budget_alert.delay(alert.pk))
+        transaction.on_commit(lambda: enqueue_delivery(alert.pk))
     if alert.threshold >= 100 and budget.scale_down_at_limit:
         transaction.on_commit(lambda: scale_down(alert.pk))
 
 
+def enqueue_delivery(alert_id: int) -> bool:
+    """Queue the alert's webhook delivery; False when the broker is away. The alert is committed already,
+    so a lost enqueue (broker away, or the process gone before its commit callbacks ran) is picked up by
+    the next checks' `requeue_lost_deliveries` rather than failing the pass."""
+    from kombu.exceptions import OperationalError
+
+    from marketplace.accounts import tasks
+
+    try:
+        tasks.deliver_budget_alert.delay(alert_id)
+    except OperationalError as error:
+        log.warning(
+            "budget alert %s: delivery not queued (%s); the next check queues it again", alert_id, error
+        )
+        return False
+    return True
+
+
+# An alert this old with no delivery attempt at all lost its enqueue: a queued delivery runs well within it.
+LOST_DELIVERY_AFTER = timedelta(minutes=10)
+
+
+def requeue_lost_deliveries(now: datetime) -> int:
+    """Queue again the deliveries of this month's alerts that never made an attempt; how many. Delivery
+    is idempotent (an alert delivered already is not sent again)."""
+    lost = BudgetAlert.objects.filter(
+        month=month_start(now).date(),
+        budget__webhook_url__gt="",
+        deliveries__isnull=True,
+        created_at__lte=timezone.now() - LOST_DELIVERY_AFTER,
+    ).values_list("pk", flat=True)
+    return sum(enqueue_delivery(alert_id) for alert_id in lost)
+
+
 def check_budgets(now: datetime | None = None) -> dict[str, int]:
-    """One pass over every budget; then every organisation with a budget gets its banner refreshed."""
+    """One pass over every budget; then every organisation with a budget gets its banner refreshed, and
+    deliveries whose enqueue was lost are queued again."""
     now = now or timezone.now()
     counts = {"budgets": 0, "alerts": 0}
     organizations = set()
@@ -260,6 +293,7 @@ def check_budgets(now: datetime | None = None) -> dict[str, int]:
         organizations.add(budget.organization_id)
     for organization_id in organizations:
         refresh_banner(organization_id, now)
+    counts["requeued"] = requeue_lost_deliveries(now)
     return counts
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from marketplace.accounts import budgets, crypto
 from marketplace.accounts.models import Budget, BudgetAlert
@@ -298,3 +299,43 @@ def test_a_deployment_budget_at_its_limit_scales_down_only_its_deployment(
     other.refresh_from_db()
     assert (mine.max_replicas, other.max_replicas) == (1, 3)
     assert scaled == [mine.pk]
+
+
+def test_a_threshold_is_crossed_when_spending_reaches_it_not_when_its_rounding_does(acme, chat) -> None:
+    budget = make_budget(acme, "100", thresholds=[50])
+    spend(chat, "49.96")  # 49.96% shows as 50.0% once rounded, but 50% is not spent yet
+    assert budgets.check_budget(budget, NOW) == []
+    spend(chat, "0.04")
+    assert [a.threshold for a in budgets.check_budget(budget, NOW)] == [50]
+
+
+def test_a_delivery_whose_enqueue_was_lost_is_queued_again_by_a_later_check(
+    acme, chat, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    from marketplace.accounts import tasks
+    from marketplace.accounts.models import WebhookDelivery
+
+    own = make_budget(acme, "100", thresholds=[50], webhook_url="https://hooks.example.com/a")
+    mine = make_budget(
+        acme, "10", deployment=chat, thresholds=[50], webhook_url="https://hooks.example.com/b"
+    )
+    spend(chat, "60")
+
+    def broker_away(alert_id: int) -> None:
+        raise OperationalError("Error 111 connecting to redis:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.deliver_budget_alert, "delay", broker_away)
+    with django_capture_on_commit_callbacks(execute=True):
+        counts = budgets.check_budgets(NOW)  # the pass goes on: both budgets alert
+    assert counts["alerts"] == 2 and BudgetAlert.objects.count() == 2
+
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.deliver_budget_alert, "delay", queued.append)
+    assert budgets.check_budgets(NOW)["requeued"] == 0  # too recent to call lost
+    BudgetAlert.objects.update(created_at=timezone.now() - timedelta(minutes=11))
+    delivered = BudgetAlert.objects.get(budget=own)
+    WebhookDelivery.objects.create(alert=delivered, attempt=1, url=own.webhook_url, delivered=True)
+    assert budgets.check_budgets(NOW)["requeued"] == 1
+    assert queued == [BudgetAlert.objects.get(budget=mine).pk]
