@@ -7,6 +7,10 @@ in the Celery task `train_router`):
 2. Gathers the targets: every evaluation item's score from the chosen scorer, normalised to 0..1 by the
    scorer's range, for prompts that every candidate answered and that scorer scored; then the router's
    judged shadow-call samples, where an app's feedback on the served answer replaces its judged score.
+   Feedback on any other call is not a target: a target is every candidate's score on one prompt, and
+   an ordinary call (even one the invocation log kept) has one candidate's answer. Predictors fit on
+   complete rows only, so such a rating would need per-candidate fits to count; shadow sampling is how
+   a router collects the other candidates' answers to rated prompts.
 3. Splits prompts into train and held-out by a hash of their text (the same prompt always falls on the
    same side, so re-running gives the same split and a duplicate cannot leak across).
 4. Fits the n-gram predictor, and, when the router names an embedding deployment, embeds every prompt
@@ -205,7 +209,7 @@ def evaluation_examples(
 
 def sample_examples(router: Router, candidates: Sequence[str]) -> list[Example]:
     """The router's judged samples that scored every candidate; an app's feedback on the served answer
-    replaces that answer's judged score."""
+    replaces that answer's judged score. The only place feedback becomes a target (see the module)."""
     samples = list(RouterSample.objects.filter(router=router, status=SampleStatus.SCORED))
     ratings = {
         row["request_id"]: row

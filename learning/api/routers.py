@@ -339,8 +339,12 @@ class FeedbackInputSerializer(serializers.Serializer[dict[str, Any]]):
 
 class FeedbackViewSet(mixins.ListModelMixin, TenantScopedViewSet):
     """Ratings of answers, one per request id (a later post replaces the earlier one): a score from 0
-    (useless) to 1 (perfect) and optional text. Rated answers of a router's shadow samples become
-    training targets beside the judge's scores."""
+    (useless) to 1 (perfect) and optional text.
+
+    A rating trains a router only when its request is one of the router's shadow samples: there it
+    replaces the judge's score of the answer that was served. A rating of any other call is stored and
+    listed but trains nothing, because a training target needs every candidate's score on the same
+    prompt and an ordinary call has one answer, from one candidate."""
 
     # A key limited to some names sees the ratings of calls to those names: the router's when the call
     # went through one (as rating it required), else the deployment's.
@@ -352,7 +356,8 @@ class FeedbackViewSet(mixins.ListModelMixin, TenantScopedViewSet):
         request=FeedbackInputSerializer, responses={201: FeedbackSerializer, 200: FeedbackSerializer}
     )
     def create(self, request: Request) -> Response:
-        """Rate an answer of your organisation by its request id; a later rating replaces the earlier."""
+        """Rate an answer of your organisation by its request id; a later rating replaces the earlier.
+        It becomes a router's training target only for a shadow-sampled call (see the list above)."""
         serializer = FeedbackInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
