@@ -56,6 +56,7 @@ from learning.models import (
 )
 from learning.router_service import candidate_costs, costs_from_evaluation
 from learning.storage import ObjectNotFound, get_store
+from serving.models import UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,14 @@ def sample_examples(router: Router, candidates: Sequence[str]) -> list[Example]:
             organization_id=router.organization_id, request_id__in=[s.request_id for s in samples]
         ).values("request_id", "deployment", "score")
     }
+    # A rating posted before its call was metered names no deployment; who served is known by now.
+    unknown = [request_id for request_id, rating in ratings.items() if not rating["deployment"]]
+    if unknown:
+        served = UsageRecord.objects.filter(
+            organization_id=router.organization_id, request_id__in=unknown, deployment__isnull=False
+        ).values_list("request_id", "deployment__name")
+        for request_id, name in served:
+            ratings[request_id]["deployment"] = name
     examples = []
     for sample in samples:
         scores = dict(sample.scores)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from django.contrib.auth.models import AbstractUser
+from django.utils import timezone
 
 from learning import router_service, router_training, routing
 from learning.evaluations import Refused
@@ -24,6 +25,7 @@ from learning.models import (
 from learning.storage import FolderStore
 from learning.tasks import train_router
 from marketplace.accounts.models import Organization
+from serving.models import UsageRecord
 from tests.learning.conftest import make_deployment
 from tests.learning.routerdata import Setup, make_evaluation, router_fields
 
@@ -174,3 +176,21 @@ def test_judged_samples_with_feedback_become_training_targets(
     training = train(router, setup, owner)
     version = RouterVersion.objects.get(training=training)
     assert version.report["from_samples"] == 12
+
+
+def test_a_rating_posted_before_its_call_was_metered_still_replaces_the_served_answers_score(
+    router: Router, setup: Setup
+) -> None:
+    RouterSample.objects.create(
+        router=router, request_id="early", prompt="Name the capital of France.",
+        answers={"small": {}, "large": {}}, scores={"small": 1.0, "large": 1.0}, status=SampleStatus.SCORED,
+    )  # fmt: skip
+    # Rated from the sample alone: the call's usage record was not flushed yet, so who served is unknown.
+    Feedback.objects.create(organization=setup.organization, request_id="early", score=0.0, router="auto")
+    UsageRecord.objects.create(
+        request_id="early", organization=setup.organization, deployment=setup.organization.deployments.get(
+        name="small"), model="auto", route="chat.completions", status_code=200, router="auto",
+        router_choice="small", created_at=timezone.now(),
+    )  # fmt: skip
+    (example,) = router_training.sample_examples(router, ["small", "large"])
+    assert example.targets == [0.0, 1.0]
