@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from serving.gateway import bedrock_api, metrics, openai_api
+from serving.gateway import bedrock_api, guardrail_api, metrics, openai_api
 
 urlpatterns = [
     path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
@@ -16,6 +16,11 @@ urlpatterns = [
         "model/<str:model_id>/invoke-with-response-stream",
         bedrock_api.invoke_stream,
         name="bedrock-invoke-stream",
+    ),
+    path(
+        "guardrail/<str:guardrail_id>/version/<str:version>/apply",
+        guardrail_api.apply,
+        name="bedrock-apply-guardrail",
     ),
     path("metrics", metrics.metrics_view, name="metrics"),
 ]
