@@ -401,10 +401,29 @@ def test_an_owner_changes_tau_mode_and_shadow_calls(
     )  # fmt: skip
 
 
+def test_an_owner_changes_the_fallback_and_a_cost_override_and_clears_another(
+    browser_for: BrowserFor, owner: AbstractUser, router: Router
+) -> None:
+    client = browser_for(owner)
+    form = page(client, f"/routers/{router.pk}/").select_one("#router-settings")
+    assert form.select_one("#id-cost-small")["value"] == "0.001"
+    answer = client.post(
+        f"/routers/{router.pk}/settings/", {"fallback": "small", "cost-small": "", "cost-large": "0.02"}
+    )
+    assert answer.status_code == 302
+    router.refresh_from_db()
+    assert router.fallback == "small"
+    assert router.candidates == [
+        {"deployment": "small", "cost_per_1k_tokens": None},
+        {"deployment": "large", "cost_per_1k_tokens": 0.02},
+    ]
+
+
 @pytest.mark.parametrize(
     ("form", "field"),
     [
-        ({"quality_difference": "-3"}, "quality_difference"),
+        ({"fallback": "nowhere"}, "fallback"),
+        ({"cost-large": "lots"}, "cost-large"),
         ({"mode": "loud"}, "mode"),
         ({"shadow_rate": "x"}, "shadow_rate"),
         ({"shadow_tokens_per_day": "1.5"}, "shadow_tokens_per_day"),
@@ -417,7 +436,8 @@ def test_malformed_settings_are_refused_naming_the_field_and_change_nothing(
     assert answer.status_code == 400
     assert BeautifulSoup(answer.content, "html.parser").select_one(f"#error-{field}") is not None
     router.refresh_from_db()
-    assert router.quality_difference == 0.1 and router.mode == "shadow"
+    assert router.quality_difference == 0.1 and router.mode == "shadow" and router.fallback == "large"
+    assert router.candidates[1]["cost_per_1k_tokens"] is None
 
 
 # --- Live traffic -------------------------------------------------------------------------------------------

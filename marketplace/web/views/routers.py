@@ -135,6 +135,27 @@ def _router_data(post: QueryDict) -> dict[str, Any]:
     return data
 
 
+def _change_data(router: Router, post: QueryDict) -> dict[str, Any]:
+    """The settings form: τ, mode, shadow calls, and the fallback and cost overrides of the same
+    candidates (a cost left empty goes back to the measured one)."""
+    data = _settings_data(post)
+    if "fallback" in post:
+        data["fallback"] = str(post["fallback"])
+    names = [c["deployment"] for c in router.candidates]
+    if any(f"cost-{name}" in post for name in names):
+        errors: dict[str, list[str]] = {}
+        candidates = []
+        for name in names:
+            try:
+                candidates.append({"deployment": name, "cost_per_1k_tokens": _cost(post, name)})
+            except FormError as error:
+                errors.update(error.errors)
+        if errors:
+            raise FormError(errors)
+        data["candidates"] = candidates
+    return data
+
+
 def _checked(data: dict[str, Any], partial: bool) -> dict[str, Any]:
     serializer = RouterWriteSerializer(data=data, partial=partial)
     if not serializer.is_valid():
@@ -357,7 +378,7 @@ def router_change(request: HttpRequest, pk: int) -> HttpResponse:
     if not tenancy.can_manage(request, router.organization):
         return _refuse(request, router, _refusal(router.organization, "changes routers"), 403)
     try:
-        fields = _checked(_settings_data(request.POST), partial=True)
+        fields = _checked(_change_data(router, request.POST), partial=True)
         fields.pop("organization", None)
         router_service.update_router(router, **fields)
     except FormError as error:
