@@ -113,24 +113,27 @@ def create_budget(
 ) -> tuple[Budget, str]:
     """A new budget and its webhook secret, which is returned here and never again (it is stored
     encrypted). One budget per organisation, and one per deployment."""
-    existing = Budget.objects.filter(organization=organization, deployment=deployment)
-    if existing.exists():
-        what = f"the deployment {deployment.name}" if deployment is not None else organization.name
-        raise _refuse(
-            "deployment",
-            f"{what} already has a budget: change that one instead of adding another.",
-        )
-    secret = new_webhook_secret()
-    budget = Budget.objects.create(
-        organization=organization,
-        deployment=deployment,
-        monthly_amount_usd=monthly_amount_usd,
-        thresholds=check_thresholds(thresholds),
-        webhook_url=webhook_url,
-        webhook_secret_encrypted=crypto.encrypt(secret),
-        scale_down_at_limit=scale_down_at_limit,
-        created_by=user if user is not None and user.is_authenticated else None,
+    what = f"the deployment {deployment.name}" if deployment is not None else organization.name
+    duplicate = _refuse(
+        "deployment", f"{what} already has a budget: change that one instead of adding another."
     )
+    if Budget.objects.filter(organization=organization, deployment=deployment).exists():
+        raise duplicate
+    secret = new_webhook_secret()
+    try:
+        with transaction.atomic():  # a savepoint: a creation racing this one may insert first
+            budget = Budget.objects.create(
+                organization=organization,
+                deployment=deployment,
+                monthly_amount_usd=monthly_amount_usd,
+                thresholds=check_thresholds(thresholds),
+                webhook_url=webhook_url,
+                webhook_secret_encrypted=crypto.encrypt(secret),
+                scale_down_at_limit=scale_down_at_limit,
+                created_by=user if user is not None and user.is_authenticated else None,
+            )
+    except IntegrityError:
+        raise duplicate from None
     transaction.on_commit(lambda: refresh_banner(organization.pk))
     return budget, secret
 

@@ -6,6 +6,7 @@ import threading
 from decimal import Decimal
 
 from django.db import connection
+from rest_framework.exceptions import ValidationError
 
 from marketplace.accounts import budgets
 from marketplace.accounts import services as account_services
@@ -48,3 +49,42 @@ def test_concurrent_checkers_alert_each_crossed_threshold_exactly_once(transacti
     assert failures == []
     assert sorted(created) == [50, 80, 100]
     assert sorted(BudgetAlert.objects.values_list("threshold", flat=True)) == [50, 80, 100]
+
+
+def test_concurrent_creations_of_one_budget_make_one_and_refuse_the_rest_naming_the_field(
+    transactional_catalog: None,
+) -> None:
+    """Two owners (or a double-click) create the organisation's budget at once: one is made, every other
+    is refused as a duplicate, never a database error (a 500 at the API)."""
+    organization = account_services.create_organization(slug="twice", name="Twice", owner=make_user("twice"))
+    start = threading.Barrier(CHECKERS)
+    made: list[int] = []
+    refused: list[str] = []
+    failures: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            start.wait()
+            budget, _ = budgets.create_budget(
+                organization=organization, deployment=None, monthly_amount_usd=Decimal("100"),
+                thresholds=[50], webhook_url="", scale_down_at_limit=False, user=None,
+            )  # fmt: skip
+            made.append(budget.pk)
+        except ValidationError as error:
+            assert isinstance(error.detail, dict)
+            refused.append(str(error.detail["deployment"][0]))
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create) for _ in range(CHECKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    assert len(made) == 1 and len(refused) == CHECKERS - 1
+    assert all("already has a budget" in message for message in refused)
+    assert Budget.objects.filter(organization=organization).count() == 1
