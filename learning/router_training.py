@@ -66,6 +66,7 @@ MIN_HELDOUT_ITEMS = 5
 LEASE_SECONDS = 600
 EMBED_BATCH = 32
 FINISHED = (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED)
+PENDING_GRACE_SECONDS = 600  # a sample unjudged this long is queued again
 
 # texts -> one embedding per text; the gateway's embeddings route in production.
 Embed = Callable[[list[str]], Awaitable[list[list[float]]]]
@@ -482,6 +483,17 @@ def run(training_id: int, embed: Embed | None = None) -> str:
     return TrainingStatus.SUCCEEDED
 
 
+def pending_samples(grace_seconds: int = PENDING_GRACE_SECONDS) -> list[int]:
+    """Samples still unjudged after the grace: their task was lost, or gave up while the judge was
+    unavailable."""
+    since = timezone.now() - datetime.timedelta(seconds=grace_seconds)
+    return list(
+        RouterSample.objects.filter(status=SampleStatus.PENDING, created_at__lt=since)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:500]
+    )
+
+
 def unattended(pending_grace_seconds: int = 600) -> list[int]:
     """Trainings no live worker holds: RUNNING with a lapsed lease, or PENDING past the grace."""
     now = timezone.now()
@@ -497,19 +509,40 @@ def unattended(pending_grace_seconds: int = 600) -> list[int]:
 JUDGE_BOUNDS = scorers.BOUNDS[scorers.ScorerKind.JUDGE]
 
 
+class JudgeUnavailable(ConnectionError):
+    """The judge deployment could not answer for now (busy, not ready, an engine error): the sample
+    stays pending and is judged on a retry, rather than failing an answer the shadow call paid for.
+    A ConnectionError, which the judging task retries."""
+
+
+def _transient(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
 async def judge_sample(
     sample: RouterSample, router: Router, invoke: scorers.Ask
 ) -> tuple[dict[str, Any], dict[str, str], str]:
-    """(scores, notes, status) of one sample: each answer judged, its 1–10 verdict normalised to 0..1."""
+    """(scores, notes, status) of one sample: each answer judged, its 1–10 verdict normalised to 0..1.
+    JudgeUnavailable when the judge answered 429 or 5xx."""
     judge = scorers.Judge("judge", router.judge_deployment, router.judge_rubric or scorers.DEFAULT_RUBRIC)
     scores: dict[str, Any] = {}
     notes: dict[str, str] = {}
+
+    async def ask(route: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        status, answer = await invoke(route, payload)
+        if _transient(status):
+            raise JudgeUnavailable(
+                f"The judge deployment {router.judge_deployment} answered {status}: "
+                f"{scorers.error_text(answer)}; the sample is judged again later."
+            )
+        return status, answer
+
     for name, answer in sample.answers.items():
         if int(answer.get("status") or 0) != 200 or not isinstance(answer.get("text"), str):
             scores[name], notes[name] = None, "The deployment did not answer."
             continue
         item = scorers.Item([{"role": "user", "content": sample.prompt}], None, answer["text"])
-        verdict = await judge.score(item, invoke)
+        verdict = await judge.score(item, ask)
         scores[name] = None if verdict.value is None else round(normalise(verdict.value, JUDGE_BOUNDS), 4)
         if verdict.note:
             notes[name] = verdict.note
@@ -520,7 +553,9 @@ async def judge_sample(
 def score_samples(sample_ids: list[int], invoke: scorers.Ask | None = None) -> int:
     """Judge the pending samples among `sample_ids` with their router's judge (through the gateway as
     the organisation, unless `invoke` is given); returns how many were scored. A router without a judge
-    leaves its samples FAILED, saying so. Only a pending sample is written, so a re-run changes nothing."""
+    leaves its samples FAILED, saying so. Only a pending sample is written, so a re-run changes nothing.
+    JudgeUnavailable (after the samples judged before it are written) when the judge cannot answer for
+    now: the rest stay pending for the task's retry, or the periodic resume."""
     samples = list(
         RouterSample.objects.filter(pk__in=sample_ids, status=SampleStatus.PENDING).select_related("router")
     )

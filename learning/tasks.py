@@ -77,13 +77,31 @@ def train_router(training_id: int) -> str:
     return router_training.run(training_id)
 
 
-@shared_task(acks_late=True, autoretry_for=(ConnectionError,), retry_backoff=2, max_retries=5)
+@shared_task(
+    acks_late=True,
+    autoretry_for=(ConnectionError,),  # learning.router_training.JudgeUnavailable among them
+    retry_backoff=2,
+    retry_backoff_max=300,
+    max_retries=5,
+)
 def score_router_samples(sample_ids: list[int]) -> int:
     """Judge shadow-call samples into training targets (learning.router_training.score_samples);
-    samples already scored are skipped. Returns how many were scored."""
+    samples already scored are skipped, so a retry judges only the rest. Returns how many were scored."""
     from learning import router_training
 
     return router_training.score_samples(sample_ids)
+
+
+@shared_task(expires=60)
+def resume_router_samples() -> int:
+    """The safety net behind `score_router_samples`: queue again every sample still unjudged after a
+    grace (a lost task, or retries spent while the judge was unavailable). Returns how many."""
+    from learning.router_training import pending_samples
+
+    ids = pending_samples()
+    if ids:
+        score_router_samples.delay(ids)
+    return len(ids)
 
 
 @shared_task(expires=60)

@@ -3,11 +3,13 @@ and judged by the router's judge into 0..1 targets (a stand-in judge with known 
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractUser
+from django.utils import timezone
 
 from learning import router_service, router_training, routing, tasks
 from learning.models import InvocationLogSettings, Router, RouterSample, SampleStatus
@@ -134,3 +136,37 @@ def test_a_sample_keeps_personal_data_when_the_organisation_turned_masking_off(r
     InvocationLogSettings.objects.create(organization=router.organization, mask_personal_data=False)
     routing.record_sample(router.pk, "req-6", "I am ann@example.com", ANSWERS)
     assert RouterSample.objects.get().prompt == "I am ann@example.com"
+
+
+def test_a_sample_the_judge_could_not_judge_for_now_stays_pending_for_a_retry(router: Router) -> None:
+    async def busy(route: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 503, {"error": {"message": "No ready replica."}}
+
+    routing.record_sample(router.pk, "req-7", "What is 2 + 2?", ANSWERS)
+    sample = RouterSample.objects.get()
+    with pytest.raises(router_training.JudgeUnavailable, match="answered 503"):
+        router_training.score_samples([sample.pk], invoke=busy)
+    sample.refresh_from_db()
+    assert sample.status == SampleStatus.PENDING and sample.scores == {}
+    assert router_training.score_samples([sample.pk], invoke=stand_in_judge([])) == 1  # the retry
+
+
+def test_the_judging_task_retries_while_the_judge_is_unavailable() -> None:
+    retried = tasks.score_router_samples.autoretry_for
+    assert any(issubclass(router_training.JudgeUnavailable, error) for error in retried)
+
+
+def test_samples_left_pending_are_queued_again_by_the_periodic_resume(
+    router: Router, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    routing.record_sample(router.pk, "old", "What is 2 + 2?", ANSWERS)
+    routing.record_sample(router.pk, "new", "What is 3 + 3?", ANSWERS)
+    RouterSample.objects.filter(request_id="old").update(
+        created_at=timezone.now() - datetime.timedelta(hours=1)
+    )
+    queued: list[list[int]] = []
+    monkeypatch.setattr(tasks.score_router_samples, "delay", queued.append)
+    assert tasks.resume_router_samples() == 1
+    assert queued == [[RouterSample.objects.get(request_id="old").pk]]
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "learning.tasks.resume_router_samples" in scheduled
