@@ -96,6 +96,17 @@ def check_thresholds(thresholds: list[int]) -> list[int]:
     return sorted(set(thresholds))
 
 
+def webhook_for_readers(url: str) -> str:
+    """What someone who may read a budget but not change it is shown of its webhook: where it goes, not
+    its path, query or credentials, which often are the receiver's own secret (a Slack or Teams incoming
+    webhook URL is all it takes to post there)."""
+    if not url:
+        return ""
+    parts = urllib.parse.urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…"
+
+
 def new_webhook_secret() -> str:
     return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
 

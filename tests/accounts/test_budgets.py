@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from marketplace.accounts import budgets, crypto
-from marketplace.accounts.models import Budget, BudgetAlert
+from marketplace.accounts.models import Budget, BudgetAlert, WebhookDelivery
 from serving import services
 from serving.choices import AutoscalingPolicy
 from serving.models import DeploymentEvent
@@ -82,6 +82,21 @@ def test_member_may_read_budgets_but_not_change_them(client_for, member, acme) -
     assert [r.status_code for r in refusals] == [403, 403, 403, 403]
     assert "owner" in refusals[1].json()["detail"]
     assert Budget.objects.get().monthly_amount_usd == Decimal("100")
+
+
+HOOK = "https://hooks.example.com/services/T000/B000/secret-token-of-the-receiver"
+
+
+def test_a_member_sees_where_the_webhook_goes_but_not_its_token(client_for, member, owner, acme) -> None:
+    budget = make_budget(acme, webhook_url=HOOK)
+    alert = BudgetAlert.objects.create(budget=budget, month=MONTH.date(), threshold=50, spent_usd=1,
+                                       amount_usd=2, message="m")  # fmt: skip
+    WebhookDelivery.objects.create(alert=alert, attempt=1, url=HOOK, status_code=500)
+    member_client, owner_client = client_for(member), client_for(owner)
+    for client, shown in ((member_client, "https://hooks.example.com/…"), (owner_client, HOOK)):
+        assert client.get("/api/budgets/").json()["results"][0]["webhook_url"] == shown
+        assert client.get(f"/api/budgets/{budget.pk}/").json()["webhook_url"] == shown
+        assert client.get(f"/api/budgets/{budget.pk}/deliveries/").json()[0]["url"] == shown
 
 
 def test_outsider_can_neither_see_nor_touch_another_organisations_budget(client_for, outsider, acme) -> None:

@@ -66,6 +66,14 @@ def test_a_malformed_budget_form_names_the_field_and_writes_nothing(browser_for,
     assert not Budget.objects.exists()
 
 
+def test_a_member_sees_where_a_budget_webhook_goes_but_not_its_token(browser_for, member, owner, acme):
+    budget_of(acme)
+    Budget.objects.update(webhook_url="https://hooks.example.com/services/T0/B0/receiver-token")
+    page = browser_for(member).get("/budgets/").content.decode()
+    assert "https://hooks.example.com/…" in page and "receiver-token" not in page
+    assert "receiver-token" in browser_for(owner).get("/budgets/").content.decode()
+
+
 def test_member_sees_budgets_but_may_not_set_or_change_them(browser_for, member, acme) -> None:
     budget = budget_of(acme)
     browser = browser_for(member)

@@ -5,6 +5,7 @@ shown once, in the answer to create (and to rotate-secret)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlparse
@@ -18,7 +19,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from marketplace.accounts import budgets, tenancy
-from marketplace.accounts.models import DEFAULT_BUDGET_THRESHOLDS, Budget, BudgetAlert, WebhookDelivery
+from marketplace.accounts.authentication import ApiKeyPrincipal
+from marketplace.accounts.choices import Role
+from marketplace.accounts.models import (
+    DEFAULT_BUDGET_THRESHOLDS,
+    Budget,
+    BudgetAlert,
+    Membership,
+    WebhookDelivery,
+)
 from marketplace.api import TenantScopedViewSet
 
 # Alerts and deliveries answered at most: a year of alerts of a budget with a few thresholds, and of
@@ -48,10 +57,35 @@ class BudgetSerializer(serializers.ModelSerializer[Budget]):
         ]  # fmt: skip
         read_only_fields = fields
 
+    def to_representation(self, budget: Budget) -> dict[str, Any]:
+        data = dict(super().to_representation(budget))
+        if not _sees_webhook(self.context, budget.organization_id):
+            data["webhook_url"] = budgets.webhook_for_readers(budget.webhook_url)
+        return data
+
     def get_spent_this_month_usd(self, budget: Budget) -> str | None:
         if not self.context.get("with_spent"):
             return None
         return str(budgets.spent(budget, timezone.now()).quantize(Decimal("0.01")))
+
+
+def _sees_webhook(context: Mapping[str, Any], organization_id: int) -> bool:
+    """Owners see a webhook's whole URL; members its host only (budgets.webhook_for_readers). Without
+    `owned` in the context (answers to owners' own changes), the whole URL."""
+    owned = context.get("owned")
+    return owned is None or organization_id in owned
+
+
+def owned_organizations(request: Request) -> set[int] | None:
+    """The ids of the organisations the caller owns (one query); None for a platform admin, who owns all."""
+    user = request.user
+    if tenancy.is_platform_admin(request):
+        return None
+    if isinstance(user, ApiKeyPrincipal) or not user.is_authenticated:  # a key acts as a member
+        return set()
+    return set(
+        Membership.objects.filter(user=user, role=Role.OWNER).values_list("organization_id", flat=True)
+    )
 
 
 def _http_url(value: str) -> None:
@@ -114,6 +148,12 @@ class WebhookDeliverySerializer(serializers.ModelSerializer[WebhookDelivery]):
     threshold = serializers.IntegerField(source="alert.threshold", read_only=True)
     month = serializers.DateField(source="alert.month", read_only=True)
 
+    def to_representation(self, delivery: WebhookDelivery) -> dict[str, Any]:
+        data = dict(super().to_representation(delivery))
+        if not _sees_webhook(self.context, self.context.get("organization_id", 0)):
+            data["url"] = budgets.webhook_for_readers(delivery.url)
+        return data
+
     class Meta:
         model = WebhookDelivery
         fields = [
@@ -144,6 +184,7 @@ class BudgetViewSet(
     def get_serializer_context(self) -> dict[str, Any]:
         context = dict(super().get_serializer_context())
         context["with_spent"] = self.action == "retrieve"
+        context["owned"] = owned_organizations(self.request)
         return context
 
     def _require_owner(self, budget_or_organization: Any) -> None:
@@ -223,4 +264,5 @@ class BudgetViewSet(
         """Every attempt to deliver this budget's alerts to its webhook, newest first (the latest 200)."""
         budget = self.get_object()
         deliveries = WebhookDelivery.objects.filter(alert__budget=budget).select_related("alert")[:LATEST]
-        return Response(WebhookDeliverySerializer(deliveries, many=True).data)
+        context = {**self.get_serializer_context(), "organization_id": budget.organization_id}
+        return Response(WebhookDeliverySerializer(deliveries, many=True, context=context).data)

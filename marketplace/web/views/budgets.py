@@ -72,11 +72,16 @@ def _budgets(organization: Organization) -> list[Budget]:
 
 
 def _list_context(request: HttpRequest, organization: Organization) -> dict[str, Any]:
+    can_change = _is_owner(request, organization)
+    rows = _budgets(organization)
+    for budget in rows:  # members see where a webhook goes, not the URL's token
+        shown = budget.webhook_url if can_change else budgets.webhook_for_readers(budget.webhook_url)
+        budget.webhook_shown = shown  # type: ignore[attr-defined]
     return {
         "organization": organization,
-        "budgets": _budgets(organization),
+        "budgets": rows,
         "deployments": Deployment.objects.live().filter(organization=organization).order_by("name"),
-        "can_change": _is_owner(request, organization),
+        "can_change": can_change,
         "values": {"thresholds": "50, 80, 100"},
         "errors": {},
     }
