@@ -130,9 +130,9 @@ def _idle_costs(
 # The ways out.
 
 
-def scale_to_zero(deployment: Deployment) -> Deployment:
+def scale_to_zero(deployment: Deployment, *, actor: services.Actor = None) -> Deployment:
     """The scale-to-zero policy with its current maximum: KEDA removes the replicas after its idle period,
-    and the first request brings one back."""
+    and the first request brings one back. The history entry names `actor`."""
     target = deployment.autoscaling_target
     if deployment.autoscaling_policy in (AutoscalingPolicy.KV_CACHE, AutoscalingPolicy.FIXED):
         target = services.Scaling.target  # a queue depth, which KV-cache's fraction is not
@@ -147,16 +147,17 @@ def scale_to_zero(deployment: Deployment) -> Deployment:
             scale_up_window_seconds=deployment.scale_up_window_seconds,
             scale_down_window_seconds=deployment.scale_down_window_seconds,
         ),
+        actor=actor,
     )
 
 
-def scale_to_minimum(deployment: Deployment) -> Deployment:
+def scale_to_minimum(deployment: Deployment, *, actor: services.Actor = None) -> Deployment:
     from marketplace.accounts.budgets import minimum_scaling
 
     scaling = minimum_scaling(deployment)
     if scaling is None:
         return deployment
-    return services.scale_deployment(deployment, scaling)
+    return services.scale_deployment(deployment, scaling, actor=actor)
 
 
 # The weekly summary.

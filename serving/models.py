@@ -82,19 +82,38 @@ class Deployment(models.Model):
         return f"{self.organization.slug}/{self.name}"
 
 
+# Who acted, as a history entry names an entry nobody asked for (the reconciler, a budget's alert).
+PLATFORM = "the platform"
+
+
 class DeploymentEvent(models.Model):
-    """One line of a deployment's history, written for a person."""
+    """One line of a deployment's history, written for a person, saying who acted.
+
+    `actor` is the person who asked (create, scale, update, delete), or null when the platform acted
+    (the reconciler, a worker, a budget) or an API key did. `actor_name` is what the history shows,
+    written with the entry: the person's username or the key's name, so an entry still names who
+    acted after the account or key is gone; empty means the platform.
+    """
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
     created_at = models.DateTimeField(auto_now_add=True)
     status = models.CharField(max_length=16, choices=DeploymentStatus.choices)
     message = models.TextField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=200, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.status}: {self.message}"
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.status}: {self.message} (by {self.by})"
+
+    @property
+    def by(self) -> str:
+        """Who acted, for a person to read: a username, an API key, or the platform."""
+        return self.actor_name or PLATFORM
 
 
 class UsageRecord(models.Model):

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 from rest_framework import exceptions
 
 from learning.router_service import is_router_name
+from marketplace.accounts.authentication import ApiKeyPrincipal
 from marketplace.accounts.models import Organization, Quota
 from marketplace.catalog import fits
 from marketplace.catalog.models import InstanceType, ModelCard
@@ -283,8 +285,27 @@ def quota_use(organization: Organization) -> QuotaUse:
     )
 
 
-def record(deployment: Deployment, status: str, message: str) -> None:
-    DeploymentEvent.objects.create(deployment=deployment, status=status, message=message)
+# Who asks for a change: a signed-in person (request.user), an API key (DRF's request.user for a key),
+# or None when the platform acts (the reconciler, a worker, a budget).
+Actor = AbstractBaseUser | AnonymousUser | ApiKeyPrincipal | None
+
+
+def actor_fields(actor: Actor) -> dict[str, Any]:
+    """The DeploymentEvent columns that say who acted: a person by account and username, an API key by
+    its name and prefix; nothing for the platform (or anyone not signed in)."""
+    if isinstance(actor, ApiKeyPrincipal):
+        key = actor.api_key
+        return {"actor": None, "actor_name": f"API key {key.name} ({key.prefix}…)"[:200]}
+    if isinstance(actor, AbstractBaseUser) and actor.pk is not None:
+        return {"actor": actor, "actor_name": actor.get_username()[:200]}
+    return {}
+
+
+def record(deployment: Deployment, status: str, message: str, *, actor: Actor = None) -> None:
+    """Add a line to the deployment's history; `actor` is who asked (None: the platform)."""
+    DeploymentEvent.objects.create(
+        deployment=deployment, status=status, message=message, **actor_fields(actor)
+    )
 
 
 def transition(
@@ -294,6 +315,7 @@ def transition(
     message: str,
     allowed_from: tuple[str, ...] | None = None,
     generation: int | None = None,
+    actor: Actor = None,
     **fields: Any,
 ) -> bool:
     """Move a deployment's status by a conditional update, writing an event when status or message change.
@@ -301,6 +323,7 @@ def transition(
     Returns False (and changes nothing) when the row is not in one of `allowed_from`, or no longer at
     `generation`: another worker got there first, the deployment was deleted, or changed since the
     caller looked (an assessment of an older generation must not mark a newer one rolled out).
+    The event names `actor`, the person who asked for the move, or the platform when None.
 
     When neither status nor message change (replica counts and endpoints do, on most reconcile passes),
     one compare-and-set UPDATE does it, with no lock and no event.
@@ -323,7 +346,7 @@ def transition(
             updates["status_changed_at"] = timezone.now()
         Deployment.objects.filter(pk=deployment_id).update(**updates, updated_at=timezone.now())
         if changed:
-            record(row, to, message)
+            record(row, to, message, actor=actor)
         return True
 
 
@@ -355,8 +378,10 @@ def create_deployment(
     scaling: Scaling,
     engine_options: dict[str, Any],
     tensor_parallel_size: int | None = None,
+    actor: Actor = None,
 ) -> Deployment:
-    """Admit and save a deployment in PENDING, then provision it once the transaction commits.
+    """Admit and save a deployment in PENDING, then provision it once the transaction commits. Its first
+    history entry names `actor` (who asked: the person, or an API key), else `user`.
 
     The subscription is checked again once the organisation's quota row is locked, the lock unsubscribing
     takes too: an unsubscribe either commits first (and this is refused) or waits and then sees this
@@ -401,7 +426,12 @@ def create_deployment(
             status=DeploymentStatus.PENDING,
             status_message="Waiting for a worker to create the engine.",
         )
-        record(deployment, DeploymentStatus.PENDING, f"Requested {card.name} on {instance_type.name}.")
+        record(
+            deployment,
+            DeploymentStatus.PENDING,
+            f"Requested {card.name} on {instance_type.name}.",
+            actor=user if actor is None else actor,
+        )
         _enqueue("provision_deployment", deployment.pk)
     return deployment
 
@@ -452,10 +482,11 @@ EDITABLE = (DeploymentStatus.PENDING, DeploymentStatus.PROVISIONING, DeploymentS
             DeploymentStatus.UPDATING, DeploymentStatus.FAILED)  # fmt: skip
 
 
-def scale_deployment(deployment: Deployment, scaling: Scaling) -> Deployment:
+def scale_deployment(deployment: Deployment, scaling: Scaling, *, actor: Actor = None) -> Deployment:
     """Change replica bounds and policy; quota is checked again for the new maximum. While the model's
     subscription is not in force (cancelled, or changed terms not yet accepted) it may shrink, not grow.
-    Asking for the settings it already has changes nothing and records nothing."""
+    Asking for the settings it already has changes nothing and records nothing. The history entry names
+    `actor` (None: the platform, as when a budget scales down)."""
     check_scaling(scaling, deployment.backend)
     with transaction.atomic():
         row = Deployment.objects.select_for_update().get(pk=deployment.pk)
@@ -480,6 +511,7 @@ def scale_deployment(deployment: Deployment, scaling: Scaling) -> Deployment:
             row,
             row.status,
             f"Scaling to {scaling.min_replicas}–{scaling.max_replicas} replicas ({scaling.policy}).",
+            actor=actor,
         )
         _enqueue("scale_deployment", row.pk)
     row.refresh_from_db()
@@ -492,9 +524,10 @@ def update_deployment(
     instance_type: InstanceType | None = None,
     engine_options: dict[str, Any] | None = None,
     tensor_parallel_size: int | None = None,
+    actor: Actor = None,
 ) -> Deployment:
     """Change what runs (engine options, instance type); the backend rolls it out as a new generation.
-    Refused while the model's subscription is not in force."""
+    Refused while the model's subscription is not in force. The history entry names `actor`."""
     with transaction.atomic():
         row = (
             Deployment.objects.select_for_update()
@@ -536,15 +569,19 @@ def update_deployment(
             updated_at=timezone.now(),
         )
         transition(
-            row.pk, to=DeploymentStatus.UPDATING, message=f"Rolling out a change on {new_instance.name}."
+            row.pk,
+            to=DeploymentStatus.UPDATING,
+            message=f"Rolling out a change on {new_instance.name}.",
+            actor=actor,
         )
         _enqueue("provision_deployment", row.pk)
     row.refresh_from_db()
     return row
 
 
-def delete_deployment(deployment: Deployment) -> Deployment:
-    """Mark for deletion (which frees its quota at once) and remove its objects on commit. Idempotent."""
+def delete_deployment(deployment: Deployment, *, actor: Actor = None) -> Deployment:
+    """Mark for deletion (which frees its quota at once) and remove its objects on commit. Idempotent.
+    The history entry names `actor`."""
     with transaction.atomic():
         moved = transition(
             deployment.pk,
@@ -552,6 +589,7 @@ def delete_deployment(deployment: Deployment) -> Deployment:
             message="Removing the engine and its objects.",
             allowed_from=LIVE_STATUSES,
             reserved_gpus=0,
+            actor=actor,
         )
         if moved:
             _enqueue("delete_deployment", deployment.pk)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from rest_framework import serializers
 
 from marketplace.accounts.models import Organization
@@ -88,6 +89,7 @@ class DeploymentCreateSerializer(ScalingSerializer):
             scaling=self.scaling(),
             engine_options=data["engine_options"],
             tensor_parallel_size=data.get("tensor_parallel_size"),
+            actor=user,
         )
 
 
@@ -115,9 +117,23 @@ class DeploymentUpdateSerializer(serializers.Serializer[Deployment]):
 
 
 class DeploymentEventSerializer(serializers.ModelSerializer[DeploymentEvent]):
+    actor: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="The username of the person who asked for this change, while their account exists; "
+        "null when the platform acted (the reconciler, a worker, a budget) or an API key did",
+    )
+    actor_name = serializers.CharField(
+        source="by",
+        read_only=True,
+        help_text="Who acted, as the deployment page says it: a username, an API key's name and "
+        "prefix, or 'the platform'",
+    )
+
     class Meta:
         model = DeploymentEvent
-        fields = ["created_at", "status", "message"]
+        fields = ["created_at", "status", "message", "actor", "actor_name"]
 
 
 class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
@@ -167,4 +183,5 @@ class DeploymentDetailSerializer(DeploymentSerializer):
         read_only_fields = fields
 
     def get_events(self, deployment: Deployment) -> list[dict[str, Any]]:
-        return list(DeploymentEventSerializer(deployment.events.all()[:50], many=True).data)
+        events = deployment.events.select_related("actor")[:50]
+        return list(DeploymentEventSerializer(events, many=True).data)

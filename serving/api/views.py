@@ -69,7 +69,7 @@ class DeploymentViewSet(
         deployment = self.get_object()
         serializer = DeploymentScaleSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        deployment = services.scale_deployment(deployment, serializer.scaling())
+        deployment = services.scale_deployment(deployment, serializer.scaling(), actor=request.user)
         return Response(DeploymentSerializer(deployment).data)
 
     @extend_schema(request=DeploymentUpdateSerializer, responses={200: DeploymentSerializer})
@@ -83,12 +83,13 @@ class DeploymentViewSet(
             instance_type=data.get("instance_type"),
             engine_options=data.get("engine_options"),
             tensor_parallel_size=data.get("tensor_parallel_size"),
+            actor=request.user,
         )
         return Response(DeploymentSerializer(deployment).data)
 
     @extend_schema(responses={202: OpenApiResponse(description="Deletion started; see its status")})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        services.delete_deployment(self.get_object())
+        services.delete_deployment(self.get_object(), actor=request.user)
         return Response(status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={(200, "application/yaml"): OpenApiResponse(description="Kubernetes objects")})

@@ -257,7 +257,7 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         serializer = DeploymentScaleSerializer(data=form_data(request.POST, SCALING_FIELDS))
         serializer.is_valid(raise_exception=True)
-        services.scale_deployment(deployment, serializer.scaling())
+        services.scale_deployment(deployment, serializer.scaling(), actor=request.user)
     except (exceptions.ValidationError, Conflict) as error:  # Conflict: the model's terms not accepted
         context = _detail_context(request, deployment)
         context["errors"] = field_errors(exceptions.ValidationError(error.detail))  # either kind, by field
@@ -274,5 +274,5 @@ def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
         context = _detail_context(request, deployment)
         context["errors"] = {"confirm": [f"Type the deployment's name, {deployment.name}, to delete it."]}
         return render(request, "web/deployment.html", context, status=400)
-    services.delete_deployment(deployment)
+    services.delete_deployment(deployment, actor=request.user)
     return redirect("web:deployment", pk=deployment.pk)

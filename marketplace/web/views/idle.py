@@ -26,12 +26,12 @@ def scale_idle(request: HttpRequest, pk: int) -> HttpResponse:
                 raise exceptions.ValidationError(
                     {"to": [f"{deployment.name} cannot scale to zero here: that needs KEDA on the cluster."]}
                 )
-            idle.scale_to_zero(deployment)
+            idle.scale_to_zero(deployment, actor=request.user)
             done = f"{deployment.name} now scales to zero when idle; the first request wakes it."
         elif how == "minimum":
             if not idle.can_scale_to_minimum(deployment):
                 raise exceptions.ValidationError({"to": [f"{deployment.name} runs at its minimum already."]})
-            idle.scale_to_minimum(deployment)
+            idle.scale_to_minimum(deployment, actor=request.user)
             done = f"{deployment.name} is scaled down to its minimum of {deployment.min_replicas or 1}."
         else:
             raise exceptions.ValidationError({"to": ["Choose 'zero' or 'minimum'."]})
