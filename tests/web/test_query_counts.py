@@ -21,7 +21,7 @@ from tests.web.conftest import make_deployment
 # page → queries (session and user included); each is measured with few rows and with many.
 PINNED = {
     "/": 8,  # with the instance types (what is deployable here) and every facet's counts (one query)
-    "/?q=instruct&task=chat&fits=aws-g5-xlarge&sort=-parameters": 10,  # and which typed words are stop words
+    "/?q=instruct&task=chat&fits=aws-g5-xlarge&sort=-parameters": 11,  # + stop words, the search on its own
     "/models/llama-3.1-8b-instruct/": 8,  # with the live deployments that hold the subscription
     "/deployments/": 5,
     "/deployments/new/?model=llama-3.1-8b-instruct": 11,

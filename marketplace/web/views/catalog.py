@@ -6,7 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.db.models import F, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -30,7 +30,7 @@ PAGE_SIZE = 24  # a multiple of the grid's 2, 3 and 4 columns
 RELEVANCE = "relevance"
 # Each sort's label and order; ties go by name, and unknown release dates sort last.
 SORTS: dict[str, tuple[str, tuple[Any, ...]]] = {
-    RELEVANCE: ("Best match", ("-search_rank", "name")),
+    RELEVANCE: ("Best match", ()),  # ordered in Python from the search's ranks (_best_match_page)
     "name": ("Name", ("name",)),
     "-parameters": ("Largest first", ("-parameters", "name")),
     "parameters": ("Smallest first", ("parameters", "name")),
@@ -46,29 +46,42 @@ SINGLE_FILTERS = (
 )  # fmt: skip
 
 
-def _searched_cards(request: HttpRequest) -> tuple[QuerySet[ModelCard], dict[str, list[str]], bool]:
+def _searched_cards(
+    request: HttpRequest,
+) -> tuple[QuerySet[ModelCard], dict[str, list[str]], dict[int, float] | None]:
     """The cards that pass the search and the single-valued filters (the facets come after), the errors
-    in words by field, and whether the person searched."""
+    in words by field, and each found card's search rank (None when the person did not search).
+
+    The search runs once, in its own query, and the rest of the page reads its result by primary key:
+    the search document is the costly part, and the page would otherwise work it out three times."""
     params = {name: request.GET[name] for name in SINGLE_FILTERS if request.GET.get(name, "") != ""}
     filterset = ModelCardFilterSet(params, queryset=ModelCard.objects.all())
     if not filterset.is_valid():
-        return (
-            ModelCard.objects.none(),
-            {name: list(messages) for name, messages in filterset.errors.items()},
-            False,
-        )
+        errors = {name: list(messages) for name, messages in filterset.errors.items()}
+        return ModelCard.objects.none(), errors, None
     cards: QuerySet[ModelCard] = filterset.qs
     text = request.GET.get("q", "").strip()
     if len(text) > SEARCH_MAX_LENGTH:
-        return ModelCard.objects.none(), {"q": [f"Search for at most {SEARCH_MAX_LENGTH} characters."]}, False
-    if text:
-        cards = search.search(cards, text)
-    return cards, {}, bool(text)
+        return ModelCard.objects.none(), {"q": [f"Search for at most {SEARCH_MAX_LENGTH} characters."]}, None
+    if not text:
+        return cards, {}, None
+    ranks = dict(search.search(cards, text).values_list("pk", "search_rank"))  # type: ignore[misc]
+    return ModelCard.objects.filter(pk__in=list(ranks)), {}, ranks
+
+
+def _best_match_page(shown: QuerySet[ModelCard], ranks: dict[int, float], number: str | None) -> Page[Any]:
+    """A page of `shown`, best match first (ties by name), ordered here from the ranks the search gave."""
+    order = sorted(shown.values_list("pk", "name"), key=lambda row: (-ranks[row[0]], row[1].casefold()))
+    page: Page[Any] = Paginator([pk for pk, _ in order], PAGE_SIZE).get_page(number)
+    cards = shown.in_bulk(list(page.object_list))
+    page.object_list = [cards[pk] for pk in page.object_list]
+    return page
 
 
 @require_GET
 def catalog(request: HttpRequest) -> HttpResponse:
-    cards, errors, searched = _searched_cards(request)
+    cards, errors, ranks = _searched_cards(request)
+    searched = ranks is not None
     selection = {name: [v for v in request.GET.getlist(name) if v != ""] for name in facets.FACET_NAMES}
     selection_errors = facets.check_selection(selection)
     if selection_errors:
@@ -78,14 +91,21 @@ def catalog(request: HttpRequest) -> HttpResponse:
     cards = facets.with_deployable(cards, instance_types)
     filters = facets.facet_filters(selection)
     facet_results = facets.counts(cards, selection, filters)
-    shown = cards.filter(*filters.values()).select_related("provider", "license")
+    shown = (
+        cards.filter(*filters.values())
+        .select_related("provider", "license")
+        .defer("search_text", "summary", "license__text")
+    )
     sort = request.GET.get("sort") or (RELEVANCE if searched else "name")
     if sort not in SORTS or (sort == RELEVANCE and not searched):
         sort = "name"
-    shown = shown.defer("search_text", "summary", "license__text").order_by(*SORTS[sort][1])
-    page = Paginator(shown, PAGE_SIZE).get_page(request.GET.get("page"))
+    page: Page[Any]
+    if sort == RELEVANCE and ranks is not None:
+        page = _best_match_page(shown, ranks, request.GET.get("page"))
+    else:
+        page = Paginator(shown.order_by(*SORTS[sort][1]), PAGE_SIZE).get_page(request.GET.get("page"))
     for card in page.object_list:  # a sentence for a person on the badge of a model that cannot run here
-        card.why_not_here = None if card.deployable else why_not_here(card, instance_types)  # type: ignore[attr-defined]
+        card.why_not_here = None if card.deployable else why_not_here(card, instance_types)  # type: ignore[union-attr]
     query = request.GET.copy()
     query.pop("page", None)
     single_active = sum(1 for name in ("context_length_min", "fits") if request.GET.get(name))
