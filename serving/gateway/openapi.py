@@ -25,6 +25,17 @@ MODEL_ID = {
     "description": "The name of one of your organisation's deployments (or of a prompt router).",
     "schema": {"type": "string"},
 }
+# What every answer says about the call (serving/gateway/routers.py).
+ANSWER_HEADERS = {
+    "x-request-id": {
+        "description": "The gateway's id of this call: its usage record's, which POST /api/feedback/ rates.",
+        "schema": {"type": "string"},
+    },
+    "x-router-deployment": {
+        "description": "When `model` names a prompt router: the deployment that answered.",
+        "schema": {"type": "string"},
+    },
+}
 SCHEMAS: dict[str, Any] = {
     "OpenAIError": {
         "type": "object",
@@ -110,13 +121,18 @@ def _openai(route: str, summary: str, example: dict[str, Any], streams: bool) ->
             "tags": [OPENAI_TAG],
             "summary": summary,
             "description": (
-                "Call a deployment by its name in `model`, with an API key of its organisation. Counted "
-                "against the key's and the organisation's limits; a call the engine refuses is not charged."
+                "Call a deployment, or a prompt router, by its name in `model`, with an API key of its "
+                "organisation. Counted against the key's and the organisation's limits; a call the engine "
+                "refuses is not charged."
             ),
             "security": SECURITY,
             "requestBody": _engine_request(route, example),
             "responses": {
-                "200": {"description": "The engine's answer, with `usage`.", "content": answer},
+                "200": {
+                    "description": "The engine's answer, with `usage`.",
+                    "headers": ANSWER_HEADERS,
+                    "content": answer,
+                },
                 **_errors("OpenAIError", _OPENAI_ERRORS),
             },
         }
@@ -141,7 +157,11 @@ def _bedrock(summary: str, body: dict[str, Any], streams: bool) -> dict[str, Any
             },
             "responses": {
                 "200": {
-                    "description": "The answer" + (", as an AWS event stream." if streams else "."),
+                    "description": "The answer"
+                    + (", as an AWS event stream." if streams else ".")
+                    + " Through a prompt router, Converse's `trace.promptRouter.invokedModelId` (in a"
+                    " stream, the metadata event's) names the deployment that answered.",
+                    "headers": ANSWER_HEADERS,
                     "content": {content_type: {"schema": {"type": "object" if not streams else "string"}}},
                 },
                 **_errors("BedrockError", _BEDROCK_ERRORS),
