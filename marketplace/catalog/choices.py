@@ -22,10 +22,48 @@ TASKS = (
     "reasoning",
     "tool-use",
     "summarization",
+    "speech-recognition",
+    "text-to-speech",
+    "image-generation",
+    "protein-modeling",
 )
-DOMAINS = ("general", "code", "finance", "legal", "medical", "science", "math")
+DOMAINS = ("general", "code", "finance", "legal", "medical", "science", "math", "biology")
 MODALITIES_IN = ("text", "image", "audio", "video")
-MODALITIES_OUT = ("text", "embedding", "score")
+MODALITIES_OUT = ("text", "embedding", "score", "image", "audio")
+
+# The invoke routes a deployment can serve, in the order they are listed. A card's routes follow from its
+# tasks (ModelCard.routes); the gateway answers only these for a deployment of the card.
+ROUTES = (
+    "chat.completions",
+    "responses",
+    "completions",
+    "embeddings",
+    "rerank",
+    "score",
+    "audio.transcriptions",
+    "audio.translations",
+)
+# Task → routes it opens. Chat models also complete raw text; a reranker (cross-encoder) scores pairs.
+# Speech recognition transcribes; with the translation task it also translates speech into English.
+ROUTES_BY_TASK: dict[str, tuple[str, ...]] = {
+    "chat": ("chat.completions", "responses", "completions"),
+    "vision-language": ("chat.completions", "responses"),
+    "tool-use": ("chat.completions", "responses"),
+    "reasoning": ("chat.completions", "responses"),
+    "text-generation": ("completions",),
+    "code-generation": ("completions",),
+    "summarization": ("completions",),
+    "embedding": ("embeddings",),
+    "reranking": ("rerank", "score"),
+    "speech-recognition": ("audio.transcriptions",),
+}
+# Routes served by vLLM's pooling runner rather than by generation.
+POOLING_ROUTES = frozenset({"embeddings", "rerank", "score"})
+# What the pinned engine (vLLM 0.33) cannot produce at all, whatever the card: a reason for a person.
+UNSERVABLE_OUTPUTS = {
+    "image": "the pinned engine (vLLM) generates text and vectors, not images",
+    "audio": "the pinned engine (vLLM) transcribes speech but does not synthesise it",
+}
 DTYPES = ("bfloat16", "float16", "float32")
 INSTANCE_PROVIDERS = ("aws", "gcp", "azure", "on-prem", "local")
 

@@ -97,6 +97,9 @@ class CardRecord(_Strict):
     gpu_memory_gb: int | None = Field(default=None, gt=0)
     embedding_dimensions: int | None = Field(default=None, gt=0)
     release_date: datetime.date | None = None
+    # Why the pinned engine cannot serve a model of a kind it otherwise serves (an architecture it lacks):
+    # the card then shows "not yet servable here" with it, and deploying it is refused.
+    engine_unsupported: str = Field(default="", max_length=300)
     engine_defaults: EngineDefaults = EngineDefaults()
 
     @field_validator("base_model")

@@ -13,7 +13,13 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from marketplace.catalog import fits
-from marketplace.catalog.choices import CommercialUse
+from marketplace.catalog.choices import (
+    POOLING_ROUTES,
+    ROUTES,
+    ROUTES_BY_TASK,
+    UNSERVABLE_OUTPUTS,
+    CommercialUse,
+)
 
 
 class Provider(models.Model):
@@ -127,6 +133,30 @@ class InstanceType(models.Model):
         return self.gpu_count * self.gpu_memory_gb
 
 
+def card_routes(tasks: list[str], modalities_in: list[str]) -> tuple[str, ...]:
+    """The one rule from a card's tasks to its invoke routes, in choices.ROUTES order.
+
+    Translation is the one task whose route depends on the input: a speech model translates audio
+    (audio.translations), a text model completes text."""
+    routes: set[str] = set()
+    for task in tasks:
+        routes.update(ROUTES_BY_TASK.get(task, ()))
+    if "translation" in tasks:
+        routes.add("audio.translations" if "audio" in modalities_in else "completions")
+    return tuple(route for route in ROUTES if route in routes)
+
+
+def card_not_servable_reason(name: str, modalities_out: list[str], engine_unsupported: str) -> str:
+    """Why the pinned engine cannot serve a card ("" when it can): an output it never produces, else the
+    card's own stated gap."""
+    for modality in modalities_out:
+        if modality in UNSERVABLE_OUTPUTS:
+            return f"{name} is not yet servable here: {UNSERVABLE_OUTPUTS[modality]}."
+    if engine_unsupported:
+        return f"{name} is not yet servable here: {engine_unsupported.rstrip('.')}."
+    return ""
+
+
 class ModelCardQuerySet(QuerySet["ModelCard"]):
     def fitting(self, instance_type: InstanceType) -> ModelCardQuerySet:
         if instance_type.gpu_count == 0:
@@ -185,6 +215,11 @@ class ModelCard(models.Model):
     )
     embedding_dimensions = models.PositiveIntegerField(null=True, blank=True)
     release_date = models.DateField(null=True, blank=True)
+    engine_unsupported = models.TextField(
+        blank=True,
+        help_text="Why the pinned engine cannot serve this model although it could serve its kind "
+        "(an architecture it lacks); empty when it can",
+    )
     engine_defaults = models.JSONField(default=dict, blank=True)
     # Lower-cased name, repo, family, provider, summary and tags: what free-text search looks in.
     search_text = models.TextField(default="", editable=False)
@@ -218,6 +253,26 @@ class ModelCard(models.Model):
     def is_embedding(self) -> bool:
         """Serves vectors, not chat: no playground, and the embeddings route."""
         return "embedding" in self.tasks
+
+    @property
+    def not_servable_reason(self) -> str:
+        """Why no deployment of this card can be served here, in words for a person; "" when it can."""
+        return card_not_servable_reason(self.name, self.modalities_out, self.engine_unsupported)
+
+    @property
+    def servable(self) -> bool:
+        return not self.not_servable_reason
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """The invoke routes a deployment of this card serves (choices.ROUTES names); none when the
+        engine cannot serve the card."""
+        return card_routes(self.tasks, self.modalities_in) if self.servable else ()
+
+    @property
+    def uses_pooling(self) -> bool:
+        """Served by vLLM's pooling runner (embeddings, rerank, score), not by generation."""
+        return bool(set(self.routes) & POOLING_ROUTES)
 
     @property
     def parameters_billions(self) -> float:
