@@ -256,7 +256,8 @@ def _windows(text: str) -> tuple[int, list[tuple[int, int]]]:
         runs = [(position, position + 1) for position in positions]
     else:
         runs = [run.span() for run in _DIGITS.finditer(text)]
-    digits, windows = 0, []
+    digits = 0
+    windows: list[tuple[int, int]] = []
     for start, end in runs:
         digits += end - start
         low, high = max(0, start - _REACH), min(len(text), end + _REACH)
