@@ -39,9 +39,11 @@ Everything found is reported, even after a block, so a trace shows every rule th
 
 Streams (`StreamGuard`) hold back the last `policy.hold_back` characters (at least 64: longer than any
 personal-data shape but an e-mail address, which has no spaces) and never release text inside a run of
-non-space characters or inside a detected entity, so every entity is detected whole before any of it
-is sent: personal data and word matches that start in released text were decided with their whole
-context. A block is reported at the piece that completes the match, before the match is released.
+the characters an entity without spaces is made of (ASCII letters, digits and `._%+-@:()`) or inside a
+detected entity, so every entity is detected whole before any of it is sent (text in scripts without
+spaces, Chinese or Japanese, still flows: its characters end such runs). Personal data and word matches
+that start in released text were decided with their whole context. A block is reported at the piece
+that completes the match, before the match is released.
 """
 
 from __future__ import annotations
@@ -297,6 +299,14 @@ def check(policy: Policy, text: str, *, direction: str, embedding: Any = None) -
 
 # --- Checking a stream --------------------------------------------------------------------------------------
 
+_ENTITY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-@:()")
+
+
+def _in_entity(char: str) -> bool:
+    """Whether `char` can be part of a personal-data entity written without spaces."""
+    return char in _ENTITY_CHARACTERS
+
+
 # Characters of released text kept as context: what the detectors' look-behinds see before a new match.
 _CONTEXT = 16
 
@@ -349,7 +359,7 @@ class StreamGuard:
         cut = len(text) - self.policy.hold_back
         while cut > self._released:
             moved = cut
-            while moved > self._released and not text[moved - 1].isspace() and not text[moved].isspace():
+            while moved > self._released and _in_entity(text[moved - 1]) and _in_entity(text[moved]):
                 moved -= 1
             for finding in findings:
                 if finding.start < moved < finding.end:

@@ -87,3 +87,20 @@ def test_denied_topics_are_checked_at_the_end_when_given_the_answer_embedding() 
     guard.feed("short")
     assert guard.finish(embedding=[1.0, 0.01]) == ""
     assert guard.blocked is not None and guard.blocked.interventions[0].kind == "topic"
+
+
+def test_text_without_spaces_in_another_script_still_flows() -> None:
+    text = "这是一个关于天气的很长的回答，今天早上下雨，下午晴天。" * 10
+    guard = StreamGuard(POLICY)
+    sent = "".join(guard.feed(text[index : index + 3]) for index in range(0, len(text), 3))
+    assert len(text) - len(sent) <= POLICY.hold_back + 3
+    assert sent + guard.finish() == text
+
+
+def test_a_long_email_address_is_held_whole_until_it_ends() -> None:
+    address = "a.very.long.local.part.of.an.address.that.keeps.going@subdomain.example-company.co.uk"
+    assert len(address) > POLICY.hold_back
+    text = f"{PROSE}Reply to {address} please. {PROSE}"
+    out, _ = released([text[index : index + 2] for index in range(0, len(text), 2)])
+    assert "".join(out) == check(POLICY, text, direction=OUTPUT).text
+    assert not any("a.very" in piece for piece in out)
