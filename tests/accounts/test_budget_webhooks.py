@@ -154,12 +154,13 @@ def test_an_internal_address_is_not_called_unless_allowed(
     )
 
 
+@pytest.mark.django_db
 def test_a_host_that_resolves_to_an_internal_address_only_when_called_is_not_called(
-    transactional_catalog: None, receiver: Receiver, no_worker: list[int], monkeypatch: pytest.MonkeyPatch
+    acme: Any, receiver: Receiver, no_worker: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """DNS rebinding: the name answers a public address to the check and an internal one to the
     connection. The address connected to is what counts."""
-    organization = account_services.create_organization(slug="rebind", name="Rebind", owner=make_user("r"))
+    organization = acme
     deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
     budget, _ = budgets.create_budget(
         organization=organization, deployment=None, monthly_amount_usd=Decimal("10"), thresholds=[50],
