@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from learning.models import Router
 from marketplace.accounts.models import ApiKey, hash_api_key
 from marketplace.accounts.services import create_api_key
 from marketplace.catalog.models import InstanceType, ModelCard
@@ -146,3 +147,63 @@ def test_outsider_cannot_change_acme_keys(browser_for, owner, outsider, acme, gl
     assert browser_for(outsider).post(f"/api-keys/{key.pk}/settings/", body).status_code == 404
     key.refresh_from_db()
     assert (key.allowed_deployments, key.requests_per_minute) == ([], None)
+
+
+def router(organization, name: str) -> Router:
+    return Router.objects.create(
+        organization=organization, name=name, fallback="chat",
+        candidates=[{"deployment": "chat", "cost_per_1k_tokens": None},
+                    {"deployment": "other", "cost_per_1k_tokens": None}],
+    )  # fmt: skip
+
+
+def test_owner_limits_a_new_key_to_a_router_offered_beside_the_deployments(browser_for, owner, acme) -> None:
+    live(acme, "chat")
+    router(acme, "auto")
+    browser = browser_for(owner)
+    form = browser.get("/api-keys/").text
+    assert 'name="allowed_deployments" value="auto"' in form
+    response = browser.post("/api-keys/new/", {"name": "app", "allowed_deployments": ["auto"]})
+    assert response.status_code == 201, response.text
+    assert ApiKey.objects.get(organization=acme, name="app").allowed_deployments == ["auto"]
+
+
+def test_a_keys_router_is_ticked_in_its_change_form_and_can_be_unticked(browser_for, owner, acme) -> None:
+    live(acme, "chat")
+    router(acme, "auto")
+    key, _ = create_api_key(
+        organization=acme, name="ci", created_by=owner, expires_at=None, allowed_deployments=["auto"]
+    )
+    browser = browser_for(owner)
+    assert 'value="auto" checked' in browser.get("/api-keys/").text
+    assert browser.post(f"/api-keys/{key.pk}/settings/", {"allowed_deployments": ["chat"]}).status_code == 302
+    key.refresh_from_db()
+    assert key.allowed_deployments == ["chat"]
+
+
+def test_another_organisations_router_is_neither_offered_nor_accepted(
+    browser_for, owner, acme, globex
+) -> None:
+    router(globex, "theirs")
+    browser = browser_for(owner)
+    assert 'value="theirs"' not in browser.get("/api-keys/").text
+    response = browser.post("/api-keys/new/", {"name": "sneaky", "allowed_deployments": ["theirs"]})
+    assert response.status_code == 400 and 'id="error-allowed_deployments"' in response.text
+    assert not ApiKey.objects.exists()
+
+
+def test_the_keys_page_makes_as_many_queries_with_five_routers_as_with_one(browser_for, owner, acme) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    browser = browser_for(owner)
+    router(acme, "r0")
+    browser.get("/api-keys/")  # a first visit fills what the page caches (the budget banner)
+    with CaptureQueriesContext(connection) as one:
+        browser.get("/api-keys/")
+    for number in range(1, 5):
+        router(acme, f"r{number}")
+    with CaptureQueriesContext(connection) as five:
+        page = browser.get("/api-keys/").text
+    assert all(f'value="r{number}"' in page for number in range(5))
+    assert len(five) == len(one)

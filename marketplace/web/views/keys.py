@@ -1,7 +1,7 @@
 """API keys of the current organisation: create (the secret is shown once), list, change the
-deployments a key may call and its own per-minute limits, revoke. Every member creates keys (to call
-what they deploy); owners and admins change and revoke any key, a member the keys they created (see
-accounts/rights.py)."""
+deployments and prompt routers a key may call and its own per-minute limits, revoke. Every member
+creates keys (to call what they deploy); owners and admins change and revoke any key, a member the
+keys they created (see accounts/rights.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework import exceptions
 
+from learning.models import Router
 from marketplace.accounts import services, tenancy
 from marketplace.accounts.api.serializers import ApiKeyCreateSerializer, ApiKeySettingsSerializer
 from marketplace.accounts.models import ApiKey, Organization
@@ -37,11 +38,18 @@ def _context(request: HttpRequest, organization: Organization | None) -> dict[st
         if organization
         else Deployment.objects.none().values_list("name", flat=True)
     )
+    # A key may be limited to prompt routers too (it then reaches their candidates through them).
+    routers = (
+        Router.objects.filter(organization=organization).order_by("name").values_list("name", flat=True)
+        if organization
+        else Router.objects.none().values_list("name", flat=True)
+    )
     can_manage = organization is not None and tenancy.can_manage(request, organization)
     return {
         "organization": organization,
         "keys": keys,
         "deployments": list(deployments),
+        "routers": list(routers),
         "can_manage": can_manage,
         "can_create": organization is not None and tenancy.can_create_keys(request, organization),
         # The keys this person may change and revoke: all of them for a manager, else their own.
