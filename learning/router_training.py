@@ -113,11 +113,14 @@ def start_training(
             f"The evaluation did not run {', '.join(missing)}; evaluate every candidate of the router "
             f"({', '.join(candidates)}) on the same dataset, then train from that evaluation.",
         )
-    if RouterTraining.objects.filter(
-        router=router, status__in=(TrainingStatus.PENDING, TrainingStatus.RUNNING)
-    ).exists():
-        raise Refused("router", "A training of this router is already under way; wait for it to finish.")
     with transaction.atomic():
+        # The router's row is locked first, so of two requests at once the second waits for the first
+        # to commit and then finds its training under way.
+        Router.objects.select_for_update().filter(pk=router.pk).first()
+        if RouterTraining.objects.filter(
+            router=router, status__in=(TrainingStatus.PENDING, TrainingStatus.RUNNING)
+        ).exists():
+            raise Refused("router", "A training of this router is already under way; wait for it to finish.")
         training = RouterTraining.objects.create(
             router=router, evaluation=evaluation, scorer=scorer, status_message="Waiting for a worker.",
             created_by=user if getattr(user, "pk", None) else None,

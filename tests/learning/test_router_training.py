@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 from django.contrib.auth.models import AbstractUser
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from learning import router_service, router_training, routing
@@ -194,3 +196,18 @@ def test_a_rating_posted_before_its_call_was_metered_still_replaces_the_served_a
     )  # fmt: skip
     (example,) = router_training.sample_examples(router, ["small", "large"])
     assert example.targets == [0.0, 1.0]
+
+
+def test_a_training_under_way_is_looked_for_with_the_router_locked(
+    router: Router, setup: Setup, owner: AbstractUser
+) -> None:
+    # Two requests at once would both find none under way and both start one; with the router's row
+    # locked first, the second waits for the first to commit and then finds it.
+    with CaptureQueriesContext(connection) as queries:
+        router_training.start_training(
+            router=router, evaluation=setup.evaluation, scorer="exact_match", user=owner
+        )
+    sql = [query["sql"] for query in queries.captured_queries]
+    locked = next(i for i, q in enumerate(sql) if '"learning_router"' in q and "FOR UPDATE" in q)
+    looked = next(i for i, q in enumerate(sql) if '"learning_routertraining"' in q and "SELECT" in q)
+    assert locked < looked
