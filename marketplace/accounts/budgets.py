@@ -6,10 +6,11 @@ How a check works (`check_budget`, run for every budget by a periodic task, `che
    unique constraint on (budget, month, threshold) lets exactly one insert succeed however many checkers
    race, and only the checker whose insert succeeded goes on. Crossing 50% and 80% in one pass alerts
    both, lowest first.
-3. For each new alert, once its transaction commits: the webhook delivery is enqueued (signed, retried
-   with exponential backoff, every attempt kept as a WebhookDelivery); a per-deployment budget writes a
-   line in the deployment's history; at 100%, when the owner chose so, the covered deployments are scaled
-   down to their minimum through serving.services (so quota and events stay right).
+3. For each new alert, in the transaction that inserts it: a per-deployment budget writes a line in the
+   deployment's history; at 100%, when the owner chose so, the covered deployments are scaled down to
+   their minimum through serving.services (so quota and events stay right). Once it commits, the webhook
+   delivery is enqueued (signed, retried with exponential backoff, every attempt kept as a
+   WebhookDelivery); an enqueue that was lost is made again by a later check.
 4. The banner every page shows for the organisation is refreshed in the cache (`banner`), so pages pay
    no query for it.
 
@@ -258,7 +259,10 @@ def _after_alert(budget: Budget, alert: BudgetAlert) -> None:
     if budget.webhook_url:
         transaction.on_commit(lambda: enqueue_delivery(alert.pk))
     if alert.threshold >= 100 and budget.scale_down_at_limit:
-        transaction.on_commit(lambda: scale_down(alert.pk))
+        # In the alert's own transaction, not after it commits: a checker that dies in between must not
+        # leave an alert that says the limit was reached and deployments that were never scaled down
+        # (the alert exists, so no later check would scale them). The backend work is queued on commit.
+        scale_down(alert.pk)
 
 
 def enqueue_delivery(alert_id: int) -> bool:

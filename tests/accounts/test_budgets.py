@@ -354,3 +354,18 @@ def test_a_delivery_whose_enqueue_was_lost_is_queued_again_by_a_later_check(
     WebhookDelivery.objects.create(alert=delivered, attempt=1, url=own.webhook_url, delivered=True)
     assert budgets.check_budgets(NOW)["requeued"] == 1
     assert queued == [BudgetAlert.objects.get(budget=mine).pk]
+
+
+def test_the_scale_down_at_the_limit_commits_with_its_alert_not_after_it(acme, scaled) -> None:
+    """No commit callbacks run here, as when a checker dies between committing the alert and running
+    them: the deployments are scaled down all the same, since the alert and the scaling are one write."""
+    busy = make_deployment(
+        acme, name="busy", min_replicas=1, max_replicas=4, autoscaling_policy=AutoscalingPolicy.QUEUE_DEPTH,
+        reserved_gpus=4, gpu_model="NVIDIA A10G 24GB",
+    )  # fmt: skip
+    budget = make_budget(acme, "100", thresholds=[100], scale_down_at_limit=True)
+    spend(busy, "101")
+    budgets.check_budget(budget, NOW)
+    busy.refresh_from_db()
+    assert busy.max_replicas == 1
+    assert "Scaled down to their minimum: busy." in BudgetAlert.objects.get().message
