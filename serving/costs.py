@@ -42,8 +42,9 @@ from django.db import connection, transaction
 from django.db.models import DecimalField, ExpressionWrapper, F, FloatField, QuerySet, Sum, Value
 from django.db.models.functions import Cast, TruncDate
 
-from marketplace.catalog.models import InstanceType, InstanceTypePrice
-from serving.models import ReplicaDay, ReplicaHour, ReplicaMeter, UsageRecord
+from marketplace.accounts.models import ApiKey, Organization
+from marketplace.catalog.models import InstanceType, InstanceTypePrice, ModelCard
+from serving.models import Deployment, ReplicaDay, ReplicaHour, ReplicaMeter, UsageRecord
 
 HOUR = timedelta(hours=1)
 COST_PLACES = Decimal("0.000000001")  # ReplicaDay.cost_usd's
@@ -358,97 +359,100 @@ def cost_by_deployment(*, organization_id: int, since: datetime, until: datetime
     return {row["deployment_id"]: Decimal(row["cost"] or 0).quantize(Decimal("0.000001")) for row in rows}
 
 
-# Reports: what a group means on each side. Costs are read from ReplicaDay, tokens from UsageRecord (only
-# calls a deployment answered: a call no deployment took served nothing that cost anything).
+# Reports. Each side is grouped by ids in PostgreSQL (a re-created deployment under an old name, or a
+# renamed one, stays a row of its own; no name is joined to every day of every deployment), summed as
+# floats (numeric sums of 90,000 rows cost twice as much, and the report rounds anyway); the names of the
+# few ids left are read afterwards, one query per kind. Costs are read from ReplicaDay, tokens from
+# UsageRecord (only calls a deployment answered: a call no deployment took served nothing that cost
+# anything).
 GROUPS = ("day", "deployment", "model", "instance_type", "api_key", "organization")
-COST_FIELDS = {
+COST_KEYS = {
     "day": "day",
-    "deployment": "deployment__name",
-    "model": "deployment__model_card__slug",
-    "instance_type": "instance_type__slug",
-    "organization": "organization__slug",
+    "deployment": "deployment_id",
+    "model": "deployment__model_card_id",
+    "instance_type": "instance_type_id",
+    "organization": "organization_id",
 }
-TOKEN_FIELDS = {
+TOKEN_KEYS = {
     "day": "day",
-    "deployment": "deployment__name",
-    "model": "deployment__model_card__slug",
-    "instance_type": "deployment__instance_type__slug",
-    "organization": "organization__slug",
-    "api_key": "api_key__prefix",
+    "deployment": "deployment_id",
+    "model": "deployment__model_card_id",
+    "instance_type": "deployment__instance_type_id",
+    "organization": "organization_id",
+    "api_key": "api_key_id",
+}
+# What a group's id is shown as: (model, field).
+LABELS: dict[str, tuple[type[Any], str]] = {
+    "deployment": (Deployment, "name"),
+    "model": (ModelCard, "slug"),
+    "instance_type": (InstanceType, "slug"),
+    "organization": (Organization, "slug"),
+    "api_key": (ApiKey, "prefix"),
 }
 # The figures of every row, in the order CSV exports them after the group columns.
 FIGURES = ("replica_hours", "cost_usd", "tokens", "cost_per_1k_tokens", "cost_share", "price_is_estimate")
 
 
+@dataclass(frozen=True)
+class CostReport:
+    rows: list[dict[str, Any]]  # the rows asked for (all, or a page of them)
+    count: int  # rows in the whole report
+
+
 def cost_report(
-    days: QuerySet[ReplicaDay], usage: QuerySet[UsageRecord], groups: Sequence[str]
-) -> list[dict[str, Any]]:
+    days: QuerySet[ReplicaDay],
+    usage: QuerySet[UsageRecord],
+    groups: Sequence[str],
+    *,
+    offset: int = 0,
+    limit: int | None = None,
+) -> CostReport:
     """One row per group with replica-hours, cost (USD), tokens served, cost per 1,000 tokens (idle time
-    included: what the tokens really cost) and the group's share of the whole cost. Two queries
-    whatever the number of deployments or days.
+    included: what the tokens really cost) and the group's share of the whole cost; rows ordered by
+    their groups (names, then ids), `limit` of them from `offset`. A row grouped by deployment also
+    says the deployment's id (two deployments may have had one name). Two queries, plus one per named
+    group, whatever the number of deployments or days.
 
     By `api_key`: each deployment's cost within a row's span (a day, when grouped by day; else the window)
     is shared among the keys by the tokens they had it serve; a deployment that served no tokens in the
     span leaves its cost to the row whose api_key is None, as do tokens of deleted keys.
     """
-    plain = [g for g in groups if g != "api_key"]
-    by_key = "api_key" in groups
-    cell = [COST_FIELDS[g] for g in plain] + (["deployment_id"] if by_key else [])
-    # Sums as floats: the report rounds them anyway, and 90,000 Decimals cost more than the query.
-    cost_rows = (
-        days.values_list(*cell)
-        .annotate(
-            seconds=Cast(Sum("replica_seconds"), FloatField()),
-            cost=Cast(Sum("cost_usd"), FloatField()),
-            estimate=BoolOr("price_is_estimate"),
+    tallies = _tally(days, usage, groups)
+    names = [*(g for g in groups if g != "api_key"), *(["api_key"] if "api_key" in groups else [])]
+    labels = {
+        group: dict(
+            LABELS[group][0]
+            .objects.filter(pk__in={where[i] for where in tallies} - {None})
+            .values_list("pk", LABELS[group][1])
         )
-        .order_by()
-    )
-    if "day" in plain:
-        usage = usage.annotate(day=TruncDate("created_at", tzinfo=UTC))
-    token_cell = [TOKEN_FIELDS[g] for g in plain] + (["deployment_id", "api_key__prefix"] if by_key else [])
-    token_rows = (
-        usage.filter(deployment__isnull=False)
-        .values_list(*token_cell)
-        .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
-        .order_by()
-    )
-    width = len(cell)
-    # group values -> [replica-seconds, cost, tokens, estimate]
-    tallies: dict[tuple[Any, ...], list[Any]] = {}
-    if not by_key:
-        for *where, seconds, cost, estimate in cost_rows:
-            tallies[tuple(where)] = [seconds, cost, 0, estimate]
-        for *where, tokens in token_rows:
-            tallies.setdefault(tuple(where), [0.0, 0.0, 0, False])[2] += tokens or 0
-    else:
-        served: dict[tuple[Any, ...], dict[str | None, int]] = defaultdict(dict)
-        for *where, key, tokens in token_rows:
-            served[tuple(where)][key] = tokens or 0
-        plain_width = width - 1
-        for *where, seconds, cost, estimate in cost_rows:
-            keys = served.get(tuple(where)) or {}
-            total = sum(keys.values())
-            shares = {key: tokens / total for key, tokens in keys.items()} if total else {None: 1.0}
-            for key, share in shares.items():
-                tally = tallies.setdefault((*where[:plain_width], key), [0.0, 0.0, 0, False])
-                tally[0] += seconds * share
-                tally[1] += cost * share
-                tally[3] = tally[3] or estimate
-        for where, keys in served.items():
-            for key, tokens in keys.items():
-                tallies.setdefault((*where[:plain_width], key), [0.0, 0.0, 0, False])[2] += tokens
+        for i, group in enumerate(names)
+        if group in LABELS
+    }
+
+    def order(item: tuple[tuple[Any, ...], list[Any]]) -> tuple[Any, ...]:
+        key: list[Any] = []
+        for group, value in zip(names, item[0], strict=True):
+            shown = labels[group].get(value) if group in labels else value
+            key += [value is None, shown or "", value or 0]
+        return tuple(key)
+
+    ordered = sorted(tallies.items(), key=order)
     whole = sum(tally[1] for tally in tallies.values())
-    names = [*plain, "api_key"] if by_key else plain
-    day = names.index("day") if "day" in names else None
     rows: list[dict[str, Any]] = []
-    for values, (seconds, cost, tokens, estimate) in sorted(
-        tallies.items(), key=lambda item: tuple((v is None, v) for v in item[0])
-    ):
-        line = dict(zip(names, values, strict=True))
-        if day is not None and values[day] is not None:
-            line["day"] = values[day].isoformat()
-        row = {name: line[name] for name in groups}
+    for values, (seconds, cost, tokens, estimate) in ordered[
+        offset : None if limit is None else offset + limit
+    ]:
+        where = dict(zip(names, values, strict=True))
+        row: dict[str, Any] = {}
+        for group in groups:
+            value = where[group]
+            if group == "day":
+                row["day"] = value.isoformat() if value is not None else None
+            elif group == "deployment":
+                row["deployment"] = labels["deployment"].get(value)
+                row["deployment_id"] = value
+            else:
+                row[group] = labels[group].get(value)
         row["replica_hours"] = round(seconds / 3600, 3)
         row["cost_usd"] = round(cost, 6)
         row["tokens"] = tokens
@@ -456,4 +460,54 @@ def cost_report(
         row["cost_share"] = round(cost / whole, 4) if whole else None
         row["price_is_estimate"] = estimate
         rows.append(row)
-    return rows
+    return CostReport(rows, len(ordered))
+
+
+def _tally(
+    days: QuerySet[ReplicaDay], usage: QuerySet[UsageRecord], groups: Sequence[str]
+) -> dict[tuple[Any, ...], list[Any]]:
+    """{group ids (api_key last): [replica-seconds, cost, tokens, estimate]}, from one query per side."""
+    plain = [g for g in groups if g != "api_key"]
+    by_key = "api_key" in groups
+    cell = [COST_KEYS[g] for g in plain] + (["deployment_id"] if by_key else [])
+    cost_rows = (
+        days.values_list(*cell)
+        .annotate(
+            seconds=Sum(Cast("replica_seconds", FloatField())),
+            cost=Sum(Cast("cost_usd", FloatField())),
+            estimate=BoolOr("price_is_estimate"),
+        )
+        .order_by()
+    )
+    if "day" in plain:
+        usage = usage.annotate(day=TruncDate("created_at", tzinfo=UTC))
+    token_cell = [TOKEN_KEYS[g] for g in plain] + (["deployment_id", "api_key_id"] if by_key else [])
+    token_rows = (
+        usage.filter(deployment__isnull=False)
+        .values_list(*token_cell)
+        .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
+        .order_by()
+    )
+    tallies: dict[tuple[Any, ...], list[Any]] = {}
+    if not by_key:
+        for *where, seconds, cost, estimate in cost_rows:
+            tallies[tuple(where)] = [seconds or 0.0, cost or 0.0, 0, estimate]
+        for *where, tokens in token_rows:
+            tallies.setdefault(tuple(where), [0.0, 0.0, 0, False])[2] += tokens or 0
+        return tallies
+    served: dict[tuple[Any, ...], dict[int | None, int]] = defaultdict(dict)
+    for *where, key, tokens in token_rows:
+        served[tuple(where)][key] = tokens or 0
+    for *where, seconds, cost, estimate in cost_rows:
+        keys = served.get(tuple(where)) or {}
+        total = sum(keys.values())
+        shares = {key: tokens / total for key, tokens in keys.items()} if total else {None: 1.0}
+        for key, share in shares.items():
+            tally = tallies.setdefault((*where[:-1], key), [0.0, 0.0, 0, False])
+            tally[0] += (seconds or 0.0) * share
+            tally[1] += (cost or 0.0) * share
+            tally[3] = tally[3] or estimate
+    for where, keys in served.items():
+        for key, tokens in keys.items():
+            tallies.setdefault((*where[:-1], key), [0.0, 0.0, 0, False])[2] += tokens
+    return tallies

@@ -22,6 +22,9 @@ from serving import costs
 from serving.api.usage import UsageQuerySerializer
 from serving.models import ReplicaDay, UsageRecord
 
+PAGE_ROWS = 1000
+MAX_PAGE_ROWS = 100_000
+
 
 class CostQuerySerializer(UsageQuerySerializer):
     """The usage API's `organization`, `since`, `until` and `group_by`, with the cost report's groups."""
@@ -42,6 +45,14 @@ class CostQuerySerializer(UsageQuerySerializer):
         return groups
 
 
+class CostPageSerializer(serializers.Serializer[dict[str, Any]]):
+    """Which rows of the report: JSON answers at most PAGE_ROWS unless `limit` says otherwise (a day by
+    deployment report of a large organisation is tens of thousands of rows); CSV all unless it does."""
+
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_PAGE_ROWS)
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=2_147_483_647, default=0)
+
+
 class CostCsvRenderer(BaseRenderer):
     """The report as CSV for finance tools: a header row of stable column names (the groups asked for,
     then costs.FIGURES), one line per row; an empty figure is an empty cell."""
@@ -53,7 +64,10 @@ class CostCsvRenderer(BaseRenderer):
     def render(
         self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
     ) -> bytes:
-        columns = [*data["group_by"], *costs.FIGURES]
+        groups = [
+            part for g in data["group_by"] for part in ([g, "deployment_id"] if g == "deployment" else [g])
+        ]
+        columns = [*groups, *costs.FIGURES]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(columns)
@@ -65,9 +79,17 @@ class CostCsvRenderer(BaseRenderer):
 class CostView(APIView):
     """Costs of your organisations (platform admins: of all, or of `organization`), one row per group:
     replica-hours, cost in USD at the price in force at each hour, tokens served, cost per 1,000 tokens
-    (idle time included), share of the whole cost, and whether an estimated price went into it.
-    `?format=csv` (or `Accept: text/csv`) answers CSV. A key limited to some deployments reads only
-    theirs."""
+    (idle time included), share of the whole cost, and whether an estimated price went into it. A row
+    by deployment names it and gives its id (a deployment deleted and created again under its name is
+    two rows). Rows are ordered by their groups; JSON answers the first 1,000 (`count` says how many
+    there are; `limit` up to 100,000 and `offset` page through them), CSV all of them unless `limit`
+    is given. `?format=csv` (or `Accept: text/csv`) answers CSV. A key limited to some deployments reads
+    only theirs.
+
+    Metering: each reconcile pass reads every deployment's ready replicas; the time between two
+    readings counts at the lower of their two counts (a gap, such as the reconciler being down, is
+    bounded by what both of its ends saw, never guessed: a replica that started or stopped inside it
+    counts from the first reading on which both ends see it)."""
 
     deployment_name_lookup = "deployment__name"
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer, CostCsvRenderer]
@@ -86,11 +108,15 @@ class CostView(APIView):
             request.accepted_media_type = JSONRenderer.media_type
         return super().finalize_response(request, response, *args, **kwargs)
 
-    @extend_schema(parameters=[CostQuerySerializer], responses={200: dict})
+    @extend_schema(parameters=[CostQuerySerializer, CostPageSerializer], responses={200: dict})
     def get(self, request: Request) -> Response:
         query = CostQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = query.validated_data
+        page = CostPageSerializer(data=request.query_params)
+        page.is_valid(raise_exception=True)
+        csv_wanted = request.accepted_renderer.format == "csv"
+        limit = page.validated_data.get("limit", None if csv_wanted else PAGE_ROWS)
         organizations = tenancy.visible_organizations(request)
         if params.get("organization"):
             organizations = organizations.filter(slug=params["organization"])
@@ -108,15 +134,21 @@ class CostView(APIView):
         )
         days = tenancy.narrow_to_key_scope(request, days, self.deployment_name_lookup)
         usage = tenancy.narrow_to_key_scope(request, usage, self.deployment_name_lookup)
+        report = costs.cost_report(
+            days, usage, params["group_by"], offset=page.validated_data["offset"], limit=limit
+        )
         response = Response(
             {
                 "since": params["since"],
                 "until": params["until"],
                 "group_by": params["group_by"],
-                "results": costs.cost_report(days, usage, params["group_by"]),
+                "count": report.count,
+                "offset": page.validated_data["offset"],
+                "limit": limit,
+                "results": report.rows,
             }
         )
-        if request.accepted_renderer.format == "csv":
+        if csv_wanted:
             name = f"costs-{params['since']}-{params['until']}.csv"
             response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response

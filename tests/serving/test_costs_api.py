@@ -141,6 +141,12 @@ def test_a_key_limited_to_a_deployment_reads_only_its_costs(client_for, acme, me
         ({"since": "2024-01-01", "until": "2026-01-01"}, "since"),
         ({"format": "pdf"}, "format"),
         ({"format": "csv", "group_by": "colour"}, "group_by"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"limit": "100001"}, "limit"),
+        ({"offset": "-1"}, "offset"),
+        ({"offset": "99999999999"}, "offset"),
+        ({"format": "csv", "limit": "x"}, "limit"),
     ],
 )
 def test_bad_parameters_are_refused_naming_the_field(client_for, member, metered, params, field) -> None:
@@ -155,10 +161,10 @@ def test_csv_export_has_a_header_row_and_stable_columns(client_for, member, mete
     assert "attachment" in response["Content-Disposition"]
     rows = list(csv.reader(io.StringIO(response.content.decode())))
     assert rows[0] == [
-        "deployment", "replica_hours", "cost_usd", "tokens", "cost_per_1k_tokens", "cost_share",
-        "price_is_estimate",
+        "deployment", "deployment_id", "replica_hours", "cost_usd", "tokens", "cost_per_1k_tokens",
+        "cost_share", "price_is_estimate",
     ]  # fmt: skip
-    assert [(r[0], r[1], r[3], r[4]) for r in rows[1:]] == [
+    assert [(r[0], r[2], r[4], r[5]) for r in rows[1:]] == [
         ("chat", "20.0", "4000", str(round(float(hourly_price(metered["chat"]) * 5), 6))),
         ("idle", "5.0", "0", ""),
     ]
@@ -263,3 +269,33 @@ def test_a_price_added_in_the_admin_reprices_past_hours(admin_client, metered) -
 def test_options_asked_as_csv_are_answered_as_json(client_for, member, metered) -> None:
     response = client_for(member).options(COSTS + "?format=csv")
     assert response.status_code == 200 and response["Content-Type"].startswith("application/json")
+
+
+def test_a_recreated_deployment_is_a_row_of_its_own_under_the_same_name(
+    client_for, member, acme, metered
+) -> None:
+    old = metered["chat"]
+    old.status = "deleted"
+    old.save(update_fields=["status"])
+    new = deployment(acme, "chat")
+    run(new, 1, MORNING, 2)
+    serve(new, 500, MORNING + timedelta(minutes=30))
+    rows = results(client_for(member).get(COSTS, {**WINDOW, "group_by": "deployment"}))
+    chats = {r["deployment_id"]: (r["deployment"], r["replica_hours"], r["tokens"]) for r in rows[:2]}
+    assert chats == {old.pk: ("chat", 20.0, 4000), new.pk: ("chat", 2.0, 500)}
+
+
+def test_a_long_report_is_answered_a_page_at_a_time(client_for, member, metered) -> None:
+    client = client_for(member)
+    whole = client.get(COSTS, {**WINDOW, "group_by": "deployment"}).json()
+    assert (whole["count"], whole["offset"], whole["limit"]) == (2, 0, 1000)
+    second = client.get(COSTS, {**WINDOW, "group_by": "deployment", "limit": 1, "offset": 1}).json()
+    assert second["count"] == 2 and second["results"] == whole["results"][1:]
+    assert second["results"][0]["cost_share"] == whole["results"][1]["cost_share"]  # of the whole report
+
+
+def test_csv_exports_every_row_unless_a_limit_is_given(client_for, member, metered) -> None:
+    client = client_for(member)
+    every = client.get(COSTS, {**WINDOW, "group_by": "deployment", "format": "csv"})
+    first = client.get(COSTS, {**WINDOW, "group_by": "deployment", "format": "csv", "limit": 1})
+    assert len(every.content.decode().splitlines()) == 3 and len(first.content.decode().splitlines()) == 2

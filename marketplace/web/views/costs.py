@@ -40,16 +40,16 @@ def costs_page(request: HttpRequest) -> HttpResponse:
         created_at__gte=start,
         created_at__lt=start + timedelta(days=RANGES[range_name]),
     )
-    per_deployment = costs.cost_report(days, usage, ["deployment"])
+    per_deployment = costs.cost_report(days, usage, ["deployment"]).rows
     # The chart names the costliest deployments and stacks the rest as one: a large organisation's
     # day-by-deployment report would be tens of thousands of rows for seven coloured series.
     ranked = sorted(per_deployment, key=lambda row: (-row["cost_usd"], row["deployment"]))
-    named = [row["deployment"] for row in ranked[: len(charts.SERIES_COLOURS) - 1]]
-    daily = costs.cost_report(days.filter(deployment__name__in=named), usage.none(), ["day", "deployment"])
+    named = [row["deployment_id"] for row in ranked[: len(charts.SERIES_COLOURS) - 1]]
+    daily = costs.cost_report(days.filter(deployment_id__in=named), usage.none(), ["day", "deployment"]).rows
     shown = {row["day"]: 0.0 for row in daily}
     for row in daily:
         shown[row["day"]] += row["cost_usd"]
-    whole = costs.cost_report(days, usage.none(), ["day"])
+    whole = costs.cost_report(days, usage.none(), ["day"]).rows
     others = {row["day"]: max(row["cost_usd"] - shown.get(row["day"], 0.0), 0.0) for row in whole}
     total_cost = sum(row["cost_usd"] for row in per_deployment)
     total_tokens = sum(row["tokens"] for row in per_deployment)
