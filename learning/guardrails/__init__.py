@@ -51,7 +51,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -438,13 +438,18 @@ _lock = threading.Lock()
 MAX_CACHED_VERSIONS = 1024
 
 
-def cached_version(guardrail_id: int, version: int, load: Any) -> Policy:
+def cached(guardrail_id: int, version: int) -> Policy | None:
+    """The compiled version if this process has it (no query)."""
+    return _versions.get((guardrail_id, version))
+
+
+def cached_version(guardrail_id: int, version: int, load: Callable[[], Policy]) -> Policy:
     """A published version compiled once per process: versions never change."""
     key = (guardrail_id, version)
     found = _versions.get(key)
     if found is not None:
         return found
-    policy: Policy = load()
+    policy = load()
     with _lock:
         if len(_versions) >= MAX_CACHED_VERSIONS:
             _versions.pop(next(iter(_versions)))
@@ -463,6 +468,10 @@ def policies_of(organization_id: int, max_age: float = CACHE_SECONDS) -> dict[in
 
     policies = latest_policies(organization_id)
     with _lock:
+        if cached is not None:  # versions of guardrails deleted since are forgotten
+            for gone in set(cached[1]) - set(policies):
+                for key in [key for key in _versions if key[0] == gone]:
+                    _versions.pop(key, None)
         _organizations[organization_id] = (now, policies)
     return policies
 

@@ -15,6 +15,7 @@ Every refusal is a `Refused(field, sentence)` naming the field and saying what t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -356,6 +357,9 @@ def _compiled(version: GuardrailVersion) -> guardrails.Policy:
 
 
 def version_policy(guardrail_id: int, number: int) -> guardrails.Policy | None:
+    """One published version, compiled once per process (no query once it is): versions never change.
+    A deleted guardrail's cached versions are forgotten when its organisation's policies are next read."""
+
     def load() -> guardrails.Policy:
         return _compiled(
             GuardrailVersion.objects.select_related("guardrail").get(
@@ -363,6 +367,9 @@ def version_policy(guardrail_id: int, number: int) -> guardrails.Policy | None:
             )
         )
 
+    cached = guardrails.cached(guardrail_id, number)
+    if cached is not None:
+        return cached
     if not GuardrailVersion.objects.filter(guardrail_id=guardrail_id, version=number).exists():
         return None
     return guardrails.cached_version(guardrail_id, number, load)
@@ -370,10 +377,11 @@ def version_policy(guardrail_id: int, number: int) -> guardrails.Policy | None:
 
 def latest_policies(organization_id: int) -> dict[int, guardrails.Policy]:
     """Each published guardrail of the organisation by id, at its latest version: one small query for
-    the numbers, and one read per version not compiled in this process yet."""
+    the numbers (and names, which may have changed since a version was compiled), and one read per
+    version not compiled in this process yet."""
     latest = (
         GuardrailVersion.objects.filter(guardrail__organization_id=organization_id)
-        .values("guardrail_id")
+        .values("guardrail_id", "guardrail__name")
         .annotate(latest=Max("version"))
     )
     policies = {}
@@ -387,5 +395,8 @@ def latest_policies(organization_id: int) -> dict[int, guardrails.Policy]:
                 )
             )
 
-        policies[guardrail_id] = guardrails.cached_version(guardrail_id, number, load)
+        policy = guardrails.cached_version(guardrail_id, number, load)
+        if policy.name != row["guardrail__name"]:
+            policy = dataclasses.replace(policy, name=row["guardrail__name"])
+        policies[guardrail_id] = policy
     return policies

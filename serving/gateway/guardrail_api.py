@@ -75,14 +75,26 @@ def _texts(payload: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def _find_policy(organization_id: int, identifier: str, version: str) -> guardrails.Policy | None:
+    """The version asked for, if its guardrail (by id or name) is one of the organisation's. The
+    organisation's published guardrails are read at most every few seconds (so a deleted one stops
+    answering within them) and each version is compiled once per process; a guardrail not among them
+    (published a moment ago) is looked up."""
     from learning.models import Guardrail
 
     if not version.isdigit():
         return None
-    found = Guardrail.objects.filter(organization_id=organization_id)
-    found = found.filter(pk=int(identifier)) if identifier.isdigit() else found.filter(name=identifier)
-    guardrail_id = found.values_list("pk", flat=True).first()
-    return None if guardrail_id is None else guardrails.policy_of(guardrail_id, int(version))
+    published = guardrails.policies_of(organization_id)
+    if identifier.isdigit():
+        guardrail_id = int(identifier) if int(identifier) in published else None
+    else:
+        guardrail_id = next((key for key, policy in published.items() if policy.name == identifier), None)
+    if guardrail_id is None:
+        found = Guardrail.objects.filter(organization_id=organization_id)
+        found = found.filter(pk=int(identifier)) if identifier.isdigit() else found.filter(name=identifier)
+        guardrail_id = found.values_list("pk", flat=True).first()
+        if guardrail_id is None:
+            return None
+    return guardrails.cached(guardrail_id, int(version)) or guardrails.policy_of(guardrail_id, int(version))
 
 
 async def _embedding(policy: guardrails.Policy, text: str) -> list[float]:

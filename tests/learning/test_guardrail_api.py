@@ -257,3 +257,17 @@ def test_the_owner_deletes_a_guardrail_and_its_versions(
     client.post(f"/api/guardrails/{guardrail['id']}/publish/")
     assert client.delete(f"/api/guardrails/{guardrail['id']}/").status_code == 204
     assert not Guardrail.objects.exists() and not GuardrailVersion.objects.exists()
+
+
+def test_the_gateway_forgets_a_deleted_guardrail_and_sees_a_new_name(
+    client_for: Client, owner: AbstractUser, guardrail: dict[str, Any], acme: Organization
+) -> None:
+    client = client_for(owner)
+    url = f"/api/guardrails/{guardrail['id']}/"
+    client.post(f"{url}publish/")
+    assert guardrails.policies_of(acme.pk, max_age=0)[guardrail["id"]].name == "support"
+    client.patch(url, {"name": "help-desk"}, format="json")
+    assert guardrails.policies_of(acme.pk, max_age=0)[guardrail["id"]].name == "help-desk"
+    client.delete(url)
+    assert guardrails.policies_of(acme.pk, max_age=0) == {}
+    assert guardrails.cached(guardrail["id"], 1) is None
