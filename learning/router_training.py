@@ -331,7 +331,10 @@ def write_version(
     router = training.router
     data = predictors.dump(predictor)
     with transaction.atomic():
-        Router.objects.select_for_update().filter(pk=router.pk).first()  # versions are numbered in turn
+        # Locked so versions are numbered in turn, and so a delete cannot slip in before the row is
+        # written: a predictor stored for a deleted router would stay in the store for ever.
+        if Router.objects.select_for_update().filter(pk=router.pk).first() is None:
+            raise TrainingFailed("The router was deleted during its training; nothing was stored.")
         number = (RouterVersion.objects.filter(router=router).aggregate(top=Max("version"))["top"] or 0) + 1
         key = f"routers/org-{router.organization_id}/router-{router.pk}/v{number}-{kind}.npz"
         get_store().put(key, data)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import numpy as np
 import pytest
 from django.contrib.auth.models import AbstractUser
 from django.utils import timezone
 
-from learning import router_service, router_training, tasks
+from learning import predictors, router_service, router_training, tasks
 from learning.models import Router, RouterTraining, RouterVersion, TrainingStatus
 from learning.storage import FolderStore
 from marketplace.accounts.models import Organization
@@ -93,4 +94,16 @@ def test_deleting_a_router_deletes_its_stored_predictors_after_commit(
     router = Router.objects.get(pk=training.router_id)
     with django_capture_on_commit_callbacks(execute=True):
         (router if delete == "router" else router.organization).delete()
+    assert configured_store.list("routers/") == []
+
+
+def test_a_router_deleted_during_its_training_gets_no_predictor_stored(
+    training: RouterTraining, configured_store: FolderStore
+) -> None:
+    claimed = router_training.claim(training.pk)
+    assert claimed is not None
+    Router.objects.filter(pk=claimed.router_id).delete()
+    predictor = predictors.NgramPredictor.fit(["small", "large"], ["a b", "c d"], np.array([[1, 1], [0, 1]]))
+    with pytest.raises(router_training.TrainingFailed, match="deleted"):
+        router_training.write_version(claimed, "ngram", predictor, {})
     assert configured_store.list("routers/") == []
