@@ -58,6 +58,17 @@ def is_router_name(organization_id: int, name: str) -> bool:
     return Router.objects.filter(organization_id=organization_id, name=name).exists()
 
 
+def _usd(value: Any) -> float | None:
+    """`value` as a finite amount from 0, or None (an integer too large for a float included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        amount = float(value)
+    except OverflowError:
+        return None
+    return amount if math.isfinite(amount) and amount >= 0 else None
+
+
 def check_candidates(raw: Any) -> list[dict[str, Any]]:
     """Candidates as [{"deployment": name, "cost_per_1k_tokens": float | None}], each named once."""
     if not isinstance(raw, list):
@@ -78,13 +89,13 @@ def check_candidates(raw: Any) -> list[dict[str, Any]]:
         if unknown:
             raise Refused(f"candidates[{index}].{unknown[0]}", f"A candidate takes no '{unknown[0]}'.")
         cost = item.get("cost_per_1k_tokens")
-        if cost is not None and (
-            isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost) or cost < 0
-        ):
-            raise Refused(
-                f"candidates[{index}].cost_per_1k_tokens",
-                "A cost per 1,000 tokens is a number of USD from 0, or null to use the measured one.",
-            )
+        if cost is not None:
+            cost = _usd(cost)
+            if cost is None:
+                raise Refused(
+                    f"candidates[{index}].cost_per_1k_tokens",
+                    "A cost per 1,000 tokens is a number of USD from 0, or null to use the measured one.",
+                )
         checked.append({"deployment": item["deployment"][:40], "cost_per_1k_tokens": cost})
     names = [item["deployment"] for item in checked]
     if len(set(names)) != len(names):

@@ -80,6 +80,10 @@ def test_a_cost_override_is_used_instead_of_the_measured_cost(
             {"candidates": [{"deployment": "small", "cost_per_1k_tokens": -1}, "large"]},
             "candidates[0].cost_per_1k_tokens",
         ),
+        (
+            {"candidates": [{"deployment": "small", "cost_per_1k_tokens": 10**400}, "large"]},
+            "candidates[0].cost_per_1k_tokens",
+        ),
         ({"candidates": [{"deployment": "small", "colour": "red"}, "large"]}, "candidates[0].colour"),
         ({"candidates": [42, "large"]}, "candidates[0].deployment"),
         ({"fallback": "embedder"}, "fallback"),
