@@ -271,3 +271,29 @@ def test_the_gateway_forgets_a_deleted_guardrail_and_sees_a_new_name(
     client.delete(url)
     assert guardrails.policies_of(acme.pk, max_age=0) == {}
     assert guardrails.cached(guardrail["id"], 1) is None
+
+
+def test_listing_guardrails_costs_the_same_queries_for_one_or_six(
+    client_for: Client, owner: AbstractUser, acme: Organization
+) -> None:
+    from django.db import connection
+    from django.test import Client as Browser
+    from django.test.utils import CaptureQueriesContext
+
+    from learning.guardrails import service
+
+    browser = Browser()
+    browser.force_login(owner)
+    counts = []
+    for total in (1, 6):
+        while Guardrail.objects.count() < total:
+            created = service.create_guardrail(
+                organization=acme, user=owner, name=f"g{Guardrail.objects.count()}"
+            )
+            service.publish(created, owner)
+        with CaptureQueriesContext(connection) as api:
+            assert client_for(owner).get("/api/guardrails/").json()["count"] == total
+        with CaptureQueriesContext(connection) as page:
+            assert browser.get("/guardrails/").status_code == 200
+        counts.append((len(api), len(page)))
+    assert counts[0] == counts[1]
