@@ -15,6 +15,10 @@ readings is metered, and nothing outside such an interval is:
    (exact: decimal seconds to the microsecond), each hour priced at the version in force at its start.
 4. The same increments are added to the days' ReplicaDay rows with their cost, so reports read ~24 times
    fewer rows (a price added later rewrites the days it changes from their hours).
+5. A reading with the same count as its meter's, less than METER_FLUSH after the meter was last written,
+   only moves the meter's `observed_at`: every reading since `metered_until` saw that count, so the
+   stretch is written whole when the count changes or it is METER_FLUSH old. The same seconds as pass
+   by pass, with one timestamp written per steady deployment; hours and reports lag by at most that.
 
 Idempotency and concurrency: a pass locks the meters of its deployments (in id order, so two workers
 never deadlock) before reading them, and advances them in the same transaction as the hours it adds.
@@ -47,6 +51,9 @@ from marketplace.catalog.models import InstanceType, InstanceTypePrice, ModelCar
 from serving.models import Deployment, ReplicaDay, ReplicaHour, ReplicaMeter, UsageRecord
 
 HOUR = timedelta(hours=1)
+# A steady meter's time is written to its hours at least this often (and at once when its count changes):
+# a pass over deployments that changed nothing moves one timestamp each, and reports lag by at most this.
+METER_FLUSH = timedelta(minutes=5)
 COST_PLACES = Decimal("0.000000001")  # ReplicaDay.cost_usd's
 MICROSECONDS = Decimal(1_000_000)
 
@@ -139,38 +146,52 @@ def record_replicas(readings: Sequence[ReplicaReading], *, at: datetime) -> int:
     increments: dict[tuple[int, int, datetime], Decimal] = defaultdict(Decimal)
     organizations: dict[int, int] = {}
     with transaction.atomic():
-        # A first reading only opens an interval: its meter starts here (sorted: no deadlock between
-        # workers inserting the same new meters).
-        ReplicaMeter.objects.bulk_create(
-            [
-                ReplicaMeter(
-                    deployment_id=r.deployment_id,
-                    instance_type_id=r.instance_type_id,
-                    ready_replicas=r.ready_replicas,
-                    observed_at=at,
-                )
-                for r in readings
-            ],
-            ignore_conflicts=True,
-        )
-        meters = {
-            m.deployment_id: m
-            for m in ReplicaMeter.objects.select_for_update().filter(deployment_id__in=ids).order_by("pk")
-        }
+        meters = _locked_meters(ids)
+        if len(meters) < len(ids):
+            # A first reading only opens an interval: its meter starts here (sorted: no deadlock between
+            # workers inserting the same new meters).
+            ReplicaMeter.objects.bulk_create(
+                [
+                    ReplicaMeter(
+                        deployment_id=r.deployment_id,
+                        instance_type_id=r.instance_type_id,
+                        ready_replicas=r.ready_replicas,
+                        observed_at=at,
+                        metered_until=at,
+                    )
+                    for r in readings
+                    if r.deployment_id not in meters
+                ],
+                ignore_conflicts=True,
+            )
+            meters = _locked_meters(ids)
+        seen_again: list[int] = []  # the same count, recently written: only the reading's time moves
         advanced = []
         for reading in readings:
             meter = meters[reading.deployment_id]
             if at <= meter.observed_at:
                 continue  # a newer reading is already in, or this is the first
-            if meter.instance_type_id == reading.instance_type_id:
-                replicas = min(meter.ready_replicas, reading.ready_replicas)
+            same_type = meter.instance_type_id == reading.instance_type_id
+            if (
+                same_type
+                and meter.ready_replicas == reading.ready_replicas
+                and at - meter.metered_until < METER_FLUSH
+            ):
+                seen_again.append(reading.deployment_id)
+                continue
+            key = (reading.deployment_id, meter.instance_type_id)
+            # Every reading since metered_until saw the meter's count; the last interval counts the lower
+            # end (on another instance type, nothing: when it changed is not known).
+            spans = [(meter.metered_until, meter.observed_at, meter.ready_replicas)]
+            if same_type:
+                spans.append((meter.observed_at, at, min(meter.ready_replicas, reading.ready_replicas)))
+            for start, end, replicas in spans:
                 if replicas:
-                    key = (reading.deployment_id, reading.instance_type_id)
-                    for hour, seconds in split_by_hour(meter.observed_at, at):
+                    for hour, seconds in split_by_hour(start, end):
                         increments[(*key, hour)] += seconds * replicas
                     organizations[reading.deployment_id] = reading.organization_id
             advanced.append((reading.deployment_id, reading.instance_type_id, reading.ready_replicas))
-        _advance_meters(advanced, at)
+        _advance_meters(advanced, seen_again, at)
         if not increments:
             return 0
         type_ids = {key[1] for key in increments}
@@ -198,21 +219,33 @@ def record_replicas(readings: Sequence[ReplicaReading], *, at: datetime) -> int:
     return len(rows)
 
 
-def _advance_meters(advanced: list[tuple[int, int, int]], at: datetime) -> None:
-    """Move the (locked) meters to this reading, in one statement."""
-    if not advanced:
-        return
-    values = ", ".join(["(%s, %s, %s)"] * len(advanced))
+def _locked_meters(ids: list[int]) -> dict[int, ReplicaMeter]:
+    """The meters of these deployments, locked in id order (two workers never deadlock)."""
+    meters = ReplicaMeter.objects.select_for_update().filter(deployment_id__in=ids).order_by("pk")
+    return {m.deployment_id: m for m in meters}
+
+
+def _advance_meters(advanced: list[tuple[int, int, int]], seen_again: list[int], at: datetime) -> None:
+    """Move the (locked) meters to this reading: those written up to it in one statement, those only
+    seen again (their time moves, nothing else) in another."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE {ReplicaMeter._meta.db_table} AS m
-            SET instance_type_id = v.instance_type_id, ready_replicas = v.ready_replicas, observed_at = %s
-            FROM (VALUES {values}) AS v (deployment_id, instance_type_id, ready_replicas)
-            WHERE m.deployment_id = v.deployment_id
-            """,  # noqa: S608 (table names and placeholders only)
-            [at, *(value for row in advanced for value in row)],
-        )
+        if seen_again:
+            cursor.execute(
+                f"UPDATE {ReplicaMeter._meta.db_table} SET observed_at = %s WHERE deployment_id = ANY(%s)",  # noqa: S608
+                [at, seen_again],
+            )
+        if advanced:
+            values = ", ".join(["(%s, %s, %s)"] * len(advanced))
+            cursor.execute(
+                f"""
+                UPDATE {ReplicaMeter._meta.db_table} AS m
+                SET instance_type_id = v.instance_type_id, ready_replicas = v.ready_replicas,
+                    observed_at = %s, metered_until = %s
+                FROM (VALUES {values}) AS v (deployment_id, instance_type_id, ready_replicas)
+                WHERE m.deployment_id = v.deployment_id
+                """,  # noqa: S608 (table names and placeholders only)
+                [at, at, *(value for row in advanced for value in row)],
+            )
 
 
 def _add_days(rows: list[tuple[Any, ...]]) -> None:

@@ -161,7 +161,9 @@ class ReplicaMeter(models.Model):
     """The last observation of a deployment's ready replicas: one end of the next metered interval.
 
     It survives worker restarts, so the interval from this observation to the next is metered however long
-    the reconciler was away (serving.costs.record_replicas says how a gap is attributed).
+    the reconciler was away (serving.costs.record_replicas says how a gap is attributed). Every reading
+    from `metered_until` to `observed_at` saw `ready_replicas`; that stretch is not in ReplicaHour yet
+    (written when the count changes or it is METER_FLUSH old, so a steady pass writes one timestamp).
     """
 
     deployment = models.OneToOneField(
@@ -170,6 +172,7 @@ class ReplicaMeter(models.Model):
     instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
     ready_replicas = models.PositiveSmallIntegerField()
     observed_at = models.DateTimeField()
+    metered_until = models.DateTimeField(help_text="ReplicaHour holds this deployment's time until here")
 
     def __str__(self) -> str:
         return f"{self.deployment_id}: {self.ready_replicas} ready at {self.observed_at:%Y-%m-%d %H:%M:%S}"

@@ -146,3 +146,28 @@ def test_days_added_to_pass_by_pass_agree_with_their_hours(deployment) -> None:
         replica_seconds(deployment).values()
     )
     assert abs(days - hours) < Decimal("0.000001")
+
+
+def test_steady_readings_are_written_to_their_hours_at_most_five_minutes_late(deployment) -> None:
+    for minute in range(5):  # a pass that saw nothing change writes no hour
+        read(deployment, 2, T0 + timedelta(minutes=minute))
+    assert replica_seconds(deployment) == {}
+    read(deployment, 2, T0 + timedelta(minutes=5))
+    assert replica_seconds(deployment) == {T0: Decimal(2 * 300)}
+
+
+def test_a_change_of_count_writes_the_steady_stretch_before_it_at_once(deployment) -> None:
+    read(deployment, 2, T0)
+    read(deployment, 2, T0 + timedelta(minutes=1))
+    read(deployment, 1, T0 + timedelta(minutes=2))  # the last minute at the lower end
+    assert replica_seconds(deployment) == {T0: Decimal(2 * 60 + 60)}
+
+
+def test_a_change_of_instance_type_writes_the_steady_stretch_on_the_old_type(deployment) -> None:
+    other = InstanceType.objects.get(slug="aws-g6-xlarge")
+    read(deployment, 1, T0)
+    read(deployment, 1, T0 + timedelta(minutes=2))
+    moved = ReplicaReading(deployment.pk, deployment.organization_id, other.pk, 1)
+    record_replicas([moved], at=T0 + timedelta(minutes=3))  # when it moved is not known: not metered
+    hours = ReplicaHour.objects.filter(deployment=deployment)
+    assert [(h.instance_type_id, h.replica_seconds) for h in hours] == [(deployment.instance_type_id, 120)]

@@ -24,7 +24,7 @@ from serving import manifests, services, tasks
 from serving.backends.base import Observation, ObservationPass
 from serving.backends.kubernetes import KubernetesBackend
 from serving.costs import ReplicaReading, record_replicas
-from serving.models import Deployment, ReplicaHour
+from serving.models import Deployment, ReplicaHour, ReplicaMeter
 from tests.conftest import make_user
 from tests.serving.conftest import backend_for
 from tests.serving.fake_kubernetes import FakeKubernetes
@@ -64,8 +64,11 @@ def chat(acme: Organization, owner: User, settings: Any, monkeypatch: pytest.Mon
 
 
 def metered(deployment: Deployment) -> Decimal:
+    """Replica-seconds in the hours, and those of the steady stretch its meter has yet to write."""
     total = ReplicaHour.objects.filter(deployment=deployment).aggregate(s=Sum("replica_seconds"))["s"]
-    return total or Decimal(0)
+    meter = ReplicaMeter.objects.get(deployment=deployment)
+    unwritten = Decimal((meter.observed_at - meter.metered_until).total_seconds()) * meter.ready_replicas
+    return (total or Decimal(0)) + unwritten
 
 
 @pytest.mark.django_db
@@ -128,6 +131,10 @@ def test_local_deployments_are_metered_by_the_same_pass(acme: Organization, cloc
     clock.advance(seconds=90)
     tasks.reconcile_once()
     assert metered(local) == 90
+    assert not ReplicaHour.objects.filter(deployment=local).exists()  # written within METER_FLUSH
+    clock.advance(minutes=5)
+    tasks.reconcile_once()
+    assert ReplicaHour.objects.filter(deployment=local).aggregate(s=Sum("replica_seconds"))["s"] == 390
 
 
 def test_two_workers_metering_at_once_count_every_interval_once(transactional_catalog: None) -> None:
