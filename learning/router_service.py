@@ -83,6 +83,7 @@ def check_candidates(raw: Any) -> list[dict[str, Any]]:
             not isinstance(item, dict)
             or not isinstance(item.get("deployment"), str)
             or not item["deployment"]
+            or "\x00" in item["deployment"]  # PostgreSQL cannot even compare such a string
         ):
             raise Refused(f"candidates[{index}].deployment", "Each candidate names a deployment.")
         unknown = sorted(set(item) - {"deployment", "cost_per_1k_tokens"})

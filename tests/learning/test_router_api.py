@@ -86,6 +86,7 @@ def test_a_cost_override_is_used_instead_of_the_measured_cost(
         ),
         ({"candidates": [{"deployment": "small", "colour": "red"}, "large"]}, "candidates[0].colour"),
         ({"candidates": [42, "large"]}, "candidates[0].deployment"),
+        ({"candidates": ["sm\x00all", "large"]}, "candidates[0].deployment"),
         ({"fallback": "embedder"}, "fallback"),
         ({"quality_difference": 1.5}, "quality_difference"),
         ({"quality_difference": -0.1}, "quality_difference"),
