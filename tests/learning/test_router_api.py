@@ -227,7 +227,7 @@ def test_the_report_follows_a_changed_tau_on_its_curve(
     assert report["at_router_tau"]["shares"]["small"] == 1.0  # any quality will do: always the cheapest
 
 
-@pytest.mark.parametrize("body", [{"version": 7}, {"version": "one"}, {}])
+@pytest.mark.parametrize("body", [{"version": 7}, {"version": "one"}, {}, {"version": 10**20}])
 def test_activating_an_unknown_or_malformed_version_is_refused(
     client_for: Client, owner: AbstractUser, router: Router, body: dict[str, Any]
 ) -> None:
@@ -240,6 +240,7 @@ def test_a_report_of_a_malformed_or_missing_version_is_refused(
 ) -> None:
     assert client_for(owner).get(f"/api/routers/{router.pk}/report/?version=x").status_code == 400
     assert client_for(owner).get(f"/api/routers/{router.pk}/report/?version=5").status_code == 404
+    assert client_for(owner).get(f"/api/routers/{router.pk}/report/?version={10**20}").status_code == 404
 
 
 def test_a_member_can_neither_train_nor_activate(
