@@ -17,6 +17,7 @@ UNDATED = {
     "all-minilm-l12-v2",
     "all-minilm-l6-v2",
     "bielik-11b-v2.3-instruct",
+    "distiluse-base-multilingual-cased-v2",
     "eurollm-1.7b-instruct",
     "gemma2-9b-cpt-sea-lionv3-instruct",
     "llama3-med42-70b",
@@ -24,6 +25,9 @@ UNDATED = {
     "mistral-nemo-minitron-8b-instruct",
     "multilingual-e5-large",
     "paraphrase-multilingual-minilm-l12-v2",
+    "paraphrase-multilingual-mpnet-base-v2",
+    "salamandra-2b-instruct",
+    "salamandra-7b",
     "salamandra-7b-instruct",
     "stablelm-2-1-6b-chat",
 }
