@@ -284,6 +284,7 @@ def test_listing_guardrails_costs_the_same_queries_for_one_or_six(
 
     browser = Browser()
     browser.force_login(owner)
+    browser.get("/guardrails/")  # once first, so what a process caches on its first page is not counted
     counts = []
     for total in (1, 6):
         while Guardrail.objects.count() < total:
@@ -296,4 +297,4 @@ def test_listing_guardrails_costs_the_same_queries_for_one_or_six(
         with CaptureQueriesContext(connection) as page:
             assert browser.get("/guardrails/").status_code == 200
         counts.append((len(api), len(page)))
-    assert counts[0] == counts[1]
+    assert counts[0] == counts[1], counts
