@@ -6,16 +6,19 @@ Every refusal is a `Refused(field, sentence)` that names the field and says what
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from learning import masking, predictors, routing
 from learning.choices import EvaluationStatus
 from learning.evaluations import Refused, results
 from learning.models import (
+    DEFAULT_RETENTION_DAYS,
     Evaluation,
     Feedback,
     InvocationLogSettings,
@@ -353,6 +356,23 @@ def record_sample(router_id: int, request_id: str, prompt: str, answers: dict[st
     )
     if pending is not None:
         transaction.on_commit(lambda: score_router_samples.delay([pending]))
+
+
+def expire_samples(now: datetime.datetime | None = None) -> int:
+    """Delete the shadow-call samples older than their organisation's invocation log retention (the
+    default when it has no settings): a sample is kept traffic, and goes when the logs of its day go.
+    Returns how many were deleted."""
+    now = now or timezone.now()
+    retention = dict(InvocationLogSettings.objects.values_list("organization_id", "retention_days"))
+    deleted = 0
+    organizations = RouterSample.objects.values_list("router__organization_id", flat=True).distinct()
+    for organization_id in organizations:
+        days = retention.get(organization_id, DEFAULT_RETENTION_DAYS)
+        count, _ = RouterSample.objects.filter(
+            router__organization_id=organization_id, created_at__lt=now - datetime.timedelta(days=days)
+        ).delete()
+        deleted += count
+    return deleted
 
 
 class UnknownRequest(LookupError):

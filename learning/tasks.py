@@ -1,4 +1,6 @@
-"""Celery tasks of invocation logging. Both are periodic (see CELERY_BEAT_SCHEDULE) and idempotent."""
+"""Celery tasks of the learning side: invocation logs (written and expired), evaluations and router
+trainings (run, and resumed when no worker holds them), shadow-call samples (judged, queued again when
+left pending). The periodic ones are in CELERY_BEAT_SCHEDULE; every one is idempotent."""
 
 from __future__ import annotations
 
@@ -26,11 +28,15 @@ def write_invocation_logs() -> int:
 
 @shared_task(acks_late=True, expires=600)
 def expire_invocation_logs() -> int:
-    """Delete invocation log objects past their organisation's retention, with their index rows."""
+    """Delete invocation log objects past their organisation's retention, with their index rows, and
+    the routers' shadow-call samples past it too (they are kept traffic as well). Returns how many
+    objects and samples were deleted."""
+    from learning.router_service import expire_samples
+
     if not cache.add("learning:expire-logs:lock", "1", timeout=3600):
         return 0
     try:
-        return writer.expire(get_store())
+        return writer.expire(get_store()) + expire_samples()
     finally:
         cache.delete("learning:expire-logs:lock")
 

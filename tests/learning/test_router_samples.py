@@ -170,3 +170,20 @@ def test_samples_left_pending_are_queued_again_by_the_periodic_resume(
     assert queued == [[RouterSample.objects.get(request_id="old").pk]]
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert "learning.tasks.resume_router_samples" in scheduled
+
+
+def test_samples_are_kept_as_long_as_the_organisations_invocation_logs_and_no_longer(
+    router: Router, globex: Organization
+) -> None:
+    InvocationLogSettings.objects.create(organization=router.organization, retention_days=7)
+    for name in ("small", "large"):
+        make_deployment(globex, name)
+    theirs = router_service.create_router(organization=globex, user=None, **router_fields())
+    for owner_router, request_id, age_days in ((router, "old", 8), (router, "recent", 6), (theirs, "g", 8)):
+        routing.record_sample(owner_router.pk, request_id, "What is 2 + 2?", ANSWERS)
+        RouterSample.objects.filter(request_id=request_id).update(
+            created_at=timezone.now() - datetime.timedelta(days=age_days)
+        )
+    assert tasks.expire_invocation_logs() >= 1
+    # Globex keeps the default 30 days.
+    assert sorted(RouterSample.objects.values_list("request_id", flat=True)) == ["g", "recent"]
