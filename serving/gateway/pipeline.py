@@ -156,6 +156,7 @@ class Call:
     prompt: str = ""  # a routed call's prompt text, as its router predicted on it
     embedding: Any = None  # a routed call's prompt embedding, when its router needed one
     shadow: bool = False  # whether the router's other candidates are called after the answer
+    embedding_usage: routers.EmbeddingUsage | None = None  # what the router's prompt embedding used
 
     def answered(self, body: bytes) -> dict[str, Any] | None:
         """The engine's unstreamed JSON answer, read once: its usage replaces the estimate, and a logged
@@ -306,6 +307,20 @@ async def _write_usage(call: Call, finished: float) -> None:
     gateway = services()
     # The usage push keeps the record in the spool when Redis cannot take it.
     writes: list[Awaitable[Any]] = [gateway.queue.push(record)]
+    embedded = routers.embedding_record(call, str(record["created_at"]))
+    if embedded is not None:  # the router's own prompt embedding: the organisation's, not the key's
+        used = call.embedding_usage
+        assert used is not None
+        metrics.observe(
+            used.target.deployment_id, used.target.name, routers.EMBEDDING_ROUTE, used.status,
+            used.seconds, None, used.prompt_tokens, 0,
+        )  # fmt: skip
+        writes.append(gateway.queue.push(embedded))
+        writes.append(
+            gateway.limiter.add_tokens(
+                key_id=None, org_id=call.caller.organization_id, tokens=used.prompt_tokens
+            )
+        )
     if call.log is not None:
         writes.append(invocation_log.capture(call, finished))  # never raises
     if correction > 0:

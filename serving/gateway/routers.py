@@ -14,8 +14,11 @@
    An embedding that fails (the embedding deployment not ready, an error, slower than
    EMBEDDING_TIMEOUT_SECONDS) is no error for the caller: the decision goes on without it, which for a
    semantic predictor means the fallback answers (learning.routing says so in its reason), and the
-   failure is counted in /metrics. The embedding is the router's own overhead: it is neither metered
-   nor counted against the caller's limits. A predictor that fails on a prompt (say, an embedding
+   failure is counted in /metrics. The embedding is metered, after the answer with the call's own
+   usage (serving.gateway.pipeline), as a usage record of the organisation with route
+   EMBEDDING_ROUTE, no API key, the embedding deployment and the router's name, and its tokens count
+   in the organisation's per-minute tokens and monthly budget (never the key's: the router spends
+   them, not the app). A predictor that fails on a prompt (say, an embedding
    deployment now serving vectors of another size than it was trained on) is logged and counted, and
    the call is decided as if the router were untrained.
 3. The call then goes on exactly as a call to the chosen deployment: the engine request names it, and
@@ -30,6 +33,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EMBEDDING_TIMEOUT_SECONDS = 2.0
+EMBEDDING_ROUTE = "router.embedding"
 ROUTABLE = frozenset(
     {
         "chat.completions", "completions", "bedrock.converse", "bedrock.converse-stream",
@@ -105,7 +111,7 @@ async def choose(call: Call) -> None:
     route = router.route
     call.prompt = routing.prompt_text(call.payload)
     if route.predictor is not None and route.predictor.needs_embedding:
-        call.embedding = await embed(router, call.prompt)
+        call.embedding = await embed(router, call.prompt, call)
 
     def available(name: str) -> bool:
         return capacity.available(router.candidates.get(name))
@@ -131,9 +137,10 @@ def _last_resort(router: RouterTarget) -> Target:
     return min(router.candidates.values(), key=capacity.load)
 
 
-async def embed(router: RouterTarget, text: str) -> np.ndarray | None:
+async def embed(router: RouterTarget, text: str, call: Call | None = None) -> np.ndarray | None:
     """The prompt's embedding from the router's embedding deployment, or None when it cannot be had in
-    EMBEDDING_TIMEOUT_SECONDS (counted in /metrics; the decision goes on without it)."""
+    EMBEDDING_TIMEOUT_SECONDS (counted in /metrics; the decision goes on without it). When the engine
+    answered, what it used is noted on `call` (`embedding_usage`), to be metered with the call."""
     embedder = router.embedder
     if embedder is None or not embedder.endpoints or not text:
         why = "no prompt text" if not text else "embedding deployment not ready"
@@ -141,14 +148,23 @@ async def embed(router: RouterTarget, text: str) -> np.ndarray | None:
         if text:
             metrics.ROUTER_EMBEDDING_FAILURES.labels(router.name).inc()
         return None
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(EMBEDDING_TIMEOUT_SECONDS):
             exchange = await upstream.call(
                 "/v1/embeddings", {"model": embedder.name, "input": text}, embedder.endpoints
             )
-        if exchange.status != 200:
+        answer = json.loads(exchange.body) if exchange.status == 200 else None
+        if call is not None:
+            call.embedding_usage = EmbeddingUsage(
+                target=embedder,
+                status=exchange.status,
+                prompt_tokens=_prompt_tokens(answer),
+                seconds=time.perf_counter() - started,
+            )
+        if answer is None:
             raise ValueError(f"the embedding deployment answered {exchange.status}")
-        vector = np.asarray(json.loads(exchange.body)["data"][0]["embedding"], dtype=np.float32)
+        vector = np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
         if vector.ndim != 1 or not vector.size or not np.isfinite(vector).all():
             raise ValueError("the embedding is not a vector of numbers")
         return vector
@@ -157,6 +173,48 @@ async def embed(router: RouterTarget, text: str) -> np.ndarray | None:
         log.warning("router %s decides without an embedding: %s", router.name, message)
         metrics.ROUTER_EMBEDDING_FAILURES.labels(router.name).inc()
         return None
+
+
+@dataclass(frozen=True)
+class EmbeddingUsage:
+    """What a routed call's prompt embedding used, metered with the call (serving.gateway.pipeline)."""
+
+    target: Target
+    status: int
+    prompt_tokens: int
+    seconds: float
+
+
+def _prompt_tokens(answer: object) -> int:
+    """The tokens an embeddings answer reports it read (0 when it says nothing readable)."""
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) and tokens > 0 else 0
+
+
+def embedding_record(call: Call, created_at: str) -> dict[str, object] | None:
+    """The usage record of a routed call's prompt embedding (route EMBEDDING_ROUTE), or None when the
+    call needed none or the embedding deployment never answered."""
+    used = call.embedding_usage
+    if used is None or call.router is None:
+        return None
+    return {
+        "request_id": uuid.uuid4().hex,
+        "organization_id": call.caller.organization_id,
+        "api_key_id": None,
+        "deployment_id": used.target.deployment_id,
+        "model": call.router.name,
+        "route": EMBEDDING_ROUTE,
+        "prompt_tokens": used.prompt_tokens,
+        "completion_tokens": 0,
+        "latency_ms": round(used.seconds * 1000),
+        "time_to_first_token_ms": None,
+        "status_code": used.status,
+        "streamed": False,
+        "router": call.router.name,
+        "router_choice": call.choice.chosen if call.choice is not None else "",
+        "created_at": created_at,
+    }
 
 
 def headers(call: Call) -> dict[str, str]:

@@ -415,6 +415,35 @@ def test_a_semantic_router_embeds_the_prompt_once_and_routes_on_it(
     assert [payload["input"] for payload in embedded] == [SUM, ESSAY]
 
 
+def test_a_semantic_routers_prompt_embedding_is_metered_to_the_organisation_not_the_key(
+    acme: Organization, key: str, deployments: dict[str, Deployment], queue: redis.Redis
+) -> None:
+    train(make_router(acme, embedding_deployment="embedder"), kind="semantic")
+    chat(key, SUM)
+    by_route = {record["route"]: record for record in usage_records(queue)}
+    embedded = by_route["router.embedding"]
+    assert (embedded["deployment_id"], embedded["organization_id"], embedded["api_key_id"]) == (
+        deployments["embedder"].pk, acme.pk, None
+    )  # fmt: skip
+    assert (embedded["router"], embedded["router_choice"], embedded["prompt_tokens"]) == ("auto", "small", 3)
+    assert embedded["request_id"] != by_route["chat.completions"]["request_id"]
+    month = [name for name in queue.scan_iter("*month:org:*")]
+    served = by_route["chat.completions"]
+    counted = sum(int(queue.get(name) or 0) for name in month)
+    assert (
+        counted == served["prompt_tokens"] + served["completion_tokens"] + 3
+    )  # the call's and the embedding's
+
+
+def test_an_ngram_router_calls_no_embedding_and_meters_none(
+    acme: Organization, key: str, stand: Stand, queue: redis.Redis
+) -> None:
+    train(make_router(acme, embedding_deployment="embedder"))
+    chat(key, SUM)
+    assert stand.calls("embedder", "/v1/embeddings") == []
+    assert [record["route"] for record in usage_records(queue)] == ["chat.completions"]
+
+
 def test_a_failed_embedding_answers_through_the_fallback_not_an_error(
     acme: Organization, key: str, deployments: dict[str, Deployment]
 ) -> None:
