@@ -40,6 +40,12 @@ urlpatterns = [
     path("deployments/<int:pk>/engine-log/", engine_log.engine_log, name="deployment-engine-log"),
     path("deployments/<int:pk>/playground/", playground.playground, name="playground"),
     path("deployments/<int:pk>/playground/chat/", playground.playground_chat, name="playground-chat"),
+    path("routers/<int:pk>/playground/", playground.router_playground, name="router-playground"),
+    path(
+        "routers/<int:pk>/playground/chat/",
+        playground.router_playground_chat,
+        name="router-playground-chat",
+    ),
     path("api-keys/", keys.api_keys, name="api-keys"),
     path("api-keys/new/", keys.create_api_key, name="api-key-create"),
     path("api-keys/<int:pk>/revoke/", keys.revoke_api_key, name="api-key-revoke"),

@@ -205,7 +205,9 @@ function setUpPlayground(root) {
       history.push({ role: "assistant", content: answer.textContent });
       const seconds = ((performance.now() - started) / 1000).toFixed(2);
       const ttft = firstToken === null ? "–" : Math.round(firstToken - started) + " ms";
-      stats.textContent = `First token after ${ttft}, answer in ${seconds} s` +
+      const servedBy = response.headers.get("x-router-deployment");  // a router's choice
+      stats.textContent = (servedBy ? `Answered by ${servedBy}. ` : "") +
+        `First token after ${ttft}, answer in ${seconds} s` +
         (usage ? `, ${usage.prompt_tokens} prompt and ${usage.completion_tokens} completion tokens.` : ".");
     } catch (error) {
       if (error.name === "AbortError") {

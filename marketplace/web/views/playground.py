@@ -1,17 +1,24 @@
-"""The playground: chat with a ready deployment from the browser, the answer streaming in.
+"""The playground: chat with a ready deployment, or through a prompt router, from the browser, the
+answer streaming in.
 
-The page posts to `playground_chat`, which sends the conversation through the same gateway path as an
-API key's call (limits, proxying, metering), as the signed-in person's organisation.
+The page posts to `playground_chat` (`router_playground_chat` for a router), which sends the conversation
+through the same gateway path as an API key's call (limits, the router's decision, proxying, metering),
+as the signed-in person's organisation. A router's answer says which candidate served it
+(x-router-deployment), which the page shows under the answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from learning.models import Router
+from marketplace.accounts import tenancy
 from marketplace.accounts.models import Membership
 from marketplace.web.views.deployments import deployment_or_404, visible_deployments
 from serving.choices import DeploymentStatus
@@ -55,14 +62,60 @@ def _target(request: HttpRequest, pk: int) -> tuple[int, str] | None:
 
 async def playground_chat(request: HttpRequest, pk: int) -> HttpResponse | StreamingHttpResponse:
     """POST {messages, max_tokens?, temperature?} → the engine's server-sent events."""
+    return await _chat(request, pk, _target, "deployment")
+
+
+@login_required
+@require_GET
+def router_playground(request: HttpRequest, pk: int) -> HttpResponse:
+    """The playground of a prompt router of an organisation the person sees (members only chat)."""
+    router = get_object_or_404(
+        Router.objects.filter(organization__in=tenancy.visible_organizations(request)).select_related(
+            "organization"
+        ),
+        pk=pk,
+    )
+    return render(
+        request,
+        "web/router_playground.html",
+        {
+            "router": router,
+            "member": Membership.objects.filter(
+                organization=router.organization_id, user=request.user.pk
+            ).exists(),
+        },
+    )
+
+
+def _router_target(request: HttpRequest, pk: int) -> tuple[int, str] | None:
+    """(organisation, name) of a router of an organisation the person is a member of (as `_target`)."""
+    found: tuple[int, str] | None = (
+        Router.objects.filter(pk=pk, organization__memberships__user=request.user.pk)
+        .values_list("organization_id", "name")
+        .first()
+    )
+    return found
+
+
+async def router_playground_chat(request: HttpRequest, pk: int) -> HttpResponse | StreamingHttpResponse:
+    """POST {messages, max_tokens?, temperature?} → the chosen candidate's server-sent events."""
+    return await _chat(request, pk, _router_target, "router")
+
+
+async def _chat(
+    request: HttpRequest,
+    pk: int,
+    find: Callable[[HttpRequest, int], tuple[int, str] | None],
+    kind: str,
+) -> HttpResponse | StreamingHttpResponse:
     if request.method != "POST":
         return openai_error(405, "Use POST.")
     user = await request.auser()
     if not user.is_authenticated:
         return openai_error(401, "Your session has ended: sign in again.")
-    target = await sync_to_async(_target)(request, pk)
+    target = await sync_to_async(find)(request, pk)
     if target is None:
-        return openai_error(404, "No such deployment in an organisation you are a member of.")
+        return openai_error(404, f"No such {kind} in an organisation you are a member of.")
     organization_id, name = target
     payload = openai_api.read_json(request)
     if isinstance(payload, str):

@@ -20,7 +20,8 @@ import pytest
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.test import AsyncRequestFactory
+from django.contrib.auth.models import AbstractUser
+from django.test import AsyncRequestFactory, Client
 from prometheus_client import REGISTRY
 
 from learning import router_service
@@ -34,7 +35,7 @@ from serving.gateway.directory import Directory, RouterTarget, Target
 from serving.gateway.metering import QUEUE_KEY
 from serving.models import Deployment
 from tests.serving.gateway.conftest import CHAT, EMBED, deploy
-from tests.serving.gateway.in_process import Answer, key_headers, post
+from tests.serving.gateway.in_process import Answer, browser_headers, key_headers, post
 from tests.serving.gateway.router_engines import (
     ESSAYS,
     SUMS,
@@ -529,3 +530,66 @@ def test_a_new_predictor_version_is_picked_up_when_the_cache_expires_without_a_r
         return seen
 
     assert asyncio.run(scenario()) == [None, None, 1]
+
+
+# --- The web playground ------------------------------------------------------------------------------------
+
+
+def playground(router: int, user: AbstractUser, prompt: str) -> Answer:
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
+    return post(f"/routers/{router}/playground/chat/", body, browser_headers(user))
+
+
+def test_a_member_chats_through_a_router_in_the_playground_and_is_told_who_answered(
+    acme: Organization, member: AbstractUser, deployments: dict[str, Deployment], queue: redis.Redis
+) -> None:
+    router = train(make_router(acme))
+    for_sum, for_essay = playground(router.pk, member, SUM), playground(router.pk, member, ESSAY)
+    assert (for_sum.status, for_sum.headers["x-router-deployment"]) == (200, "small")
+    assert b'"content": "small"' in for_sum.body and for_sum.body.endswith(b"data: [DONE]\n\n")
+    assert (for_essay.status, for_essay.headers["x-router-deployment"]) == (200, "large")
+    records = usage_records(queue)
+    assert sorted((r["router"], r["router_choice"], r["api_key_id"]) for r in records) == [
+        ("auto", "large", None), ("auto", "small", None)
+    ]  # fmt: skip
+
+
+def test_an_outsider_cannot_chat_through_another_organisations_router_in_the_playground(
+    acme: Organization,
+    outsider: AbstractUser,
+    globex: Organization,
+    stand: Stand,
+    queue: redis.Redis,
+    deployments: dict[str, Deployment],
+) -> None:
+    router = make_router(acme)
+    answer = playground(router.pk, outsider, SUM)
+    assert answer.status == 404 and "router" in answer.json()["error"]["message"]
+    assert stand.calls("small") == stand.calls("large") == [] and usage_records(queue) == []
+
+
+def test_the_router_playground_page_is_for_the_organisations_members_only(
+    acme: Organization,
+    member: AbstractUser,
+    outsider: AbstractUser,
+    globex: Organization,
+    deployments: dict[str, Deployment],
+) -> None:
+    router = make_router(acme)
+    page = Client()
+    page.force_login(member)
+    shown = page.get(f"/routers/{router.pk}/playground/").content.decode()
+    assert 'id="chat-form"' in shown and f"/routers/{router.pk}/playground/chat/" in shown
+    assert f'href="/routers/{router.pk}/playground/"' in page.get(f"/routers/{router.pk}/").content.decode()
+    page.force_login(outsider)
+    assert page.get(f"/routers/{router.pk}/playground/").status_code == 404
+
+
+def test_a_playground_chat_through_a_router_names_a_bad_field(
+    acme: Organization, member: AbstractUser, stand: Stand, deployments: dict[str, Deployment]
+) -> None:
+    router = make_router(acme)
+    body = {"messages": [{"role": "user", "content": SUM}], "tools": []}
+    answer = post(f"/routers/{router.pk}/playground/chat/", body, browser_headers(member))
+    assert answer.status == 400 and answer.json()["error"]["param"] == "tools"
+    assert stand.calls("large") == []
