@@ -30,11 +30,14 @@ class CostQuerySerializer(UsageQuerySerializer):
     """The usage API's `organization`, `since`, `until` and `group_by`, with the cost report's groups."""
 
     group_by = serializers.CharField(
-        required=False, default="day", help_text="Comma-separated: " + ", ".join(costs.GROUPS)
+        required=False,
+        default="day",
+        help_text="Comma-separated: " + ", ".join(costs.GROUPS) + " (`key`, as /api/usage/ says, is api_key)",
     )
 
     def validate_group_by(self, value: str) -> list[str]:
-        groups = [g.strip() for g in value.split(",") if g.strip()]
+        # /api/usage/ calls the key group `key`: the same query string asks both.
+        groups = [{"key": "api_key"}.get(g.strip(), g.strip()) for g in value.split(",") if g.strip()]
         unknown = [g for g in groups if g not in costs.GROUPS]
         if unknown or not groups:
             raise serializers.ValidationError(

@@ -299,3 +299,10 @@ def test_csv_exports_every_row_unless_a_limit_is_given(client_for, member, meter
     every = client.get(COSTS, {**WINDOW, "group_by": "deployment", "format": "csv"})
     first = client.get(COSTS, {**WINDOW, "group_by": "deployment", "format": "csv", "limit": 1})
     assert len(every.content.decode().splitlines()) == 3 and len(first.content.decode().splitlines()) == 2
+
+
+def test_the_usage_apis_key_group_asks_for_costs_by_api_key(client_for, member, metered) -> None:
+    client = client_for(member)
+    as_usage = results(client.get(COSTS, {**WINDOW, "group_by": "day,key"}))
+    assert as_usage == results(client.get(COSTS, {**WINDOW, "group_by": "day,api_key"}))
+    assert {r["api_key"] for r in as_usage} == {metered["batch"].prefix, metered["web"].prefix, None}
