@@ -68,6 +68,7 @@ def generate_cards(count: int) -> None:
         card.search_text = card.compose_search_text()
         cards.append(card)
     ModelCard.objects.bulk_create(cards, batch_size=2000)
+    ModelCard.objects.refresh_search_vectors()  # bulk_create skips save(), which keeps them
 
 
 def percentile(values: list[float], fraction: float) -> float:

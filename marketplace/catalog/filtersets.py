@@ -5,7 +5,7 @@ from typing import Any
 import django_filters
 from django.db.models import QuerySet
 
-from marketplace.catalog import choices
+from marketplace.catalog import choices, search
 from marketplace.catalog.models import InstanceType, ModelCard, ModelCardQuerySet
 
 
@@ -63,7 +63,8 @@ class ModelCardFilterSet(django_filters.FilterSet):
     }
 
     def filter_search(self, queryset: ModelCardQuerySet, name: str, value: str) -> QuerySet[ModelCard]:
-        return queryset.search(value)
+        """The catalog page's search (catalog.search), annotated with `search_rank`."""
+        return search.search(queryset, value)
 
     def filter_contains(self, queryset: QuerySet[ModelCard], name: str, value: str) -> QuerySet[ModelCard]:
         return queryset.filter(**{f"{self._array_fields[name]}__contains": [value]})

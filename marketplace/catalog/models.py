@@ -8,6 +8,7 @@ import hashlib
 
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -33,6 +34,10 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+        self.models.refresh_search_vectors()  # its cards' documents hold the provider's name and slug
 
 
 def compose_license_terms(name: str, url: str, text: str) -> str:
@@ -63,6 +68,7 @@ class License(models.Model):
     def save(self, *args: object, **kwargs: object) -> None:
         self.sha256 = hashlib.sha256(self.text.encode()).hexdigest()
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+        self.cards.refresh_search_vectors()  # its cards' documents hold the license's identifier
 
 
 class InstanceTypeQuerySet(QuerySet["InstanceType"]):
@@ -163,12 +169,12 @@ class ModelCardQuerySet(QuerySet["ModelCard"]):
             return self.filter(cpu_capable=True)
         return self.filter(min_gpu_memory_gb__lte=instance_type.tensor_parallel_memory_gb)
 
-    def search(self, text: str) -> ModelCardQuerySet:
-        """Every word must appear somewhere in the card's searchable text (a trigram index serves it)."""
-        queryset = self
-        for word in text.lower().split():
-            queryset = queryset.filter(search_text__contains=word)
-        return queryset
+    def refresh_search_vectors(self) -> int:
+        """Store each card's weighted search document (search.document) in `search_vector`, in one UPDATE;
+        the number of cards. Saving a card does it for that card; bulk_create and update() do not."""
+        from marketplace.catalog import search  # search reads this module's models
+
+        return self.update(search_vector=search.stored_document())
 
 
 class ModelCard(models.Model):
@@ -223,6 +229,8 @@ class ModelCard(models.Model):
     engine_defaults = models.JSONField(default=dict, blank=True)
     # Lower-cased name, repo, family, provider, summary and tags: what free-text search looks in.
     search_text = models.TextField(default="", editable=False)
+    # The weighted full-text document search.py matches and ranks (GIN-indexed), kept by save().
+    search_vector = SearchVectorField(null=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = ModelCardQuerySet.as_manager()
@@ -234,6 +242,7 @@ class ModelCard(models.Model):
             GinIndex(fields=["languages"], name="card_languages_gin"),
             GinIndex(fields=["domains"], name="card_domains_gin"),
             GinIndex(fields=["search_text"], name="card_search_trgm", opclasses=["gin_trgm_ops"]),
+            GinIndex(fields=["search_vector"], name="card_search_vector_gin"),
             models.Index(fields=["name"], name="card_name"),
             models.Index(fields=["parameters"], name="card_parameters"),
             models.Index(fields=["context_length"], name="card_context_length"),
@@ -248,6 +257,7 @@ class ModelCard(models.Model):
         self.search_text = self.compose_search_text()
         self.license_sha256 = hashlib.sha256(self.license_terms.encode()).hexdigest()
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+        ModelCard.objects.filter(pk=self.pk).refresh_search_vectors()
 
     @property
     def is_embedding(self) -> bool:

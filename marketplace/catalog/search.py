@@ -19,10 +19,11 @@ Ranking: `ts_rank` of the weighted document (a word in the name counts most; a w
 over a prefix), plus a bonus when the name starts with what was typed (as whole words) and when a card
 lists a searched language itself rather than only `mul`; typo matches are found but not ranked.
 
-Cost: the document is computed at query time (no stored column, no migration), which suits the real
-catalog (about a hundred cards: a few milliseconds). With thousands of cards a search costs hundreds of
-milliseconds, mostly the trigram fallback and the summary's vector; a stored tsvector column with a GIN
-index is then the remedy.
+Cost: the document is stored in `ModelCard.search_vector` (a tsvector with a GIN index), written when a
+card, its provider or its license is saved (ModelCardQuerySet.refresh_search_vectors, one UPDATE for any
+number of cards), so a search reads the index instead of building every card's document: at a thousand
+cards a search is a few milliseconds again (bench/catalog.py, bench/catalog_page.py). The page and the
+REST API's `q` both search here.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ from django.db.models import (
     F,
     FloatField,
     Func,
+    OuterRef,
     Q,
     QuerySet,
+    Subquery,
     TextField,
     Value,
     When,
@@ -160,6 +163,13 @@ def document() -> CombinedExpression:
     )
 
 
+def stored_document() -> Subquery:
+    """Each card's document (above), for an UPDATE of `search_vector`: a subquery, since an UPDATE
+    cannot join the provider and the license itself."""
+    cards = ModelCard.objects.filter(pk=OuterRef("pk")).annotate(document=document())
+    return Subquery(cards.values("document")[:1])
+
+
 def _word_query(word: str, *, prefix: bool = True) -> SearchQuery:
     # The word holds only letters, digits, "_" and inner dots (see parse), so it is safe as a raw lexeme.
     lexeme = f"'{word}'{':*' if prefix else ''}"
@@ -208,16 +218,14 @@ def search(queryset: QuerySet[ModelCard], text: str) -> QuerySet[ModelCard]:
     parsed.words = _without_stop_words(parsed.words)
     if not (parsed.words or parsed.sizes or parsed.languages):
         return queryset.annotate(search_rank=Value(0.0, output_field=FloatField()))
-    vector = document()
-    # alias, not annotate: the document is matched against, never selected (it is the costly part).
-    queryset = queryset.alias(search_document=vector)
+    vector = F("search_vector")
     rank: object = Value(0.0, output_field=FloatField())
     prefixes, wholes = [], []
     for word in parsed.words:
         query = _word_query(word)
         prefixes.append(query)
         wholes.append(_word_query(word, prefix=False))
-        condition = Q(search_document=query)
+        condition = Q(search_vector=query)
         if len(word) >= TRIGRAM_MIN_LENGTH:
             # pg_trgm's word-similarity operator (threshold pg_trgm.word_similarity_threshold, 0.6 unless
             # set): a typo match is found, not ranked, so typo matches keep the sort's tie-break (name).

@@ -40,6 +40,18 @@ def test_search_finds_by_repo_and_provider_name() -> None:
     assert slugs(q="Mistral AI")
 
 
+def test_search_is_the_catalog_pages_search_language_names_included() -> None:
+    listed = set(ModelCard.objects.filter(languages__contains=["ja"]).values_list("slug", flat=True))
+    assert len(listed) > 10
+    assert listed <= slugs(q="japanese")
+
+
+def test_search_lists_the_best_match_first_unless_an_ordering_is_asked() -> None:
+    assert get("/api/models/", q="mistral 7b")["results"][0]["name"] == "Mistral 7B Instruct v0.3"
+    by_name = [row["name"] for row in get("/api/models/", q="mistral 7b", ordering="name")["results"]]
+    assert by_name == sorted(by_name)
+
+
 def test_search_with_no_match_is_empty() -> None:
     assert get("/api/models/", q="zzzz-no-such-model")["count"] == 0
 

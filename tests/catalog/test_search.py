@@ -90,3 +90,32 @@ def test_language_labels_name_the_language_and_its_code() -> None:
 def test_parse_separates_languages_sizes_and_words() -> None:
     parsed = parse("Japanese Qwen 7B")
     assert (parsed.languages, parsed.sizes, parsed.words) == (["ja"], ["7b"], ["qwen"])
+
+
+def test_every_card_stores_the_search_document_it_is_matched_against() -> None:
+    from marketplace.catalog.search import document
+
+    rows = list(
+        ModelCard.objects.annotate(computed=document()).values_list("slug", "search_vector", "computed")
+    )
+    assert len(rows) > 100
+    assert [slug for slug, stored, computed in rows if stored is None or stored != computed] == []
+
+
+def test_a_search_reads_the_stored_document_not_one_built_per_card() -> None:
+    sql = str(search(ModelCard.objects.all(), "qwen instruct").query)
+    assert '"catalog_modelcard"."search_vector" @@' in sql
+    assert "to_tsvector" not in sql
+
+
+def test_saving_a_card_its_provider_or_its_license_refreshes_what_search_finds() -> None:
+    card = ModelCard.objects.select_related("provider", "license").get(slug="phi-4")
+    card.family = "zanzibarian"
+    card.save()
+    assert names("zanzibarian") == ["Phi-4"]
+    card.provider.name = "Quetzalcoatl Labs"
+    card.provider.save()
+    assert "Phi-4" in names("quetzalcoatl")
+    card.license.identifier = "xylophone-license"
+    card.license.save()
+    assert "Phi-4" in names("xylophone")

@@ -3,7 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Count, QuerySet
-from rest_framework import permissions, viewsets
+from django_filters.rest_framework import DjangoFilterBackend
+from rest_framework import filters, permissions, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -46,14 +47,25 @@ class CatalogViewSet(viewsets.ReadOnlyModelViewSet):
             paginator.page = None
 
 
+class BestMatchOrdering(filters.OrderingFilter):
+    """With `q` and no `ordering`, the best match comes first (ties by name), as on the catalog page."""
+
+    def get_default_ordering(self, view: Any) -> Any:
+        if view.request.query_params.get("q", "").strip():
+            return ["-search_rank", "name"]
+        return super().get_default_ordering(view)
+
+
 class ModelCardViewSet(CatalogViewSet):
-    """Model cards. Filter with `q` (free text), `task`, `provider`, `license`, `language`, `domain`,
+    """Model cards. Filter with `q` (free text, the catalog page's search: best match first unless
+    `ordering` is given), `task`, `provider`, `license`, `language`, `domain`,
     `modality`, `parameters_min`/`parameters_max` (billions), `context_length_min`/`_max`, `fits`
     (instance type slug), `cpu_capable`, `gated`, `commercial_use`; order with `ordering`."""
 
-    queryset = ModelCard.objects.select_related("provider", "license").defer("search_text")
+    queryset = ModelCard.objects.select_related("provider", "license").defer("search_text", "search_vector")
     lookup_value_regex = r"[a-z0-9.-]+"
     filterset_class = ModelCardFilterSet
+    filter_backends = [DjangoFilterBackend, BestMatchOrdering]
     ordering_fields = ["name", "parameters", "context_length", "release_date", "provider__name"]
     ordering = ["name"]
 

@@ -94,7 +94,7 @@ def catalog(request: HttpRequest) -> HttpResponse:
     shown = (
         cards.filter(*filters.values())
         .select_related("provider", "license")
-        .defer("search_text", "summary", "license__text")
+        .defer("search_text", "search_vector", "summary", "license__text")
     )
     sort = request.GET.get("sort") or (RELEVANCE if searched else "name")
     if sort not in SORTS or (sort == RELEVANCE and not searched):
