@@ -44,7 +44,7 @@ def options(html: BeautifulSoup, facet: str) -> dict[str, tuple[str, int, bool]]
 
 def test_a_language_name_finds_every_card_in_that_language(client, db) -> None:
     expected = ModelCard.objects.filter(languages__overlap=["ja", "mul"]).count()
-    assert expected == 24
+    assert expected > 10  # the issue counted 24; more cards may join
     assert result_count(page(client, q="japanese")) == expected
 
 
