@@ -215,8 +215,8 @@ def _phone(match: re.Match[str]) -> bool:
 
 # Priority order: a span taken by an earlier detector is not offered to a later one. The third field is a
 # character every match contains: a text without it skips the expression (most prose has no "@" or ":").
-# The fourth is the fewest digits a match holds: a text with fewer skips it (most prompts have a handful),
-# and every detector but EMAIL scans only around the text's digits (`_windows`).
+# The fourth is the fewest digits a match holds: every detector but EMAIL scans only around the text's
+# digits (`_windows`), and only where there are that many (most prompts have a handful, far apart).
 DETECTORS: tuple[tuple[str, re.Pattern[str], str, int, Callable[[re.Match[str]], bool]], ...] = (
     (EMAIL, _EMAIL, "@", 0, _email),
     (IBAN, _IBAN, "", 2, _iban),
@@ -238,10 +238,11 @@ _REACH = 48
 _FEW_DIGITS = 64
 
 
-def _windows(text: str) -> tuple[int, list[tuple[int, int]]]:
-    """(how many digits `text` holds, the spans around its digits that a digit-holding match must lie
-    in): digits closer than twice the reach share a span. So each detector then scans only what
-    surrounds numbers (in prose, a hundred characters a number) instead of the whole text.
+def _windows(text: str) -> list[tuple[int, int, int]]:
+    """The spans around the digits of `text` that a digit-holding match must lie in, each with how
+    many digits it holds: digits closer than twice the reach share a span. So each detector then scans
+    only what surrounds numbers (in prose, a hundred characters a number), and only where there are
+    enough digits for one of its matches, instead of the whole text.
 
     Most texts are ASCII with a few numbers: there ten `str.count` and a `str.find` per digit (C loops)
     cost less than one regular-expression scan, which the others take."""
@@ -256,16 +257,14 @@ def _windows(text: str) -> tuple[int, list[tuple[int, int]]]:
         runs = [(position, position + 1) for position in positions]
     else:
         runs = [run.span() for run in _DIGITS.finditer(text)]
-    digits = 0
-    windows: list[tuple[int, int]] = []
+    windows: list[tuple[int, int, int]] = []
     for start, end in runs:
-        digits += end - start
         low, high = max(0, start - _REACH), min(len(text), end + _REACH)
         if windows and low <= windows[-1][1]:
-            windows[-1] = (windows[-1][0], high)
+            windows[-1] = (windows[-1][0], high, windows[-1][2] + end - start)
         else:
-            windows.append((low, high))
-    return digits, windows
+            windows.append((low, high, end - start))
+    return windows
 
 
 def find(text: str, kinds: frozenset[str] = LOG_KINDS) -> list[Finding]:
@@ -273,14 +272,16 @@ def find(text: str, kinds: frozenset[str] = LOG_KINDS) -> list[Finding]:
     detector left out does not take its spans, so the others may (a guardrail without IBAN still masks
     the phone-shaped digits inside one)."""
     taken: list[Finding] = []
-    digits, windows = _windows(text)
-    whole = [(0, len(text))]
+    windows = _windows(text)
+    whole = [(0, len(text), len(text))]
     for kind, pattern, needs, fewest_digits, accept in DETECTORS:
-        if kind not in kinds or digits < fewest_digits or (needs and needs not in text):
+        if kind not in kinds or (needs and needs not in text):
             continue
         # A look-behind sees before a window's start; a window ends at least _REACH past its last digit,
         # so no match reaches its end and every look-ahead reads the text's own characters.
-        for start, end in whole if kind == EMAIL else windows:
+        for start, end, digits in whole if kind == EMAIL else windows:
+            if digits < fewest_digits:
+                continue
             for match in pattern.finditer(text, start, end):
                 found_start, found_end = match.span()
                 if accept(match) and not any(found_start < f.end and f.start < found_end for f in taken):
