@@ -41,7 +41,9 @@ Streams (`StreamGuard`) hold back the last `policy.hold_back` characters (at lea
 personal-data shape but an e-mail address, which has no spaces) and never release text inside a run of
 the characters an entity without spaces is made of (ASCII letters, digits and `._%+-@:()`) or inside a
 detected entity, so every entity is detected whole before any of it is sent (text in scripts without
-spaces, Chinese or Japanese, still flows: its characters end such runs). Personal data and word matches
+spaces, Chinese or Japanese, still flows: its characters end such runs; a run longer than LONGEST_RUN,
+320 characters, a base64 blob, is cut anyway, so an e-mail address longer than that could leave in two
+pieces). Personal data and word matches
 that start in released text were decided with their whole context. A block is reported at the piece
 that completes the match, before the match is released.
 """
@@ -75,6 +77,7 @@ PERSONAL_DATA, WORD, PROFANITY, PROMPT_ATTACK, TOPIC = (
 DEFAULT_BLOCKED_INPUT = "Sorry, this request cannot be answered: it goes against this service's guardrail."
 DEFAULT_BLOCKED_OUTPUT = "Sorry, the answer was withheld: it goes against this service's guardrail."
 MIN_HOLD_BACK = 64
+LONGEST_RUN = 320  # characters a stream's hold-back moves back for a run without spaces (e-mail: ≤ 254)
 CACHE_SECONDS = 5.0
 
 
@@ -351,15 +354,17 @@ class StreamGuard:
 
     def _cut(self, findings: list[masking.Finding], final: bool) -> int:
         """How far text may be released: all of it at the end, else up to the hold-back window, moved back
-        out of a run of non-space characters and out of any finding (repeatedly, as one move may land in
-        the other)."""
+        out of a run of entity characters (at most LONGEST_RUN back: no address is longer, and a longer
+        run, a base64 blob, must not be held whole nor rescanned at every piece) and out of any finding
+        (repeatedly, as one move may land in the other)."""
         text = self.text
         if final:
             return len(text)
         cut = len(text) - self.policy.hold_back
+        floor = max(self._released, cut - LONGEST_RUN)
         while cut > self._released:
             moved = cut
-            while moved > self._released and _in_entity(text[moved - 1]) and _in_entity(text[moved]):
+            while moved > floor and _in_entity(text[moved - 1]) and _in_entity(text[moved]):
                 moved -= 1
             for finding in findings:
                 if finding.start < moved < finding.end:

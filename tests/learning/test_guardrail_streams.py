@@ -104,3 +104,11 @@ def test_a_long_email_address_is_held_whole_until_it_ends() -> None:
     out, _ = released([text[index : index + 2] for index in range(0, len(text), 2)])
     assert "".join(out) == check(POLICY, text, direction=OUTPUT).text
     assert not any("a.very" in piece for piece in out)
+
+
+def test_a_long_run_without_spaces_is_not_held_whole() -> None:
+    blob = "QUJD" * 2500  # 10,000 characters of base64
+    guard = StreamGuard(POLICY)
+    sent = "".join(guard.feed(blob[index : index + 4]) for index in range(0, len(blob), 4))
+    assert len(sent) >= len(blob) - POLICY.hold_back - 400
+    assert sent + guard.finish() == blob
