@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serving.choices import AutoscalingPolicy
-from serving.spec import ClusterSettings, DeploymentSpec, media_domain_args
+from serving.spec import ClusterSettings, DeploymentSpec, card_engine_args, media_domain_args
 
 Manifest = dict[str, Any]
 
@@ -128,7 +128,8 @@ def max_model_len(spec: DeploymentSpec) -> int:
 
 def engine_args(spec: DeploymentSpec, media_domains: Sequence[str] = ()) -> list[str]:
     """Arguments after `vllm serve`: the model, then the platform's fixed flags (the media domains the
-    engine may fetch from: none unless given), then allow-listed options.
+    engine may fetch from: none unless given), then the flags the card's kind needs (spec.card_engine_args),
+    then allow-listed options.
 
     Raises ValueError on an option outside the allow-list or of the wrong kind; the API validates first,
     this is the last guard before a string reaches a command line.
@@ -147,6 +148,7 @@ def engine_args(spec: DeploymentSpec, media_domains: Sequence[str] = ()) -> list
         *media_domain_args(media_domains),
     ]  # fmt: skip
     options = spec.engine_options
+    args += card_engine_args(spec.model, options)
     for key, flag in _VALUE_FLAGS.items():
         value = options.get(key)
         if value is None:

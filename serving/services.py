@@ -103,6 +103,17 @@ def check_model_and_instance(
     )
 
 
+def check_servable(card: ModelCard) -> None:
+    """The pinned engine must be able to serve the card at all (ModelCard.servable): a card that
+    generates images or speech, or whose architecture vLLM lacks, is in the catalog but cannot be
+    deployed, whatever the instance type or subscription."""
+    if not card.servable:
+        raise _refuse(
+            "model",
+            f"{card.not_servable_reason} Choose a model whose page lists the routes it serves.",
+        )
+
+
 def check_runnable_here(card: ModelCard, backend: str) -> None:
     """The local backend serves only models whose weights `make engine` prepared on this machine."""
     if backend != Backend.LOCAL:
@@ -387,6 +398,7 @@ def create_deployment(
     takes too: an unsubscribe either commits first (and this is refused) or waits and then sees this
     deployment (and is refused), so no deployment slips in under a cancelled subscription."""
     backend = settings.SERVING_BACKEND
+    check_servable(card)  # first: neither subscribing nor another instance type would help
     require_subscribed(organization, card)  # early, so this refusal comes before any other
     max_model_len = engine_options.get("max_model_len")
     check_model_and_instance(card, instance_type, backend, max_model_len=max_model_len)
@@ -615,6 +627,8 @@ def spec_for(deployment: Deployment) -> DeploymentSpec:
             parameters=card.parameters,
             gpu_memory_gb=card.gpu_memory_gb,
             context_length=card.context_length,
+            routes=card.routes,
+            modalities_in=tuple(card.modalities_in),
         ),
         instance=InstanceSpec(
             slug=instance.slug,

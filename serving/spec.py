@@ -6,7 +6,8 @@ only this, so they can be tested and diffed without a database or a cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,14 @@ from typing import Any
 # that never resolves: RFC 6761's reserved `invalid`, fully qualified (the trailing dot) so that no DNS
 # search domain of the pod or machine is appended to it.
 NO_MEDIA_DOMAIN = "invalid."
+
+# Routes vLLM serves with its pooling runner (marketplace.catalog.choices.POOLING_ROUTES; repeated here
+# because the local engine's environment imports this module without Django).
+POOLING_ROUTES = frozenset({"embeddings", "rerank", "score"})
+# Media items one chat request may carry, per input modality of a vision-language card. vLLM's own
+# default is 999 of each, which lets one request hold an engine's memory hostage; these match what the
+# gateway's size limits expect of a chat message.
+MEDIA_PER_PROMPT = {"image": 4, "video": 1}
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class ModelSpec:
     parameters: int
     gpu_memory_gb: int
     context_length: int
+    # The card's invoke routes (ModelCard.routes) and input modalities: what decides its kind's flags.
+    routes: tuple[str, ...] = ()
+    modalities_in: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,3 +114,22 @@ def media_domain_args(domains: Sequence[str]) -> list[str]:
     host) by sending an image URL. Verified against vLLM 0.32's argument parser (a list, nargs "+").
     """
     return ["--allowed-media-domains", *(list(domains) or [NO_MEDIA_DOMAIN])]
+
+
+def card_engine_args(model: ModelSpec, options: Mapping[str, Any]) -> list[str]:
+    """The flags a card's kind needs, for both backends' command lines (vLLM 0.32/0.33's CLI):
+
+    - embeddings, rerank and score run on the pooling runner (`--runner pooling`) unless the options say
+      otherwise. Cross-encoders (`*ForSequenceClassification`) need nothing more: vLLM resolves
+      `--convert auto` to classification for them (0.32 has no `--task score` any more).
+    - speech recognition needs no flag: vLLM 0.32 serves Whisper's transcription and translation routes
+      from the generate runner it picks for WhisperForConditionalGeneration (`--task transcription` is gone).
+    - a chat card that reads images or video gets `--limit-mm-per-prompt` (MEDIA_PER_PROMPT, JSON).
+    """
+    args: list[str] = []
+    if POOLING_ROUTES & set(model.routes) and options.get("runner") is None:
+        args += ["--runner", "pooling"]
+    media = {modality: n for modality, n in MEDIA_PER_PROMPT.items() if modality in model.modalities_in}
+    if media and "chat.completions" in model.routes:
+        args += ["--limit-mm-per-prompt", json.dumps(media, separators=(",", ":"))]
+    return args

@@ -23,7 +23,7 @@ from serving.backends.base import (
 )
 from serving.local import engine_env, state
 from serving.local.engine_key import local_endpoint
-from serving.spec import DeploymentSpec
+from serving.spec import DeploymentSpec, card_engine_args
 from serving.status import CRASH_LOOP_RESTARTS
 
 # The KV cache is 1 GiB on CPU (VLLM_CPU_KVCACHE_SPACE): a long default context would not fit in it.
@@ -61,6 +61,8 @@ def engine_arguments(spec: DeploymentSpec) -> dict[str, Any]:
         "max_model_len": served_max_model_len(spec),
         "runner": options.get("runner"),
         "dtype": options.get("dtype"),
+        # The flags the card's kind needs, as on Kubernetes (one builder: serving.spec.card_engine_args).
+        "extra_args": card_engine_args(spec.model, options),
     }
 
 

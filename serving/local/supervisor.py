@@ -266,6 +266,7 @@ class EngineSupervisor:
             max_model_len=engine.get("max_model_len"),
             runner=engine.get("runner"),
             dtype=engine.get("dtype"),
+            extra_args=engine.get("extra_args", ()),
             python=engine_env.engine_python(self.engine_dir),
         )
         with replica.log_path.open("ab") as output:
