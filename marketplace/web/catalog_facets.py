@@ -26,6 +26,7 @@ from django.db.models import BooleanField, Case, Q, QuerySet, Value, When
 from marketplace.catalog import choices
 from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.catalog.search import language_label
+from marketplace.web.fitting import servable_q
 from serving.choices import Backend
 
 # Size buckets (billions of parameters, lower bound excluded, upper included); the API takes any range.
@@ -167,15 +168,16 @@ def check_selection(selection: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def deployable_q(instance_types: list[InstanceType]) -> Q:
-    """The cards this platform can run on at least one of `instance_types` (see the module docstring)."""
+    """The cards this platform can run on at least one of `instance_types` (see the module docstring), of
+    those the engine can serve at all (fitting.servable_q)."""
     if settings.SERVING_BACKEND == Backend.LOCAL:
         cpu = [instance for instance in instance_types if instance.gpu_count == 0]
-        return Q(cpu_capable=True) if cpu else Q(pk__in=[])
+        return Q(cpu_capable=True) & servable_q() if cpu else Q(pk__in=[])
     gpu = [instance for instance in instance_types if instance.gpu_count > 0]
     if not gpu:
         return Q(pk__in=[])
     widest = max(gpu, key=lambda instance: instance.tensor_parallel_memory_gb)
-    return Q(pk__in=ModelCard.objects.fitting(widest).values("pk"))
+    return Q(pk__in=ModelCard.objects.fitting(widest).values("pk")) & servable_q()
 
 
 def with_deployable(cards: QuerySet[ModelCard], instance_types: list[InstanceType]) -> QuerySet[ModelCard]:

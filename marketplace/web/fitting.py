@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 
 from marketplace.catalog import fits
-from marketplace.catalog.choices import BYTES_PER_PARAMETER
+from marketplace.catalog.choices import BYTES_PER_PARAMETER, UNSERVABLE_OUTPUTS
 from marketplace.catalog.models import InstanceType, ModelCard
 from serving.choices import Backend
 
@@ -34,8 +35,16 @@ def deployable_here(card: ModelCard, instance_types: Iterable[InstanceType] | No
     return why_not_here(card, instance_types) is None
 
 
+def servable_q() -> Q:
+    """ModelCard.servable as a query (the cards the pinned engine can serve), for lists and facets."""
+    return ~Q(modalities_out__overlap=list(UNSERVABLE_OUTPUTS)) & Q(engine_unsupported="")
+
+
 def why_not_here(card: ModelCard, instance_types: Iterable[InstanceType] | None = None) -> str | None:
-    """None when `card` can be deployed here, else why not, in a sentence for a person (no setting names)."""
+    """None when `card` can be deployed here, else why not, in a sentence for a person (no setting names):
+    first whether the engine can serve the card at all, then whether this platform's machines hold it."""
+    if not card.servable:
+        return card.not_servable_reason
     instances = _instances(instance_types)
     if settings.SERVING_BACKEND == Backend.LOCAL:
         if not card.cpu_capable:

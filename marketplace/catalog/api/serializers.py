@@ -53,6 +53,17 @@ class ModelCardSerializer(serializers.ModelSerializer[ModelCard]):
         read_only=True, help_text="GPU memory needed at the default context (default_max_model_len)"
     )
     default_max_model_len = serializers.IntegerField(source="facts.default_context", read_only=True)
+    routes = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="The invoke routes a deployment of the model serves (chat.completions, responses, "
+        "completions, embeddings, rerank, score, audio.transcriptions, audio.translations); "
+        "empty when the engine cannot serve it",
+    )
+    servable = serializers.BooleanField(read_only=True, help_text="Whether the pinned engine can serve it")
+    not_servable_reason = serializers.CharField(
+        read_only=True, help_text="Why not, when it cannot; else empty"
+    )
 
     class Meta:
         model = ModelCard
@@ -60,7 +71,8 @@ class ModelCardSerializer(serializers.ModelSerializer[ModelCard]):
             "slug", "name", "provider", "provider_name", "family", "summary", "huggingface_repo",
             "tasks", "modalities_in", "modalities_out", "languages", "domains", "license", "license_name",
             "commercial_use", "parameters", "parameters_billions", "context_length", "default_max_model_len",
-            "gpu_memory_gb", "min_gpu_memory_gb", "gated", "cpu_capable", "release_date",
+            "gpu_memory_gb", "min_gpu_memory_gb", "gated", "cpu_capable", "release_date", "routes",
+            "servable", "not_servable_reason",
         ]  # fmt: skip
 
 
@@ -94,6 +106,9 @@ class ModelCardListSerializer(ModelCardSerializer):
             "gated": card.gated,
             "cpu_capable": card.cpu_capable,
             "release_date": card.release_date.isoformat() if card.release_date else None,
+            "routes": list(card.routes),
+            "servable": card.servable,
+            "not_servable_reason": card.not_servable_reason,
         }
 
 
