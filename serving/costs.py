@@ -42,6 +42,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.postgres.aggregates import BoolOr
+from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.db.models import DecimalField, ExpressionWrapper, F, FloatField, QuerySet, Sum, Value
 from django.db.models.functions import Cast, TruncDate
@@ -450,31 +451,34 @@ def cost_report(
     is shared among the keys by the tokens they had it serve; a deployment that served no tokens in the
     span leaves its cost to the row whose api_key is None, as do tokens of deleted keys.
     """
-    tallies = _tally(days, usage, groups)
     names = [*(g for g in groups if g != "api_key"), *(["api_key"] if "api_key" in groups else [])]
-    labels = {
-        group: dict(
-            LABELS[group][0]
-            .objects.filter(pk__in={where[i] for where in tallies} - {None})
-            .values_list("pk", LABELS[group][1])
-        )
-        for i, group in enumerate(names)
-        if group in LABELS
-    }
+    if "api_key" in groups:
+        tallies = _tally(days, usage, groups)
+        labels = {
+            group: dict(
+                LABELS[group][0]
+                .objects.filter(pk__in={where[i] for where in tallies} - {None})
+                .values_list("pk", LABELS[group][1])
+            )
+            for i, group in enumerate(names)
+            if group in LABELS
+        }
 
-    def order(item: tuple[tuple[Any, ...], list[Any]]) -> tuple[Any, ...]:
-        key: list[Any] = []
-        for group, value in zip(names, item[0], strict=True):
-            shown = labels[group].get(value) if group in labels else value
-            key += [value is None, shown or "", value or 0]
-        return tuple(key)
+        def order(item: tuple[tuple[Any, ...], list[Any]]) -> tuple[Any, ...]:
+            key: list[Any] = []
+            for group, value in zip(names, item[0], strict=True):
+                shown = labels[group].get(value) if group in labels else value
+                key += [value is None, shown or "", value or 0]
+            return tuple(key)
 
-    ordered = sorted(tallies.items(), key=order)
-    whole = sum(tally[1] for tally in tallies.values())
+        ordered = sorted(tallies.items(), key=order)
+        whole = sum(tally[1] for tally in tallies.values())
+        count = len(ordered)
+        page = ordered[offset : None if limit is None else offset + limit]
+    else:
+        page, labels, count, whole = _page_in_sql(days, usage, names, offset=offset, limit=limit)
     rows: list[dict[str, Any]] = []
-    for values, (seconds, cost, tokens, estimate) in ordered[
-        offset : None if limit is None else offset + limit
-    ]:
+    for values, (seconds, cost, tokens, estimate) in page:
         where = dict(zip(names, values, strict=True))
         row: dict[str, Any] = {}
         for group in groups:
@@ -493,13 +497,14 @@ def cost_report(
         row["cost_share"] = round(cost / whole, 4) if whole else None
         row["price_is_estimate"] = estimate
         rows.append(row)
-    return CostReport(rows, len(ordered))
+    return CostReport(rows, count)
 
 
-def _tally(
+def _grouped(
     days: QuerySet[ReplicaDay], usage: QuerySet[UsageRecord], groups: Sequence[str]
-) -> dict[tuple[Any, ...], list[Any]]:
-    """{group ids (api_key last): [replica-seconds, cost, tokens, estimate]}, from one query per side."""
+) -> tuple[QuerySet[Any], QuerySet[Any]]:
+    """Each side grouped by the groups' ids (by key: by deployment too, and the token side by key
+    last): (day or ids..., seconds, cost, estimate) and (day or ids..., tokens)."""
     plain = [g for g in groups if g != "api_key"]
     by_key = "api_key" in groups
     cell = [COST_KEYS[g] for g in plain] + (["deployment_id"] if by_key else [])
@@ -521,6 +526,97 @@ def _tally(
         .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
         .order_by()
     )
+    return cost_rows, token_rows
+
+
+def _page_in_sql(
+    days: QuerySet[ReplicaDay],
+    usage: QuerySet[UsageRecord],
+    groups: Sequence[str],
+    *,
+    offset: int,
+    limit: int | None,
+) -> tuple[list[tuple[tuple[Any, ...], list[Any]]], dict[str, dict[Any, Any]], int, float]:
+    """The report without keys, merged, named, ordered and cut to a page by PostgreSQL: only the page's
+    rows reach Python (a day-by-deployment report of 1,000 deployments over 90 days is 90,000 rows).
+    Returns the page as (ids, [seconds, cost, tokens, estimate]), the names of its ids, the number of
+    rows in the whole report and its whole cost."""
+    cost_rows, token_rows = _grouped(days, usage, groups)
+    keys = [f"k{i}" for i in range(len(groups))]
+    listed = ", ".join(keys)
+    cost_sql, cost_params = _sql_or_none(cost_rows)
+    token_sql, token_params = _sql_or_none(token_rows)
+    # A side that can match nothing (none(), a key scope naming no deployment) is the other side's
+    # columns with no rows, so that the types still join.
+    if cost_sql is None and token_sql is None:
+        return [], {}, 0, 0.0
+    if cost_sql is None:
+        cost_sql = (
+            f"SELECT {listed}, 0::float8, 0::float8, FALSE FROM ({token_sql}) AS x ({listed}, n) WHERE FALSE"  # noqa: S608
+        )
+        cost_params = token_params
+    if token_sql is None:
+        token_sql = f"SELECT {listed}, 0::bigint FROM ({cost_sql}) AS x ({listed}, s, c, e) WHERE FALSE"  # noqa: S608
+        token_params = cost_params
+    shown, joins, order = [], [], []
+    for i, group in enumerate(groups):
+        if group in LABELS:
+            model, field = LABELS[group]
+            joins.append(f"LEFT JOIN {model._meta.db_table} l{i} ON l{i}.id = r.k{i}")
+            shown.append(f"l{i}.{field}")
+            order += [f"l{i}.{field}", f"r.k{i}"]
+        else:
+            shown.append("NULL")
+            order.append(f"r.k{i}")
+    sql = f"""
+        SELECT {", ".join(f"r.{k}" for k in keys)}, r.seconds, r.cost, r.tokens, r.estimate,
+               {", ".join(shown)}, COUNT(*) OVER (), SUM(r.cost) OVER ()
+        FROM (
+            SELECT {", ".join(f"COALESCE(c.{k}, t.{k}) AS {k}" for k in keys)},
+                   COALESCE(c.seconds, 0) AS seconds, COALESCE(c.cost, 0) AS cost,
+                   COALESCE(t.tokens, 0) AS tokens, COALESCE(c.estimate, FALSE) AS estimate
+            FROM ({cost_sql}) AS c ({", ".join(keys)}, seconds, cost, estimate)
+            FULL JOIN ({token_sql}) AS t ({", ".join(keys)}, tokens)
+                ON {" AND ".join(f"c.{k} = t.{k}" for k in keys)}
+        ) AS r
+        {" ".join(joins)}
+        ORDER BY {", ".join(order)}
+        LIMIT %s OFFSET %s
+    """  # noqa: S608 (table and column names only; values are parameters)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*cost_params, *token_params, limit, offset])
+        fetched = cursor.fetchall()
+    if not fetched and offset:  # past the end: how long the report is still needs saying
+        _, _, count, whole = _page_in_sql(days, usage, groups, offset=0, limit=1)
+        return [], {}, count, whole
+    width = len(keys)
+    page = [
+        (tuple(row[:width]), [row[width], row[width + 1], int(row[width + 2]), row[width + 3]])
+        for row in fetched
+    ]
+    labels: dict[str, dict[Any, Any]] = {group: {} for group in groups if group in LABELS}
+    for row in fetched:
+        for i, group in enumerate(groups):
+            if group in labels:
+                labels[group][row[i]] = row[width + 4 + i]
+    count, whole = (fetched[0][-2], fetched[0][-1] or 0.0) if fetched else (0, 0.0)
+    return page, labels, count, whole
+
+
+def _sql_or_none(queryset: QuerySet[Any]) -> tuple[str | None, tuple[Any, ...]]:
+    try:
+        sql, params = queryset.query.sql_with_params()
+    except EmptyResultSet:
+        return None, ()
+    return sql, tuple(params)
+
+
+def _tally(
+    days: QuerySet[ReplicaDay], usage: QuerySet[UsageRecord], groups: Sequence[str]
+) -> dict[tuple[Any, ...], list[Any]]:
+    """{group ids (api_key last): [replica-seconds, cost, tokens, estimate]}, from one query per side."""
+    by_key = "api_key" in groups
+    cost_rows, token_rows = _grouped(days, usage, groups)
     tallies: dict[tuple[Any, ...], list[Any]] = {}
     if not by_key:
         for *where, seconds, cost, estimate in cost_rows:

@@ -292,6 +292,18 @@ def test_a_long_report_is_answered_a_page_at_a_time(client_for, member, metered)
     second = client.get(COSTS, {**WINDOW, "group_by": "deployment", "limit": 1, "offset": 1}).json()
     assert second["count"] == 2 and second["results"] == whole["results"][1:]
     assert second["results"][0]["cost_share"] == whole["results"][1]["cost_share"]  # of the whole report
+    beyond = client.get(COSTS, {**WINDOW, "group_by": "deployment", "offset": 5}).json()
+    assert (beyond["count"], beyond["results"]) == (2, [])
+
+
+def test_tokens_of_a_deployment_never_metered_in_the_window_are_a_row(
+    client_for, member, acme, metered
+) -> None:
+    unmetered = deployment(acme, "fresh")
+    serve(unmetered, 300, MORNING)
+    rows = results(client_for(member).get(COSTS, {**WINDOW, "group_by": "day,deployment"}))
+    fresh = next(r for r in rows if r["deployment"] == "fresh")
+    assert (fresh["tokens"], fresh["cost_usd"], fresh["cost_per_1k_tokens"]) == (300, 0.0, 0.0)
 
 
 def test_csv_exports_every_row_unless_a_limit_is_given(client_for, member, metered) -> None:
