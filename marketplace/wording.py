@@ -68,6 +68,8 @@ SHAPES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"String value too large\."), lambda m: "Too long to be a number."),
     (re.compile(r"\"(?P<value>.*)\" is not a valid choice\.", re.DOTALL),
      lambda m: f"{quoted(m['value'])} is not a valid choice."),
+    (re.compile(r"Select a valid choice\. That choice is not one of the available choices\."),
+     lambda m: "Not one of the choices offered: pick one from the list."),
     (re.compile(r"Select a valid choice\. (?P<value>.*) is not one of the available choices\.", re.DOTALL),
      lambda m: f"{quoted(m['value'])} is not a valid choice."),
 )  # fmt: skip

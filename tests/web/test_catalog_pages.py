@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from bs4 import BeautifulSoup
+
 from marketplace.catalog.models import ModelCard
 
 CATALOG = "/"
@@ -68,10 +70,23 @@ def test_pagination_keeps_the_filters(client, db) -> None:
     assert "Page 2 of" in response.text and "task=chat&amp;page=1" in response.text
 
 
-def test_a_bad_filter_is_explained_not_a_500(client, db) -> None:
-    response = client.get(CATALOG, {"fits": "no-such-instance", "task": "dancing"})
-    assert response.status_code == 200
-    assert "fits" in response.text and "task" in response.text and "0 models" in response.text
+def test_a_bad_filter_is_refused_naming_the_filter_as_the_page_labels_it(client, db) -> None:
+    response = client.get(CATALOG, {"fits": "no-such-instance", "gated": "maybe", "task": "dancing"})
+    assert response.status_code == 400
+    alert = BeautifulSoup(response.text, "html.parser").select_one('[role="alert"]').text
+    assert "Fits instance type: Not one of the choices offered: pick one from the list." in alert
+    assert "Gated: “maybe” is not a valid choice." in alert
+    assert "Task: “dancing” is not one of the choices" in alert
+    assert "0 models" in response.text
+
+
+def test_a_bad_filter_in_the_results_htmx_asks_for_is_in_the_products_words(client, db) -> None:
+    response = client.get(
+        CATALOG, {"parameters_min": "1e999"}, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="results"
+    )
+    assert response.status_code == 400
+    alert = BeautifulSoup(response.text, "html.parser").select_one('[role="alert"]').text
+    assert alert.strip() == "Parameters: At most 1e+50."
 
 
 def test_model_page_shows_specs_license_and_fit(client, db) -> None:

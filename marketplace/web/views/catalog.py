@@ -24,6 +24,7 @@ from marketplace.web import current
 from marketplace.web.fitting import cheapest_fit, instance_rows, memory_arithmetic, why_not_here
 from marketplace.web.forms import field_errors
 from marketplace.web.htmx import render_page
+from marketplace.wording import reword
 from serving.choices import Backend
 
 PAGE_SIZE = 24  # a multiple of the grid's 2, 3 and 4 columns
@@ -44,6 +45,12 @@ SINGLE_FILTERS = (
     "context_length_min", "context_length_max", "parameters_min", "parameters_max", "fits", "gated",
     "cpu_capable",
 )  # fmt: skip
+# What the page calls each filter the facets do not (the facets' own labels name theirs).
+FILTER_LABELS = {
+    "q": "Search", "context_length_min": "Context length", "context_length_max": "Context length",
+    "parameters_min": "Parameters", "parameters_max": "Parameters", "fits": "Fits instance type",
+    "gated": "Gated", "cpu_capable": "Runs on CPU",
+}  # fmt: skip
 
 
 def _searched_cards(
@@ -57,7 +64,9 @@ def _searched_cards(
     params = {name: request.GET[name] for name in SINGLE_FILTERS if request.GET.get(name, "") != ""}
     filterset = ModelCardFilterSet(params, queryset=ModelCard.objects.all())
     if not filterset.is_valid():
-        errors = {name: list(messages) for name, messages in filterset.errors.items()}
+        errors = {
+            name: [reword(message) for message in messages] for name, messages in filterset.errors.items()
+        }
         return ModelCard.objects.none(), errors, None
     cards: QuerySet[ModelCard] = filterset.qs
     text = request.GET.get("q", "").strip()
@@ -108,10 +117,12 @@ def catalog(request: HttpRequest) -> HttpResponse:
         card.why_not_here = None if card.deployable else why_not_here(card, instance_types)  # type: ignore[union-attr]
     query = request.GET.copy()
     query.pop("page", None)
+    labels = {**FILTER_LABELS, **{facet.name: facet.label for facet in facet_results}}
     single_active = sum(1 for name in ("context_length_min", "fits") if request.GET.get(name))
     context = {
         "page": page,
         "errors": errors,
+        "error_rows": [(labels.get(name, name), messages) for name, messages in errors.items()],
         "selected": {**request.GET.dict(), "sort": sort},
         "query_string": query.urlencode(),
         "facets": facet_results,
@@ -125,7 +136,12 @@ def catalog(request: HttpRequest) -> HttpResponse:
         # An htmx request for the results also refreshes the facets' counts (out of band).
         "refresh_facets": request.headers.get("HX-Target") == "results",
     }
-    return render_page(request, "web/catalog.html", context, parts={"results": "web/_catalog_results.html"})
+    response = render_page(
+        request, "web/catalog.html", context, parts={"results": "web/_catalog_results.html"}
+    )
+    if errors:
+        response.status_code = 400  # the results say which filter to change (htmx swaps a 400 in too)
+    return response
 
 
 # The cost table's replica counts: (field, label, default, least, most).
