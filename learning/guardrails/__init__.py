@@ -320,51 +320,55 @@ class StreamGuard:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.text = ""  # everything fed so far, as the engine wrote it
-        self._released = 0  # characters of self.text already passed on
+        self._parts: list[str] = []  # everything fed so far, as the engine wrote it (`text` joins it)
+        self._length = 0
+        # The text from position _base on: what is not released yet and a little context before it. Only
+        # this is scanned and indexed (positions below are in the whole text), so a long answer costs
+        # each piece no more than a short one.
+        self._tail = ""
+        self._base = 0
+        self._released = 0  # characters already passed on
         self._hits: dict[tuple[str, str, int], Intervention] = {}  # by (kind, name, position in text)
         self._masked = False
         self.blocked: Verdict | None = None
 
-    def _scan(self, start: int) -> tuple[list[masking.Finding], list[tuple[int, Intervention]]]:
-        """Findings to mask and interventions (with absolute positions) in self.text from `start`."""
-        window = self.text[start:]
-        to_mask, interventions = [], []
+    def _scan(self, start: int) -> tuple[list[masking.Finding], list[tuple[masking.Finding, Intervention]]]:
+        """Personal data to mask, and every match with its intervention (positions in the whole text),
+        from position `start` on."""
+        window = self._tail[start - self._base :]
+        to_mask, found = [], []
         if self.policy.word_pattern is not None and any(
             key in window.lower() for key in self.policy.word_keys
         ):
             for match in self.policy.word_pattern.finditer(window):
-                found = " ".join(match.group().lower().split())
-                kind = WORD if found in self.policy.words else PROFANITY
-                interventions.append(
-                    (start + match.start(), Intervention(kind, found, BLOCKED, match.group()))
-                )
+                text = " ".join(match.group().lower().split())
+                kind = WORD if text in self.policy.words else PROFANITY
+                span = masking.Finding(kind, start + match.start(), start + match.end())
+                found.append((span, Intervention(kind, text, BLOCKED, match.group())))
         if self.policy.kinds:
             for finding in masking.find(window, self.policy.kinds):
                 wanted = self.policy.personal_data[finding.kind]
                 action = MASKED if wanted == MASK else BLOCKED if wanted == BLOCK else REPORTED
-                shifted = masking.Finding(finding.kind, start + finding.start, start + finding.end)
+                span = masking.Finding(finding.kind, start + finding.start, start + finding.end)
                 if action == MASKED:
-                    to_mask.append(shifted)
+                    to_mask.append(span)
                 matched = window[finding.start : finding.end]
-                interventions.append(
-                    (shifted.start, Intervention(PERSONAL_DATA, finding.kind, action, matched))
-                )
-        return to_mask, interventions
+                found.append((span, Intervention(PERSONAL_DATA, finding.kind, action, matched)))
+        return to_mask, found
 
     def _cut(self, findings: list[masking.Finding], final: bool) -> int:
         """How far text may be released: all of it at the end, else up to the hold-back window, moved back
         out of a run of entity characters (at most LONGEST_RUN back: no address is longer, and a longer
         run, a base64 blob, must not be held whole nor rescanned at every piece) and out of any finding
         (repeatedly, as one move may land in the other)."""
-        text = self.text
+        tail, base = self._tail, self._base
         if final:
-            return len(text)
-        cut = len(text) - self.policy.hold_back
+            return self._length
+        cut = self._length - self.policy.hold_back
         floor = max(self._released, cut - LONGEST_RUN)
         while cut > self._released:
             moved = cut
-            while moved > floor and _in_entity(text[moved - 1]) and _in_entity(text[moved]):
+            while moved > floor and _in_entity(tail[moved - 1 - base]) and _in_entity(tail[moved - base]):
                 moved -= 1
             for finding in findings:
                 if finding.start < moved < finding.end:
@@ -375,22 +379,25 @@ class StreamGuard:
         return max(cut, self._released)
 
     def _release(self, final: bool) -> str:
+        """Release what is decided. A match is decided once it starts before the cut: the hold-back is
+        longer than any match, so one starting there is whole in the text held, and a match at the end
+        of what has arrived (the first digits of a card, which look like a phone number) is not counted
+        until it is."""
         if self.blocked is not None:
             return ""
-        start = max(0, self._released - _CONTEXT)
-        to_mask, found = self._scan(start)
+        to_mask, found = self._scan(max(0, self._released - _CONTEXT))
+        cut = self._cut([span for span, _ in found], final)
         fresh = False
-        for position, hit in found:
-            if position >= self._released:
-                key = (hit.kind, hit.name, position)
+        for span, hit in found:
+            if span.start >= self._released and (final or span.start < cut):
+                key = (hit.kind, hit.name, span.start)
                 if key not in self._hits:
                     self._hits[key] = hit
-                    fresh = True
-        if fresh and any(hit.action == BLOCKED for hit in self._hits.values()):
+                    fresh = fresh or hit.action == BLOCKED
+        if fresh:
             message = self.policy.blocked_output_message
             self.blocked = Verdict(BLOCKED, message, tuple(self._hits.values()), message)
             return ""
-        cut = self._cut(to_mask, final)
         if cut <= self._released:
             return ""
         inside = [
@@ -398,17 +405,21 @@ class StreamGuard:
             for f in to_mask
             if f.start >= self._released and f.end <= cut
         ]
-        released = masking.redact(self.text[self._released : cut], inside)
+        released = masking.redact(self._tail[self._released - self._base : cut - self._base], inside)
         self._masked = self._masked or bool(inside)
         self._released = cut
+        base = max(0, cut - _CONTEXT)
+        self._tail, self._base = self._tail[base - self._base :], base
         return released
 
     def feed(self, piece: str) -> str:
         """Take the next piece of the answer; return what may be passed on now (maybe "")."""
         if self.blocked is not None or not piece:
             return ""
-        self.text += piece
-        if len(self.text) - self._released <= self.policy.hold_back:
+        self._parts.append(piece)
+        self._tail += piece
+        self._length += len(piece)
+        if self._length - self._released <= self.policy.hold_back:
             return ""  # nothing could be released yet: skip the scan
         return self._release(final=False)
 
@@ -426,6 +437,13 @@ class StreamGuard:
                 self.blocked = Verdict(BLOCKED, message, tuple(self._hits.values()), message)
                 return ""
         return self._release(final=True)
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far, as the engine wrote it (to embed the answer for denied topics)."""
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
 
     def verdict(self) -> Verdict:
         """What the guard did to the stream so far (text: the original answer when not blocked)."""

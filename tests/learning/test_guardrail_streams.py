@@ -112,3 +112,23 @@ def test_a_long_run_without_spaces_is_not_held_whole() -> None:
     sent = "".join(guard.feed(blob[index : index + 4]) for index in range(0, len(blob), 4))
     assert len(sent) >= len(blob) - POLICY.hold_back - 400
     assert sent + guard.finish() == blob
+
+
+def test_a_long_answer_with_many_entities_is_masked_as_a_whole_text_would_be() -> None:
+    text = "".join(
+        f"{PROSE[: 40 + n % 50]} mail user{n}@example.org, card 4111 1111 1111 1111. " for n in range(300)
+    )
+    out, guard = released([text[index : index + 3] for index in range(0, len(text), 3)])
+    assert "".join(out) == check(POLICY, text, direction=OUTPUT).text
+    assert guard.text == text
+    assert len(guard.verdict().interventions) == 600
+
+
+def test_the_first_digits_of_a_card_arriving_do_not_block_as_a_phone_number() -> None:
+    policy = compile_policy({"personal_data": {"CARD": "mask", "PHONE": "block"}})
+    text = f"{PROSE}Your card 4111 1111 1111 1111 is on file. {PROSE}"
+    guard = StreamGuard(policy)
+    sent = "".join(guard.feed(text[index : index + 5]) for index in range(0, len(text), 5)) + guard.finish()
+    assert guard.blocked is None
+    assert sent == check(policy, text, direction=OUTPUT).text
+    assert [hit.name for hit in guard.verdict().interventions] == ["CARD"]
