@@ -44,8 +44,9 @@ detected entity, so every entity is detected whole before any of it is sent (tex
 spaces, Chinese or Japanese, still flows: its characters end such runs; a run longer than LONGEST_RUN,
 320 characters, a base64 blob, is cut anyway, so an e-mail address longer than that could leave in two
 pieces). Personal data and word matches
-that start in released text were decided with their whole context. A block is reported at the piece
-that completes the match, before the match is released.
+that start in released text were decided with their whole context. A match counts once it is decided
+(it starts before the cut: the first digits of a card still arriving look like a phone number and are
+not counted); a block is reported at the piece that decides it, before any of the match is released.
 """
 
 from __future__ import annotations
