@@ -33,8 +33,9 @@ Windows, and why:
 - Shadow calls of a prompt router (serving/gateway/shadow.py): a counter per router and UTC day (named
   by the day's number since the epoch) caps the tokens they spend a day, and they are counted in their
   organisation's monthly budget, never in a key's or the organisation's per-minute counters, so shadow
-  traffic cannot throttle the callers it shadows. A shadow call reserves its estimate in both counters
-  at once, only if both have room (one script), and settles the difference when its usage is known.
+  traffic cannot throttle the callers it shadows. A shadow call reserves the most it may use in both
+  counters at once, only if both have room (one script), and settles the difference when its usage is
+  known (the day's counter only gives back, so no number of processes can take a router past its cap).
 
 All keys expire on their own shortly after their last write. Keys are built inside the script from the
 organisation's prefix (the month is only known there), so this needs a single Redis primary; it is not
@@ -332,12 +333,15 @@ _SETTLE_SHADOW_TOKENS = (
     _PRELUDE
     + """
 -- KEYS: none. ARGV: window seconds (unused), tokens (negative: given back), day counter prefix, monthly
--- prefix. Adds `tokens` to the router's counter of this UTC day and the organisation's monthly counter;
+-- prefix, 1 when the day's counter only gives back. Adds `tokens` to the router's counter of this UTC
+-- day (unless it only gives back and `tokens` is positive) and the organisation's monthly counter;
 -- neither goes below zero.
 local tokens = tonumber(ARGV[2])
 local day = math.floor(now_s / 86400)
 local month_key, next_month = this_month(ARGV[4])
-for _, key in ipairs({ARGV[3] .. int(day), month_key}) do
+local keys = {month_key}
+if tokens < 0 or ARGV[5] ~= '1' then table.insert(keys, ARGV[3] .. int(day)) end
+for _, key in ipairs(keys) do
   local value = redis.call('INCRBY', key, tokens)
   if value < 0 then redis.call('SET', key, 0) end
 end
@@ -531,8 +535,12 @@ class RateLimiter:
         ]  # fmt: skip
         return bool(int(await self._run(RESERVE_SHADOW_TOKENS_SCRIPT, [], args)))
 
-    async def settle_shadow_tokens(self, *, router_id: int, org_id: int, tokens: int) -> None:
-        """Correct a shadow call's reservation by `tokens` (what it really used minus the estimate)."""
+    async def settle_shadow_tokens(
+        self, *, router_id: int, org_id: int, tokens: int, day_gives_back_only: bool = False
+    ) -> None:
+        """Correct a shadow call's reservation by `tokens` (what it really used minus the estimate). With
+        `day_gives_back_only`, a positive correction reaches the monthly budget but not the router's
+        day, whose cap the reservation alone then holds."""
         if tokens == 0:
             return
         args: list[int | str] = [
@@ -540,6 +548,7 @@ class RateLimiter:
             tokens,
             self._shadow_prefix(router_id),
             f"{self.prefix}month:org:{org_id}:",
+            1 if day_gives_back_only else 0,
         ]
         await self._run(SETTLE_SHADOW_TOKENS_SCRIPT, [], args)
 

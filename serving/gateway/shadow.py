@@ -9,12 +9,18 @@ so that the call keeps its answer), once the caller's answer is complete:
    costs the caller nothing.
 2. At most MAX_IN_FLIGHT shadow calls run at once per process; a call beyond that is skipped, not
    queued, so a burst cannot build a backlog ("busy" in /metrics).
-3. Each reserves its estimated tokens (the served call's prompt and completion tokens) in the router's
-   tokens of the UTC day (capped by shadow_tokens_per_day) and in the organisation's monthly budget,
-   atomically, before it is sent (serving.gateway.limits); no room in either: skipped ("capped"). The
-   difference with what it really used is settled after. Shadow calls are the organisation's spending,
-   not the caller's: they count in its monthly budget but in no per-minute limit of the key or the
-   organisation, so shadowing never throttles the traffic it samples.
+3. Each reserves the most it may use in the router's tokens of the UTC day (capped by
+   shadow_tokens_per_day) and in the organisation's monthly budget, atomically, before it is sent
+   (serving.gateway.limits); no room in either: skipped ("capped"). The most it may use is the served
+   call's prompt tokens plus its completion bound (`completion_bound`): the caller's own max_tokens
+   when it set one, else twice the served answer's length and at least MIN_COMPLETION_BOUND, sent as
+   the shadow call's max_tokens so the engine stops there. After the answer the monthly budget is
+   corrected to what was really used; the day's counter only gives back, never adds, so however many
+   gateway processes shadow at once the router's day never passes its cap (a reservation that could
+   be exceeded would let each process overshoot it by its in-flight calls' excess). Shadow calls are
+   the organisation's spending, not the caller's: they count in its monthly budget but in no
+   per-minute limit of the key or the organisation, so shadowing never throttles the traffic it
+   samples.
 4. Each is metered as a usage record of the organisation with route "router.shadow", no API key, the
    deployment that answered, and the router's name and choice.
 5. The served answer and the shadow answers go to learning.routing.record_sample, which keeps them as
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 
 ROUTE = "router.shadow"
 MAX_IN_FLIGHT = 4
+MIN_COMPLETION_BOUND = 256  # tokens a shadow answer may take when the caller set no max_tokens
+BOUNDS = ("max_tokens", "max_completion_tokens")
 # Engine paths of the routes a router shadows (Bedrock's are chat completions once translated).
 PATHS = {
     "chat.completions": "/v1/chat/completions", "completions": "/v1/completions",
@@ -128,7 +136,7 @@ async def _call(call: Call, gateway: Services, target: Target) -> dict[str, Any]
         metrics.SHADOW_CALLS.labels(route.name, target.name, "busy").inc()
         return None
     served_prompt = call.prompt_tokens if call.prompt_tokens is not None else call.estimated_prompt_tokens
-    estimate = served_prompt + call.completion_tokens
+    estimate = served_prompt + completion_bound(call)
     org_id = call.caller.organization_id
     _in_flight += 1
     try:
@@ -154,9 +162,12 @@ async def _send(call: Call, gateway: Services, target: Target, estimate: int) ->
     assert router is not None
     route = router.route
     payload = {
-        name: value for name, value in call.payload.items() if name not in ("stream", "stream_options")
+        name: value
+        for name, value in call.payload.items()
+        if name not in ("stream", "stream_options", *BOUNDS)
     }
     payload["model"] = target.name
+    payload["max_tokens"] = completion_bound(call)
     started = time.perf_counter()
     status, answer = 502, None
     try:
@@ -196,6 +207,7 @@ async def _send(call: Call, gateway: Services, target: Target, estimate: int) ->
             router_id=route.router_id,
             org_id=call.caller.organization_id,
             tokens=prompt + completion - estimate,
+            day_gives_back_only=True,
         ),
     ]
     for outcome_of_write in await asyncio.gather(*writes, return_exceptions=True):
@@ -210,6 +222,15 @@ async def _send(call: Call, gateway: Services, target: Target, estimate: int) ->
         "latency_ms": round(elapsed * 1000),
         "status": status,
     }
+
+
+def completion_bound(call: Call) -> int:
+    """The most completion tokens a shadow call of `call` may generate (see the module docstring)."""
+    for name in BOUNDS:
+        value = call.payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return max(2 * call.completion_tokens, MIN_COMPLETION_BOUND)
 
 
 def _json(body: bytes) -> dict[str, Any] | None:

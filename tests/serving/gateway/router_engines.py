@@ -53,6 +53,7 @@ class RouterEngine(BaseHTTPRequestHandler):
     engine_name = ""
     waiting = 0.0  # what /metrics reports as vllm:num_requests_waiting
     delay = 0.0  # seconds before each answer to a chat or completion
+    completion_tokens = 3  # what an unstreamed answer reports generating (at most the max_tokens asked)
     received: list[tuple[str, dict[str, Any]]]
     lock: threading.Lock
 
@@ -107,8 +108,14 @@ class RouterEngine(BaseHTTPRequestHandler):
             }  # fmt: skip
         else:
             choice = {"index": 0, "text": text, "finish_reason": "stop"}
+        completion = min(self.completion_tokens, payload.get("max_tokens") or self.completion_tokens)
+        usage = {
+            **USAGE,
+            "completion_tokens": completion,
+            "total_tokens": USAGE["prompt_tokens"] + completion,
+        }
         body = {"id": "r", "object": "chat.completion" if chat else "text_completion",
-                "model": payload.get("model"), "choices": [choice], "usage": USAGE}  # fmt: skip
+                "model": payload.get("model"), "choices": [choice], "usage": usage}  # fmt: skip
         self._send(200, "application/json", json.dumps(body).encode())
 
     def log_message(self, *args: object) -> None:
@@ -121,7 +128,14 @@ def engine(name: str) -> Iterator[tuple[str, type[RouterEngine]]]:
     handler = type(
         f"RouterEngine_{name}",
         (RouterEngine,),
-        {"engine_name": name, "received": [], "lock": threading.Lock(), "waiting": 0.0, "delay": 0.0},
+        {
+            "engine_name": name,
+            "received": [],
+            "lock": threading.Lock(),
+            "waiting": 0.0,
+            "delay": 0.0,
+            "completion_tokens": 3,
+        },
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -181,11 +181,12 @@ def test_bedrock_invoke_model_and_its_stream_through_a_router(
 def test_shadow_calls_ask_the_other_candidate_after_the_answer_and_stop_at_the_daily_cap(
     gateway_url: str, routed: Routed
 ) -> None:
-    # Each shadow call reserves the served call's 15 tokens (12 prompt, 3 completion): the cap admits one.
+    # Each shadow call reserves the served call's 12 prompt tokens and the caller's max_tokens, 3: 15 of
+    # the day's 20, so the cap admits one.
     Router.objects.filter(pk=routed.router.pk).update(shadow_rate=1.0, shadow_tokens_per_day=20)
     api = openai_client(gateway_url, routed.key)
     for _ in range(2):
-        served = api.chat.completions.create(model="auto", messages=chat_messages(SUM))
+        served = api.chat.completions.create(model="auto", messages=chat_messages(SUM), max_tokens=3)
         assert served.choices[0].message.content == answer_of("small")
     records = usage_records(routed.redis, 3)
     shadow = [r for r in records if r["route"] == "router.shadow"]

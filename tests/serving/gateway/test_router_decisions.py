@@ -313,6 +313,40 @@ def test_shadow_calls_beyond_the_bound_in_flight_are_skipped_not_queued(
 # --- Capacity -----------------------------------------------------------------------------------------------
 
 
+def shadow_day(queue: redis.Redis) -> int:
+    return sum(int(queue.get(name) or 0) for name in queue.scan_iter("*shadow:router:*"))
+
+
+def test_a_long_shadow_answer_cannot_take_the_routers_day_past_its_cap(
+    acme: Organization, key: str, stand: Stand, queue: redis.Redis
+) -> None:
+    # The served answer used 15 tokens; the other candidate would write 500 if let.
+    train(make_router(acme, mode="shadow", shadow_rate=1.0, shadow_tokens_per_day=100))
+    stand.engines["small"].completion_tokens = 500
+    chat(key, SUM)
+    chat(key, SUM)
+    assert shadow_day(queue) <= 100
+
+
+def test_a_shadow_call_is_bounded_by_the_callers_max_tokens_and_reserves_no_more(
+    acme: Organization, key: str, stand: Stand, queue: redis.Redis
+) -> None:
+    train(make_router(acme, mode="shadow", shadow_rate=1.0, shadow_tokens_per_day=20))
+    stand.engines["small"].completion_tokens = 500
+    chat(key, SUM, max_tokens=5)  # reserves 12 + 5 = 17 of the day's 20
+    chat(key, SUM, max_tokens=5)  # no room for another 17: skipped
+    assert [payload["max_tokens"] for payload in stand.calls("small")] == [5]
+    assert shadow_day(queue) == 17
+
+
+def test_a_shadow_call_without_the_callers_max_tokens_is_bounded_by_twice_the_served_answer(
+    acme: Organization, key: str, stand: Stand
+) -> None:
+    train(make_router(acme, mode="shadow", shadow_rate=1.0, shadow_tokens_per_day=1000))
+    chat(key, SUM)
+    assert [payload["max_tokens"] for payload in stand.calls("small")] == [shadow.MIN_COMPLETION_BOUND]
+
+
 def test_a_candidate_scaled_to_zero_is_skipped(
     acme: Organization, key: str, deployments: dict[str, Deployment]
 ) -> None:
