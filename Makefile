@@ -21,3 +21,4 @@ bench:  ## benchmarks that print their figures (DATABASE_URL/REDIS_URL when set,
 	.venv/bin/python bench/provision.py
 	.venv/bin/python bench/costs.py
 	.venv/bin/python bench/routing.py
+	.venv/bin/python bench/guardrails.py
