@@ -127,3 +127,20 @@ def test_the_models_api_exposes_routes_and_servable(client_for, outsider) -> Non
 def test_the_model_detail_api_exposes_routes(client_for, outsider) -> None:
     data = client_for(outsider).get(f"/api/models/{SPEECH_MODEL}/").json()
     assert (data["routes"], data["servable"]) == (["audio.transcriptions", "audio.translations"], True)
+
+
+def test_the_catalog_results_show_each_card_routes_compactly() -> None:
+    soup = BeautifulSoup(Client().get("/", {"q": "whisper"}).content, "html.parser")
+    routes = {
+        card.find("h2").get_text(strip=True): card.find(class_="routes").get_text(" ", strip=True)
+        for card in soup.select("li.card")
+    }
+    assert routes["Whisper large-v3"] == "Serves audio.transcriptions , audio.translations"
+    assert routes["Whisper large-v3-turbo"] == "Serves audio.transcriptions"
+
+
+def test_the_catalog_results_say_which_cards_are_not_yet_servable() -> None:
+    soup = BeautifulSoup(Client().get("/", {"task": "image-generation"}).content, "html.parser")
+    notes = [card.find(class_="routes").get_text(strip=True) for card in soup.select("li.card")]
+    assert len(notes) >= 3
+    assert set(notes) == {"Not yet servable here"}
