@@ -1,22 +1,22 @@
 """A prompt router over two real vLLM deployments, called by name with the unmodified `openai` and `boto3`
 clients through the platform under gunicorn: each answer says who served it (the x-router-deployment
-header, Bedrock's trace), the engine that answered says so itself (vLLM names its served model in every
-answer), and the usage is metered under the router and the deployment.
+header, Bedrock's trace), a real engine answered it, and the usage is metered under the router and the
+deployment.
 
-Two SmolLM2 engines with different settings, each bound to a core of its own and started at once (so
-the pair costs the start-up time of one): "small" with a 1,024-token context, "large" with 2,048. Their
-quality is not what is tested here (two 135M models are not a quality signal); the router's predictor is
-trained, as the API would train it, from an evaluation with a known ground truth (tests/learning/
-routerdata.py: small right on sums, large right on everything, large ten times the price), so a sum goes
-to small and an essay to large.
+The two deployments, "small" and "large", are this package's SmolLM2 engine, which also answers to
+those names (tests/serving/gateway/conftest.py), called through this package's gateway: the router
+costs no engine start of its own. vLLM refuses a model name it does not serve and answers under its
+first name, so a real engine's 200 shows the gateway asked it for the chosen deployment by name, not
+which process answered; that a router sends each call to its chosen deployment's own replicas is shown
+against distinct stand-in engines (test_router_decisions, test_router_clients). Quality is not tested
+here (one 135M model is not a quality signal); the router's predictor is trained, as the API would
+train it, from an evaluation with a known ground truth (tests/learning/routerdata.py: small right on
+sums, large right on everything, large ten times the price), so a sum goes to small and an essay to
+large.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,99 +34,15 @@ from learning.storage import get_store
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import Organization, Quota
 from serving.gateway.metering import QUEUE_KEY, flush_usage
-from serving.local import engine_env
 from serving.models import UsageRecord
-from tests.conftest import database_url_for_processes, make_user
+from tests.conftest import make_user
 from tests.learning.routerdata import make_evaluation, router_fields
-from tests.serving.gateway.conftest import (  # noqa: F401 (tls_certificate is a fixture)
-    CHAT,
-    ROOT,
-    deploy,
-    engine_prepared,
-    free_port,
-    stop_group,
-    tls_certificate,
-    wait_healthy,
-)
+from tests.serving.gateway.conftest import CHAT, GATEWAY_REDIS_DB, ROUTER_CANDIDATES, deploy
 
 pytestmark = pytest.mark.slow
 
-GATEWAY_REDIS_DB = 7  # the gateway tests use 8; this module's gateway meters into a database of its own
 SUM = "What is 123 plus 456?"
 ESSAY = "Write an essay about the sea and its history. Part 7."
-
-
-@pytest.fixture(scope="module")
-def two_engines() -> Iterator[dict[str, str]]:
-    """SmolLM2 twice, as "small" (1,024 tokens of context, core 0) and "large" (2,048, core 1)."""
-    if not engine_prepared():
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
-        pytest.skip("the local engine is not prepared: python3 run.py engine")
-    directory = engine_env.engine_dir()
-    processes, urls = [], {}
-    for name, cpus, context in (("small", "0", 1024), ("large", "1", 2048)):
-        port = free_port()
-        tmp = Path(tempfile.mkdtemp(prefix="router-engine-"))
-        command = engine_env.engine_command(
-            engine_env.model_path(directory, CHAT), port=port, served_model_name=name, dtype="float32",
-            max_model_len=context,
-        )  # fmt: skip
-        log = (tmp / "engine.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                command, env=engine_env.engine_environment(directory, tmp, cpus=cpus), stdout=log,
-                stderr=log, start_new_session=True,
-            )
-        )  # fmt: skip
-        urls[name] = f"http://127.0.0.1:{port}"
-    try:
-        for process, url in zip(processes, urls.values(), strict=True):
-            wait_healthy(f"{url}/health", process, timeout=240)
-        yield urls
-    finally:
-        for process in processes:
-            stop_group(process)
-
-
-@pytest.fixture(scope="module")
-def objects(tmp_path_factory: Any) -> Path:
-    """The object store's folder, shared by this process and the gateway's (which loads the predictor)."""
-    return Path(tmp_path_factory.mktemp("router-data"))
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    django_db_setup: Any,
-    django_db_blocker: Any,
-    objects: Path,
-    tls_certificate: Path,  # noqa: F811
-) -> Iterator[str]:
-    """The platform under gunicorn with two uvicorn workers on the test database, over HTTPS (boto3
-    sends a bearer token only over HTTPS), reading routers again every second."""
-    port = free_port()
-    base_redis = settings.REDIS_URL.rsplit("/", 1)[0]
-    environment = {
-        **os.environ, "DATABASE_URL": database_url_for_processes(),
-        "REDIS_URL": f"{base_redis}/{GATEWAY_REDIS_DB}", "GATEWAY_CACHE_SECONDS": "1",
-        "DATA_DIR": str(objects), "OBJECT_STORE_BUCKET": "",
-        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="router-prom-"),
-    }  # fmt: skip
-    command = [
-        sys.executable, "-m", "gunicorn", "marketplace.asgi:application", "--worker-class",
-        "marketplace.server.UvicornWorker", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-        "--certfile", str(tls_certificate), "--keyfile", str(tls_certificate.parent / "key.pem"),
-        "--graceful-timeout", "5",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, start_new_session=True)
-    try:
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(tls_certificate))
-        wait_healthy(f"https://127.0.0.1:{port}/healthz", process, timeout=60, context=context)
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        stop_group(process)
 
 
 @pytest.fixture
@@ -143,23 +59,23 @@ def metered() -> Iterator[redis.Redis]:
 @pytest.fixture
 def routed(
     transactional_catalog: None,
-    two_engines: dict[str, str],
-    objects: Path,
+    engines: dict[str, str],
+    gateway_data_dir: Path,
     settings: Any,
     metered: redis.Redis,
 ) -> Iterator[tuple[Organization, Router, str]]:
     """An organisation with the two deployments, an API key, and the router `auto` over them, trained
     from the ground-truth evaluation and active."""
     settings.OBJECT_STORE_BUCKET = ""
-    settings.DATA_DIR = str(objects)
+    settings.DATA_DIR = str(gateway_data_dir)
     get_store.cache_clear()
     owner = make_user("rhea")
     organization = account_services.create_organization(slug="routed", name="Routed", owner=owner)
     Quota.objects.filter(organization=organization).update(
         requests_per_minute=10_000, tokens_per_minute=10**7
     )
-    for name, url in two_engines.items():
-        deploy(organization, name, CHAT, url)
+    for name in ROUTER_CANDIDATES:
+        deploy(organization, name, CHAT, engines[CHAT])
     setup = make_evaluation(get_store(), organization, count=160)
     router = router_service.create_router(
         organization=organization, user=owner, **router_fields(mode="active")
@@ -195,10 +111,10 @@ def usage_of(connection: redis.Redis, organization: Organization) -> list[UsageR
 
 
 def test_the_openai_client_calls_the_router_by_name_and_each_prompt_is_answered_by_the_chosen_engine(
-    gateway: str, routed: tuple[Organization, Router, str], metered: redis.Redis
+    gateway_url: str, routed: tuple[Organization, Router, str], metered: redis.Redis
 ) -> None:
     organization, _, key = routed
-    client = OpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0, timeout=120)
+    client = OpenAI(base_url=f"{gateway_url}/v1", api_key=key, max_retries=0, timeout=120)
     assert "auto" in {model.id for model in client.models.list()}
     served = {}
     for prompt in (SUM, ESSAY):
@@ -207,7 +123,7 @@ def test_the_openai_client_calls_the_router_by_name_and_each_prompt_is_answered_
         )
         answer = raw.parse()
         served[prompt] = raw.headers["x-router-deployment"]
-        assert answer.model == served[prompt]  # the engine that answered names itself
+        assert answer.model == "tiny-chat"  # the real engine answered (under its first name)
         assert answer.choices[0].message.content and answer.usage.completion_tokens > 0
     assert served == {SUM: "small", ESSAY: "large"}
 
@@ -217,7 +133,7 @@ def test_the_openai_client_calls_the_router_by_name_and_each_prompt_is_answered_
     ) as streamed:  # fmt: skip
         assert streamed.headers["x-router-deployment"] == "large"
         chunks = list(streamed.parse())
-    assert {chunk.model for chunk in chunks} == {"large"}
+    assert {chunk.model for chunk in chunks} == {"tiny-chat"}
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
@@ -231,12 +147,12 @@ def test_the_openai_client_calls_the_router_by_name_and_each_prompt_is_answered_
 
 
 def test_the_boto3_client_converses_with_the_router_and_its_trace_names_the_engine_that_answered(
-    gateway: str, routed: tuple[Organization, Router, str], metered: redis.Redis, monkeypatch: Any
+    gateway_url: str, routed: tuple[Organization, Router, str], metered: redis.Redis, monkeypatch: Any
 ) -> None:
     organization, _, key = routed
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", key)
     runtime = boto3.client(
-        "bedrock-runtime", region_name="us-east-1", endpoint_url=gateway,
+        "bedrock-runtime", region_name="us-east-1", endpoint_url=gateway_url,
         config=Config(retries={"max_attempts": 1}, read_timeout=120),
     )  # fmt: skip
     invoked = {}
