@@ -16,7 +16,7 @@ from celery.contrib.testing.worker import start_worker
 
 from marketplace.accounts import budgets, tasks
 from marketplace.accounts import services as account_services
-from marketplace.accounts.models import WebhookDelivery
+from marketplace.accounts.models import Budget, Organization, WebhookDelivery
 from marketplace.celery import app
 from tests.accounts.budget_helpers import NOW, spend
 from tests.conftest import make_user
@@ -79,18 +79,25 @@ def wait_for(condition: Any, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+def half_spent_budget(organization: Organization, webhook_url: str) -> tuple[Budget, str]:
+    """A $10 budget of the organisation alerting at 50% to the webhook, and $6 spent on a deployment of
+    it: checking the budget at NOW crosses the threshold. Returns the budget and its signing secret."""
+    deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
+    budget, secret = budgets.create_budget(
+        organization=organization, deployment=None, monthly_amount_usd=Decimal("10"), thresholds=[50],
+        webhook_url=webhook_url, scale_down_at_limit=False, user=None,
+    )  # fmt: skip
+    spend(deployment, "6")
+    return budget, secret
+
+
 def test_a_failing_webhook_is_retried_with_backoff_until_it_accepts(
     transactional_catalog: None, settings: Any, receiver: Receiver
 ) -> None:
     settings.BUDGET_WEBHOOK_BACKOFF_SECONDS = 0.2
     settings.BUDGET_WEBHOOK_PRIVATE_ADDRESSES = True  # the receiver listens on this machine
     organization = account_services.create_organization(slug="hooked", name="Hooked", owner=make_user("h"))
-    deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
-    budget, secret = budgets.create_budget(
-        organization=organization, deployment=None, monthly_amount_usd=Decimal("10"), thresholds=[50],
-        webhook_url=receiver.url, scale_down_at_limit=False, user=None,
-    )  # fmt: skip
-    spend(deployment, "6")
+    budget, secret = half_spent_budget(organization, receiver.url)
     app.control.purge()  # deliveries other tests queued for alerts of their own must not reach this worker
     with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False, shutdown_timeout=10):
         [alert] = budgets.check_budget(budget, NOW)  # enqueues the delivery on commit (autocommit here)
@@ -120,12 +127,7 @@ def test_a_delivered_alert_is_not_sent_again(
     settings.BUDGET_WEBHOOK_PRIVATE_ADDRESSES = True
     receiver.statuses = [204]
     organization = account_services.create_organization(slug="once", name="Once", owner=make_user("o"))
-    deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
-    budget, _ = budgets.create_budget(
-        organization=organization, deployment=None, monthly_amount_usd=Decimal("10"), thresholds=[50],
-        webhook_url=receiver.url, scale_down_at_limit=False, user=None,
-    )  # fmt: skip
-    spend(deployment, "6")
+    budget, _ = half_spent_budget(organization, receiver.url)
     [alert] = budgets.check_budget(budget, NOW)  # no worker: delivered by hand below, twice
     assert no_worker == [alert.pk]
     assert budgets.deliver(alert.pk).delivered
@@ -137,12 +139,7 @@ def test_an_internal_address_is_not_called_unless_allowed(
     transactional_catalog: None, receiver: Receiver, no_worker: list[int]
 ) -> None:
     organization = account_services.create_organization(slug="inside", name="Inside", owner=make_user("i"))
-    deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
-    budget, _ = budgets.create_budget(
-        organization=organization, deployment=None, monthly_amount_usd=Decimal("10"), thresholds=[50],
-        webhook_url=receiver.url, scale_down_at_limit=False, user=None,
-    )  # fmt: skip
-    spend(deployment, "6")
+    budget, _ = half_spent_budget(organization, receiver.url)
     [alert] = budgets.check_budget(budget, NOW)
     outcome = budgets.deliver(alert.pk)
     assert (outcome.delivered, outcome.final) == (False, True)  # no retry: it will not change
@@ -160,13 +157,7 @@ def test_a_host_that_resolves_to_an_internal_address_only_when_called_is_not_cal
 ) -> None:
     """DNS rebinding: the name answers a public address to the check and an internal one to the
     connection. The address connected to is what counts."""
-    organization = acme
-    deployment = make_deployment(organization, name="chat", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
-    budget, _ = budgets.create_budget(
-        organization=organization, deployment=None, monthly_amount_usd=Decimal("10"), thresholds=[50],
-        webhook_url=receiver.url, scale_down_at_limit=False, user=None,
-    )  # fmt: skip
-    spend(deployment, "6")
+    budget, _ = half_spent_budget(acme, receiver.url)
     [alert] = budgets.check_budget(budget, NOW)
     monkeypatch.setattr(budgets, "private_address_refusal", lambda url: "")  # the check saw a public one
     outcome = budgets.deliver(alert.pk)
