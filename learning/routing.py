@@ -22,10 +22,11 @@ and write the database; they import Django when called.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+from learning.caching import VersionCache
 
 if TYPE_CHECKING:
     import numpy
@@ -183,24 +184,14 @@ def decide(
 
 # --- Reading routers (the gateway calls these in a thread) --------------------------------------------------
 
-_predictors: dict[tuple[int, int], Predictor] = {}
-_predictors_lock = threading.Lock()
 MAX_CACHED_PREDICTORS = 256
+_predictors: VersionCache[Predictor] = VersionCache(MAX_CACHED_PREDICTORS)
 
 
 def cached_predictor(router_id: int, version: int, load: Callable[[], Predictor]) -> Predictor:
     """The stored predictor of (router, version), loaded once per process: a version never changes, so
     a refresh of the routes does not read or decode it again."""
-    key = (router_id, version)
-    found = _predictors.get(key)
-    if found is not None:
-        return found
-    predictor = load()
-    with _predictors_lock:
-        if len(_predictors) >= MAX_CACHED_PREDICTORS:
-            _predictors.pop(next(iter(_predictors)))
-        _predictors[key] = predictor
-    return predictor
+    return _predictors.get_or_load((router_id, version), load)
 
 
 def routes_of(organization_id: int) -> dict[str, Route]:

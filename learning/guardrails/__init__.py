@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from learning import masking
+from learning.caching import VersionCache
 from learning.guardrails import patterns
 
 INPUT, OUTPUT = "input", "output"
@@ -456,10 +457,10 @@ class StreamGuard:
 
 # --- Loading policies (sync: reads the database) --------------------------------------------------------
 
-_versions: dict[tuple[int, int], Policy] = {}
+MAX_CACHED_VERSIONS = 1024
+_versions: VersionCache[Policy] = VersionCache(MAX_CACHED_VERSIONS)
 _organizations: dict[int, tuple[float, dict[int, Policy]]] = {}
 _lock = threading.Lock()
-MAX_CACHED_VERSIONS = 1024
 
 
 def cached(guardrail_id: int, version: int) -> Policy | None:
@@ -469,16 +470,7 @@ def cached(guardrail_id: int, version: int) -> Policy | None:
 
 def cached_version(guardrail_id: int, version: int, load: Callable[[], Policy]) -> Policy:
     """A published version compiled once per process: versions never change."""
-    key = (guardrail_id, version)
-    found = _versions.get(key)
-    if found is not None:
-        return found
-    policy = load()
-    with _lock:
-        if len(_versions) >= MAX_CACHED_VERSIONS:
-            _versions.pop(next(iter(_versions)))
-        _versions[key] = policy
-    return policy
+    return _versions.get_or_load((guardrail_id, version), load)
 
 
 def policies_of(organization_id: int, max_age: float = CACHE_SECONDS) -> dict[int, Policy]:
@@ -494,8 +486,7 @@ def policies_of(organization_id: int, max_age: float = CACHE_SECONDS) -> dict[in
     with _lock:
         if cached is not None:  # versions of guardrails deleted since are forgotten
             for gone in set(cached[1]) - set(policies):
-                for key in [key for key in _versions if key[0] == gone]:
-                    _versions.pop(key, None)
+                _versions.forget(gone)
         _organizations[organization_id] = (now, policies)
     return policies
 
