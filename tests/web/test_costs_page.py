@@ -88,3 +88,13 @@ def test_the_page_takes_the_same_queries_for_one_deployment_or_many(browser_for,
         html = browser.get(PAGE).content.decode()
     assert len(many) == len(few)
     assert "others" in html
+
+
+def test_a_deployment_created_again_under_its_name_is_told_apart(browser_for, member, acme, spent) -> None:
+    old = spent["chat"]
+    old.status = "deleted"
+    old.save(update_fields=["status"])
+    new = deployment(acme, "chat")
+    run(new, 1, spent["start"], 3)
+    html = browser_for(member).get(PAGE).content.decode()
+    assert f"chat #{old.pk}" in html and f"chat #{new.pk}" in html

@@ -41,11 +41,18 @@ def costs_page(request: HttpRequest) -> HttpResponse:
         created_at__lt=start + timedelta(days=RANGES[range_name]),
     )
     per_deployment = costs.cost_report(days, usage, ["deployment"]).rows
+    # A deployment deleted and created again under its name is a row and a series of its own: the
+    # names that repeat are told apart by id.
+    names = [row["deployment"] for row in per_deployment]
+    repeated = {name for name in names if names.count(name) > 1}
     # The chart names the costliest deployments and stacks the rest as one: a large organisation's
     # day-by-deployment report would be tens of thousands of rows for seven coloured series.
     ranked = sorted(per_deployment, key=lambda row: (-row["cost_usd"], row["deployment"]))
     named = [row["deployment_id"] for row in ranked[: len(charts.SERIES_COLOURS) - 1]]
     daily = costs.cost_report(days.filter(deployment_id__in=named), usage.none(), ["day", "deployment"]).rows
+    for row in [*per_deployment, *daily]:
+        if row["deployment"] in repeated:
+            row["deployment"] = f"{row['deployment']} #{row['deployment_id']}"
     shown = {row["day"]: 0.0 for row in daily}
     for row in daily:
         shown[row["day"]] += row["cost_usd"]
