@@ -359,6 +359,21 @@ def load(store: ObjectStore, dataset: Dataset) -> list[dict[str, Any]]:
         raise DamagedRecords(f"{dataset.key}: {type(error).__name__}") from error
 
 
+class RecordsUnavailable(Exception):
+    """A dataset's stored records are missing or cannot be read; the message says which, for a person."""
+
+
+def load_part(store: ObjectStore, dataset: Dataset, part: str) -> list[dict[str, Any]]:
+    """The records of one part of the dataset. RecordsUnavailable, saying what happened and what to do,
+    when its object is missing or damaged."""
+    try:
+        return in_part(load(store, dataset), part)
+    except ObjectNotFound as error:
+        raise RecordsUnavailable(
+            f"The stored records of {dataset} {missing_or_damaged(error)}; upload it again."
+        ) from error
+
+
 def missing_or_damaged(error: ObjectNotFound) -> str:
     """How a dataset's stored records failed to load, for a sentence ("The stored records of x v1 …")."""
     if isinstance(error, DamagedRecords):

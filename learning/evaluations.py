@@ -42,7 +42,7 @@ from learning import datasets, scorers
 from learning.choices import FINISHED_STATUSES, DatasetPart, EvaluationStatus
 from learning.models import Dataset, Evaluation, EvaluationEvent, EvaluationItem
 from learning.results import ItemResult, summarize
-from learning.storage import ObjectNotFound, get_store
+from learning.storage import get_store
 from marketplace.accounts.models import Organization
 from serving.choices import DeploymentStatus
 from serving.models import Deployment
@@ -445,10 +445,9 @@ async def run(evaluation_id: int, invoke: Invoke | None = None) -> str:
         return ""
     dataset = await sync_to_async(lambda: evaluation.dataset)()
     try:
-        records = datasets.in_part(datasets.load(get_store(), dataset), evaluation.part)
-    except ObjectNotFound as error:
-        message = f"The stored records of {dataset} {datasets.missing_or_damaged(error)}; upload it again."
-        await sync_to_async(fail)(evaluation_id, message)
+        records = datasets.load_part(get_store(), dataset, evaluation.part)
+    except datasets.RecordsUnavailable as error:
+        await sync_to_async(fail)(evaluation_id, str(error))
         return EvaluationStatus.FAILED
     done = await sync_to_async(stored_pairs)(evaluation_id)
     work = asyncio.Queue[tuple[str, dict[str, Any]]]()

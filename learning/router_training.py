@@ -55,7 +55,7 @@ from learning.models import (
     TrainingStatus,
 )
 from learning.router_service import candidate_costs, costs_from_evaluation
-from learning.storage import ObjectNotFound, get_store
+from learning.storage import get_store
 from serving.models import UsageRecord
 
 log = logging.getLogger(__name__)
@@ -183,12 +183,9 @@ def evaluation_examples(
     spec = next(spec for spec in evaluation.scorers if spec["name"] == scorer)
     bounds = scorers.BOUNDS[spec["kind"]]
     try:
-        records = datasets.in_part(datasets.load(get_store(), evaluation.dataset), evaluation.part)
-    except ObjectNotFound as error:
-        raise TrainingFailed(
-            f"The stored records of {evaluation.dataset} {datasets.missing_or_damaged(error)}; "
-            "upload it again."
-        ) from None
+        records = datasets.load_part(get_store(), evaluation.dataset, evaluation.part)
+    except datasets.RecordsUnavailable as error:
+        raise TrainingFailed(str(error)) from None
     texts = {record["id"]: routing.prompt_text({"messages": record["messages"]}) for record in records}
     rows = EvaluationItem.objects.filter(evaluation=evaluation, deployment__in=candidates).values_list(
         "item_id", "deployment", "error", "scores", "prompt_tokens", "completion_tokens"

@@ -24,7 +24,7 @@ from learning import browse, datasets
 from learning.api.serializers import ExportQuerySerializer
 from learning.choices import DatasetPart, DatasetSource
 from learning.models import Dataset, InvocationLogObject
-from learning.storage import ObjectNotFound, get_store
+from learning.storage import get_store
 from marketplace.accounts import tenancy
 from marketplace.accounts.models import Organization
 from marketplace.api import Conflict, TenantScopedViewSet
@@ -183,11 +183,9 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSco
         query.is_valid(raise_exception=True)
         part = query.validated_data["part"]
         try:
-            records = datasets.in_part(datasets.load(get_store(), dataset), part)
-        except ObjectNotFound as error:
-            raise Conflict(
-                f"The stored records of {dataset} {datasets.missing_or_damaged(error)}; upload it again."
-            ) from None
+            records = datasets.load_part(get_store(), dataset, part)
+        except datasets.RecordsUnavailable as error:
+            raise Conflict(str(error)) from None
         response = StreamingHttpResponse(jsonl(records), content_type="application/x-ndjson")
         suffix = "" if part == DatasetPart.ALL else f"-{part}"
         response["Content-Disposition"] = (

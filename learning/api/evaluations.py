@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from learning import datasets, evaluations
 from learning.choices import FINISHED_STATUSES, DatasetPart
 from learning.models import Dataset, Evaluation, EvaluationEvent
-from learning.storage import ObjectNotFound, get_store
+from learning.storage import get_store
 from marketplace.accounts import tenancy
 from marketplace.accounts.models import Organization
 from marketplace.api import Conflict, TenantScopedViewSet
@@ -173,12 +173,9 @@ class EvaluationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
         query = ItemsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         try:
-            records = datasets.in_part(datasets.load(get_store(), evaluation.dataset), evaluation.part)
-        except ObjectNotFound as error:
-            raise Conflict(
-                f"The stored records of {evaluation.dataset} {datasets.missing_or_damaged(error)}; "
-                "upload it again."
-            ) from None
+            records = datasets.load_part(get_store(), evaluation.dataset, evaluation.part)
+        except datasets.RecordsUnavailable as error:
+            raise Conflict(str(error)) from None
         offset, limit = query.validated_data["offset"], query.validated_data["limit"]
         return Response({"count": len(records), "results": side_by_side(evaluation, records, offset, limit)})
 
