@@ -42,7 +42,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-PREFIXES = ("/v1/", "/model/")
+PREFIXES = ("/v1/", "/model/", "/guardrail/")  # the invoke API and ApplyGuardrail
 log = logging.getLogger("django.request")  # where Django logs a view's unexpected error
 
 
