@@ -14,11 +14,10 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from learning import masking, predictors, routing
+from learning import masking, predictors, routing, writer
 from learning.choices import EvaluationStatus
 from learning.evaluations import Refused, results
 from learning.models import (
-    DEFAULT_RETENTION_DAYS,
     Evaluation,
     Feedback,
     InvocationLogSettings,
@@ -363,13 +362,11 @@ def expire_samples(now: datetime.datetime | None = None) -> int:
     default when it has no settings): a sample is kept traffic, and goes when the logs of its day go.
     Returns how many were deleted."""
     now = now or timezone.now()
-    retention = dict(InvocationLogSettings.objects.values_list("organization_id", "retention_days"))
     deleted = 0
     organizations = RouterSample.objects.values_list("router__organization_id", flat=True).distinct()
-    for organization_id in organizations:
-        days = retention.get(organization_id, DEFAULT_RETENTION_DAYS)
+    for organization_id, cutoff in writer.retention_cutoffs(organizations, now):
         count, _ = RouterSample.objects.filter(
-            router__organization_id=organization_id, created_at__lt=now - datetime.timedelta(days=days)
+            router__organization_id=organization_id, created_at__lt=cutoff
         ).delete()
         deleted += count
     return deleted

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -162,6 +162,17 @@ def write_queued(connection: redis.Redis, store: ObjectStore, batch_size: int = 
     return total
 
 
+def retention_cutoffs(
+    organization_ids: Iterable[int], now: datetime.datetime
+) -> Iterator[tuple[int, datetime.datetime]]:
+    """Each organisation with the time before which its kept traffic (logs, shadow-call samples) has
+    expired: its log settings' retention, else the default."""
+    retention = dict(InvocationLogSettings.objects.values_list("organization_id", "retention_days"))
+    for organization_id in organization_ids:
+        days = retention.get(organization_id, DEFAULT_RETENTION_DAYS)
+        yield organization_id, now - datetime.timedelta(days=days)
+
+
 def expire(store: ObjectStore, now: datetime.datetime | None = None) -> int:
     """Delete the objects, and their index rows, older than their organisation's retention; how many.
 
@@ -170,13 +181,11 @@ def expire(store: ObjectStore, now: datetime.datetime | None = None) -> int:
     that the next run deletes again (deleting a missing object is not an error), never an unindexed object.
     """
     now = now or timezone.now()
-    retention = dict(InvocationLogSettings.objects.values_list("organization_id", "retention_days"))
     deleted = 0
     organizations = InvocationLogObject.objects.values_list("organization_id", flat=True).distinct()
-    for organization_id in organizations:
-        days = retention.get(organization_id, DEFAULT_RETENTION_DAYS)
+    for organization_id, cutoff in retention_cutoffs(organizations, now):
         expired = InvocationLogObject.objects.filter(
-            organization_id=organization_id, last_at__lt=now - datetime.timedelta(days=days)
+            organization_id=organization_id, last_at__lt=cutoff
         ).values_list("pk", "key")
         for pk, key in expired.iterator():
             store.delete(key)
