@@ -28,7 +28,7 @@ PINNED = {
     "/deployments/{pk}/": 7,
     "/deployments/{pk}/usage/?range=24h": 5,  # with the latency of the window's calls, each weighing the same
     "/deployments/{pk}/playground/": 6,  # with whether the person is a member (may chat)
-    "/api-keys/": 6,  # with the live deployment names a key may be limited to
+    "/api-keys/": 7,  # with the live deployment and router names a key may be limited to
     "/organization/": 10,
     "/platform/": 9,  # with the latency of the window's calls, each weighing the same
     "/platform/organizations/acme/quota/": 11,
