@@ -18,6 +18,7 @@ from marketplace.accounts.models import Organization
 from marketplace.catalog.models import InstanceType, ModelCard
 from serving.choices import DeploymentStatus
 from serving.models import Deployment
+from tests.web.conftest import browser_for  # noqa: F401 (the learning pages are browsed as the web UI's are)
 
 BUCKET = "marketplace-test"
 

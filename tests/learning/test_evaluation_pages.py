@@ -26,17 +26,6 @@ BrowserFor = Callable[[AbstractUser | None], Client]
 
 
 @pytest.fixture
-def browser_for(acme: Organization, globex: Organization) -> BrowserFor:
-    def make(user: AbstractUser | None) -> Client:
-        client = Client()
-        if user is not None:
-            client.force_login(user)
-        return client
-
-    return make
-
-
-@pytest.fixture
 def dataset(acme: Organization, configured_store: FolderStore) -> Dataset:
     make_deployment(acme, "small")
     make_deployment(acme, "large")

@@ -25,17 +25,6 @@ BrowserFor = Callable[[AbstractUser | None], Client]
 
 
 @pytest.fixture
-def browser_for(acme: Organization, globex: Organization) -> BrowserFor:
-    def make(user: AbstractUser | None) -> Client:
-        client = Client()
-        if user is not None:
-            client.force_login(user)
-        return client
-
-    return make
-
-
-@pytest.fixture
 def logged(
     acme: Organization, globex: Organization, redis_connection: redis.Redis, configured_store: FolderStore,
     make_record: Callable[..., dict[str, Any]],

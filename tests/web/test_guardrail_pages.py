@@ -24,17 +24,6 @@ DRAFT_FORM = {
 
 
 @pytest.fixture
-def browser_for(acme: Organization, globex: Organization) -> BrowserFor:
-    def make(user: AbstractUser | None) -> Client:
-        client = Client()
-        if user is not None:
-            client.force_login(user)
-        return client
-
-    return make
-
-
-@pytest.fixture
 def guardrail(acme: Organization, owner: AbstractUser) -> Guardrail:
     return service.create_guardrail(
         organization=acme, user=owner, name="support", config={"personal_data": {"EMAIL": "mask"}}
