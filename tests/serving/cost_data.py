@@ -6,8 +6,12 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from django.contrib.auth.base_user import AbstractBaseUser
+
 from marketplace.accounts.models import ApiKey, Organization
 from marketplace.catalog.models import InstanceType, ModelCard
+from marketplace.subscriptions.services import subscribe
+from serving import services
 from serving.costs import ReplicaReading, record_replicas
 from serving.models import Deployment, UsageRecord
 
@@ -24,6 +28,18 @@ def deployment(organization: Organization, name: str, instance: str = "aws-g5-xl
         model_card=ModelCard.objects.get(slug="llama-3.1-8b-instruct"),
         instance_type=InstanceType.objects.get(slug=instance),
     )
+
+
+def created_deployment(organization: Organization, user: AbstractBaseUser, replicas: int) -> Deployment:
+    """The 8B chat card on a g5.xlarge with a fixed number of replicas, made as a person makes one
+    (subscribed, quota reserved). The caller picks the backend and whether provisioning is queued."""
+    card = ModelCard.objects.get(slug="llama-3.1-8b-instruct")
+    subscribe(organization=organization, card=card, license_sha256=None, user=user)
+    return services.create_deployment(
+        organization=organization, user=user, name="chat", card=card,
+        instance_type=InstanceType.objects.get(slug="aws-g5-xlarge"),
+        scaling=services.Scaling(min_replicas=replicas, max_replicas=replicas), engine_options={},
+    )  # fmt: skip
 
 
 def run(deployment: Deployment, replicas: int, start: datetime, hours: float) -> None:

@@ -10,11 +10,11 @@ import pytest
 from django.contrib.auth.models import User
 
 from marketplace.accounts.models import Organization
-from marketplace.catalog.models import InstanceType, ModelCard
-from marketplace.subscriptions.services import subscribe
+from marketplace.catalog.models import InstanceType
 from serving import costs, services
 from serving.costs import ReplicaReading, record_replicas
 from serving.models import Deployment, ReplicaDay, ReplicaHour
+from tests.serving.cost_data import created_deployment
 
 pytestmark = pytest.mark.django_db
 
@@ -25,13 +25,7 @@ T0 = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 def deployment(acme: Organization, owner: User, monkeypatch: pytest.MonkeyPatch, settings) -> Deployment:
     settings.SERVING_BACKEND = "kubernetes"
     monkeypatch.setattr(services, "_enqueue", lambda task, deployment_id: None)
-    card = ModelCard.objects.get(slug="llama-3.1-8b-instruct")
-    subscribe(organization=acme, card=card, license_sha256=None, user=owner)
-    return services.create_deployment(
-        organization=acme, user=owner, name="chat", card=card,
-        instance_type=InstanceType.objects.get(slug="aws-g5-xlarge"),
-        scaling=services.Scaling(min_replicas=1, max_replicas=1), engine_options={},
-    )  # fmt: skip
+    return created_deployment(acme, owner, replicas=1)
 
 
 def read(deployment: Deployment, replicas: int, at: datetime) -> None:

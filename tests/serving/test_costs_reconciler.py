@@ -19,7 +19,6 @@ from django.utils import timezone
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import Organization
 from marketplace.catalog.models import InstanceType, ModelCard
-from marketplace.subscriptions.services import subscribe
 from serving import manifests, services, tasks
 from serving.backends.base import Observation, ObservationPass
 from serving.backends.kubernetes import KubernetesBackend
@@ -27,6 +26,7 @@ from serving.costs import ReplicaReading, record_replicas
 from serving.models import Deployment, ReplicaHour, ReplicaMeter
 from tests.conftest import make_user
 from tests.serving.conftest import backend_for
+from tests.serving.cost_data import created_deployment
 from tests.serving.fake_kubernetes import FakeKubernetes
 
 
@@ -54,13 +54,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 def chat(acme: Organization, owner: User, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Deployment:
     settings.SERVING_BACKEND = "kubernetes"
     monkeypatch.setattr(services, "_enqueue", lambda task, deployment_id: None)
-    card = ModelCard.objects.get(slug="llama-3.1-8b-instruct")
-    subscribe(organization=acme, card=card, license_sha256=None, user=owner)
-    return services.create_deployment(
-        organization=acme, user=owner, name="chat", card=card,
-        instance_type=InstanceType.objects.get(slug="aws-g5-xlarge"),
-        scaling=services.Scaling(min_replicas=2, max_replicas=2), engine_options={},
-    )  # fmt: skip
+    return created_deployment(acme, owner, replicas=2)
 
 
 def metered(deployment: Deployment) -> Decimal:
