@@ -10,22 +10,14 @@ from django.test import Client
 from learning import router_service
 from learning.models import Feedback
 from marketplace.accounts.models import Organization
-from tests.conftest import make_user
 from tests.learning.conftest import make_deployment
 from tests.learning.routerdata import router_fields
 
 MODELS = ["router", "routertraining", "routerversion", "routersample", "feedback"]
 
 
-@pytest.fixture
-def admin_browser(db: None) -> Client:
-    client = Client()
-    client.force_login(make_user("root", is_staff=True, is_superuser=True))
-    return client
-
-
 def test_the_admin_lists_routers_and_feedback(
-    admin_browser: Client, acme: Organization, owner: AbstractUser
+    admin_client: Client, acme: Organization, owner: AbstractUser
 ) -> None:
     make_deployment(acme, "small")
     make_deployment(acme, "large")
@@ -33,15 +25,15 @@ def test_the_admin_lists_routers_and_feedback(
         organization=acme, user=owner, **router_fields(name="listed-router")
     )
     Feedback.objects.create(organization=acme, request_id="rated-request", score=0.5)
-    assert b"listed-router" in admin_browser.get("/admin/learning/router/").content
-    assert b"rated-request" in admin_browser.get("/admin/learning/feedback/").content
-    assert admin_browser.get(f"/admin/learning/router/{router.pk}/change/").status_code == 200
+    assert b"listed-router" in admin_client.get("/admin/learning/router/").content
+    assert b"rated-request" in admin_client.get("/admin/learning/feedback/").content
+    assert admin_client.get(f"/admin/learning/router/{router.pk}/change/").status_code == 200
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_nothing_of_routing_is_added_in_the_admin(admin_browser: Client, model: str) -> None:
-    assert admin_browser.get(f"/admin/learning/{model}/").status_code == 200
-    assert admin_browser.get(f"/admin/learning/{model}/add/").status_code == 403
+def test_nothing_of_routing_is_added_in_the_admin(admin_client: Client, model: str) -> None:
+    assert admin_client.get(f"/admin/learning/{model}/").status_code == 200
+    assert admin_client.get(f"/admin/learning/{model}/add/").status_code == 403
 
 
 def test_an_outsider_is_sent_to_sign_in_rather_than_shown_routers(outsider: AbstractUser) -> None:
