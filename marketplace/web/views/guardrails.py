@@ -191,6 +191,14 @@ def _page(
     return render(request, "web/guardrail.html", context, status=status)
 
 
+def _unless_manager(request: HttpRequest, guardrail: Guardrail, what: str) -> HttpResponse | None:
+    """The guardrail's page refusing with 403 when the person is no owner or admin of its organisation
+    (`what` they tried, as in "edits guardrails"); None when they are."""
+    if tenancy.can_manage(request, guardrail.organization):
+        return None
+    return _page(request, guardrail, status=403, errors=_refusal(guardrail.organization, what))
+
+
 @login_required
 @require_http_methods(["GET"])
 def guardrail_detail(request: HttpRequest, pk: int) -> HttpResponse:
@@ -201,10 +209,8 @@ def guardrail_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def guardrail_draft(request: HttpRequest, pk: int) -> HttpResponse:
     guardrail = _guardrail_of(request, pk)
-    if not tenancy.can_manage(request, guardrail.organization):
-        return _page(
-            request, guardrail, status=403, errors=_refusal(guardrail.organization, "edits guardrails")
-        )
+    if refusal := _unless_manager(request, guardrail, "edits guardrails"):
+        return refusal
     config = _config_from(request.POST)
     try:
         service.update_guardrail(guardrail, config=config)
@@ -218,10 +224,8 @@ def guardrail_draft(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def guardrail_publish(request: HttpRequest, pk: int) -> HttpResponse:
     guardrail = _guardrail_of(request, pk)
-    if not tenancy.can_manage(request, guardrail.organization):
-        return _page(
-            request, guardrail, status=403, errors=_refusal(guardrail.organization, "publishes guardrails")
-        )
+    if refusal := _unless_manager(request, guardrail, "publishes guardrails"):
+        return refusal
     try:
         service.publish(guardrail, request.user)
     except Refused as error:
@@ -252,10 +256,8 @@ def guardrail_try(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def guardrail_score(request: HttpRequest, pk: int) -> HttpResponse:
     guardrail = _guardrail_of(request, pk)
-    if not tenancy.can_manage(request, guardrail.organization):
-        return _page(
-            request, guardrail, status=403, errors=_refusal(guardrail.organization, "scores topic examples")
-        )
+    if refusal := _unless_manager(request, guardrail, "scores topic examples"):
+        return refusal
     topic = str(request.POST.get("topic", "")).strip()
     texts = _lines(str(request.POST.get("texts", "")))[:50]
     try:
