@@ -33,6 +33,16 @@ document.addEventListener("htmx:configRequest", (event) => {
   }
 });
 
+// A refusal (400) is answered with the part that says what to change (the catalog's results, the model
+// page's cost table), so it is swapped in like any answer; htmx leaves 4xx answers out by default. This
+// listens on the document because htmx fires beforeSwap on the target, which may be outside the form.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.xhr.status === 400) {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
+
 // Forms that ask before doing something that cannot be undone.
 document.addEventListener("submit", (event) => {
   const form = event.target.closest("form[data-confirm]");

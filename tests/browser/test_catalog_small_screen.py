@@ -51,3 +51,34 @@ def test_on_a_wide_screen_the_filters_stay_open(
     assert page.locator("#facet-options").is_visible()
     assert page.get_by_role("checkbox", name="Deployable here").is_visible()
     shoot(page, screenshots, "catalog-wide")
+
+
+def test_a_filter_refused_while_filtering_shows_its_refusal_in_the_results(
+    live_server, transactional_catalog, browser
+) -> None:
+    page = open_catalog(browser, live_server, WIDE)
+    # An instance type removed after the page was loaded: the live results say what to change.
+    page.evaluate(
+        """() => {
+          const select = document.querySelector("#f-fits");
+          select.add(new Option("Gone", "gone-instance"));
+          select.value = "gone-instance";
+          select.dispatchEvent(new Event("change", {bubbles: true}));
+        }"""
+    )
+    alert = page.locator("#results [role=alert]")
+    alert.wait_for()
+    assert "Fits instance type: Not one of the choices offered" in alert.inner_text()
+    assert page.locator("#result-count").inner_text() == "0 models"
+
+
+def test_a_bad_replica_count_on_the_model_page_replaces_the_cost_table_with_its_refusal(
+    live_server, transactional_catalog, browser
+) -> None:
+    page = open_catalog(browser, live_server, WIDE, "models/smollm2-135m-instruct/")
+    assert page.locator("#fits [role=alert]").count() == 0
+    # Beyond the field's max: the browser's own check must not hold it back without a word.
+    page.locator("#fit-max").fill("999")
+    refusal = page.locator("#error-max_replicas")
+    refusal.wait_for()
+    assert "Max replicas must be a whole number from 1 to 64" in refusal.inner_text()
