@@ -65,13 +65,22 @@ def metered(deployment: Deployment) -> Decimal:
     return (total or Decimal(0)) + unwritten
 
 
-@pytest.mark.django_db
-def test_replica_seconds_through_a_reconciler_gap_and_a_worker_restart(
-    chat, fake_kubernetes: FakeKubernetes, kubernetes_backend: KubernetesBackend, clock, monkeypatch
-) -> None:
+@pytest.fixture
+def provisioned(
+    chat: Deployment, fake_kubernetes: FakeKubernetes, kubernetes_backend: KubernetesBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:  # fmt: skip
+    """The chat deployment provisioned on the fake cluster, which the worker's tasks reach; its name there."""
     monkeypatch.setattr(tasks, "get_backend", lambda name=None: kubernetes_backend)
     tasks.provision_deployment.apply(args=[chat.pk]).get()
-    name = manifests.object_name(services.spec_for(chat))
+    return manifests.object_name(services.spec_for(chat))
+
+
+@pytest.mark.django_db
+def test_replica_seconds_through_a_reconciler_gap_and_a_worker_restart(
+    chat, provisioned: str, fake_kubernetes: FakeKubernetes, clock, monkeypatch
+) -> None:
+    name = provisioned
     fake_kubernetes.set_deployment_status(name, replicas=2, ready_replicas=1)
     tasks.reconcile_once()  # opens the meter: 1 ready
     clock.advance(minutes=10)
@@ -91,13 +100,9 @@ def test_replica_seconds_through_a_reconciler_gap_and_a_worker_restart(
 
 @pytest.mark.django_db
 def test_an_unreachable_cluster_leaves_a_gap_that_the_next_reading_closes(
-    chat, fake_kubernetes: FakeKubernetes, kubernetes_backend: KubernetesBackend, clock, monkeypatch
+    chat, provisioned: str, fake_kubernetes: FakeKubernetes, clock
 ) -> None:
-    monkeypatch.setattr(tasks, "get_backend", lambda name=None: kubernetes_backend)
-    tasks.provision_deployment.apply(args=[chat.pk]).get()
-    fake_kubernetes.set_deployment_status(
-        manifests.object_name(services.spec_for(chat)), replicas=2, ready_replicas=2
-    )
+    fake_kubernetes.set_deployment_status(provisioned, replicas=2, ready_replicas=2)
     tasks.reconcile_once()
     clock.advance(minutes=30)
     fake_kubernetes.fail_next(503)
