@@ -13,7 +13,7 @@ from marketplace.accounts import budgets, crypto
 from marketplace.accounts.models import Budget, BudgetAlert, WebhookDelivery
 from serving import services
 from serving.choices import AutoscalingPolicy
-from serving.models import DeploymentEvent
+from serving.models import Deployment, DeploymentEvent
 from tests.accounts.budget_helpers import MONTH, NOW, spend
 from tests.web.conftest import make_deployment
 
@@ -32,6 +32,15 @@ def scaled(monkeypatch, settings) -> list[int]:
     enqueued: list[int] = []
     monkeypatch.setattr(services, "_enqueue", lambda task, deployment_id: enqueued.append(deployment_id))
     return enqueued
+
+
+@pytest.fixture
+def busy(acme) -> Deployment:
+    """A deployment of acme autoscaled up to 4 replicas (4 GPUs reserved), so a scale-down has work."""
+    return make_deployment(
+        acme, name="busy", min_replicas=1, max_replicas=4, autoscaling_policy=AutoscalingPolicy.QUEUE_DEPTH,
+        reserved_gpus=4, gpu_model="NVIDIA A10G 24GB",
+    )  # fmt: skip
 
 
 def make_budget(organization, amount: str = "100", **fields: Any) -> Budget:
@@ -247,12 +256,8 @@ def test_a_deployment_budget_counts_only_its_deployment_and_writes_in_its_histor
 
 
 def test_at_the_limit_the_owners_choice_scales_deployments_down_to_their_minimum(
-    acme, scaled, django_capture_on_commit_callbacks
+    acme, busy, scaled, django_capture_on_commit_callbacks
 ) -> None:
-    busy = make_deployment(
-        acme, name="busy", min_replicas=1, max_replicas=4, autoscaling_policy=AutoscalingPolicy.QUEUE_DEPTH,
-        reserved_gpus=4, gpu_model="NVIDIA A10G 24GB",
-    )  # fmt: skip
     fixed = make_deployment(acme, name="fixed", reserved_gpus=1, gpu_model="NVIDIA A10G 24GB")
     budget = make_budget(acme, "100", thresholds=[100], scale_down_at_limit=True)
     spend(busy, "101")
@@ -267,12 +272,8 @@ def test_at_the_limit_the_owners_choice_scales_deployments_down_to_their_minimum
 
 
 def test_without_the_owners_choice_nothing_is_scaled(
-    acme, scaled, django_capture_on_commit_callbacks
+    acme, busy, scaled, django_capture_on_commit_callbacks
 ) -> None:
-    busy = make_deployment(
-        acme, name="busy", min_replicas=1, max_replicas=4, autoscaling_policy=AutoscalingPolicy.QUEUE_DEPTH,
-        reserved_gpus=4, gpu_model="NVIDIA A10G 24GB",
-    )  # fmt: skip
     budget = make_budget(acme, "100", thresholds=[100])
     spend(busy, "150")
     with django_capture_on_commit_callbacks(execute=True):
@@ -356,13 +357,9 @@ def test_a_delivery_whose_enqueue_was_lost_is_queued_again_by_a_later_check(
     assert queued == [BudgetAlert.objects.get(budget=mine).pk]
 
 
-def test_the_scale_down_at_the_limit_commits_with_its_alert_not_after_it(acme, scaled) -> None:
+def test_the_scale_down_at_the_limit_commits_with_its_alert_not_after_it(acme, busy, scaled) -> None:
     """No commit callbacks run here, as when a checker dies between committing the alert and running
     them: the deployments are scaled down all the same, since the alert and the scaling are one write."""
-    busy = make_deployment(
-        acme, name="busy", min_replicas=1, max_replicas=4, autoscaling_policy=AutoscalingPolicy.QUEUE_DEPTH,
-        reserved_gpus=4, gpu_model="NVIDIA A10G 24GB",
-    )  # fmt: skip
     budget = make_budget(acme, "100", thresholds=[100], scale_down_at_limit=True)
     spend(busy, "101")
     budgets.check_budget(budget, NOW)
