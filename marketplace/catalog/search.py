@@ -11,7 +11,7 @@ The query is read word by word, and every word must match the card (AND across w
    a document weighted by where the word stands: A name, slug and family; B provider, repository and
    tasks; C tags, domains, input modalities and license; D the summary. The word's English stem is
    looked up as a prefix too, so "embeddings" finds "embedding" and "medical" finds "medicine". A word
-   of four letters or more that matches nothing that way may still match by trigram similarity (pg_trgm,
+   of four letters or more that matches no card that way may still match by trigram similarity (pg_trgm,
    already installed for the catalog's trigram index), so a typo ("mistrl") still finds the model.
    English stop words ("for", "the") are dropped rather than required.
 
@@ -199,23 +199,27 @@ def _size_q(token: str) -> Q:
     return stated | counted
 
 
-def _without_stop_words(words: list[str]) -> list[str]:
-    """The words PostgreSQL's English dictionary keeps ("for", "the", "with" would each have to match)."""
+def _kept_words(words: list[str]) -> dict[str, bool]:
+    """The words PostgreSQL's English dictionary keeps ("for", "the", "with" would each have to match), in
+    order, each with whether any card's stored document matches it (else it may be a typo). One query."""
     if not words:
-        return words
+        return {}
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT word FROM unnest(%s::text[]) WITH ORDINALITY AS typed(word, position) "
+            "SELECT word, EXISTS (SELECT 1 FROM catalog_modelcard WHERE search_vector @@ "
+            "(to_tsquery('simple', quote_literal(word) || ':*') || to_tsquery('english', quote_literal(word) "
+            "|| ':*'))) FROM unnest(%s::text[]) WITH ORDINALITY AS typed(word, position) "
             "WHERE to_tsvector('english', word) <> ''::tsvector ORDER BY position",
             [words],
         )
-        return [row[0] for row in cursor.fetchall()]
+        return dict(cursor.fetchall())
 
 
 def search(queryset: QuerySet[ModelCard], text: str) -> QuerySet[ModelCard]:
     """The cards that match every word of `text`, annotated with `search_rank` (higher is better)."""
     parsed = parse(text)
-    parsed.words = _without_stop_words(parsed.words)
+    found = _kept_words(parsed.words)
+    parsed.words = list(found)
     if not (parsed.words or parsed.sizes or parsed.languages):
         return queryset.annotate(search_rank=Value(0.0, output_field=FloatField()))
     vector = F("search_vector")
@@ -226,7 +230,7 @@ def search(queryset: QuerySet[ModelCard], text: str) -> QuerySet[ModelCard]:
         prefixes.append(query)
         wholes.append(_word_query(word, prefix=False))
         condition = Q(search_vector=query)
-        if len(word) >= TRIGRAM_MIN_LENGTH:
+        if len(word) >= TRIGRAM_MIN_LENGTH and not found[word]:
             # pg_trgm's word-similarity operator (threshold pg_trgm.word_similarity_threshold, 0.6 unless
             # set): a typo match is found, not ranked, so typo matches keep the sort's tie-break (name).
             condition |= Q(search_text__trigram_word_similar=word)

@@ -119,3 +119,15 @@ def test_saving_a_card_its_provider_or_its_license_refreshes_what_search_finds()
     card.license.identifier = "xylophone-license"
     card.license.save()
     assert "Phi-4" in names("xylophone")
+
+
+def test_look_alikes_are_found_only_for_a_word_no_card_has() -> None:
+    exact, look_alike = (
+        ModelCard.objects.get(slug="phi-4"),
+        ModelCard.objects.get(slug="phi-3.5-mini-instruct"),
+    )
+    exact.family, look_alike.family = "zanzibarian", "zanzibarish"
+    exact.save()
+    look_alike.save()
+    assert names("zanzibarian") == ["Phi-4"]  # a card has the word: its look-alike is not added
+    assert sorted(names("zanzibariam")) == sorted([exact.name, look_alike.name])  # a typo finds both
