@@ -158,6 +158,12 @@ GATEWAY_MAX_BODY_BYTES: {{ .Values.config.gateway.maxBodyBytes | int64 | quote }
 GATEWAY_SPOOL_DIR: {{ .Values.config.gateway.spoolDir | quote }}
 GATEWAY_AUTH_FAILURES_PER_MINUTE: {{ .Values.config.gateway.authFailuresPerMinute | int64 | quote }}
 GATEWAY_ROUTER_MAX_QUEUE_PER_REPLICA: {{ .Values.config.gateway.routerMaxQueuePerReplica | int64 | quote }}
+BUDGET_CHECK_INTERVAL_SECONDS: {{ .Values.config.budgets.checkIntervalSeconds | int64 | quote }}
+BUDGET_WEBHOOK_TIMEOUT_SECONDS: {{ .Values.config.budgets.webhookTimeoutSeconds | int64 | quote }}
+BUDGET_WEBHOOK_ATTEMPTS: {{ .Values.config.budgets.webhookAttempts | int64 | quote }}
+BUDGET_WEBHOOK_BACKOFF_SECONDS: {{ .Values.config.budgets.webhookBackoffSeconds | int64 | quote }}
+BUDGET_WEBHOOK_PRIVATE_ADDRESSES: {{ ternary "True" "False" .Values.config.budgets.webhookPrivateAddresses | quote }}
+IDLE_AFTER_HOURS: {{ .Values.config.idleAfterHours | int64 | quote }}
 OBJECT_STORE_BUCKET: {{ .Values.config.objectStore.bucket | quote }}
 OBJECT_STORE_ENDPOINT_URL: {{ .Values.config.objectStore.endpointUrl | quote }}
 OBJECT_STORE_REGION: {{ .Values.config.objectStore.region | quote }}
@@ -189,12 +195,18 @@ OBJECT_STORE_ACCESS_KEY_ID: {{ .Values.config.objectStore.accessKeyId | quote }}
   secret: {{ $store.existingSecret | default $ownSecret }}
   key: {{ ternary $store.key "OBJECT_STORE_SECRET_ACCESS_KEY" (not (empty $store.existingSecret)) }}
 {{- end }}
+{{- $fernet := .root.Values.secrets.secretsEncryptionKey }}
+{{- if or $fernet.value $fernet.existingSecret }}
+- variable: SECRETS_ENCRYPTION_KEY
+  secret: {{ $fernet.existingSecret | default $ownSecret }}
+  key: {{ ternary $fernet.key "SECRETS_ENCRYPTION_KEY" (not (empty $fernet.existingSecret)) }}
+{{- end }}
 {{- end }}
 
 {{/* True when at least one of the three secrets is given as a value, so the chart must store it. */}}
 {{- define "marketplace.hasSecretValues" -}}
 {{- $s := .Values.secrets }}
-{{- if or $s.secretKey.value $s.databaseUrl.value $s.redisUrl.value $s.objectStoreSecretAccessKey.value }}true{{ end }}
+{{- if or $s.secretKey.value $s.databaseUrl.value $s.redisUrl.value $s.objectStoreSecretAccessKey.value $s.secretsEncryptionKey.value }}true{{ end }}
 {{- end }}
 
 {{/* The metrics token, when configured: (secret, key) of METRICS_TOKEN, as YAML; empty without one. Only
@@ -224,6 +236,9 @@ REDIS_URL: {{ $s.redisUrl.value | b64enc | quote }}
 {{- end }}
 {{- if $s.objectStoreSecretAccessKey.value }}
 OBJECT_STORE_SECRET_ACCESS_KEY: {{ $s.objectStoreSecretAccessKey.value | b64enc | quote }}
+{{- end }}
+{{- if $s.secretsEncryptionKey.value }}
+SECRETS_ENCRYPTION_KEY: {{ $s.secretsEncryptionKey.value | b64enc | quote }}
 {{- end }}
 {{- end }}
 
@@ -272,6 +287,11 @@ token; call with (dict "root" $ "secretName" <the chart's Secret holding inline 
 - name: OBJECT_STORE_SECRET_ACCESS_KEY_FILE
   value: /var/run/secrets/marketplace/OBJECT_STORE_SECRET_ACCESS_KEY
 {{- end }}
+{{- $fernet := .root.Values.secrets.secretsEncryptionKey }}
+{{- if or $fernet.value $fernet.existingSecret }}
+- name: SECRETS_ENCRYPTION_KEY_FILE
+  value: /var/run/secrets/marketplace/SECRETS_ENCRYPTION_KEY
+{{- end }}
 {{- if .http }}
 - name: POD_IP
   valueFrom:
@@ -302,7 +322,7 @@ checksum/secret: {{ printf "%s%s%s%s" (include "marketplace.secretData" .) (incl
 
 {{/* Checks the schema cannot express; included by the ConfigMap, which every release renders. */}}
 {{- define "marketplace.validate" -}}
-{{- range $field := list "secretKey" "databaseUrl" "redisUrl" "objectStoreSecretAccessKey" }}
+{{- range $field := list "secretKey" "databaseUrl" "redisUrl" "objectStoreSecretAccessKey" "secretsEncryptionKey" }}
 {{- $secret := index $.Values.secrets $field }}
 {{- if and $secret.value $secret.existingSecret }}
 {{- fail (printf "secrets.%s: give either value or existingSecret, not both" $field) }}
