@@ -60,6 +60,7 @@ def test_a_list_costs_the_same_queries_for_one_row_as_for_many(
         client = Client()
         client.force_login(owner)
     add(acme, owner, configured_store, 1)
+    client.get(url)  # the first page of a session also fills the cached budget banner (one query, once)
     one = count(client, url)
     add(acme, owner, configured_store, 5)
     assert (one, count(client, url)) == (PINNED[url], PINNED[url])
