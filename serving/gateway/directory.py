@@ -67,7 +67,7 @@ class Target:
     name: str
     model_slug: str
     endpoints: tuple[str, ...]
-    is_embedding: bool
+    routes: tuple[str, ...]  # the invoke routes its model serves (ModelCard.routes, choices.ROUTES names)
 
 
 @dataclass(frozen=True)
@@ -299,10 +299,12 @@ class Directory:
         targets = (await self._catalog_of(caller.organization_id)).targets
         return [t for name, t in sorted(targets.items()) if caller.may_call(name)]
 
-    async def names(self, caller: Caller) -> list[str]:
-        """Every name the caller may call: its organisation's ready deployments and its routers."""
+    async def callables(self, caller: Caller) -> list[Target | RouterTarget]:
+        """Everything the caller may call, by name: its organisation's ready deployments and its
+        routers (a router shadowed by a deployment's name is not one)."""
         catalog = await self._catalog_of(caller.organization_id)
-        return sorted(name for name in {*catalog.targets, *catalog.routers} if caller.may_call(name))
+        found: dict[str, Target | RouterTarget] = {**catalog.routers, **catalog.targets}
+        return [found[name] for name in sorted(found) if caller.may_call(name)]
 
     async def _catalog_of(self, organization_id: int) -> Catalog:
         catalog: Catalog = await self._load(
@@ -406,7 +408,7 @@ def _load_targets(organization_id: int) -> dict[str, Target]:
             name=row.name,
             model_slug=row.model_card.slug,
             endpoints=tuple(row.endpoints),
-            is_embedding=row.model_card.is_embedding,
+            routes=row.model_card.routes,
         )
         for row in rows
     }

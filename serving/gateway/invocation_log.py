@@ -35,6 +35,7 @@ ROUTES = {
     "chat.completions": "openai.chat",
     "completions": "openai.completions",
     "embeddings": "openai.embeddings",
+    "responses": "openai.responses",
     "bedrock.converse": "bedrock.converse",
     "bedrock.converse-stream": "bedrock.converse-stream",
     "bedrock.invoke": "bedrock.invoke",

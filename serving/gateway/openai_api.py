@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
+/v1/models.
 
 Each is a thin async view over serving.gateway.pipeline; streams pass through event by event.
 """
@@ -16,14 +17,17 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from serving.gateway import pipeline, request_fields, routers, upstream
-from serving.gateway.directory import Caller
+from serving.gateway.directory import Caller, Target
 from serving.gateway.errors import key_refusal, openai_error
 
 PATHS = {
     "chat.completions": "/v1/chat/completions",
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
+    "responses": "/v1/responses",
 }
+# The Responses API's last event of a stream, which holds the whole response and its usage.
+FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 class BodyTooLarge(Exception):
@@ -165,12 +169,15 @@ async def _stream(
     call: pipeline.Call, route: str, payload: dict[str, Any]
 ) -> HttpResponse | StreamingHttpResponse:
     """Pass the engine's events through as they come. The engine is always asked for the usage chunk;
-    it reaches the client only if the client asked for it too."""
+    it reaches the client only if the client asked for it too. The Responses API has no usage chunk:
+    its last event carries the whole response, usage included, and always reaches the client."""
+    responses = route == "responses"
     wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-    upstream_payload = {
-        **payload,
-        "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True},
-    }
+    upstream_payload = (
+        payload
+        if responses
+        else {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
+    )
     call.payload = upstream_payload
     exchange = await pipeline.start_stream(call, PATHS[route], upstream_payload)
     if isinstance(exchange, pipeline.Refusal):
@@ -185,10 +192,14 @@ async def _stream(
         try:
             async for event in upstream.events(exchange):
                 chunk = pipeline.read_chunk(event)
-                if chunk is not None and chunk.get("choices"):
+                if chunk is None:
+                    pass
+                elif chunk.get("choices") or chunk.get("type") in pipeline.RESPONSE_DELTAS:
                     call.first_token()
                     call.relayed(chunk)  # metered even if the caller leaves before the usage chunk
-                elif chunk is not None and chunk.get("usage"):
+                elif responses and chunk.get("type") in FINAL_RESPONSE_EVENTS:
+                    call.responded(chunk.get("response"))
+                elif chunk.get("usage"):
                     call.saw_usage(chunk["usage"])
                     if not wants_usage:
                         continue
@@ -218,12 +229,18 @@ async def completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespo
 
 
 @csrf_exempt
+async def responses(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    return await _invoke(request, "responses")
+
+
+@csrf_exempt
 async def embeddings(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     return await _invoke(request, "embeddings")
 
 
 async def models(request: HttpRequest) -> HttpResponse:
-    """The caller's organisation's ready deployments and prompt routers, as OpenAI lists models."""
+    """The caller's organisation's ready deployments and prompt routers, as OpenAI lists models, each
+    with the routes it serves."""
     caller = await pipeline.services().directory.caller(request.headers.get("authorization", ""))
     if caller is None:
         return openai_error(
@@ -233,6 +250,12 @@ async def models(request: HttpRequest) -> HttpResponse:
             ),
             code="invalid_api_key",
         )
-    names = await pipeline.services().directory.names(caller)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "organization"} for name in names]
+    data = [
+        {
+            "id": found.name, "object": "model", "created": 0, "owned_by": "organization",
+            # What it can do (choices.ROUTES names): the openai client keeps unknown fields as extras.
+            "routes": list(found.routes if isinstance(found, Target) else routers.ROUTER_ROUTES),
+        }
+        for found in await pipeline.services().directory.callables(caller)
+    ]  # fmt: skip
     return HttpResponse(json.dumps({"object": "list", "data": data}), content_type="application/json")

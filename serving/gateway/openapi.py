@@ -186,6 +186,12 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "openai-completions": _openai(
         "completions", "Text completion", {"model": "my-chat", "prompt": "Hello", "max_tokens": 100}, True
     ),
+    "openai-responses": _openai(
+        "responses",
+        "Response (OpenAI's Responses API)",
+        {"model": "my-chat", "input": "Hello", "max_output_tokens": 100},
+        True,
+    ),
     "openai-embeddings": _openai(
         "embeddings", "Embeddings", {"model": "my-embedder", "input": ["Hello"]}, False
     ),
@@ -196,7 +202,10 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             "security": SECURITY,
             "responses": {
                 "200": {
-                    "description": "`{object: list, data: [{id, object: model, …}]}`.",
+                    "description": "`{object: list, data: [{id, object: model, routes, …}]}`: `routes` "
+                    "names what each can answer (`chat.completions`, `responses`, `completions`, "
+                    "`embeddings`, `rerank`, `score`, `audio.transcriptions`, `audio.translations`); "
+                    "another route answers 400 saying which it serves.",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 **_errors("OpenAIError", {"401": _OPENAI_ERRORS["401"]}),

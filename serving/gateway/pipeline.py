@@ -76,8 +76,8 @@ def services() -> Services:
 # What an engine reads as its prompt: the chat template renders the messages (every content part, tool
 # calls and tool results, system prompts, which Bedrock's `system` becomes) and the tools' schemas (which
 # Bedrock's `toolConfig` becomes) into one text; completions read the prompt and the suffix; embeddings
-# the input.
-PROMPT_FIELDS = ("messages", "tools", "prompt", "suffix", "input")
+# the input; the Responses API its input and instructions.
+PROMPT_FIELDS = ("messages", "tools", "prompt", "suffix", "input", "instructions")
 
 
 def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
@@ -105,6 +105,8 @@ def relayed_tokens(chunk: dict[str, Any]) -> int:
     that joins several tokens into one event (speculative decoding): a caller is never charged for
     more than was sent. The engine's usage chunk, when it comes, replaces the count.
     """
+    if chunk.get("type") in RESPONSE_DELTAS:  # the Responses API: one event per token it generated
+        return 1 if chunk.get("delta") else 0
     tokens = 0
     for choice in chunk.get("choices") or ():
         if not isinstance(choice, dict):
@@ -117,9 +119,18 @@ def relayed_tokens(chunk: dict[str, Any]) -> int:
     return tokens
 
 
+# The Responses API's streamed events that carry generated text.
+RESPONSE_DELTAS = frozenset(
+    {"response.output_text.delta", "response.reasoning_text.delta", "response.function_call_arguments.delta"}
+)
+
+
 def read_chunk(event: bytes) -> dict[str, Any] | None:
-    """The JSON object of one server-sent event (`data: {…}`), or None for anything else (`[DONE]`, a
-    comment, a line an engine garbled), which is relayed as it is and counts for nothing."""
+    """The JSON object of one server-sent event (`data: {…}`, after an `event: …` line where the API
+    names its events, as the Responses API does), or None for anything else (`[DONE]`, a comment, a
+    line an engine garbled), which is relayed as it is and counts for nothing."""
+    if event.startswith(b"event: "):
+        event = event.partition(b"\n")[2]
     if not event.startswith(b"data: {"):
         return None
     try:
@@ -175,9 +186,19 @@ class Call:
 
     def saw_usage(self, usage: dict[str, Any] | None) -> None:
         """The engine's own counts, which replace the estimate and the relayed count."""
-        if isinstance(usage, dict):
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if isinstance(usage, dict):  # the Responses API names them input and output tokens
+            self.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+
+    def responded(self, response: Any) -> None:
+        """A streamed Responses API call's final response (its `response.completed` or
+        `response.incomplete` event): the engine's usage, and a logged call's answer as the engine
+        gives it unstreamed."""
+        if not isinstance(response, dict):
+            return
+        self.saw_usage(response.get("usage"))
+        if self.log is not None or self.shadow:
+            self.answer, self.assembly = response, None
 
     def relayed(self, chunk: dict[str, Any]) -> None:
         """Count the completion tokens a streamed chunk carried to the caller (`relayed_tokens`), so a

@@ -1,13 +1,14 @@
 """The one allow-list of engine requests: which fields each engine route accepts, and which values.
 
-Every way in ends in one of three engine routes, and every request an engine receives is checked here
+Every way in ends in one of four engine routes, and every request an engine receives is checked here
 first, before anything is spent:
 
 - `chat.completions`: `/v1/chat/completions`, the web playground (a subset, `PLAYGROUND_FIELDS`), Bedrock's
   InvokeModel and InvokeModelWithResponseStream (whose body is a chat request), and Bedrock's Converse and
   ConverseStream (once translated into one);
 - `completions`: `/v1/completions`;
-- `embeddings`: `/v1/embeddings`.
+- `embeddings`: `/v1/embeddings`;
+- `responses`: `/v1/responses` (OpenAI's Responses API, which the engine serves).
 
 Why an allow-list rather than a deny-list: vLLM accepts many fields beyond OpenAI's, and some change what
 the engine runs or who pays for it (`chat_template`, `ignore_eos`, `priority`, `logits_processors`,
@@ -114,6 +115,10 @@ def _text_or_object(value: Any) -> str | None:
     return None if isinstance(value, str | dict) else "must be a string or an object"
 
 
+def _truncation(value: Any) -> str | None:
+    return None if value in ("auto", "disabled") else "must be 'auto' or 'disabled'"
+
+
 def _encoding(value: Any) -> str | None:
     return None if value in ("float", "base64") else "must be 'float' or 'base64'"
 
@@ -139,8 +144,19 @@ FIELDS: dict[str, dict[str, Rule | None]] = {
     },
     "embeddings": {"model": None, "input": None, "encoding_format": _encoding, "dimensions": whole(1),
                    "user": _text},
+    # Not `store`, `previous_response_id`, `background`: the engine keeps those answers in its own
+    # memory, unbounded and shared by every key of the deployment.
+    "responses": {
+        "model": None, "input": None, "instructions": _text, "stream": _boolean, "user": _text,
+        "max_output_tokens": whole(1), "temperature": number(0, 2), "top_p": number(0, 1),
+        "top_logprobs": whole(0, MAX_LOGPROBS), "tools": _objects, "tool_choice": _text_or_object,
+        "parallel_tool_calls": _boolean, "text": _object, "reasoning": _object, "metadata": _object,
+        "truncation": _truncation,
+    },
 }  # fmt: skip
-REQUIRED = {"chat.completions": "messages", "completions": "prompt", "embeddings": "input"}
+REQUIRED = {
+    "chat.completions": "messages", "completions": "prompt", "embeddings": "input", "responses": "input",
+}  # fmt: skip
 
 # `stream_options` is an object of its own; these are the members vLLM reads.
 STREAM_OPTIONS: dict[str, Rule | None] = {"include_usage": _boolean, "continuous_usage_stats": _boolean}

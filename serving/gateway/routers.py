@@ -1,12 +1,13 @@
 """The pipeline's router step: a call to a prompt router becomes a call to the deployment it chooses.
 
-1. Resolution (`resolve`): the name is a deployment (nothing to do here) or a router of the caller's
-   organisation (serving.gateway.directory). A router answers chat and completions on every API;
-   embeddings through one are refused (400): a router picks who answers a prompt, and vectors of
-   different embedding models are not interchangeable, so there is no answer it could choose. A router
-   none of whose candidates is a target (none ready, or their subscriptions not in force) is a 503
-   saying so. Otherwise the call is admitted under the router's fallback (or, when the fallback is no
-   target, another candidate): admission does not depend on the deployment.
+1. Resolution (`resolve`): the name is a deployment or a router of the caller's organisation
+   (serving.gateway.directory). A deployment answers only the routes its model serves (its card's
+   routes); any other is a 400 naming those it serves (`unserved`). A router answers chat and
+   completions on every API; embeddings through one are refused (400): a router picks who answers a
+   prompt, and vectors of different embedding models are not interchangeable, so there is no answer it
+   could choose. A router none of whose candidates is a target (none ready, or their subscriptions
+   not in force) is a 503 saying so. Otherwise the call is admitted under the router's fallback (or,
+   when the fallback is no target, another candidate): admission does not depend on the deployment.
 2. The decision (`choose`, after admission, so a caller refused by its limits costs no embedding):
    the prompt's text (learning.routing.prompt_text); its embedding when the router's predictor needs
    one, from the router's embedding deployment, once, kept on the call for any other step that needs
@@ -59,6 +60,21 @@ ROUTABLE = frozenset(
 )  # fmt: skip
 
 
+# What a router answers, as /v1/models lists it: chat and completions (ROUTABLE, on every API).
+ROUTER_ROUTES = ("chat.completions", "completions")
+# Each gateway route's route of the card (choices.ROUTES): Bedrock's routes are chat, translated.
+CARD_ROUTE = {route: "chat.completions" for route in ROUTABLE if route.startswith("bedrock.")}
+# How an answer names a route to a person: its OpenAI path, or Bedrock's operation.
+ROUTE_NAMES = {
+    "chat.completions": "/v1/chat/completions", "responses": "/v1/responses",
+    "completions": "/v1/completions", "embeddings": "/v1/embeddings", "rerank": "/v1/rerank",
+    "score": "/v1/score", "audio.transcriptions": "/v1/audio/transcriptions",
+    "audio.translations": "/v1/audio/translations", "bedrock.converse": "Bedrock's Converse",
+    "bedrock.converse-stream": "Bedrock's ConverseStream", "bedrock.invoke": "Bedrock's InvokeModel",
+    "bedrock.invoke-stream": "Bedrock's InvokeModelWithResponseStream",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Unresolved:
     """Why a name cannot be called: 404 (the API says it in its own words), 400 or 503 with `message`."""
@@ -75,12 +91,14 @@ async def resolve(
     if found is None:
         return Unresolved(404)
     if isinstance(found, Target):
+        if CARD_ROUTE.get(route, route) not in found.routes:
+            return Unresolved(400, unserved(found, route))
         return found, None
     if route not in ROUTABLE:
         return Unresolved(
             400,
-            f"`{name}` is a prompt router: it answers chat and completions. For embeddings, call an "
-            "embedding deployment by its own name.",
+            f"`{name}` is a prompt router: it answers chat and completions. For "
+            f"{ROUTE_NAMES.get(route, route)}, call a deployment by its own name.",
         )
     target = provisional(found)
     if target is None:
@@ -91,6 +109,23 @@ async def resolve(
             "resume one, or check that their models' subscriptions are in force.",
         )
     return target, found
+
+
+def unserved(target: Target, route: str) -> str:
+    """What a caller is told who calls a deployment on a route its model does not serve (chat on an
+    embedding model, say): a 400 naming the routes it serves, before anything is spent, rather than
+    whatever the engine would answer (a 404 that reads like a wrong name, or its own error)."""
+    asked = ROUTE_NAMES.get(route, route)
+    if not target.routes:
+        return (
+            f"The deployment `{target.name}` cannot answer {asked}: its model serves no invoke route on "
+            "this platform (its catalog card says why)."
+        )
+    served = ", ".join(ROUTE_NAMES.get(served, served) for served in target.routes)
+    return (
+        f"The deployment `{target.name}` cannot answer {asked}: it serves {served}. Send this request "
+        "to a deployment whose model serves it (GET /v1/models lists what each of yours serves)."
+    )
 
 
 def provisional(router: RouterTarget) -> Target | None:

@@ -8,6 +8,7 @@ urlpatterns = [
     path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
     path("v1/completions", openai_api.completions, name="openai-completions"),
     path("v1/embeddings", openai_api.embeddings, name="openai-embeddings"),
+    path("v1/responses", openai_api.responses, name="openai-responses"),
     path("v1/models", openai_api.models, name="openai-models"),
     path("model/<str:model_id>/converse", bedrock_api.converse, name="bedrock-converse"),
     path("model/<str:model_id>/converse-stream", bedrock_api.converse_stream, name="bedrock-converse-stream"),

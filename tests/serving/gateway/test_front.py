@@ -97,7 +97,9 @@ def test_metering_in_flight_is_written_before_shutdown_completes(monkeypatch: An
         caller=Caller(
             key_id=1, organization_id=1, allowed_deployments=frozenset(), limits=Limits(None, None, 1, 1, 1)
         ),
-        target=Target(deployment_id=1, name="chat", model_slug="m", endpoints=(), is_embedding=False),
+        target=Target(
+            deployment_id=1, name="chat", model_slug="m", endpoints=(), routes=("chat.completions",)
+        ),
         route="chat.completions", model="chat", streamed=False, estimated_prompt_tokens=1, request_id="r1",
     )  # fmt: skip
 

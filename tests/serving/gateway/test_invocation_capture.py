@@ -339,7 +339,9 @@ def test_the_log_write_in_flight_is_done_before_shutdown_completes(monkeypatch: 
     call = pipeline.Call(
         caller=Caller(key_id=1, organization_id=1, allowed_deployments=frozenset(),
                       limits=Limits(None, None, 1, 1, 1), key_prefix="mk-abcdefgh"),
-        target=Target(deployment_id=1, name="chat", model_slug="m", endpoints=(), is_embedding=False),
+        target=Target(
+            deployment_id=1, name="chat", model_slug="m", endpoints=(), routes=("chat.completions",)
+        ),
         route="chat.completions", model="chat", streamed=False, estimated_prompt_tokens=1, request_id="r1",
     )  # fmt: skip
     call.log = Policy(enabled=True)

@@ -392,7 +392,9 @@ def test_requests_in_flight_from_the_gateway_count_in_a_replicas_queue(
 
 async def _busy_target(endpoint: str) -> tuple[bool, bool, bool]:
     """Whether the candidate is available with 0, 1 and 2 streams in flight to its one replica."""
-    target = Target(deployment_id=1, name="busy", model_slug=CHAT, endpoints=(endpoint,), is_embedding=False)
+    target = Target(
+        deployment_id=1, name="busy", model_slug=CHAT, endpoints=(endpoint,), routes=("chat.completions",)
+    )
     seen = [capacity.available(target)]
     body = {"model": "busy", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     exchanges = []
