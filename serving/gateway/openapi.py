@@ -114,7 +114,11 @@ def _openai(route: str, summary: str, example: dict[str, Any], streams: bool) ->
     if streams:
         answer["text/event-stream"] = {
             "schema": {"type": "string"},
-            "description": "With `stream: true`: server-sent events, then `data: [DONE]`.",
+            "description": (
+                "With `stream: true`: server-sent events, ending with `response.completed`."
+                if route == "responses"
+                else "With `stream: true`: server-sent events, then `data: [DONE]`."
+            ),
         }
     return {
         "post": {
@@ -220,6 +224,50 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "bedrock-invoke-stream": _bedrock(
         "InvokeModelWithResponseStream (an OpenAI chat body)", {"messages": HELLO, "max_tokens": 100}, True
     ),
+    "bedrock-apply-guardrail": {
+        "post": {
+            "tags": [BEDROCK_TAG],
+            "summary": "ApplyGuardrail: check a text against a published guardrail version, without a model",
+            "description": (
+                "For boto3's `bedrock-runtime` `apply_guardrail`, as the other Bedrock routes. `source` is "
+                "INPUT or OUTPUT; the answer's `action` is GUARDRAIL_INTERVENED or NONE, with `outputs` (the "
+                "masked text or the guardrail's blocked message) and `assessments` per policy."
+            ),
+            "security": SECURITY,
+            "parameters": [
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": text,
+                }
+                for name, text in (
+                    ("guardrail_id", "The guardrail's id (or name) in your organisation."),
+                    ("version", "A published version number."),
+                )
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object"},
+                        "example": {
+                            "source": "INPUT",
+                            "content": [{"text": {"text": "Mail me at a@b.example"}}],
+                        },
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "What the guardrail did.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **_errors("BedrockError", _BEDROCK_ERRORS),
+            },
+        }
+    },
     "metrics": {
         "get": {
             "tags": [METRICS_TAG],
