@@ -61,16 +61,23 @@ def _deployment_names(organization: Organization) -> list[str]:
     )
 
 
+def _number(post: QueryDict, name: str, strip: str) -> tuple[str, float | None]:
+    """(what was typed, its value): None when left empty, NaN when it is no number."""
+    raw = str(post.get(name, "")).strip().strip(strip).strip()
+    if not raw:
+        return raw, None
+    try:
+        return raw, float(raw)
+    except ValueError:
+        return raw, math.nan
+
+
 def _percent(post: QueryDict, name: str, label: str) -> float | None:
     """A form's percentage as a fraction (None when left empty); FormError naming the field if it is no
     number from 0 to 100."""
-    raw = str(post.get(name, "")).strip().rstrip("%").strip()
-    if not raw:
+    raw, value = _number(post, name, "%")
+    if value is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
     if not math.isfinite(value) or not 0 <= value <= 100:
         raise FormError({name: [f"{label} is a percentage from 0 to 100; {raw[:20]!r} is not."]})
     return round(value / 100, 6)
@@ -78,13 +85,9 @@ def _percent(post: QueryDict, name: str, label: str) -> float | None:
 
 def _cost(post: QueryDict, deployment: str) -> float | None:
     field = f"cost-{deployment}"
-    raw = str(post.get(field, "")).strip().lstrip("$").strip()
-    if not raw:
+    raw, value = _number(post, field, "$")
+    if value is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
     if not math.isfinite(value) or value < 0:
         raise FormError(
             {field: [f"A cost per 1,000 tokens is a number of USD from 0, or empty for the measured one; "
