@@ -39,11 +39,11 @@ def test_new_user_deploys_chats_and_calls_a_model(tmp_path: Path, page_for: Any,
         page = page_for(platform, "ada", PEOPLE_PASSWORD)
 
         # Search the catalog: the list updates without a reload.
-        page.get_by_label("Task").select_option("chat")
+        page.locator("#facet-task").get_by_role("checkbox", name="chat").check()
         page.locator("#result-count", has_text="models").wait_for()
         page.wait_for_function("location.search.includes('task=chat')")
         shoot(page, screenshots, "catalog")
-        page.get_by_label("Search").fill("smollm2 135m")
+        page.get_by_role("searchbox", name="Search").fill("smollm2 135m")
         page.locator("#result-count", has_text="1 model").wait_for()
         assert "task=chat" in page.url and "q=smollm2" in page.url  # every state has its own URL
         page.get_by_role("link", name="SmolLM2 135M Instruct").click()
