@@ -147,9 +147,7 @@ def test_platform_admin_sets_cpu_replicas_in_the_quota_form(platform_admin, acme
     assert Quota.objects.get(organization=acme).max_cpu_replicas == 12
 
 
-def test_the_quota_form_refuses_people_of_the_organisation_and_outsiders(
-    owner, outsider, acme
-) -> None:
+def test_the_quota_form_refuses_people_of_the_organisation_and_outsiders(owner, outsider, acme) -> None:
     for person in (owner, outsider):
         response = browser(person).post("/platform/organizations/acme/quota/", {"max_cpu_replicas": "99"})
         assert response.status_code == 403  # the platform pages are for platform admins
