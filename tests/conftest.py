@@ -8,6 +8,7 @@ Every test module has three standing people: `owner` and `member` of organisatio
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import pytest
@@ -18,9 +19,19 @@ from rest_framework.test import APIClient
 from marketplace.accounts import services as account_services
 from marketplace.accounts.choices import Role
 from marketplace.accounts.models import Membership, Organization
-from marketplace.catalog.loader import load_catalog
+from marketplace.catalog.loader import Catalog, read_catalog, write_catalog
 
 User = get_user_model()
+
+
+@cache
+def parsed_catalog() -> Catalog:
+    """The catalog's YAML, read and validated once per test session (it is loaded many times)."""
+    return read_catalog()
+
+
+def load_catalog() -> None:
+    write_catalog(parsed_catalog())
 
 
 @pytest.fixture(scope="session")

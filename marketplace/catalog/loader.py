@@ -21,7 +21,14 @@ from django.db import transaction
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from marketplace.catalog import choices, fits
-from marketplace.catalog.models import InstanceType, License, ModelCard, Provider, compose_license_terms
+from marketplace.catalog.models import (
+    InstanceType,
+    License,
+    ModelCard,
+    Provider,
+    compose_license_terms,
+    search_vectors_refreshed_once,
+)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -340,6 +347,11 @@ def _upsert(model: type[Any], lookup: dict[str, Any], values: dict[str, Any], co
 
 @transaction.atomic
 def write_catalog(catalog: Catalog) -> LoadResult:
+    with search_vectors_refreshed_once():
+        return _write_catalog(catalog)
+
+
+def _write_catalog(catalog: Catalog) -> LoadResult:
     counts = LoadResult(created={}, updated={})
     licenses = {
         identifier: _upsert(License, {"identifier": identifier}, rec.model_dump(), counts)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import datetime
 import decimal
 import hashlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
+from django.conf import settings
 from django.db import models
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -20,7 +25,11 @@ from marketplace.catalog.choices import (
     ROUTES_BY_TASK,
     UNSERVABLE_OUTPUTS,
     CommercialUse,
+    CustomModelSource,
 )
+
+if TYPE_CHECKING:
+    from marketplace.accounts.models import Organization
 
 
 class Provider(models.Model):
@@ -171,10 +180,47 @@ class ModelCardQuerySet(QuerySet["ModelCard"]):
 
     def refresh_search_vectors(self) -> int:
         """Store each card's weighted search document (search.document) in `search_vector`, in one UPDATE;
-        the number of cards. Saving a card does it for that card; bulk_create and update() do not."""
+        the number of cards. Saving a card does it for that card; bulk_create and update() do not. Inside
+        `search_vectors_refreshed_once()` it does nothing: the block refreshes every card at its end."""
         from marketplace.catalog import search  # search reads this module's models
 
+        if _search_vectors_deferred.get():
+            return 0
         return self.update(search_vector=search.stored_document())
+
+
+class CatalogCardManager(models.Manager.from_queryset(ModelCardQuerySet)):  # type: ignore[misc]
+    """`ModelCard.objects`: the public catalog only. An organisation's custom models (cards with an
+    `organization`) are reached through `visible_to`, or `ModelCard.every_card` where no person is asked
+    (a deployment's own card, the search document): a query that forgets the tenant shows no private
+    card rather than every organisation's."""
+
+    def get_queryset(self) -> ModelCardQuerySet:
+        return super().get_queryset().filter(organization__isnull=True)  # type: ignore[no-any-return]
+
+    def visible_to(self, organizations: Organization | Iterable[Organization] | None) -> ModelCardQuerySet:
+        """The public catalog and the custom models of `organizations` (one, several or a queryset)."""
+        every: ModelCardQuerySet = ModelCard.every_card.all()
+        if organizations is None:
+            return every.filter(organization__isnull=True)
+        if isinstance(organizations, models.Model):
+            return every.filter(Q(organization__isnull=True) | Q(organization=organizations))
+        return every.filter(Q(organization__isnull=True) | Q(organization__in=organizations))
+
+
+_search_vectors_deferred: ContextVar[bool] = ContextVar("search_vectors_deferred", default=False)
+
+
+@contextmanager
+def search_vectors_refreshed_once() -> Iterator[None]:
+    """Save many cards, providers and licenses, then store every card's search document in one UPDATE,
+    instead of one UPDATE per save (loading the catalog saves some 250 rows)."""
+    token = _search_vectors_deferred.set(True)
+    try:
+        yield
+    finally:
+        _search_vectors_deferred.reset(token)
+    ModelCard.objects.all().refresh_search_vectors()
 
 
 class ModelCard(models.Model):
@@ -232,11 +278,22 @@ class ModelCard(models.Model):
     # The weighted full-text document search.py matches and ranks (GIN-indexed), kept by save().
     search_vector = SearchVectorField(null=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
+    # Set on an organisation's custom model (see CustomModel): only that organisation sees the card.
+    organization = models.ForeignKey(
+        "accounts.Organization",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="custom_cards",
+        help_text="Empty for the public catalog; else the one organisation whose custom model this is",
+    )
 
-    objects = ModelCardQuerySet.as_manager()
+    objects = CatalogCardManager()
+    every_card = ModelCardQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
+        base_manager_name = "every_card"
         indexes = [
             GinIndex(fields=["tasks"], name="card_tasks_gin"),
             GinIndex(fields=["languages"], name="card_languages_gin"),
@@ -257,7 +314,7 @@ class ModelCard(models.Model):
         self.search_text = self.compose_search_text()
         self.license_sha256 = hashlib.sha256(self.license_terms.encode()).hexdigest()
         super().save(*args, **kwargs)  # type: ignore[arg-type]
-        ModelCard.objects.filter(pk=self.pk).refresh_search_vectors()
+        ModelCard.every_card.filter(pk=self.pk).refresh_search_vectors()
 
     @property
     def is_embedding(self) -> bool:
@@ -370,3 +427,51 @@ class InstanceTypePrice(models.Model):
         return (
             f"{self.instance_type_id}: ${self.hourly_price_usd}/h from {self.effective_from:%Y-%m-%d %H:%M}"
         )
+
+
+class CustomModel(models.Model):
+    """An organisation's own model: a private, deployable card (`card`, whose `organization` is set) and
+    where its weights come from. Registration (catalog.custom_models) reads the weights' config.json and
+    safetensors headers, or the adapter's adapter_config.json, and fills the card from them; `facts`
+    keeps what was read, for the model's page."""
+
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, related_name="custom_models"
+    )
+    name = models.CharField(max_length=40, help_text="Lowercase letters, digits and hyphens")
+    card = models.OneToOneField(ModelCard, on_delete=models.PROTECT, related_name="custom_model")
+    source = models.CharField(max_length=16, choices=CustomModelSource.choices)
+    # hub: the repository and its pinned commit; path: a folder of Hugging Face-format weights.
+    huggingface_repo = models.CharField(max_length=200, blank=True)
+    revision = models.CharField(max_length=40, blank=True)
+    path = models.CharField(max_length=500, blank=True)
+    # adapter: the model it runs on (a catalog card or another custom model's card), its rank and modules.
+    base = models.ForeignKey(
+        ModelCard, null=True, blank=True, on_delete=models.PROTECT, related_name="adapters"
+    )
+    lora_rank = models.PositiveIntegerField(null=True, blank=True)
+    target_modules = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    architecture = models.CharField(max_length=100, blank=True)
+    # A private repository's access token, encrypted (marketplace.accounts.crypto); never shown again.
+    hf_token_encrypted = models.TextField(blank=True, editable=False)
+    facts = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="one_custom_model_per_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.name}"
+
+    @property
+    def weights(self) -> str:
+        """Where the weights are, in words: the repository at its commit, the folder, or the adapter."""
+        if self.source == CustomModelSource.HUB:
+            return f"{self.huggingface_repo}@{self.revision}"
+        return self.path

@@ -10,7 +10,13 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError
 
 from marketplace.catalog.loader import DATA_DIR, load_catalog
-from marketplace.catalog.models import InstanceType, License, ModelCard, Provider
+from marketplace.catalog.models import (
+    InstanceType,
+    License,
+    ModelCard,
+    Provider,
+    search_vectors_refreshed_once,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -156,3 +162,25 @@ def test_a_failure_midway_through_writing_leaves_the_catalog_as_it_was(data: Pat
     assert len(saved) == 40  # it did write cards before failing
     assert counts() == before
     assert not ModelCard.objects.exclude(summary="marker").exists()
+
+
+def test_loading_stores_each_card_s_search_document_as_saving_that_card_alone_does() -> None:
+    """The loader stores every search document in one UPDATE at the end instead of one per save."""
+    ModelCard.objects.update(search_vector=None)
+    load_catalog()
+    loaded = dict(ModelCard.objects.values_list("slug", "search_vector"))
+    assert all(loaded.values())
+    for card in ModelCard.objects.order_by("slug")[:10]:
+        card.save()
+    saved_alone = dict(ModelCard.objects.order_by("slug").values_list("slug", "search_vector")[:10])
+    assert saved_alone == {slug: loaded[slug] for slug in saved_alone}
+
+
+def test_a_failure_while_loading_does_not_leave_saves_without_their_search_document() -> None:
+    with pytest.raises(RuntimeError), search_vectors_refreshed_once():
+        raise RuntimeError("a failure halfway through a load")
+    card = ModelCard.objects.order_by("slug").first()
+    assert card is not None
+    ModelCard.objects.filter(pk=card.pk).update(search_vector=None)
+    card.save()
+    assert ModelCard.objects.get(pk=card.pk).search_vector
