@@ -83,3 +83,11 @@ ENGINE_DEFAULT_KEYS = (
 # Bytes per weight as served. vLLM's `--dtype auto` serves float32 checkpoints in 16 bits, so only an
 # explicit float32 serving dtype costs 4 bytes.
 BYTES_PER_PARAMETER = {"auto": 2, "bfloat16": 2, "float16": 2, "float32": 4}
+
+
+class CustomModelSource(models.TextChoices):
+    """Where an organisation's custom model's weights come from."""
+
+    HUB = "hub", "Hugging Face repository"
+    PATH = "path", "Folder (volume or object store)"
+    ADAPTER = "adapter", "LoRA adapter on a base model"

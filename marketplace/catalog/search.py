@@ -166,7 +166,7 @@ def document() -> CombinedExpression:
 def stored_document() -> Subquery:
     """Each card's document (above), for an UPDATE of `search_vector`: a subquery, since an UPDATE
     cannot join the provider and the license itself."""
-    cards = ModelCard.objects.filter(pk=OuterRef("pk")).annotate(document=document())
+    cards = ModelCard.every_card.filter(pk=OuterRef("pk")).annotate(document=document())
     return Subquery(cards.values("document")[:1])
 
 
