@@ -10,6 +10,7 @@ from learning.api import routers as learning_routers
 from learning.api import views as learning
 from marketplace.accounts.api import budgets as account_budgets
 from marketplace.accounts.api import views as accounts
+from marketplace.catalog.api import custom_models as catalog_custom_models
 from marketplace.catalog.api import views as catalog
 from marketplace.subscriptions.api import views as subscriptions
 from serving.api import capacity as serving_capacity
@@ -21,6 +22,7 @@ router = DefaultRouter(trailing_slash=True)
 router.register("models", catalog.ModelCardViewSet, basename="modelcard")
 router.register("instance-types", catalog.InstanceTypeViewSet, basename="instancetype")
 router.register("providers", catalog.ProviderViewSet, basename="provider")
+router.register("custom-models", catalog_custom_models.CustomModelViewSet, basename="custommodel")
 router.register("organizations", accounts.OrganizationViewSet, basename="organization")
 router.register("api-keys", accounts.ApiKeyViewSet, basename="apikey")
 router.register("subscriptions", subscriptions.SubscriptionViewSet, basename="subscription")

@@ -110,6 +110,12 @@ try:
     PROMETHEUS_POD_LABELS = env.labels("PROMETHEUS_POD_LABELS", {"app.kubernetes.io/name": "prometheus"})
     RECONCILE_INTERVAL_SECONDS = env.integer("RECONCILE_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
     DATA_DIR = env.string("DATA_DIR", str(BASE_DIR / ".data"))
+    # Folders custom models may be registered from (each a volume the engines see at the same path): a
+    # path outside them is refused, so no organisation reads another's weights or the machine's files.
+    CUSTOM_MODEL_ROOTS = env.string_list(
+        "CUSTOM_MODEL_ROOTS",
+        [str(Path(DATA_DIR) / "custom-models"), str(Path(DATA_DIR) / "engine" / "models")],
+    )
 
     # Gateway (the invoke API).
     GATEWAY_ONLY = env.boolean("GATEWAY_ONLY", False)

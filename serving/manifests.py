@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serving.choices import AutoscalingPolicy
-from serving.spec import ClusterSettings, DeploymentSpec, card_engine_args, media_domain_args
+from serving.spec import ClusterSettings, DeploymentSpec, card_engine_args, media_domain_args, model_location
 
 Manifest = dict[str, Any]
 
@@ -137,9 +137,7 @@ def engine_args(spec: DeploymentSpec, media_domains: Sequence[str] = ()) -> list
     unknown = sorted(set(spec.engine_options) - ENGINE_OPTIONS)
     if unknown:
         raise ValueError(f"Unsupported engine options: {', '.join(unknown)}")
-    args = [spec.model.huggingface_repo]
-    if spec.model.revision:
-        args += ["--revision", spec.model.revision]
+    args = model_location(spec.model)
     args += [
         "--served-model-name", spec.name,
         "--tensor-parallel-size", str(spec.tensor_parallel_size),

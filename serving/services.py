@@ -7,6 +7,7 @@ transaction and enqueues Celery work on commit, so a task never sees a row that 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -21,6 +22,7 @@ from learning.router_service import is_router_name
 from marketplace.accounts.authentication import ApiKeyPrincipal
 from marketplace.accounts.models import Organization, Quota
 from marketplace.catalog import fits
+from marketplace.catalog.choices import CustomModelSource
 from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions.services import require_in_force, subscription_in_force
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
@@ -114,22 +116,38 @@ def check_servable(card: ModelCard) -> None:
         )
 
 
+def check_visible(organization: Organization, card: ModelCard) -> None:
+    """Another organisation's custom model is, to this one, a model that does not exist."""
+    if card.organization_id not in (None, organization.pk):
+        raise _refuse("model", f"Object with slug={card.slug} does not exist.")
+
+
+def weights_path(card: ModelCard) -> str:
+    """The folder a custom model registered from one is served from; "" for every other card."""
+    custom = getattr(card, "custom_model", None) if card.organization_id else None
+    return custom.path if custom is not None and custom.source == CustomModelSource.PATH else ""
+
+
 def check_runnable_here(card: ModelCard, backend: str) -> None:
-    """The local backend serves only models whose weights `make engine` prepared on this machine."""
+    """The local backend serves only models whose weights are on this machine: those `make engine`
+    prepared, and custom models registered from a folder."""
     if backend != Backend.LOCAL:
         return
     from serving.local import engine_env
 
     directory = engine_env.engine_dir()
-    if (
-        not engine_env.engine_python(directory).exists()
-        or engine_env.model_path(directory, card.slug) is None
+    folder = weights_path(card)
+    if folder and not (Path(folder) / "config.json").is_file():
+        raise _refuse("model", f"{card.name}'s weights are no longer in {folder}: copy them back first.")
+    if not engine_env.engine_python(directory).exists() or (
+        not folder and engine_env.model_path(directory, card.slug) is None
     ):
         raise _refuse(
             "model",
             f"{card.name} cannot run on this machine: the local backend serves the CPU-capable models that "
-            "`make engine` prepares (SmolLM2 135M Instruct, all-MiniLM-L6-v2). Run `make engine` first, or "
-            "deploy to a cluster with SERVING_BACKEND=kubernetes.",
+            "`make engine` prepares (SmolLM2 135M Instruct, all-MiniLM-L6-v2) and custom models registered "
+            "from a folder, in the engine `make engine` installs. Run `make engine` first, or deploy to a "
+            "cluster with SERVING_BACKEND=kubernetes.",
         )
 
 
@@ -398,6 +416,7 @@ def create_deployment(
     takes too: an unsubscribe either commits first (and this is refused) or waits and then sees this
     deployment (and is refused), so no deployment slips in under a cancelled subscription."""
     backend = settings.SERVING_BACKEND
+    check_visible(organization, card)
     check_servable(card)  # first: neither subscribing nor another instance type would help
     require_subscribed(organization, card)  # early, so this refusal comes before any other
     max_model_len = engine_options.get("max_model_len")
@@ -629,6 +648,7 @@ def spec_for(deployment: Deployment) -> DeploymentSpec:
             context_length=card.context_length,
             routes=card.routes,
             modalities_in=tuple(card.modalities_in),
+            weights_path=weights_path(card),
         ),
         instance=InstanceSpec(
             slug=instance.slug,

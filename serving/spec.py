@@ -9,7 +9,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
+
+# The engine image Kubernetes deployments run (settings.VLLM_IMAGE's default), and beside it the model
+# architectures the engine serves, by kind (engine_architectures.json: taken from vLLM's own model
+# registry; regenerate it when this pin moves). Custom models are refused unless their config.json names
+# one of them.
+ENGINE_IMAGE = "vllm/vllm-openai:v0.33.0"
+ENGINE_ARCHITECTURES = Path(__file__).resolve().parent / "engine_architectures.json"
+ARCHITECTURE_KINDS = ("generate", "multimodal", "embedding", "classification")
 
 # vLLM reads an empty --allowed-media-domains as "any domain", so "none" is said with the one host name
 # that never resolves: RFC 6761's reserved `invalid`, fully qualified (the trailing dot) so that no DNS
@@ -60,6 +70,9 @@ class ModelSpec:
     # The card's invoke routes (ModelCard.routes) and input modalities: what decides its kind's flags.
     routes: tuple[str, ...] = ()
     modalities_in: tuple[str, ...] = ()
+    # A custom model registered from a folder (a volume, or this machine's disk): the engine loads it from
+    # there instead of from `huggingface_repo`.
+    weights_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ class ClusterSettings:
     """Where and how the kubernetes backend runs deployments (from settings)."""
 
     namespace: str = "marketplace-serving"
-    image: str = "vllm/vllm-openai:v0.33.0"
+    image: str = ENGINE_IMAGE
     keda: bool = True
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     model_cache_pvc: str = ""  # "" → an emptyDir per pod
@@ -104,6 +117,32 @@ class ClusterSettings:
     prometheus_pod_labels: dict[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "prometheus"}
     )
+
+
+@cache
+def _architectures() -> dict[str, str]:
+    data = json.loads(ENGINE_ARCHITECTURES.read_text())
+    kinds: dict[str, str] = {}
+    for kind in reversed(ARCHITECTURE_KINDS):  # an architecture in several groups takes the first kind
+        kinds.update(dict.fromkeys(data[kind], kind))
+    return kinds
+
+
+def engine_architecture_kind(architecture: str) -> str | None:
+    """How the pinned engine serves a config.json architecture (one of ARCHITECTURE_KINDS), or None when it
+    cannot serve it."""
+    return _architectures().get(architecture)
+
+
+def model_location(model: ModelSpec) -> list[str]:
+    """Where the engine finds the weights, as vLLM's first arguments: the folder of a custom model
+    registered from one, else the Hugging Face repository at its pinned revision."""
+    if model.weights_path:
+        return [model.weights_path]
+    args = [model.huggingface_repo]
+    if model.revision:
+        args += ["--revision", model.revision]
+    return args
 
 
 def media_domain_args(domains: Sequence[str]) -> list[str]:

@@ -196,7 +196,7 @@ class CatalogCardManager(models.Manager.from_queryset(ModelCardQuerySet)):  # ty
     card rather than every organisation's."""
 
     def get_queryset(self) -> ModelCardQuerySet:
-        return super().get_queryset().filter(organization__isnull=True)  # type: ignore[no-any-return]
+        return super().get_queryset().filter(organization__isnull=True)
 
     def visible_to(self, organizations: Organization | Iterable[Organization] | None) -> ModelCardQuerySet:
         """The public catalog and the custom models of `organizations` (one, several or a queryset)."""

@@ -68,8 +68,9 @@ class DeploymentCreateSerializer(ScalingSerializer):
     name = serializers.RegexField(
         DNS_LABEL, max_length=40, help_text="Lowercase letters, digits and hyphens; the model name apps call"
     )
+    # Every card: serving.services.create_deployment answers another organisation's custom model as absent.
     model = serializers.SlugRelatedField(
-        slug_field="slug", queryset=ModelCard.objects.select_related("license")
+        slug_field="slug", queryset=ModelCard.every_card.select_related("license")
     )
     instance_type = serializers.SlugRelatedField(slug_field="slug", queryset=InstanceType.objects.all())
     min_replicas = serializers.IntegerField(min_value=0, max_value=64, default=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -49,7 +50,12 @@ def served_max_model_len(spec: DeploymentSpec) -> int:
 def engine_arguments(spec: DeploymentSpec) -> dict[str, Any]:
     """What the supervisor needs to start a replica: the model folder and the engine's flags."""
     directory = engine_env.engine_dir()
-    path = engine_env.model_path(directory, spec.model.slug)
+    # A custom model registered from a folder is served from it; catalog models from what `make engine` made.
+    path = (
+        Path(spec.model.weights_path)
+        if spec.model.weights_path
+        else engine_env.model_path(directory, spec.model.slug)
+    )
     if path is None:
         raise TransientBackendError(
             f"The model {spec.model.slug} is not prepared on this machine: run `make engine`."

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import filters, permissions, viewsets
 from rest_framework.request import Request
@@ -14,6 +14,7 @@ from marketplace.catalog.api.serializers import (
     ModelCardListSerializer,
     ProviderSerializer,
 )
+from marketplace.catalog.custom_models import PROVIDER_SLUG as CUSTOM_PROVIDER
 from marketplace.catalog.filtersets import InstanceTypeFilterSet, ModelCardFilterSet
 from marketplace.catalog.models import InstanceType, ModelCard, Provider
 
@@ -98,4 +99,8 @@ class ProviderViewSet(CatalogViewSet):
     ordering = ["name"]
 
     def get_queryset(self) -> QuerySet[Provider]:
-        return Provider.objects.annotate(model_count=Count("models"))
+        # The catalog's publishers: organisations' custom models are counted nowhere public.
+        public = Q(models__organization__isnull=True)
+        return Provider.objects.exclude(slug=CUSTOM_PROVIDER).annotate(
+            model_count=Count("models", filter=public)
+        )

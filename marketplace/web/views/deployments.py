@@ -103,9 +103,9 @@ DEPLOY_LABELS = {
 
 def _deploy_context(organization: Organization | None, card: ModelCard | None) -> dict[str, Any]:
     subscribed = list(
-        ModelCard.objects.filter(
-            subscriptions__in=Subscription.objects.in_force().filter(organization=organization)
-        ).order_by("name")
+        ModelCard.objects.visible_to(organization)
+        .filter(subscriptions__in=Subscription.objects.in_force().filter(organization=organization))
+        .order_by("name")
         if organization
         else ModelCard.objects.none()
     )
@@ -164,7 +164,7 @@ def _refused(
 def deploy(request: HttpRequest) -> HttpResponse:
     organization = current.organization(request)
     slug = request.POST.get("model") or request.GET.get("model")
-    card = ModelCard.objects.filter(slug=slug).first() if slug else None
+    card = ModelCard.objects.visible_to(organization).filter(slug=slug).first() if slug else None
     context = _deploy_context(organization, card)
     if request.method == "GET":
         if card is not None:

@@ -1,0 +1,400 @@
+"""Custom models: an organisation registers its own weights as a card only it sees and deploys.
+
+Three sources, one outcome (a CustomModel and its private ModelCard, filled from the files):
+1. `register_from_hub`: a Hugging Face repository at a pinned commit (40 hex digits); a private
+   repository's token is kept encrypted (marketplace.accounts.crypto).
+2. `register_from_path`: a folder of Hugging Face-format weights under one of CUSTOM_MODEL_ROOTS.
+3. `register_adapter`: a LoRA adapter folder on a base model (a catalog card or another custom model of
+   the organisation), whose `base_model_name_or_path` must be that base.
+
+The card's memory figures come from the catalog's own formula (fits.py), so a custom model fits, takes
+quota and is refused exactly like a catalog card. It needs no license acceptance: registering it gives
+its organisation a subscription in force to it (the one rule deploying checks), accepted by whoever
+registered it. Each refusal is a DRF ValidationError naming the field, in the voice of serving.services.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework import exceptions
+
+from marketplace.accounts import crypto
+from marketplace.accounts.models import Organization
+from marketplace.api import Conflict
+from marketplace.catalog import fits, weights
+from marketplace.catalog.choices import CommercialUse, CustomModelSource
+from marketplace.catalog.models import CustomModel, License, ModelCard, Provider
+
+NAME = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?\Z")
+REVISION = re.compile(r"\A[0-9a-f]{40}\Z")
+REPO = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}\Z")
+# The catalog's own rule for what runs on CPU (the loader refuses cpu_capable above it).
+CPU_CAPABLE_MAX_PARAMETERS = 2_000_000_000
+PROVIDER_SLUG = "custom"
+LICENSE_IDENTIFIER = "custom"
+LICENSE_TEXT = (
+    "These weights were registered by the organisation that deploys them: their terms are that "
+    "organisation's own, and nothing here needs accepting."
+)
+# What a card of each engine architecture kind (serving.spec.ARCHITECTURE_KINDS) serves.
+KIND_CARD: dict[str, dict[str, list[str]]] = {
+    "generate": {"modalities_in": ["text"], "modalities_out": ["text"]},
+    "multimodal": {
+        "tasks": ["vision-language"],
+        "modalities_in": ["text", "image"],
+        "modalities_out": ["text"],
+    },
+    "embedding": {"tasks": ["embedding"], "modalities_in": ["text"], "modalities_out": ["embedding"]},
+    "classification": {"tasks": ["reranking"], "modalities_in": ["text"], "modalities_out": ["score"]},
+}
+
+
+def _refuse(field: str, message: str) -> exceptions.ValidationError:
+    return exceptions.ValidationError({field: [message]})
+
+
+def card_slug(organization: Organization, name: str) -> str:
+    """Unique across the catalog (no catalog slug starts with "custom-") and stable under renames of
+    the organisation."""
+    return f"custom-{organization.pk}-{name}"
+
+
+def check_name(organization: Organization, name: str) -> None:
+    if not NAME.match(name):
+        raise _refuse(
+            "name",
+            "1 to 40 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
+        )
+    if CustomModel.objects.filter(organization=organization, name=name).exists():
+        raise _refuse("name", f"{organization.slug} already has a custom model named '{name}'.")
+    if ModelCard.every_card.filter(slug=card_slug(organization, name)).exists():
+        raise _refuse("name", f"The name '{name}' is taken; choose another.")
+
+
+def allowed_folder(path: str, field: str = "path") -> Path:
+    """An absolute folder under one of CUSTOM_MODEL_ROOTS (symbolic links resolved first, so a link cannot
+    lead out of them)."""
+    if not path.startswith("/"):
+        raise _refuse(field, "An absolute path to a folder, e.g. /models/my-model.")
+    folder = Path(path).resolve()
+    roots = [Path(root).resolve() for root in settings.CUSTOM_MODEL_ROOTS]
+    if not any(folder == root or root in folder.parents for root in roots):
+        raise _refuse(
+            field,
+            f"{path} is outside the folders custom models are registered from "
+            f"({', '.join(str(root) for root in roots)}): copy the weights there first.",
+        )
+    return folder
+
+
+def _catalog_rows() -> tuple[Provider, License]:
+    provider, _ = Provider.objects.get_or_create(slug=PROVIDER_SLUG, defaults={"name": "Custom models"})
+    license, _ = License.objects.get_or_create(
+        identifier=LICENSE_IDENTIFIER,
+        defaults={"name": "Own weights", "text": LICENSE_TEXT, "commercial_use": CommercialUse.ALLOWED},
+    )
+    return provider, license
+
+
+def _memory(facts: fits.ModelFacts) -> dict[str, int]:
+    return {
+        "gpu_memory_gb": fits.estimate(facts).needed_gb,
+        "min_gpu_memory_gb": fits.estimate(facts, facts.min_context).needed_gb,
+    }
+
+
+def card_values(files: weights.ModelFiles) -> dict[str, Any]:
+    """The card's columns from what the files say (memory by fits.py, as for catalog cards)."""
+    kind = KIND_CARD[files.kind]
+    generative = files.kind in ("generate", "multimodal")
+    tasks = kind.get("tasks") or (["chat"] if files.chat_template else ["text-generation"])
+    layers = files.layers if generative else None  # encoders keep no KV cache: fits' older rule
+    facts = fits.ModelFacts(
+        parameters=files.parameters,
+        context_length=files.context_length,
+        layers=layers,
+        kv_heads=files.kv_heads if generative else None,
+        head_dim=files.head_dim if generative else None,
+        cpu_capable=files.parameters <= CPU_CAPABLE_MAX_PARAMETERS,
+    )
+    return {
+        "tasks": tasks,
+        "modalities_in": kind["modalities_in"],
+        "modalities_out": kind["modalities_out"],
+        "parameters": files.parameters,
+        "context_length": files.context_length,
+        "dtype": files.dtype,
+        "num_hidden_layers": facts.layers,
+        "num_key_value_heads": facts.kv_heads,
+        "head_dim": facts.head_dim,
+        "cpu_capable": facts.cpu_capable,
+        **_memory(facts),
+    }
+
+
+def _save(
+    *,
+    organization: Organization,
+    user: User | None,
+    name: str,
+    card_fields: dict[str, Any],
+    custom_fields: dict[str, Any],
+) -> CustomModel:
+    """Save the card, the custom model and the organisation's subscription to it, all or nothing."""
+    from marketplace.subscriptions.models import LicenseAcceptance, Subscription
+
+    provider, license = _catalog_rows()
+    try:
+        with transaction.atomic():
+            card = ModelCard(
+                slug=card_slug(organization, name),
+                name=name,
+                provider=provider,
+                family="Custom",
+                license=license,
+                license_name=license.name,
+                organization=organization,
+                gated=False,
+                **card_fields,
+            )
+            card.save()
+            custom = CustomModel.objects.create(
+                organization=organization, name=name, card=card, created_by=user, **custom_fields
+            )
+            now = timezone.now()
+            subscription = Subscription.objects.create(
+                organization=organization,
+                model_card=card,
+                license_sha256=card.license_sha256,
+                accepted_by=user,
+                accepted_at=now,
+            )
+            LicenseAcceptance.objects.create(
+                subscription=subscription,
+                license_identifier=license.identifier,
+                license_sha256=card.license_sha256,
+                accepted_by=user,
+                accepted_at=now,
+            )
+    except IntegrityError:  # the same name registered at the same moment
+        raise _refuse("name", f"{organization.slug} already has a custom model named '{name}'.") from None
+    return custom
+
+
+def register_from_hub(
+    *,
+    organization: Organization,
+    user: User | None,
+    name: str,
+    huggingface_repo: str,
+    revision: str,
+    hf_token: str = "",
+    summary: str = "",
+) -> CustomModel:
+    check_name(organization, name)
+    if not REPO.match(huggingface_repo):
+        raise _refuse("huggingface_repo", "A Hugging Face repository id: owner/name.")
+    if not REVISION.match(revision):
+        raise _refuse(
+            "revision",
+            "A commit: 40 hexadecimal digits (a branch or tag can move, so the weights would not be pinned).",
+        )
+    try:
+        files = weights.read_hub(huggingface_repo, revision, hf_token or None)
+    except weights.WeightsError as error:
+        raise _refuse("huggingface_repo", error.message) from None
+    return _save(
+        organization=organization,
+        user=user,
+        name=name,
+        card_fields={
+            **card_values(files),
+            "summary": summary,
+            "huggingface_repo": huggingface_repo,
+            "revision": revision,
+            "gated": None if hf_token else False,
+        },
+        custom_fields={
+            "source": CustomModelSource.HUB,
+            "huggingface_repo": huggingface_repo,
+            "revision": revision,
+            "architecture": files.architecture,
+            "hf_token_encrypted": crypto.encrypt(hf_token) if hf_token else "",
+            "facts": files.as_facts(),
+        },
+    )
+
+
+def register_from_path(
+    *, organization: Organization, user: User | None, name: str, path: str, summary: str = ""
+) -> CustomModel:
+    check_name(organization, name)
+    folder = allowed_folder(path)
+    try:
+        files = weights.read_folder(folder)
+    except weights.WeightsError as error:
+        raise _refuse("path", error.message) from None
+    return _save(
+        organization=organization,
+        user=user,
+        name=name,
+        card_fields={**card_values(files), "summary": summary, "huggingface_repo": str(folder)},
+        custom_fields={
+            "source": CustomModelSource.PATH,
+            "path": str(folder),
+            "architecture": files.architecture,
+            "facts": files.as_facts(),
+        },
+    )
+
+
+def _base_names(base: ModelCard) -> set[str]:
+    """What an adapter's base_model_name_or_path may say for `base`: its repository, or its folder."""
+    names = {base.huggingface_repo.lower()} if base.huggingface_repo else set()
+    custom = getattr(base, "custom_model", None) if base.organization_id else None
+    if custom is not None and custom.path:
+        names.add(str(Path(custom.path).resolve()).lower())
+    return names
+
+
+def _hidden_size(base: ModelCard) -> int | None:
+    """The base's hidden size where its registration read it (custom models); catalog cards do not
+    store it."""
+    custom = getattr(base, "custom_model", None) if base.organization_id else None
+    value = custom.facts.get("hidden_size") if custom is not None else None
+    return value if isinstance(value, int) else None
+
+
+def register_adapter(
+    *,
+    organization: Organization,
+    user: User | None,
+    name: str,
+    path: str,
+    base: ModelCard,
+    summary: str = "",
+) -> CustomModel:
+    """A LoRA adapter served on a deployment of `base` (a card the organisation can see)."""
+    check_name(organization, name)
+    if base.organization_id not in (None, organization.pk):
+        raise _refuse("base", "No model with that slug.")  # another organisation's: as if absent
+    if base.organization_id and base.custom_model.source == CustomModelSource.ADAPTER:
+        raise _refuse("base", f"{base.name} is itself an adapter: choose the model it adapts.")
+    if not base.servable or "completions" not in base.routes:
+        raise _refuse("base", f"{base.name} is not a text generation model the engine serves with adapters.")
+    folder = allowed_folder(path)
+    try:
+        adapter = weights.read_adapter(folder)
+    except weights.WeightsError as error:
+        raise _refuse("path", error.message) from None
+    stated = adapter.base_model.rstrip("/").lower()
+    if stated not in _base_names(base) and str(Path(adapter.base_model).resolve()).lower() not in _base_names(
+        base
+    ):
+        raise _refuse(
+            "base",
+            f"The adapter was trained on {adapter.base_model} (adapter_config.json's "
+            f"base_model_name_or_path), not on {base.name} ({base.huggingface_repo}): "
+            "choose that base model.",
+        )
+    hidden = _hidden_size(base)
+    if hidden and adapter.input_widths and adapter.input_widths != {hidden}:
+        raise _refuse(
+            "base",
+            f"The adapter's layers read a hidden state of width "
+            f"{', '.join(map(str, sorted(adapter.input_widths)))}; {base.name}'s is {hidden}: "
+            "it was trained on another model.",
+        )
+    base_fields = {
+        key: getattr(base, key)
+        for key in (
+            "tasks", "modalities_in", "modalities_out", "languages", "domains", "context_length", "dtype",
+            "num_hidden_layers", "num_key_value_heads", "head_dim", "kv_latent_dim", "cpu_capable",
+            "huggingface_repo", "revision", "engine_defaults",
+        )
+    }  # fmt: skip
+    facts = fits.ModelFacts(
+        parameters=base.parameters + adapter.parameters,
+        serving_dtype=base.engine_defaults.get("dtype") or "auto",
+        context_length=base.context_length,
+        default_max_model_len=base.engine_defaults.get("max_model_len"),
+        layers=base.num_hidden_layers,
+        kv_heads=base.num_key_value_heads,
+        head_dim=base.head_dim,
+        latent_dim=base.kv_latent_dim,
+        cpu_capable=base.cpu_capable,
+    )
+    return _save(
+        organization=organization,
+        user=user,
+        name=name,
+        card_fields={
+            **base_fields,
+            "summary": summary,
+            "base_model": base.slug,
+            "parameters": facts.parameters,
+            **_memory(facts),
+        },
+        custom_fields={
+            "source": CustomModelSource.ADAPTER,
+            "path": str(folder),
+            "base": base,
+            "lora_rank": adapter.rank,
+            "target_modules": list(adapter.target_modules),
+            "architecture": getattr(getattr(base, "custom_model", None), "architecture", "") or "",
+            "facts": {
+                "base_model_name_or_path": adapter.base_model,
+                "r": adapter.rank,
+                "lora_alpha": adapter.alpha,
+                "target_modules": list(adapter.target_modules),
+                "adapter_parameters": adapter.parameters,
+            },
+        },
+    )
+
+
+def delete_custom_model(custom: CustomModel) -> None:
+    """Delete the custom model, its card and its subscription; refused while a deployment (not yet
+    deleted) runs it or an adapter is registered on it."""
+    from marketplace.subscriptions.models import Subscription
+    from serving.choices import DeploymentStatus
+    from serving.models import Deployment
+
+    with transaction.atomic():
+        card = ModelCard.every_card.select_for_update().get(pk=custom.card_id)
+        names = list(
+            Deployment.objects.filter(model_card=card)
+            .exclude(status=DeploymentStatus.DELETED)
+            .order_by("name")
+            .values_list("name", flat=True)
+        )
+        if names:
+            raise Conflict(
+                {"name": [f"{custom.name} still runs in deployment{'s' if len(names) > 1 else ''} "
+                          f"{', '.join(names)}: delete {'them' if len(names) > 1 else 'it'} first."]}
+            )  # fmt: skip
+        adapters = list(CustomModel.objects.filter(base=card).values_list("name", flat=True))
+        if adapters:
+            raise Conflict(
+                {
+                    "name": [
+                        f"Adapters are registered on {custom.name} ({', '.join(adapters)}): "
+                        "delete them first."
+                    ]
+                }
+            )
+        Subscription.objects.filter(model_card=card).delete()
+        custom.delete()
+        if Deployment.objects.filter(model_card=card).exists():
+            # Deleted deployments keep their history and usage, which refer to the card: the card stays,
+            # unlisted (no custom model shows it), under a slug that frees the name for a new registration.
+            ModelCard.every_card.filter(pk=card.pk).update(slug=f"custom-{card.organization_id}-x{card.pk}")
+        else:
+            card.delete()
