@@ -161,8 +161,7 @@ def _save(
                 license=license,
                 license_name=license.name,
                 organization=organization,
-                gated=False,
-                **card_fields,
+                **{"gated": False, **card_fields},
             )
             card.save()
             custom = CustomModel.objects.create(
