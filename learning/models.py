@@ -494,3 +494,65 @@ class GuardrailVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.guardrail.name} v{self.version}"
+
+
+class GuardrailAttachment(models.Model):
+    """A guardrail applied to every call through one deployment, router or API key of its organisation
+    (exactly one of the three). `version` null: the latest published version, whichever it is when the
+    call comes; a number: that version, pinned. A call is checked by every guardrail attached to the
+    key it uses, the router it calls and the deployment that answers (serving.gateway.guardrails)."""
+
+    guardrail = models.ForeignKey(Guardrail, on_delete=models.CASCADE, related_name="attachments")
+    version = models.PositiveIntegerField(null=True, blank=True, help_text="Null: the latest published")
+    deployment = models.ForeignKey(
+        "serving.Deployment", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    router = models.ForeignKey(Router, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["guardrail", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(deployment__isnull=False, router__isnull=True, api_key__isnull=True)
+                    | models.Q(deployment__isnull=True, router__isnull=False, api_key__isnull=True)
+                    | models.Q(deployment__isnull=True, router__isnull=True, api_key__isnull=False)
+                ),
+                name="guardrail_attached_to_one_thing",
+            ),
+            models.UniqueConstraint(fields=["guardrail", "deployment"], name="guardrail_once_per_deployment"),
+            models.UniqueConstraint(fields=["guardrail", "router"], name="guardrail_once_per_router"),
+            models.UniqueConstraint(fields=["guardrail", "api_key"], name="guardrail_once_per_api_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.guardrail} on {self.deployment or self.router or self.api_key}"
+
+
+class GuardrailIntervention(models.Model):
+    """One rule of a guardrail that acted on one call at the gateway (masked, blocked or reported
+    something), written after the answer: what the guardrail's page charts over time. The matched text
+    itself is never kept (it is the personal data the rule was there to keep out)."""
+
+    guardrail = models.ForeignKey(Guardrail, on_delete=models.CASCADE, related_name="interventions")
+    version = models.PositiveIntegerField()
+    request_id = models.CharField(max_length=64, db_index=True)
+    deployment_name = models.CharField(max_length=40, blank=True)
+    direction = models.CharField(max_length=6, help_text="input | output")
+    kind = models.CharField(
+        max_length=20, help_text="personal_data | word | profanity | prompt_attack | topic"
+    )
+    name = models.CharField(max_length=100, help_text="The entity type, word, attack or topic")
+    action = models.CharField(max_length=8, help_text="masked | blocked | reported")
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["guardrail", "created_at"], name="intervention_guardrail_time")]
+
+    def __str__(self) -> str:
+        return f"{self.guardrail_id} {self.direction} {self.kind} {self.action}"

@@ -14,13 +14,14 @@ from django.db.models import Max
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from learning import guardrails
 from learning.evaluations import Refused
-from learning.guardrails import service
-from learning.models import Guardrail, GuardrailVersion
+from learning.guardrails import attachments, service
+from learning.models import Guardrail, GuardrailAttachment, GuardrailVersion
 from marketplace.accounts import tenancy
 from marketplace.accounts.models import Organization
 from marketplace.api import TenantScopedViewSet
@@ -221,3 +222,31 @@ class GuardrailViewSet(
         except Refused as error:
             raise refused(error) from None
         return Response(scores)
+
+    @extend_schema(request=dict, responses={200: dict, 201: dict})
+    @action(detail=True, methods=["get", "post"])
+    def attachments(self, request: Request, pk: str | None = None) -> Response:
+        """Where the guardrail applies: GET lists, POST attaches it to one of your deployments, routers or
+        API keys ({"deployment" | "router" | "api_key": name or key prefix, "version": n or null for the
+        latest published}). Every guardrail attached to a call's key, router and deployment applies."""
+        guardrail = self.get_object()
+        if request.method == "POST":
+            self.require_manager(request, guardrail.organization)
+            try:
+                attachment = attachments.attach(guardrail, request.data)
+            except Refused as error:
+                raise refused(error) from None
+            return Response(attachments.describe(attachment), status=status.HTTP_201_CREATED)
+        found = guardrail.attachments.select_related("deployment", "router", "api_key")
+        return Response([attachments.describe(attachment) for attachment in found])
+
+    @extend_schema(request=None, responses={204: None})
+    @action(detail=True, methods=["delete"], url_path=r"attachments/(?P<attachment_id>\d+)")
+    def detach(self, request: Request, pk: str | None = None, attachment_id: str = "") -> Response:
+        """Stop applying the guardrail there (within the gateway's cache time, a few seconds)."""
+        guardrail = self.get_object()
+        self.require_manager(request, guardrail.organization)
+        deleted, _ = GuardrailAttachment.objects.filter(guardrail=guardrail, pk=int(attachment_id)).delete()
+        if not deleted:
+            raise NotFound("No such attachment of this guardrail.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
