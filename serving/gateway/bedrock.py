@@ -54,7 +54,10 @@ INFERENCE = {"maxTokens": ("max_tokens", 1, None, True), "temperature": ("temper
              "topP": ("top_p", 0, 1, False)}  # fmt: skip
 TOOL_CHOICES = {"auto": "auto", "any": "required"}
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
-                "function_call": "tool_use", "content_filter": "content_filtered"}  # fmt: skip
+                "function_call": "tool_use", "content_filter": "content_filtered",
+                # what the gateway's own guardrails put in a blocked answer (serving.gateway.guardrails)
+                "guardrail_intervened": "guardrail_intervened"}  # fmt: skip
+GUARDRAIL_TRACES = ("enabled", "disabled", "enabled_full")
 
 
 class BedrockValidationError(ValueError):
@@ -102,6 +105,30 @@ def _union(value: Any, path: str) -> tuple[str, Any]:
 
 
 # --- Converse request → OpenAI request ---------------------------------------------------------------
+
+
+def guardrail_config(body: dict[str, Any]) -> tuple[str, str, bool] | None:
+    """Take Converse's `guardrailConfig` out of the body: (guardrail id or name, version, trace wanted),
+    or None when there is none. The guardrail itself is looked up by the gateway (the caller's own)."""
+    if "guardrailConfig" not in body:
+        return None
+    config = _object(body.pop("guardrailConfig"), "guardrailConfig")
+    _only(
+        config,
+        {"guardrailIdentifier", "guardrailVersion", "trace", "streamProcessingMode"},
+        "guardrailConfig",
+    )
+    identifier = _string(config.get("guardrailIdentifier"), "guardrailConfig.guardrailIdentifier")
+    version = _string(config.get("guardrailVersion"), "guardrailConfig.guardrailVersion")
+    if not version.isdigit():
+        _fail("guardrailConfig.guardrailVersion", "must be a published version number (1, 2, …)")
+    trace = config.get("trace", "disabled")
+    if trace not in GUARDRAIL_TRACES:
+        _fail("guardrailConfig.trace", f"must be one of {', '.join(GUARDRAIL_TRACES)}")
+    mode = config.get("streamProcessingMode", "sync")
+    if mode not in ("sync", "async"):
+        _fail("guardrailConfig.streamProcessingMode", "must be sync or async")
+    return identifier, version, trace != "disabled"
 
 
 def converse_to_openai(model: str, body: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:

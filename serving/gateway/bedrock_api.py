@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from serving.gateway import bedrock, pipeline, routers, upstream
+from learning import guardrails as policies
+from serving.gateway import bedrock, guardrails, pipeline, routers, upstream
 from serving.gateway.errors import bedrock_error, key_refusal
 from serving.gateway.openai_api import BodyTooLarge, read_body, read_json
 
@@ -25,9 +26,15 @@ Answer = TypeVar("Answer", HttpResponse, StreamingHttpResponse)
 
 
 async def _prepare(
-    request: HttpRequest, model_id: str, route: str, translate: Callable[[], dict[str, Any]]
+    request: HttpRequest,
+    model_id: str,
+    route: str,
+    translate: Callable[[], dict[str, Any]],
+    named: Callable[[], tuple[str, str, bool] | None] = lambda: None,
 ) -> pipeline.Call | HttpResponse:
-    """Authenticate, translate, resolve and admit; an error answer in Bedrock's format otherwise."""
+    """Authenticate, translate, resolve, admit and check the input against the guardrails (a blocked
+    input is noted on the call, for the route to answer in its shape); an error answer in Bedrock's
+    format otherwise. `named` gives the guardrail the request named (guardrailConfig), once translated."""
     if request.method != "POST":
         return bedrock_error(405, "Use POST.")
     gateway = pipeline.services()
@@ -61,6 +68,18 @@ async def _prepare(
         router=router,
     )
     call.payload = payload
+    config = named()
+    if config is not None:
+        identifier, version, call.guardrail_trace = config
+        catalog = await pipeline.services().directory.catalog(caller)
+        try:
+            call.requested_guardrail = await guardrails.named(call, catalog.guardrails, identifier, version)
+        except guardrails.Unknown:
+            return bedrock_error(
+                400,
+                f"guardrailConfig.guardrailIdentifier: no published guardrail {identifier} version {version} "
+                "in your organisation; name one of your guardrails by id or name, and a published version.",
+            )
     try:
         decision = await pipeline.admit(call)  # a router chooses here; call.payload then names its choice
     except pipeline.LimitsUnavailable:
@@ -73,7 +92,34 @@ async def _prepare(
             **pipeline.answer_headers(call),
         }
         return bedrock_error(429, f"Too many requests: {decision.reason}. Retry later.", headers=headers)
+    await pipeline.guard_input(call)
     return call
+
+
+def _reason(call: pipeline.Call) -> str:
+    """What a blocked answer's finish reason is: Converse's stopReason, or OpenAI's for InvokeModel."""
+    return (
+        guardrails.GUARDRAIL_INTERVENED
+        if call.route.startswith("bedrock.converse")
+        else guardrails.CONTENT_FILTER
+    )
+
+
+async def _blocked_input(call: pipeline.Call) -> dict[str, Any]:
+    """The chat answer of a call whose input a guardrail blocked (the engine is not called)."""
+    call.prompt_tokens = 0
+    answer = guardrails.blocked_answer("chat.completions", call.model, call.guardrail_message, _reason(call))
+    if call.log is not None:
+        call.answer = answer
+    await pipeline.finish(call)
+    return answer
+
+
+def _with_trace(call: pipeline.Call, body: dict[str, Any]) -> dict[str, Any]:
+    """Converse's answer (or stream metadata) with the guardrails' trace, when the caller asked for it."""
+    if not call.guardrail_trace or not call.guardrails:
+        return body
+    return {**body, "trace": {**(body.get("trace") or {}), "guardrail": guardrails.trace(call)}}
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
@@ -111,6 +157,7 @@ async def _complete(
         await pipeline.finish(call)
         message = "The model's answer could not be read."
         return None, bedrock_error(502, message, headers=pipeline.answer_headers(call))
+    await pipeline.guard_answer(call, answer, _reason(call))
     await pipeline.finish(call)
     return answer, None
 
@@ -122,23 +169,39 @@ def _engine_message(body: bytes) -> str:
         return "The model could not answer this request."
 
 
+class _Converse:
+    """A Converse request body read once: its guardrailConfig taken out, the rest translated."""
+
+    def __init__(self, request: HttpRequest, model_id: str, stream: bool = False) -> None:
+        self.request, self.model_id, self.stream = request, model_id, stream
+        self.config: tuple[str, str, bool] | None = None
+
+    def translate(self) -> dict[str, Any]:
+        body = _json_body(self.request)
+        self.config = bedrock.guardrail_config(body)
+        return bedrock.converse_to_openai(self.model_id, body, stream=self.stream)
+
+    def named(self) -> tuple[str, str, bool] | None:
+        return self.config
+
+
 @csrf_exempt
 async def converse(request: HttpRequest, model_id: str) -> HttpResponse:
-    prepared = await _prepare(
-        request,
-        model_id,
-        "bedrock.converse",
-        lambda: bedrock.converse_to_openai(model_id, _json_body(request)),
-    )
+    body = _Converse(request, model_id)
+    prepared = await _prepare(request, model_id, "bedrock.converse", body.translate, body.named)
     if isinstance(prepared, HttpResponse):
         return prepared
-    answer, error = await _complete(prepared, prepared.payload)
-    if error is not None:
-        return error
+    if prepared.guardrail_blocked == policies.INPUT:
+        answer: dict[str, Any] | None = await _blocked_input(prepared)
+    else:
+        answer, error = await _complete(prepared, prepared.payload)
+        if error is not None:
+            return error
     assert answer is not None
     latency = round((time.perf_counter() - prepared.started) * 1000)
-    converse_answer = bedrock.openai_to_converse(
-        answer, latency_ms=latency, invoked_model=routers.invoked_model(prepared)
+    converse_answer = _with_trace(
+        prepared,
+        bedrock.openai_to_converse(answer, latency_ms=latency, invoked_model=routers.invoked_model(prepared)),
     )
     return _with_headers(HttpResponse(json.dumps(converse_answer), content_type="application/json"), prepared)
 
@@ -162,9 +225,12 @@ async def invoke(request: HttpRequest, model_id: str) -> HttpResponse:
     if isinstance(prepared, HttpResponse):
         return prepared
     payload = {**prepared.payload, "stream": False}
-    answer, error = await _complete(prepared, payload)
-    if error is not None:
-        return error
+    if prepared.guardrail_blocked == policies.INPUT:
+        answer: dict[str, Any] | None = await _blocked_input(prepared)
+    else:
+        answer, error = await _complete(prepared, payload)
+        if error is not None:
+            return error
     assert answer is not None
     response = HttpResponse(bedrock.openai_to_invoke_body(answer), content_type="application/json")
     return _with_headers(response, prepared)
@@ -178,6 +244,8 @@ async def _stream(
 ) -> HttpResponse | StreamingHttpResponse:
     upstream_payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
     call.payload = upstream_payload
+    if call.guardrail_blocked == policies.INPUT:
+        return await _blocked_stream(call, frame, close)
     exchange = await pipeline.start_stream(call, "/v1/chat/completions", upstream_payload)
     if isinstance(exchange, pipeline.Refusal):
         headers = pipeline.answer_headers(call)
@@ -186,18 +254,27 @@ async def _stream(
         status = 400 if exchange.status < 500 else 502
         return bedrock_error(status, _engine_message(exchange.body), headers=headers)
 
+    checks = await pipeline.stream_checks(call, _reason(call))
+
     async def relay() -> AsyncIterator[bytes]:
         try:
             async for event in upstream.events(exchange):
                 chunk = pipeline.read_chunk(event)
                 if chunk is None:
                     continue  # "data: [DONE]" and comments have no Bedrock counterpart
-                if chunk.get("usage") and not chunk.get("choices"):
-                    call.saw_usage(chunk["usage"])
-                elif chunk.get("choices"):
-                    call.first_token()
-                    call.relayed(chunk)  # metered even if the caller leaves before the usage chunk
-                for framed in frame(chunk):
+                for checked in [chunk] if checks is None else await checks.rewrite(chunk):
+                    if checked.get("usage") and not checked.get("choices"):
+                        call.saw_usage(checked["usage"])
+                    elif checked.get("choices"):
+                        call.first_token()
+                        call.relayed(checked)  # metered even if the caller leaves before the usage chunk
+                    for framed in frame(checked):
+                        yield framed
+                if checks is not None and checks.blocked is not None:
+                    break  # the engine request is closed with the stream
+            for checked in [] if checks is None else await checks.end():
+                call.relayed(checked)
+                for framed in frame(checked):
                     yield framed
             for framed in close(round((time.perf_counter() - call.started) * 1000)):
                 yield framed
@@ -205,17 +282,28 @@ async def _stream(
             call.status_code = error.status
             yield bedrock.encode_exception("ModelStreamErrorException", error.message)
 
-    return _with_headers(pipeline.stream_response(call, exchange, relay(), EVENT_STREAM), call)
+    return _with_headers(pipeline.stream_response(call, exchange, relay(), EVENT_STREAM, checks), call)
+
+
+async def _blocked_stream(
+    call: pipeline.Call,
+    frame: Callable[[dict[str, Any]], list[bytes]],
+    close: Callable[[int], list[bytes]],
+) -> HttpResponse:
+    """The stream of a call whose input a guardrail blocked: the blocked-input message, then the stop
+    reason that says why (the engine is not called)."""
+    call.prompt_tokens = 0
+    chunks = guardrails.blocked_chunks("chat.completions", call.model, call.guardrail_message, _reason(call))
+    framed = [part for chunk in chunks for part in frame(chunk)]
+    framed += close(round((time.perf_counter() - call.started) * 1000))
+    await pipeline.finish(call)
+    return _with_headers(HttpResponse(b"".join(framed), content_type=EVENT_STREAM), call)
 
 
 @csrf_exempt
 async def converse_stream(request: HttpRequest, model_id: str) -> HttpResponse | StreamingHttpResponse:
-    prepared = await _prepare(
-        request,
-        model_id,
-        "bedrock.converse-stream",
-        lambda: bedrock.converse_to_openai(model_id, _json_body(request), stream=True),
-    )
+    body = _Converse(request, model_id, stream=True)
+    prepared = await _prepare(request, model_id, "bedrock.converse-stream", body.translate, body.named)
     if isinstance(prepared, HttpResponse):
         return prepared
     translator = bedrock.ConverseStreamTranslator(invoked_model=routers.invoked_model(prepared))
@@ -224,7 +312,14 @@ async def converse_stream(request: HttpRequest, model_id: str) -> HttpResponse |
         return [bedrock.encode_event(kind, body) for kind, body in translator.feed(chunk)]
 
     def close(latency_ms: int) -> list[bytes]:
-        return [bedrock.encode_event(kind, body) for kind, body in translator.finish(latency_ms)]
+        if prepared.guardrails:  # the interventions so far, for the trace in the metadata event
+            checks = prepared.stream_checks
+            if checks is not None:
+                checks.note_all()
+        return [
+            bedrock.encode_event(kind, _with_trace(prepared, body) if kind == "metadata" else body)
+            for kind, body in translator.finish(latency_ms)
+        ]
 
     return await _stream(prepared, prepared.payload, frame, close)
 

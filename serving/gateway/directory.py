@@ -41,6 +41,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from learning import routing
+from learning.guardrails.attachments import EMPTY, Attached, attached_policies
 from marketplace.accounts.models import API_KEY_PREFIX, ApiKey, Quota, hash_api_key
 from marketplace.subscriptions.models import Subscription
 from serving.choices import DeploymentStatus
@@ -91,6 +92,7 @@ class Catalog:
 
     targets: dict[str, Target]
     routers: dict[str, RouterTarget] = field(default_factory=dict)
+    guardrails: Attached = EMPTY  # the guardrails attached to its deployments, routers and keys
 
 
 log = logging.getLogger(__name__)
@@ -174,6 +176,7 @@ class Directory:
         # The routers last read of each organisation: kept when a later read fails, so a broken router
         # table (or object store) cannot take the routers down between two reads, nor the deployments.
         self.last_routes: dict[int, dict[str, routing.Route]] = {}
+        self.last_guardrails: dict[int, Attached] = {}  # likewise for the guardrails' attachments
         # One load per missing entry at a time: a burst of requests with a cold cache makes one query,
         # not one query (and one database connection) per request.
         self.loading: dict[Any, asyncio.Lock] = {}
@@ -306,6 +309,10 @@ class Directory:
         found: dict[str, Target | RouterTarget] = {**catalog.routers, **catalog.targets}
         return [found[name] for name in sorted(found) if caller.may_call(name)]
 
+    async def catalog(self, caller: Caller) -> Catalog:
+        """The caller's organisation's catalog (targets, routers, attached guardrails), as cached."""
+        return await self._catalog_of(caller.organization_id)
+
     async def _catalog_of(self, organization_id: int) -> Catalog:
         catalog: Catalog = await self._load(
             self.deployments, ("org", organization_id), self._load_catalog, organization_id
@@ -339,7 +346,16 @@ class Directory:
             for name, route in routes.items()
             if name not in targets
         }
-        return Catalog(targets, routers)
+        try:
+            attached = attached_policies(organization_id)
+        except Exception:  # as for routers: the last read stays in force, and the calls go on
+            log.exception(
+                "could not read the guardrails of organisation %s; keeping the last read", organization_id
+            )
+            attached = self.last_guardrails.get(organization_id, EMPTY)
+        else:
+            self.last_guardrails[organization_id] = attached
+        return Catalog(targets, routers, attached)
 
 
 def _closing(load: Any) -> Any:

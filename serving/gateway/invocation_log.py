@@ -172,6 +172,8 @@ def record(call: Call, finished: float) -> dict[str, Any]:
         # A routed call's router and its choice (in shadow mode, the deployment it would have chosen).
         "router": call.router.name if call.router is not None else None,
         "router_choice": call.choice.chosen if call.choice is not None else None,
+        # What the guardrails did (serving.gateway.guardrails): guardrail, rule, direction, action.
+        "guardrails": [recorded.as_record() for recorded in call.interventions],
     }
 
 

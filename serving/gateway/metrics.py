@@ -92,3 +92,18 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     else:
         output = generate_latest()
     return HttpResponse(output, content_type=CONTENT_TYPE_LATEST)
+
+
+# Guardrails (serving/gateway/guardrails.py): every rule that acted on a call, and the denied-topic checks
+# that could not run for want of an embedding.
+GUARDRAIL_INTERVENTIONS = Counter(
+    "marketplace_gateway_guardrail_interventions_total",
+    "Guardrail interventions by guardrail, rule kind, direction (input/output) and action "
+    "(masked/blocked/reported)",
+    ["guardrail", "kind", "direction", "action"],
+)
+GUARDRAIL_EMBEDDING_FAILURES = Counter(
+    "marketplace_gateway_guardrail_embedding_failures_total",
+    "Texts whose denied topics a guardrail could not check (no embedding from its deployment)",
+    ["guardrail"],
+)

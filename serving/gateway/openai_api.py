@@ -16,7 +16,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from serving.gateway import pipeline, request_fields, routers, upstream
+from serving.gateway import guardrails, pipeline, request_fields, routers, upstream
 from serving.gateway.directory import Caller, Target
 from serving.gateway.errors import key_refusal, openai_error
 
@@ -143,6 +143,16 @@ async def invoke_as(
             429, f"Rate limit reached: {decision.reason}. Retry later.", code=code, headers=headers
         )
     # From here on the call goes to call.target, with call.payload naming it (a router has chosen).
+    if call.guardrails and streamed and route == "responses":
+        call.status_code = 400
+        await pipeline.finish(call)
+        message = (
+            "Guardrails apply to this call, and a streamed Responses API answer cannot be checked yet; "
+            "call without stream, or use /v1/chat/completions."
+        )
+        return openai_error(400, message, param="stream", headers=pipeline.answer_headers(call))
+    if await pipeline.guard_input(call):
+        return await _blocked_input(call, route)
     if streamed:
         return await _stream(call, route, call.payload)
     try:
@@ -156,11 +166,49 @@ async def invoke_as(
         await pipeline.finish(call)
         raise
     call.status_code = exchange.status
-    if exchange.status == 200 or call.log is not None:
-        call.answered(exchange.body)
+    body = exchange.body
+    if exchange.status == 200 or call.log is not None or call.guardrails:
+        answer = call.answered(body)
+        checked = answer is not None and route != "embeddings"
+        if checked and await pipeline.guard_answer(call, answer or {}, guardrails.CONTENT_FILTER):
+            body = json.dumps(answer).encode()
     await pipeline.finish(call)
-    response = HttpResponse(exchange.body, status=exchange.status, content_type="application/json")
+    response = HttpResponse(body, status=exchange.status, content_type="application/json")
     for name, value in {**decision.headers(), **pipeline.answer_headers(call)}.items():
+        response[name] = value
+    return response
+
+
+def _event(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+async def _blocked_input(call: pipeline.Call, route: str) -> HttpResponse:
+    """The answer to a call whose input a guardrail blocked, without calling the engine: the guardrail's
+    message as the answer, finish reason `content_filter` (embeddings have no answer to say it in: a 400)."""
+    call.prompt_tokens = 0
+    message = call.guardrail_message
+    if route == "embeddings":
+        call.status_code = 400
+        await pipeline.finish(call)
+        return openai_error(400, message, param="input", code="content_filter",
+                            headers=pipeline.answer_headers(call))  # fmt: skip
+    if call.streamed:
+        chunks = guardrails.blocked_chunks(route, call.model, message)
+        if (call.payload.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            chunks.append({**chunks[0], "choices": [], "usage": usage})
+        body = b"".join(map(_event, chunks)) + b"data: [DONE]\n\n"
+        response = HttpResponse(body, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+    else:
+        answer = guardrails.blocked_answer(route, call.model, message)
+        if call.log is not None:
+            call.answer = answer
+        response = HttpResponse(json.dumps(answer), content_type="application/json")
+    await pipeline.finish(call)
+    assert call.decision is not None
+    for name, value in {**call.decision.headers(), **pipeline.answer_headers(call)}.items():
         response[name] = value
     return response
 
@@ -188,10 +236,23 @@ async def _stream(
             refused[name] = value
         return refused
 
+    checks = await pipeline.stream_checks(call, guardrails.CONTENT_FILTER)
+
     async def relay() -> AsyncIterator[bytes]:
         try:
             async for event in upstream.events(exchange):
                 chunk = pipeline.read_chunk(event)
+                if checks is not None and (chunk is None or chunk.get("choices")):
+                    # the guardrails' output checks: what is held back is sent later, masked, or never
+                    for checked in await checks.rewrite(chunk) if chunk is not None else await checks.end():
+                        call.first_token()
+                        call.relayed(checked)
+                        yield _event(checked)
+                    if checks.blocked is not None:
+                        yield b"data: [DONE]\n\n"  # the engine request is closed with the stream
+                        return
+                    if chunk is not None:
+                        continue
                 if chunk is None:
                     pass
                 elif chunk.get("choices") or chunk.get("type") in pipeline.RESPONSE_DELTAS:
@@ -209,7 +270,7 @@ async def _stream(
             message = json.dumps({"error": {"message": error.message, "type": "server_error"}})
             yield f"data: {message}\n\n".encode()
 
-    response = pipeline.stream_response(call, exchange, relay(), "text/event-stream")
+    response = pipeline.stream_response(call, exchange, relay(), "text/event-stream", checks)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     assert call.decision is not None

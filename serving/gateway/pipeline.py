@@ -6,15 +6,17 @@
 3. Limits: one atomic Redis round trip checks and counts requests and prompt tokens (estimated from the
    request's size; corrected when the engine reports usage). For a router, then, its decision
    (serving.gateway.routers.choose): from here on the call is a call to the chosen deployment. Then
-   whether the call is logged (serving.gateway.invocation_log.decide, from an in-process snapshot: no
-   round trip).
-4. Proxy to a replica (serving.gateway.upstream); a logged (or shadowed) stream is assembled as it is
-   relayed.
+   the guardrails that apply (serving.gateway.guardrails.select, from the same snapshot as the
+   deployments), and whether the call is logged (serving.gateway.invocation_log.decide, from an
+   in-process snapshot: no round trip). The routes then check the input (masked, or answered with the
+   guardrail's message without calling the engine).
+4. Proxy to a replica (serving.gateway.upstream); the output checked (a stream through the guardrails'
+   hold-back window); a logged (or shadowed) stream is assembled as it is relayed.
 5. Meter, after the answer and without the caller waiting: completion tokens to the limiter, a usage
    record to the Redis queue a periodic task flushes to PostgreSQL (with the router's name and choice
-   for a routed call), Prometheus metrics, and a logged call's invocation record to the log's bounded
-   queue (learning.capture). A shadowed call's other candidates are called then
-   (serving.gateway.shadow).
+   for a routed call, and the guardrails' interventions), Prometheus metrics, and a logged call's
+   invocation record to the log's bounded queue (learning.capture). A shadowed call's other
+   candidates are called then (serving.gateway.shadow).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from django.utils import timezone
 
 from learning import routing
 from learning.capture import Policy
+from learning.guardrails import Policy as GuardrailPolicy
+from serving.gateway import guardrails as guardrail_step
 from serving.gateway import invocation_log, metrics, routers, shadow, upstream
 from serving.gateway.directory import Caller, Directory, RouterTarget, Target
 from serving.gateway.limits import Decision, RateLimiter
@@ -168,6 +172,15 @@ class Call:
     embedding: Any = None  # a routed call's prompt embedding, when its router needed one
     shadow: bool = False  # whether the router's other candidates are called after the answer
     embedding_usage: routers.EmbeddingUsage | None = None  # what the router's prompt embedding used
+    # Guardrails (serving.gateway.guardrails): the policies that apply, the one a Bedrock caller named,
+    # what they did, and the direction a block came in ("" when none did).
+    guardrails: tuple[GuardrailPolicy, ...] = ()
+    requested_guardrail: GuardrailPolicy | None = None
+    interventions: list[guardrail_step.Recorded] = field(default_factory=list)
+    guardrail_blocked: str = ""
+    guardrail_message: str = ""  # the blocked guardrail's message, once one blocked
+    guardrail_trace: bool = False  # Bedrock's guardrailConfig.trace: the interventions in the answer
+    stream_checks: guardrail_step.StreamCheck | None = None  # a streamed answer's output checks
 
     def answered(self, body: bytes) -> dict[str, Any] | None:
         """The engine's unstreamed JSON answer, read once: its usage replaces the estimate, and a logged
@@ -232,10 +245,46 @@ async def admit(call: Call) -> Decision:
     if decision.allowed:
         if call.router is not None:
             await routers.choose(call)
+        catalog = await services().directory.catalog(call.caller)
+        guardrail_step.select(call, catalog.guardrails)
         await invocation_log.decide(call)
         if call.shadow and call.streamed and call.assembly is None:
             call.assembly = invocation_log.StreamAssembly()  # the served answer of the sample
     return decision
+
+
+async def guard_input(call: Call) -> bool:
+    """Check the admitted call's input against its guardrails (serving.gateway.guardrails): the
+    payload is masked in place; True when a guardrail blocked it (call.guardrail_message says what to
+    answer, and the engine must not be called)."""
+    if not call.guardrails:
+        return False
+    targets = (await services().directory.catalog(call.caller)).targets
+    blocked = await guardrail_step.check_input(call, targets)
+    if blocked is None:
+        return False
+    call.guardrail_message = blocked.blocked_input_message
+    return True
+
+
+async def guard_answer(call: Call, answer: dict[str, Any], reason: str) -> bool:
+    """Check an unstreamed answer (masked in place); True when it changed (masked or blocked, the
+    finish reason then `reason`)."""
+    if not call.guardrails or call.status_code != 200:
+        return False
+    before = len(call.interventions)
+    targets = (await services().directory.catalog(call.caller)).targets
+    await guardrail_step.check_answer(call, answer, reason, targets)
+    return len(call.interventions) > before
+
+
+async def stream_checks(call: Call, reason: str) -> guardrail_step.StreamCheck | None:
+    """The output checks of a streamed answer (None without guardrails), kept on the call."""
+    if not call.guardrails:
+        return None
+    targets = (await services().directory.catalog(call.caller)).targets
+    call.stream_checks = guardrail_step.StreamCheck(call, reason, targets)
+    return call.stream_checks
 
 
 async def resolve(
@@ -315,6 +364,9 @@ async def _write_usage(call: Call, finished: float) -> None:
         "router_choice": call.choice.chosen if call.choice is not None else "",
         "created_at": timezone.now().isoformat(),
     }
+    if call.interventions:  # which guardrail did what (never the matched text)
+        record["guardrail_interventions"] = guardrail_step.records(call)
+        guardrail_step.count(call)
     metrics.observe(
         call.target.deployment_id,
         call.target.name,
@@ -344,6 +396,8 @@ async def _write_usage(call: Call, finished: float) -> None:
         )
     if call.log is not None:
         writes.append(invocation_log.capture(call, finished))  # never raises
+    if call.interventions:
+        writes.append(guardrail_step.write(call, str(record["created_at"])))  # never raises
     if correction > 0:
         writes.append(
             gateway.limiter.add_tokens(
@@ -398,7 +452,11 @@ async def start_stream(call: Call, path: str, payload: dict[str, Any]) -> upstre
 
 
 def stream_response(
-    call: Call, exchange: upstream.Exchange, body: AsyncIterator[bytes], content_type: str
+    call: Call,
+    exchange: upstream.Exchange,
+    body: AsyncIterator[bytes],
+    content_type: str,
+    checks: guardrail_step.StreamCheck | None = None,
 ) -> StreamingHttpResponse:
     """The streaming answer with `body` (the API's events), and the clean-up every way a stream can end:
     the engine request closed (when the client left, the engine stops generating) and the call metered,
@@ -414,8 +472,10 @@ def stream_response(
         nonlocal closed
         if not closed:
             closed = True
-            if not ended and call.status_code == 200:
+            if not ended and call.status_code == 200 and not call.guardrail_blocked:
                 call.status_code = CLIENT_CLOSED
+            if checks is not None:  # what the output checks found, however the stream ended
+                checks.note_all()
             await upstream.close(exchange)
             await finish(call)
 

@@ -1,0 +1,80 @@
+"""A stand-in chat engine for the guardrail tests, over real HTTP: it answers a text the test sets, streamed
+in the pieces the test chooses (as vLLM streams: a role delta, the pieces, a finish reason, the usage
+chunk, `[DONE]`), and notes every request it was sent, so a test sees what reached the engine."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+
+
+def _event(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class GuardedEngine(BaseHTTPRequestHandler):
+    pieces: list[str] = ["Hello", " there"]
+    received: list[tuple[str, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def _send(self, content_type: str, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        payload = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        with GuardedEngine.lock:
+            GuardedEngine.received.append((self.path, payload))
+        text, chat = "".join(GuardedEngine.pieces), self.path == "/v1/chat/completions"
+        if payload.get("stream"):
+            head = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": "standin"}
+            events = []
+            if chat:
+                events.append(_event({**head, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}))
+            for piece in GuardedEngine.pieces:
+                part = {"delta": {"content": piece}} if chat else {"text": piece}
+                events.append(_event({**head, "choices": [{"index": 0, **part}]}))
+            end = {"delta": {}} if chat else {"text": ""}
+            events.append(_event({**head, "choices": [{"index": 0, **end, "finish_reason": "stop"}]}))
+            events.append(_event({**head, "choices": [], "usage": USAGE}))
+            self._send("text/event-stream", b"".join([*events, b"data: [DONE]\n\n"]))
+            return
+        if chat:
+            choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
+        else:
+            choice = {"text": text}
+        body = {"id": "c", "object": "chat.completion" if chat else "text_completion", "created": 1,
+                "model": "standin", "choices": [{"index": 0, **choice, "finish_reason": "stop"}],
+                "usage": USAGE}  # fmt: skip
+        self._send("application/json", json.dumps(body).encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def guarded_engine() -> Iterator[str]:
+    """The stand-in's URL while it serves; what it answers and what it received start afresh."""
+    GuardedEngine.pieces = ["Hello", " there"]
+    GuardedEngine.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GuardedEngine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def prompts() -> list[Any]:
+    """The messages (or prompt) of each request the engine received."""
+    return [payload.get("messages", payload.get("prompt")) for _, payload in GuardedEngine.received]
