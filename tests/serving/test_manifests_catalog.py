@@ -4,6 +4,7 @@ for ScaledObjects, in test_manifests.py's validator)."""
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import jsonschema
 import kubernetes_validate
 import kubernetes_validate.utils
 import pytest
+from referencing import Registry, Resource
 
 from marketplace.catalog.models import InstanceType, ModelCard
 from serving import manifests
@@ -23,15 +25,40 @@ VERSIONS = ("1.29", "1.37")
 SPREAD = ("aws-g6-xlarge", "gcp-g2-standard-48", "azure-nd96isr-h100-v5", "onprem-8xa100-80gb")
 
 
-@pytest.fixture(autouse=True)
-def _cache_schema_files(monkeypatch: Any) -> None:
-    """The library reads its JSON schema files on every call; reading each once keeps the whole catalog
-    matrix (thousands of documents) to seconds. Validation itself is the library's, unchanged."""
-    monkeypatch.setattr(
-        kubernetes_validate.utils,
-        "schema_contents",
-        functools.cache(kubernetes_validate.utils.schema_contents),
+@functools.cache
+def kubernetes_validator(kind: str, api_version: str, version: str) -> Any:
+    """The validator `kubernetes_validate.validate(manifest, version, strict=True)` builds for this kind,
+    built once: the library builds it (and re-reads its schema files and lists its schema folders) on
+    every call, which made the catalog matrix (thousands of documents) take minutes. The schema, the
+    registry of its definitions and the validator class are the library's own choices, unchanged."""
+    versions = kubernetes_validate.utils.all_versions()
+    chosen = [v for v in versions if kubernetes_validate.utils.major_minor(v) <= version][-1]
+    folder = f"kubernetes-json-schema/v{chosen}-local-strict"
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema = kubernetes_validate.utils.schema_contents(
+        f"{folder}/{kind.lower()}-{group_version}.json", version
     )
+    definitions = kubernetes_validate.utils.schema_contents(f"{folder}/_definitions.json", version)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def test_the_cached_validator_is_the_library_s_strict_validation() -> None:
+    """Both refuse the same mistake and accept the same object, for both versions."""
+    good = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "engine"},
+        "spec": {"ports": [{"port": 8000}]},
+    }
+    bad = {**good, "spec": {"ports": [{"port": 8000, "portt": 1}]}}  # an unknown field: strict refuses it
+    for version in VERSIONS:
+        kubernetes_validate.validate(good, version, strict=True)
+        kubernetes_validator("Service", "v1", version).validate(good)
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(bad, version, strict=True)
+        with pytest.raises(jsonschema.ValidationError):
+            kubernetes_validator("Service", "v1", version).validate(bad)
 
 
 def scaledobject_validator() -> Any:
@@ -93,8 +120,9 @@ def test_every_fitting_card_on_a_spread_of_instance_types_under_every_policy_val
                                 keda.validate(manifest)
                             else:
                                 for version in VERSIONS:
-                                    kubernetes_validate.validate(manifest, version, strict=True)
-                        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as error:
+                                    kind, api = manifest["kind"], manifest["apiVersion"]
+                                    kubernetes_validator(kind, api, version).validate(manifest)
+                        except jsonschema.ValidationError as error:
                             failures.append(f"{where}: {error}")
                         checked += 1
     assert failures == []
