@@ -7,7 +7,7 @@ Every test module has three standing people: `owner` and `member` of organisatio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -20,6 +20,7 @@ from marketplace.accounts import services as account_services
 from marketplace.accounts.choices import Role
 from marketplace.accounts.models import Membership, Organization
 from marketplace.catalog.loader import Catalog, read_catalog, write_catalog
+from tests.engines import VllmArgumentParser, running_engines
 
 User = get_user_model()
 
@@ -32,6 +33,22 @@ def parsed_catalog() -> Catalog:
 
 def load_catalog() -> None:
     write_catalog(parsed_catalog())
+
+
+@pytest.fixture(scope="session")
+def real_engines() -> Iterator[dict[str, str]]:
+    """Real vLLM engines of the two small catalog models, started once for the whole run (tests/engines.py);
+    their base URLs by catalog slug."""
+    with running_engines() as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
+def vllm_parser() -> Iterator[VllmArgumentParser]:
+    """vLLM's own argument parser, from the engine's environment, for the whole run."""
+    parser = VllmArgumentParser()
+    yield parser
+    parser.close()
 
 
 @pytest.fixture(scope="session")

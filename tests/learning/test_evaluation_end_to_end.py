@@ -2,17 +2,13 @@
 a dataset through /api/datasets/from-logs/, and the deployment answers that dataset again through a real
 Celery worker and the gateway's own path; MiniLM scores similarity to the logged answer, and SmolLM2
 judges itself (only the plumbing is judged here: a 135M model's verdicts are not a quality signal).
-The two engines are real vLLM processes, each bound to a core of its own."""
+The two engines are real vLLM processes, each bound to a core of its own (tests/engines.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import os
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,17 +24,12 @@ from learning.storage import FolderStore
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import Quota
 from serving.gateway import openai_api, pipeline, upstream
-from serving.local import engine_env
 from tests.conftest import make_user
 from tests.learning.test_evaluation_worker_killed import start_worker, stop
 from tests.serving.gateway.conftest import (
     CHAT,
     EMBED,
     deploy,
-    engine_prepared,
-    free_port,
-    stop_group,
-    wait_healthy,
 )
 
 pytestmark = pytest.mark.slow
@@ -52,41 +43,9 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def bound_engines() -> Iterator[dict[str, str]]:
-    """SmolLM2 on core 0 and MiniLM on core 1 (unbound, both would land on core 0 and starve)."""
-    if not engine_prepared():
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
-        pytest.skip("the local engine is not prepared: python3 run.py engine")
-    directory = engine_env.engine_dir()
-    processes, urls = [], {}
-    for slug, served, cpus, extra in (
-        (CHAT, "tiny-chat", "0", {"dtype": "float32", "max_model_len": 2048}),
-        (EMBED, "minilm", "1", {"runner": "pooling", "max_model_len": 256}),
-    ):
-        port = free_port()
-        tmp = Path(tempfile.mkdtemp(prefix="eval-engine-"))
-        command = engine_env.engine_command(
-            engine_env.model_path(directory, slug), port=port, served_model_name=served, **extra
-        )
-        log = (tmp / "engine.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                command,
-                env=engine_env.engine_environment(directory, tmp, cpus=cpus),
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        )
-        urls[slug] = f"http://127.0.0.1:{port}"
-    try:
-        for process, url in zip(processes, urls.values(), strict=True):
-            wait_healthy(f"{url}/health", process, timeout=240)
-        yield urls
-    finally:
-        for process in processes:
-            stop_group(process)
+def bound_engines(real_engines: dict[str, str]) -> dict[str, str]:
+    """SmolLM2 on core 0 and MiniLM on core 1, shared with the run's other end-to-end tests."""
+    return real_engines
 
 
 def test_an_evaluation_of_the_smollm2_deployment_runs_end_to_end(

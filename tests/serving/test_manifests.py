@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from serving.spec import (
     ModelSpec,
     media_domain_args,
 )
+from tests.engines import VllmArgumentParser
 
 KUBERNETES_VERSIONS = ("1.29", "1.37")
 POLICIES = tuple(AutoscalingPolicy.values)
@@ -255,29 +254,11 @@ def test_local_engines_get_the_same_media_flag(
 
 
 @pytest.mark.slow
-def test_vllm_itself_reads_the_media_flag_as_the_platform_means_it() -> None:
+def test_vllm_itself_reads_the_media_flag_as_the_platform_means_it(vllm_parser: VllmArgumentParser) -> None:
     """The flag and its values through vLLM's own argument parser (the local engine's vLLM 0.32)."""
-    from serving.local import engine_env
-
-    python = engine_env.engine_python(engine_env.engine_dir())
-    if not python.exists():
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
-        pytest.skip("the engine environment is not prepared here (python3 run.py engine)")
-    script = (
-        "import json, sys\n"
-        "from vllm.engine.arg_utils import EngineArgs\n"
-        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
-        "parser = EngineArgs.add_cli_args(FlexibleArgumentParser())\n"
-        "print(json.dumps(parser.parse_args(sys.argv[1:]).allowed_media_domains))\n"
-    )
     for domains, expected in (((), ["invalid."]), (("images.example.com", "cdn.example.org"), None)):
         args = ["--model", "m", *media_domain_args(domains), "--max-model-len", "2048"]
-        result = subprocess.run(
-            [str(python), "-c", script, *args], capture_output=True, text=True, timeout=300
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert json.loads(result.stdout.strip().splitlines()[-1]) == (expected or list(domains))
+        assert vllm_parser.parse(args)["allowed_media_domains"] == (expected or list(domains))
 
 
 def test_a_media_url_cannot_redirect_the_engine_elsewhere() -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from serving.backends import local as local_backend
 from serving.models import Deployment
 from serving.services import spec_for
 from serving.spec import ModelSpec, card_engine_args
+from tests.engines import VllmArgumentParser
 
 from .test_manifests import QWEN_7B, flag_value, make_spec
 
@@ -109,25 +108,8 @@ def test_every_catalog_card_gets_the_flags_of_its_routes() -> None:
 
 
 @pytest.mark.slow
-def test_vllm_itself_reads_the_card_flags_as_the_platform_means_them() -> None:
+def test_vllm_itself_reads_the_card_flags_as_the_platform_means_them(vllm_parser: VllmArgumentParser) -> None:
     """The runner and the media limit through vLLM's own argument parser (the local engine's vLLM 0.32)."""
-    from serving.local import engine_env
-
-    python = engine_env.engine_python(engine_env.engine_dir())
-    if not python.exists():
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
-        pytest.skip("the engine environment is not prepared here (python3 run.py engine)")
-    script = (
-        "import json, sys\n"
-        "from vllm.engine.arg_utils import EngineArgs\n"
-        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
-        "args = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(sys.argv[1:])\n"
-        "print(json.dumps([args.runner, args.limit_mm_per_prompt]))\n"
-    )
     flags = [*card_engine_args(EMBEDDER, {}), *card_engine_args(VIDEO, {})]
-    result = subprocess.run(
-        [str(python), "-c", script, "--model", "m", *flags], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["pooling", {"image": 4, "video": 1}]
+    parsed = vllm_parser.parse(["--model", "m", *flags])
+    assert [parsed["runner"], parsed["limit_mm_per_prompt"]] == ["pooling", {"image": 4, "video": 1}]

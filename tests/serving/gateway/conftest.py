@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,45 +25,18 @@ from marketplace.accounts.models import ApiKey, Organization, Quota
 from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions.services import subscribe
 from serving.choices import Backend, DeploymentStatus
-from serving.local import engine_env
 from serving.models import Deployment
 from tests.conftest import database_url_for_processes, make_user
+from tests.engines import (  # re-exported: the package's tests import them from here
+    CHAT,
+    EMBED,
+    free_port,
+    stop_group,
+    wait_healthy,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 GATEWAY_REDIS_DB = 8
-CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_healthy(
-    url: str, process: subprocess.Popen[bytes], timeout: float, context: ssl.SSLContext | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not become healthy in {timeout}s")
-
-
-def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after `grace` seconds."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 class SlowStreamingEngine(BaseHTTPRequestHandler):
@@ -117,57 +86,10 @@ def wait_until_aborted(timeout: float = 10) -> float | None:
     return SlowStreamingEngine.aborted_at[0] if SlowStreamingEngine.aborted_at else None
 
 
-def engine_prepared() -> bool:
-    directory = engine_env.engine_dir()
-    return engine_env.engine_python(directory).exists() and all(
-        engine_env.model_path(directory, slug) for slug in (CHAT, EMBED)
-    )
-
-
-# Names the chat engine also answers to (vLLM takes several served names and answers under the first).
-ROUTER_CANDIDATES = ("small", "large")
-
-
 @pytest.fixture(scope="package")
-def engines() -> Iterator[dict[str, str]]:
-    """The two small catalog models served by real vLLM engines, for this package's tests (then stopped,
-    so their memory is free for the other end-to-end tests)."""
-    if not engine_prepared():
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
-        pytest.skip("the local engine is not prepared: python3 run.py engine")
-    directory = engine_env.engine_dir()
-    processes, urls = [], {}
-    for slug, served, extra in (
-        (CHAT, "tiny-chat", {"dtype": "float32", "max_model_len": 2048}),
-        (EMBED, "minilm", {"runner": "pooling", "max_model_len": 256}),
-    ):
-        port = free_port()
-        tmp = Path(tempfile.mkdtemp(prefix="gw-engine-"))
-        command = engine_env.engine_command(
-            engine_env.model_path(directory, slug), port=port, served_model_name=served, **extra
-        )
-        if slug == CHAT:  # the prompt router's end-to-end test deploys it twice, under these names too
-            after = command.index("--served-model-name") + 2
-            command[after:after] = list(ROUTER_CANDIDATES)
-        log = (tmp / "engine.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                command,
-                env=engine_env.engine_environment(directory, tmp),
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        )
-        urls[slug] = f"http://127.0.0.1:{port}"
-    try:
-        for process, url in zip(processes, urls.values(), strict=True):
-            wait_healthy(f"{url}/health", process, timeout=240)
-        yield urls
-    finally:
-        for process in processes:
-            stop_group(process)
+def engines(real_engines: dict[str, str]) -> dict[str, str]:
+    """The two small catalog models served by real vLLM engines, shared with the whole run's other tests."""
+    return real_engines
 
 
 @pytest.fixture(scope="package")

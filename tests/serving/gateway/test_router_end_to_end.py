@@ -36,8 +36,9 @@ from marketplace.accounts.models import Organization, Quota
 from serving.gateway.metering import QUEUE_KEY, flush_usage
 from serving.models import UsageRecord
 from tests.conftest import make_user
+from tests.engines import ROUTER_CANDIDATES
 from tests.learning.routerdata import make_evaluation, router_fields
-from tests.serving.gateway.conftest import CHAT, GATEWAY_REDIS_DB, ROUTER_CANDIDATES, deploy
+from tests.serving.gateway.conftest import CHAT, GATEWAY_REDIS_DB, deploy
 
 pytestmark = pytest.mark.slow
 
