@@ -23,7 +23,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from serving.choices import AutoscalingPolicy
-from serving.spec import ClusterSettings, DeploymentSpec, card_engine_args, media_domain_args, model_location
+from serving.spec import (
+    ClusterSettings,
+    DeploymentSpec,
+    card_engine_args,
+    lora_args,
+    media_domain_args,
+    model_location,
+    served_model_name,
+)
 
 Manifest = dict[str, Any]
 
@@ -139,14 +147,14 @@ def engine_args(spec: DeploymentSpec, media_domains: Sequence[str] = ()) -> list
         raise ValueError(f"Unsupported engine options: {', '.join(unknown)}")
     args = model_location(spec.model)
     args += [
-        "--served-model-name", spec.name,
+        "--served-model-name", served_model_name(spec),
         "--tensor-parallel-size", str(spec.tensor_parallel_size),
         "--max-model-len", str(max_model_len(spec)),
         "--port", str(PORT),
         *media_domain_args(media_domains),
     ]  # fmt: skip
     options = spec.engine_options
-    args += card_engine_args(spec.model, options)
+    args += card_engine_args(spec.model, options) + lora_args(spec)
     for key, flag in _VALUE_FLAGS.items():
         value = options.get(key)
         if value is None:

