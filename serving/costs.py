@@ -37,19 +37,28 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.contrib.postgres.aggregates import BoolOr
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
-from django.db.models import DecimalField, ExpressionWrapper, F, FloatField, QuerySet, Sum, Value
-from django.db.models.functions import Cast, TruncDate
+from django.db.models import (
+    BigIntegerField,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    QuerySet,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Cast
 
 from marketplace.accounts.models import ApiKey, Organization
 from marketplace.catalog.models import InstanceType, InstanceTypePrice, ModelCard
-from serving.models import Deployment, ReplicaDay, ReplicaHour, ReplicaMeter, UsageRecord
+from serving.models import Deployment, ReplicaDay, ReplicaHour, ReplicaMeter, UsageDay
 
 HOUR = timedelta(hours=1)
 # A steady meter's time is written to its hours at least this often (and at once when its count changes):
@@ -394,11 +403,13 @@ def cost_by_deployment(*, organization_id: int, since: datetime, until: datetime
 
 
 # Reports. Each side is grouped by ids in PostgreSQL (a re-created deployment under an old name, or a
-# renamed one, stays a row of its own; no name is joined to every day of every deployment), summed as
-# floats (numeric sums of 90,000 rows cost twice as much, and the report rounds anyway); the names of the
-# few ids left are read afterwards, one query per kind. Costs are read from ReplicaDay, tokens from
-# UsageRecord (only calls a deployment answered: a call no deployment took served nothing that cost
-# anything).
+# renamed one, stays a row of its own; no name is joined to every day of every deployment), summed exactly
+# and turned into floats once per group (the report rounds anyway; turning each of 90,000 numeric rows
+# into a float before summing cost more than the sum itself); the names of the few ids left are read
+# afterwards, one query per kind. Costs are read from ReplicaDay, tokens from the daily usage roll-up,
+# UsageDay (only calls a deployment answered: a call no deployment took served nothing that cost
+# anything). The roll-up holds exactly the sums of the UsageRecords (serving.usage_days), on the same UTC
+# days, so a report is the same as one summed from the records.
 GROUPS = ("day", "deployment", "model", "instance_type", "api_key", "organization")
 COST_KEYS = {
     "day": "day",
@@ -435,7 +446,7 @@ class CostReport:
 
 def cost_report(
     days: QuerySet[ReplicaDay],
-    usage: QuerySet[UsageRecord],
+    usage: QuerySet[UsageDay],
     groups: Sequence[str],
     *,
     offset: int = 0,
@@ -501,7 +512,7 @@ def cost_report(
 
 
 def _grouped(
-    days: QuerySet[ReplicaDay], usage: QuerySet[UsageRecord], groups: Sequence[str]
+    days: QuerySet[ReplicaDay], usage: QuerySet[UsageDay], groups: Sequence[str]
 ) -> tuple[QuerySet[Any], QuerySet[Any]]:
     """Each side grouped by the groups' ids (by key: by deployment too, and the token side by key
     last): (day or ids..., seconds, cost, estimate) and (day or ids..., tokens)."""
@@ -511,19 +522,17 @@ def _grouped(
     cost_rows = (
         days.values_list(*cell)
         .annotate(
-            seconds=Sum(Cast("replica_seconds", FloatField())),
-            cost=Sum(Cast("cost_usd", FloatField())),
+            seconds=Cast(Sum("replica_seconds"), FloatField()),
+            cost=Cast(Sum("cost_usd"), FloatField()),
             estimate=BoolOr("price_is_estimate"),
         )
         .order_by()
     )
-    if "day" in plain:
-        usage = usage.annotate(day=TruncDate("created_at", tzinfo=UTC))
     token_cell = [TOKEN_KEYS[g] for g in plain] + (["deployment_id", "api_key_id"] if by_key else [])
     token_rows = (
         usage.filter(deployment__isnull=False)
         .values_list(*token_cell)
-        .annotate(tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
+        .annotate(tokens=Cast(Sum(F("prompt_tokens") + F("completion_tokens")), BigIntegerField()))
         .order_by()
     )
     return cost_rows, token_rows
@@ -531,7 +540,7 @@ def _grouped(
 
 def _page_in_sql(
     days: QuerySet[ReplicaDay],
-    usage: QuerySet[UsageRecord],
+    usage: QuerySet[UsageDay],
     groups: Sequence[str],
     *,
     offset: int,
@@ -612,7 +621,7 @@ def _sql_or_none(queryset: QuerySet[Any]) -> tuple[str | None, tuple[Any, ...]]:
 
 
 def _tally(
-    days: QuerySet[ReplicaDay], usage: QuerySet[UsageRecord], groups: Sequence[str]
+    days: QuerySet[ReplicaDay], usage: QuerySet[UsageDay], groups: Sequence[str]
 ) -> dict[tuple[Any, ...], list[Any]]:
     """{group ids (api_key last): [replica-seconds, cost, tokens, estimate]}, from one query per side."""
     by_key = "api_key" in groups

@@ -151,10 +151,55 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["organization", "created_at"], name="usage_org_time")]
+        indexes = [
+            models.Index(fields=["organization", "created_at"], name="usage_org_time"),
+            # A deployment's last request (serving.idle): one index probe instead of all its rows.
+            models.Index(fields=["deployment", "created_at"], name="usage_deployment_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.status_code}"
+
+
+class UsageDay(models.Model):
+    """A UTC day of UsageRecords of one organisation, deployment and API key, summed: what reports by day
+    or coarser read (tokens in serving.costs, /api/usage/), so they read one row per key and deployment a
+    day however many calls there were.
+
+    Kept exact by the flush that inserts the UsageRecords (serving.gateway.metering.write_batch): in the
+    same transaction it adds the rows it really inserted (an UPSERT that adds), so a batch retried after a
+    crash, or two flushes racing on one record, count each record once. A record whose key or deployment
+    is deleted has it nulled; its day's counts move to the row without it (serving.usage_days).
+    """
+
+    # The unique constraint's first column: its index serves lookups by organisation.
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    # DO_NOTHING: deleting a deployment or key merges its rows into the null one (serving.usage_days).
+    deployment = models.ForeignKey(Deployment, null=True, on_delete=models.DO_NOTHING, related_name="+")
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, on_delete=models.DO_NOTHING, related_name="+")
+    day = models.DateField()
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(
+        default=0, help_text="Requests answered with a status of 400 or more"
+    )
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    latency_ms = models.BigIntegerField(default=0, help_text="The sum of the requests' latencies")
+    time_to_first_token_ms = models.BigIntegerField(default=0, help_text="The sum over requests that had one")
+    time_to_first_token_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "deployment", "api_key", "day"],
+                nulls_distinct=False,
+                name="one_usage_day_per_key_and_deployment",
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "day"], name="usage_day_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.deployment_id}/{self.api_key_id} {self.day}: {self.requests}"
 
 
 class ReplicaMeter(models.Model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.http import Http404
@@ -20,7 +20,7 @@ from marketplace.accounts import tenancy
 from marketplace.catalog.models import PRICE_HISTORY_START, InstanceType, InstanceTypePrice
 from serving import costs
 from serving.api.usage import UsageQuerySerializer
-from serving.models import ReplicaDay, UsageRecord
+from serving.models import ReplicaDay, UsageDay
 
 PAGE_ROWS = 1000
 MAX_PAGE_ROWS = 100_000
@@ -127,14 +127,9 @@ class CostView(APIView):
                 raise serializers.ValidationError(
                     {"organization": [f"No organisation '{params['organization']}' that you belong to."]}
                 )
-        start = datetime.combine(params["since"], time(), tzinfo=UTC)
-        end = datetime.combine(params["until"], time(), tzinfo=UTC) + timedelta(days=1)
-        days = ReplicaDay.objects.filter(
-            organization__in=organizations, day__gte=params["since"], day__lte=params["until"]
-        )
-        usage = UsageRecord.objects.filter(
-            organization__in=organizations, created_at__gte=start, created_at__lt=end
-        )
+        span = {"day__gte": params["since"], "day__lte": params["until"]}
+        days = ReplicaDay.objects.filter(organization__in=organizations, **span)
+        usage = UsageDay.objects.filter(organization__in=organizations, **span)
         days = tenancy.narrow_to_key_scope(request, days, self.deployment_name_lookup)
         usage = tenancy.narrow_to_key_scope(request, usage, self.deployment_name_lookup)
         report = costs.cost_report(

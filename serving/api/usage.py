@@ -1,12 +1,12 @@
-"""GET /api/usage/: invocations aggregated by day, deployment and API key."""
+"""GET /api/usage/: invocations aggregated by day, deployment and API key (read from the daily roll-up)."""
 
 from __future__ import annotations
 
 from datetime import date, timedelta
 from typing import Any
 
-from django.db.models import Avg, Count, Q, Sum
-from django.db.models.functions import TruncDay
+from django.db.models import BigIntegerField, FloatField, Func, Sum
+from django.db.models.functions import Cast
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.accounts import tenancy
-from serving.models import UsageRecord
+from serving.models import UsageDay
 
 GROUPS = {
     "day": "day",
@@ -23,6 +23,14 @@ GROUPS = {
     "key": "api_key__prefix",
     "organization": "organization__slug",
 }
+FIGURES = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "average_latency_ms",
+    "average_time_to_first_token_ms",
+)
 MAX_DAYS = 366
 # No usage predates the platform; the floor also keeps the default window's date arithmetic in range.
 FIRST_DAY = date(2000, 1, 1)
@@ -66,6 +74,21 @@ class UsageQuerySerializer(serializers.Serializer[dict[str, Any]]):
         return attrs
 
 
+class _Average(Func):
+    """SUM(total) / SUM(count) in numeric, as AVG divides (NULL where the count is 0)."""
+
+    output_field = FloatField()
+
+    def __init__(self, total: str, count: str) -> None:
+        super().__init__(Sum(total), Sum(count))
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> Any:  # type: ignore[override]
+        (total, total_params), (count, count_params) = (
+            compiler.compile(e) for e in self.get_source_expressions()
+        )
+        return f"(({total})::numeric / NULLIF({count}, 0)::numeric)", [*total_params, *count_params]
+
+
 class UsageView(APIView):
     """Usage of your organisations (platform admins: of all, or of `organization`), one row per group.
     A key limited to some deployments reads only theirs."""
@@ -84,31 +107,38 @@ class UsageView(APIView):
                 raise serializers.ValidationError(
                     {"organization": [f"No organisation '{params['organization']}' that you belong to."]}
                 )
-        records = UsageRecord.objects.filter(
-            organization__in=organizations,
-            created_at__date__gte=params["since"],
-            created_at__date__lte=params["until"],
-        ).annotate(day=TruncDay("created_at"))
+        # The daily roll-up holds the records' exact sums per key and deployment a day
+        # (serving.usage_days): an average is its sum over its count, as AVG computes it.
+        records = UsageDay.objects.filter(
+            organization__in=organizations, day__gte=params["since"], day__lte=params["until"]
+        )
         records = tenancy.narrow_to_key_scope(request, records, self.deployment_name_lookup)
         fields = [GROUPS[g] for g in params["group_by"]]
         rows = (
             records.values(*fields)
+            # The averages first: they read the columns `requests` and the rest, which the sums'
+            # names would stand for afterwards.
             .annotate(
-                requests=Count("id"),
-                errors=Count("id", filter=Q(status_code__gte=400)),
-                prompt_tokens=Sum("prompt_tokens"),
-                completion_tokens=Sum("completion_tokens"),
-                average_latency_ms=Avg("latency_ms"),
-                average_time_to_first_token_ms=Avg("time_to_first_token_ms"),
+                average_latency_ms=_Average("latency_ms", "requests"),
+                average_time_to_first_token_ms=_Average(
+                    "time_to_first_token_ms", "time_to_first_token_count"
+                ),
+            )
+            .annotate(
+                requests=Cast(Sum("requests"), BigIntegerField()),
+                errors=Cast(Sum("errors"), BigIntegerField()),
+                prompt_tokens=Cast(Sum("prompt_tokens"), BigIntegerField()),
+                completion_tokens=Cast(Sum("completion_tokens"), BigIntegerField()),
             )
             .order_by(*fields)
         )
         names = {v: k for k, v in GROUPS.items()}
         results = []
         for row in rows:
-            item = {names.get(k, k): v for k, v in row.items()}
+            item = {names[field]: row[field] for field in fields}
+            item.update((figure, row[figure]) for figure in FIGURES)
             if "day" in item and item["day"] is not None:
-                item["day"] = item["day"].date().isoformat()
+                item["day"] = item["day"].isoformat()
             for average in ("average_latency_ms", "average_time_to_first_token_ms"):
                 if item[average] is not None:
                     item[average] = round(item[average], 1)

@@ -36,9 +36,10 @@ from typing import IO, Any, cast
 import redis
 import redis.asyncio
 from django.conf import settings
-from django.db import DataError, IntegrityError, transaction
+from django.db import DataError, IntegrityError
 
 from marketplace.accounts.models import ApiKey, Organization
+from serving import usage_days
 from serving.gateway import metrics
 from serving.models import Deployment, UsageRecord
 
@@ -397,10 +398,11 @@ def write_batch(raw_records: Sequence[bytes | str]) -> BatchResult:
        trimming the queue) or repeated within the batch.
     3. Null the key and deployment of records whose key or deployment was deleted since (the usage
        still counts for the organisation); drop records whose organisation was deleted.
-    4. Insert the rest in one statement, ignoring request_id conflicts. If the database refuses the
-       batch's data (say, a row deleted between step 3 and the insert), insert row by row and dead-letter
-       the rows it refuses, so one bad row cannot block the queue. Any other database error (PostgreSQL
-       unreachable) propagates: the batch stays queued for the next flush.
+    4. Insert the rest in one statement, ignoring request_id conflicts, and add the rows it inserted to
+       the daily roll-up in the same transaction (serving.usage_days.insert_records). If the database
+       refuses the batch's data (say, a row deleted between step 3 and the insert), insert row by row
+       and dead-letter the rows it refuses, so one bad row cannot block the queue. Any other database
+       error (PostgreSQL unreachable) propagates: the batch stays queued for the next flush.
     """
     result = BatchResult()
     parsed: dict[str, tuple[UsageRecord, bytes | str]] = {}
@@ -428,15 +430,11 @@ def write_batch(raw_records: Sequence[bytes | str]) -> BatchResult:
             row.deployment_id = None
         kept.append((row, raw))
     try:
-        with transaction.atomic():
-            UsageRecord.objects.bulk_create([row for row, _ in kept], ignore_conflicts=True)
-        result.written = len(kept)
+        result.written = usage_days.insert_records([row for row, _ in kept])
     except (IntegrityError, DataError):
         for row, raw in kept:
             try:
-                with transaction.atomic():
-                    UsageRecord.objects.bulk_create([row], ignore_conflicts=True)
-                result.written += 1
+                result.written += usage_days.insert_records([row])
             except (IntegrityError, DataError) as error:
                 log.warning("usage record %s dead-lettered: %s", row.request_id, error)
                 result.dead.append(raw)

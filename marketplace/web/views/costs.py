@@ -3,7 +3,7 @@ what 1,000 tokens cost on each (idle hours included). Reads the same report as G
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET
 
 from marketplace.web import charts, current
 from serving import costs
-from serving.models import ReplicaDay, UsageRecord
+from serving.models import ReplicaDay, UsageDay
 
 RANGES = {"7d": 7, "30d": 30, "90d": 90}
 
@@ -33,13 +33,8 @@ def costs_page(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {"organization": organization, "range": range_name, "ranges": RANGES}
     if organization is None:
         return render(request, "web/costs.html", context)
-    start = datetime.combine(since, time(), tzinfo=UTC)
     days = ReplicaDay.objects.filter(organization=organization, day__gte=since, day__lte=until)
-    usage = UsageRecord.objects.filter(
-        organization=organization,
-        created_at__gte=start,
-        created_at__lt=start + timedelta(days=RANGES[range_name]),
-    )
+    usage = UsageDay.objects.filter(organization=organization, day__gte=since, day__lte=until)
     per_deployment = costs.cost_report(days, usage, ["deployment"]).rows
     # A deployment deleted and created again under its name is a row and a series of its own: the
     # names that repeat are told apart by id.
