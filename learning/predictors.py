@@ -21,17 +21,19 @@ if the store were tampered with. The estimators are rebuilt from the arrays when
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.linear_model import Ridge
-from sklearn.neighbors import KNeighborsRegressor
-from sklearn.utils import murmurhash3_32
+
+# scikit-learn (with SciPy) takes seconds to import: it is imported where a predictor is trained or loaded,
+# not by every process that loads the URL configuration (web, worker, beat).
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import HashingVectorizer
 
 FORMAT = 1
 N_FEATURES = 2**18
@@ -45,6 +47,8 @@ class PredictorError(ValueError):
 
 
 def hashing_vectorizer() -> HashingVectorizer:
+    from sklearn.feature_extraction.text import HashingVectorizer
+
     return HashingVectorizer(
         n_features=N_FEATURES, ngram_range=NGRAM_RANGE, alternate_sign=False, norm="l2", lowercase=True
     )
@@ -54,10 +58,17 @@ def _clip(values: np.ndarray, candidates: Sequence[str]) -> dict[str, float]:
     return {name: float(min(1.0, max(0.0, value))) for name, value in zip(candidates, values, strict=True)}
 
 
+@functools.cache
+def _murmurhash3_32() -> Callable[..., int]:
+    from sklearn.utils import murmurhash3_32
+
+    return murmurhash3_32
+
+
 def feature_index(gram: str) -> int:
     """The column HashingVectorizer gives an n-gram (scikit-learn's _hashing_fast: signed MurmurHash3
     of its UTF-8 bytes, seed 0, absolute value modulo the feature count)."""
-    hashed = murmurhash3_32(gram, seed=0)
+    hashed = _murmurhash3_32()(gram, seed=0)
     if hashed == -(2**31):
         return (2**31 - 1 - (N_FEATURES - 1)) % N_FEATURES
     return abs(hashed) % N_FEATURES
@@ -91,6 +102,7 @@ class NgramPredictor:
     @classmethod
     def fit(cls, candidates: Sequence[str], texts: Sequence[str], targets: np.ndarray) -> NgramPredictor:
         from scipy import sparse
+        from sklearn.linear_model import Ridge
 
         features = hashing_vectorizer().transform(texts)
         model = Ridge(alpha=RIDGE_ALPHA, solver="sparse_cg").fit(features, targets)
@@ -148,6 +160,8 @@ class SemanticPredictor:
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
         self.targets = np.asarray(targets, dtype=np.float64).reshape(len(self.embeddings), len(candidates))
         self.neighbours = min(NEIGHBOURS, len(self.embeddings))
+        from sklearn.neighbors import KNeighborsRegressor
+
         self.model = KNeighborsRegressor(
             n_neighbors=self.neighbours, weights="distance", metric="cosine", algorithm="brute"
         ).fit(self.embeddings, self.targets)
