@@ -20,11 +20,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from learning import guardrails, masking
 from learning.api.guardrails import DNS_LABEL, MAX_TRY_CHARACTERS, verdict_data
 from learning.evaluations import Refused
-from learning.guardrails import patterns, service
+from learning.guardrails import attachments, patterns, service
 from learning.models import Guardrail
 from marketplace.accounts import tenancy
 from marketplace.accounts.models import Organization
-from marketplace.web import current
+from marketplace.web import current, guardrail_chart
 from marketplace.web.forms import NON_FIELD
 from serving.choices import DeploymentStatus
 from serving.models import Deployment
@@ -186,6 +186,13 @@ def _page(
         "errors": {},
         "try_text": "",
         "try_direction": guardrails.INPUT,
+        # What it did at the gateway, and where it applies (marketplace.web.guardrail_chart).
+        "intervention_charts": [guardrail_chart.intervention_chart(guardrail)],
+        "intervention_totals": guardrail_chart.intervention_totals(guardrail),
+        "attachments": [
+            attachments.describe(found)
+            for found in guardrail.attachments.select_related("deployment", "router", "api_key")
+        ],
         **extra,
     }
     return render(request, "web/guardrail.html", context, status=status)
