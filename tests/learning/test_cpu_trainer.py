@@ -1,0 +1,172 @@
+"""The CPU trainer, for real and small: SmolLM2-135M with a LoRA adapter trained by TRL's SFTTrainer in the
+engine's environment, started, tailed, cancelled and resumed by the runner as a Celery task would.
+
+One run of six steps serves most tests here: it is cancelled after its first checkpoint and started again,
+so the loss curve, the adapter, the progress lines and the resume are all read from a run that went through
+a cancel. Bad data fails before the model loads (or, for a row that is too long, right after the tokenizer
+does), naming the row."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from learning.training import cpu_trainer, tickets
+from learning.training.runner import CANCELLED, FAILED, SUCCEEDED, CpuTraining, Outcome
+from learning.training.spec import TrainingSpec
+from serving.local import engine_env
+
+pytestmark = pytest.mark.slow
+
+# Small and quick: six optimizer steps over four short rows, a learning rate that shows in six steps.
+SPEC = TrainingSpec(learning_rate=1e-3, epochs=3, batch_size=2, max_seq_length=256, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def base_model() -> Path:
+    path = engine_env.model_path(engine_env.engine_dir(), engine_env.CHAT)
+    python = engine_env.engine_python(engine_env.engine_dir())
+    if path is None or not python.exists():
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
+        pytest.skip("the local engine is not prepared: python3 run.py engine")
+    return path
+
+
+def write_rows(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def ticket_rows(count: int) -> list[dict[str, str]]:
+    """Short tickets with the teacher's answer (a few dozen tokens each: every token costs CPU time)."""
+    products = list(tickets.PRODUCTS)
+    texts = [f"I was charged twice for {products[index % len(products)]}." for index in range(count)]
+    return [{"prompt": text, "answer": tickets.teacher_answer(text)} for text in texts]
+
+
+@dataclass
+class CancelledThenResumed:
+    run: CpuTraining
+    cancelled: Outcome
+    finished: Outcome
+    tailed: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def resumed(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CancelledThenResumed]:
+    """Started, cancelled once its first checkpoint is written, started again and run to the end."""
+    folder = tmp_path_factory.mktemp("training")
+    data = write_rows(folder / "train.jsonl", ticket_rows(4))
+    run = CpuTraining(folder / "run", base_model=base_model, data=data, spec=SPEC)
+    tailed: list[dict[str, Any]] = []
+    run.start()
+    try:
+        while not any(event["event"] == "checkpoint" for event in tailed):
+            assert run.running, run.outcome()
+            tailed += run.progress()
+            time.sleep(0.2)
+        cancelled = run.cancel(grace=120)
+        tailed += run.progress()
+        run.start()
+        finished = run.wait(timeout=600, on_progress=tailed.append)
+    finally:
+        if run.running and run.process:
+            run.process.kill()
+    yield CancelledThenResumed(run, cancelled, finished, tailed)
+
+
+def steps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [event for event in events if event["event"] == "step"]
+
+
+def test_the_loss_goes_down(resumed: CancelledThenResumed) -> None:
+    losses = [event["loss"] for event in steps(resumed.run.events())]
+    assert len(losses) == SPEC.total_steps(4) == 6
+    assert losses[-1] < losses[0] / 2, losses
+
+
+def test_the_finished_run_writes_a_lora_adapter_of_the_spec(
+    resumed: CancelledThenResumed, base_model: Path
+) -> None:
+    assert resumed.finished.status == SUCCEEDED, resumed.finished.message
+    adapter = resumed.finished.adapter
+    assert adapter is not None and adapter == resumed.run.adapter
+    assert all((adapter / name).is_file() for name in cpu_trainer.ADAPTER_FILES)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["peft_type"]) == (16, 32, "LORA")
+    assert Path(config["base_model_name_or_path"]) == base_model.resolve()
+    # every linear layer of the blocks, not only the attention's
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= set(
+        config["target_modules"]
+    )
+
+
+def test_progress_lines_are_readable_while_the_run_goes(resumed: CancelledThenResumed) -> None:
+    tailed = steps(resumed.tailed)
+    assert tailed == steps(resumed.run.events())  # the tail missed nothing and read nothing twice
+    for event in tailed:
+        assert event["total_steps"] == 6
+        assert event["loss"] > 0 and event["tokens_per_second"] > 0 and event["elapsed"] > 0
+        assert event["peak_rss_bytes"] > 100 * 1024**2
+    assert resumed.tailed[-1]["event"] == "done"
+
+
+def test_a_cancelled_run_stops_with_its_checkpoint_kept(resumed: CancelledThenResumed) -> None:
+    cancelled = resumed.cancelled
+    assert cancelled.status == CANCELLED, cancelled.message
+    assert cancelled.checkpoint is not None and cancelled.checkpoint.name == f"checkpoint-{cancelled.step}"
+    assert 2 <= cancelled.step < 6
+    assert f"resume continues from step {cancelled.step}" in cancelled.message
+
+
+def test_starting_again_resumes_from_the_checkpoint(resumed: CancelledThenResumed) -> None:
+    events = resumed.run.events()
+    starts = [event for event in events if event["event"] == "start"]
+    assert [start["resumed_from"] for start in starts] == [None, resumed.cancelled.step]
+    # every step once: none lost to the cancel, none done twice after the resume
+    assert [event["step"] for event in steps(events)] == [1, 2, 3, 4, 5, 6]
+
+
+def failed_run(tmp_path: Path, base_model: Path, rows: list[Any], spec: TrainingSpec = SPEC) -> Outcome:
+    run = CpuTraining(
+        tmp_path / "run", base_model=base_model, data=write_rows(tmp_path / "d.jsonl", rows), spec=spec
+    )
+    run.start()
+    outcome = run.wait(timeout=300)
+    assert outcome.status == FAILED
+    assert run.events()[-1]["event"] == "failed"
+    assert not run.adapter.exists()
+    return outcome
+
+
+def test_an_empty_data_file_fails_as_bad_data(tmp_path: Path, base_model: Path) -> None:
+    outcome = failed_run(tmp_path, base_model, [])
+    assert outcome.reason == "bad_data" and "no rows" in outcome.message
+
+
+def test_a_row_without_an_answer_fails_naming_the_row(tmp_path: Path, base_model: Path) -> None:
+    rows: list[Any] = [*ticket_rows(2), {"prompt": "Where is my parcel?"}]
+    outcome = failed_run(tmp_path, base_model, rows)
+    assert outcome.reason == "bad_data"
+    assert outcome.message == "Row 3 has no 'answer' field."
+
+
+def test_a_row_that_is_not_json_fails_naming_the_row(tmp_path: Path, base_model: Path) -> None:
+    outcome = failed_run(tmp_path, base_model, [*ticket_rows(1), "{'prompt': 'single quotes'}"])
+    assert outcome.reason == "bad_data" and outcome.message.startswith("Row 2 is not JSON")
+
+
+def test_a_row_longer_than_max_seq_length_fails_naming_the_row(tmp_path: Path, base_model: Path) -> None:
+    rows = [*ticket_rows(1), {"prompt": "Why? " * 100, "answer": "Because."}, *ticket_rows(1)]
+    outcome = failed_run(tmp_path, base_model, rows, TrainingSpec(max_seq_length=128))
+    assert outcome.reason == "bad_data"
+    assert outcome.message.startswith("Row 2 is ")
+    assert "max_seq_length is 128" in outcome.message
