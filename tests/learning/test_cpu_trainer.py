@@ -170,3 +170,19 @@ def test_a_row_longer_than_max_seq_length_fails_naming_the_row(tmp_path: Path, b
     assert outcome.reason == "bad_data"
     assert outcome.message.startswith("Row 2 is ")
     assert "max_seq_length is 128" in outcome.message
+
+
+def test_a_run_over_its_memory_limit_fails_as_out_of_memory(tmp_path: Path, base_model: Path) -> None:
+    # 2.5 GB of address space is less than torch, the model and the training step reserve together.
+    run = CpuTraining(
+        tmp_path / "run",
+        base_model=base_model,
+        data=write_rows(tmp_path / "d.jsonl", ticket_rows(2)),
+        spec=SPEC,
+        memory_limit_bytes=2500 * 1024**2,
+    )
+    run.start()
+    outcome = run.wait(timeout=300)
+    assert (outcome.status, outcome.reason) == (FAILED, "out_of_memory")
+    assert outcome.message.startswith("Out of memory") and "lower batch_size" in outcome.message
+    assert run.events()[-1]["reason"] == "out_of_memory"
