@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
-from marketplace.catalog.models import InstanceType, License, ModelCard, Provider
+from marketplace.catalog.models import CustomModel, InstanceType, License, ModelCard, Provider
 
 
 @admin.register(Provider)
@@ -31,6 +33,20 @@ class ModelCardAdmin(admin.ModelAdmin[ModelCard]):
     search_fields = ["name", "slug", "huggingface_repo"]
     list_select_related = ["provider"]
     autocomplete_fields = ["provider", "license"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelCard]:
+        """Platform admins see every card, organisations' custom models included (`organization` says
+        whose)."""
+        return ModelCard.every_card.select_related("provider")
+
+
+@admin.register(CustomModel)
+class CustomModelAdmin(admin.ModelAdmin[CustomModel]):
+    list_display = ["name", "organization", "source", "architecture", "created_at"]
+    list_filter = ["source"]
+    search_fields = ["name", "organization__slug", "huggingface_repo", "path"]
+    list_select_related = ["organization"]
+    readonly_fields = ["card", "facts", "hf_token_encrypted"]
 
 
 @admin.register(InstanceType)

@@ -322,3 +322,10 @@ def test_an_adapter_on_another_organisations_model_is_refused(client_for, outsid
     assert response.json()["base"] == [
         f"No model '{registered['slug']}' in the catalog or among your custom models."
     ]
+
+
+def test_a_platform_admin_finds_custom_models_in_the_admin(admin_client, registered) -> None:
+    card = ModelCard.every_card.get(slug=registered["slug"])
+    listed = admin_client.get("/admin/catalog/modelcard/", {"q": "tiny"}).content.decode()
+    assert f"/admin/catalog/modelcard/{card.pk}/change/" in listed
+    assert admin_client.get(f"/admin/catalog/custommodel/{registered['id']}/change/").status_code == 200
