@@ -303,7 +303,17 @@ def test(pytest_args: list[str]) -> int:
             **urls,
             "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
         }
-        return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], env=environment).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", *parallel_arguments(pytest_args), *pytest_args], env=environment
+        ).returncode
+
+
+def parallel_arguments(pytest_args: list[str]) -> list[str]:
+    """Two test processes where the machine has two cores or more (pytest-xdist; tests/parallel.py gives
+    each its own Redis), unless the arguments choose (`-n 0` runs in this process)."""
+    chosen = any(argument.startswith(("-n", "--numprocesses")) for argument in pytest_args)
+    workers = [] if chosen else ["-n", str(min(2, os.cpu_count() or 1))]
+    return ["-p", "tests.parallel", *workers, "--dist", "loadgroup"]
 
 
 def main() -> None:

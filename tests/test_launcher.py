@@ -10,6 +10,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -186,3 +187,34 @@ def test_a_chosen_admin_password_is_never_printed(tmp_path: Path, monkeypatch: A
     assert (password, first) == ("chosen-by-me", False)
     assert "chosen-by-me" not in launcher.sign_in_line(password, first, tmp_path, "http://h")
     assert not (tmp_path / "admin-password").exists()
+
+
+def test_the_suite_runs_on_two_processes_with_their_own_redis_unless_the_arguments_choose() -> None:
+    from marketplace.launcher import parallel_arguments
+
+    chosen_by_default = parallel_arguments(["-k", "subscriptions"])
+    assert chosen_by_default[:2] == ["-p", "tests.parallel"]
+    assert chosen_by_default[chosen_by_default.index("-n") + 1] == str(min(2, os.cpu_count() or 1))
+    for choice in (["-n", "0"], ["-n4"], ["--numprocesses=3"]):
+        assert "-n" not in parallel_arguments(choice)
+        assert parallel_arguments(choice)[:2] == ["-p", "tests.parallel"]
+
+
+def test_each_test_process_gets_a_redis_server_of_its_own(tmp_path: Path) -> None:
+    """Two worker processes of a run, each with tests/parallel.py loaded, see different Redis servers."""
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "import os\n"
+        "def test_where():\n"
+        "    worker = os.environ['PYTEST_XDIST_WORKER']\n"
+        "    open(os.environ['OUT'] + worker, 'w').write(os.environ['REDIS_URL'])\n"
+    )
+    environment = {**os.environ, "OUT": str(tmp_path / "url-"), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.parallel", "-n", "2", "--dist", "each",
+         "-p", "no:django", "-p", "no:cacheprovider", "-q", str(probe)],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    urls = {path.read_text() for path in tmp_path.glob("url-*")}
+    assert len(urls) == 2 and os.environ.get("REDIS_URL") not in urls
