@@ -558,10 +558,20 @@ class DeliveryOutcome:
 
 
 def deliver(alert_id: int) -> DeliveryOutcome:
-    """POST the alert to its budget's webhook once, signed, and keep the attempt's outcome. Idempotent:
-    an alert delivered already is not sent again."""
+    """POST the alert to its budget's webhook once, signed, and keep the attempt's outcome. Idempotent
+    per (alert, attempt): the alert's row is locked from reading its attempts until the attempt's outcome
+    is written, so a redelivered task running beside the first (or after it) waits, then finds the
+    alert delivered and does not call the webhook again, or makes the next attempt under its own number.
+    The lock is held for at most the webhook's timeout. A worker that dies mid-call writes nothing; the
+    next attempt carries the same X-Marketplace-Delivery id, so the receiver can tell it is a repeat."""
+    with transaction.atomic():
+        return _deliver_locked(alert_id)
+
+
+def _deliver_locked(alert_id: int) -> DeliveryOutcome:
     alert = (
-        BudgetAlert.objects.select_related("budget__organization", "budget__deployment")
+        BudgetAlert.objects.select_for_update(of=("self",))
+        .select_related("budget__organization", "budget__deployment")
         .filter(pk=alert_id)
         .first()
     )

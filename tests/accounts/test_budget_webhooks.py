@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from django.db import connection
 
 from marketplace.accounts import budgets, tasks
 from marketplace.accounts import services as account_services
@@ -27,8 +28,9 @@ class Receiver:
     """A webhook endpoint on a free local port answering the statuses given, one per request (the last
     one for ever after), and keeping what it received."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], delay: float = 0) -> None:
         self.statuses = statuses
+        self.delay = delay  # seconds before answering
         self.received: list[tuple[dict[str, str], bytes]] = []
         receiver = self
 
@@ -36,6 +38,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 receiver.received.append((dict(self.headers.items()), body))
+                time.sleep(receiver.delay)
                 status = receiver.statuses[min(len(receiver.received), len(receiver.statuses)) - 1]
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -119,6 +122,44 @@ def test_a_failing_webhook_is_retried_with_backoff_until_it_accepts(
     sent = json.loads(receiver.received[-1][1])
     assert sent["type"] == "budget.threshold_crossed"
     assert (sent["alert_id"], sent["threshold_percent"], sent["spent_usd"]) == (alert.pk, 50, "6.00")
+
+
+def test_a_redelivered_task_running_beside_the_first_does_not_call_the_webhook_again(
+    transactional_catalog: None, settings: Any, no_worker: list[int]
+) -> None:
+    """The broker hands the delivery task to a second worker while the first is still waiting for the
+    webhook's answer (acks_late, the first worker thought lost): the second waits for the first's
+    outcome, finds the alert delivered, and calls nothing."""
+    settings.BUDGET_WEBHOOK_PRIVATE_ADDRESSES = True
+    slow = Receiver([204], delay=1.0)
+    try:
+        organization = account_services.create_organization(slug="twice", name="Twice", owner=make_user("t"))
+        budget, _ = half_spent_budget(organization, slow.url)
+        [alert] = budgets.check_budget(budget, NOW)
+        start = threading.Barrier(2)
+        outcomes: list[Any] = []
+        failures: list[BaseException] = []
+
+        def run_task() -> None:
+            try:
+                start.wait()
+                outcomes.append(tasks.deliver_budget_alert.apply(args=[alert.pk]).get())
+            except BaseException as error:
+                failures.append(error)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=run_task) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        slow.stop()
+    assert failures == []
+    assert outcomes == ["delivered", "delivered"]
+    assert len(slow.received) == 1
+    assert list(WebhookDelivery.objects.values_list("attempt", "delivered")) == [(1, True)]
 
 
 def test_a_delivered_alert_is_not_sent_again(
