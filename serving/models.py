@@ -147,6 +147,12 @@ class UsageRecord(models.Model):
         blank=True,
         help_text="The deployment the router chose; in shadow mode, the one it would have chosen",
     )
+    guardrail_interventions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="What the gateway's guardrails did: [{guardrail_id, guardrail, version, direction, kind, "
+        "name, action}] (serving.gateway.guardrails; never the matched text)",
+    )
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:

@@ -30,7 +30,8 @@ from learning.models import (
 from marketplace.accounts.models import ApiKey, Organization
 from marketplace.accounts.services import create_api_key
 from serving.gateway.metering import QUEUE_KEY as USAGE_QUEUE_KEY
-from serving.models import Deployment
+from serving.gateway.metering import flush_usage
+from serving.models import Deployment, UsageRecord
 from tests.serving.gateway.conftest import CHAT, deploy
 from tests.serving.gateway.guardrail_engine import GuardedEngine, guarded_engine, prompts
 from tests.serving.gateway.in_process import key_headers, post
@@ -101,6 +102,14 @@ def sse(body: bytes) -> list[dict[str, Any]]:
 
 def streamed_text(body: bytes) -> str:
     return "".join(choice["delta"].get("content") or "" for chunk in sse(body) for choice in chunk["choices"])
+
+
+def queued(connection: redis.Redis, key: str, field: str, request_id: str) -> dict[str, Any]:
+    """The one record of the call in a queue (another test's spooled record may be replayed there)."""
+    [record] = [
+        found for line in connection.lrange(key, 0, -1) if (found := json.loads(line))[field] == request_id
+    ]
+    return record
 
 
 def counted(guardrail: str, kind: str, direction: str, action: str) -> float:
@@ -341,7 +350,8 @@ def test_interventions_are_counted_recorded_and_logged(
     InvocationLogSettings.objects.create(organization=acme, enabled=True, mask_personal_data=False)
     before = counted("support", "personal_data", "input", "masked")
     GuardedEngine.pieces = ["Say project falcon."]
-    post("/v1/chat/completions", ask(f"Mail {EMAIL}"), key_headers(key[1]))
+    answer = post("/v1/chat/completions", ask(f"Mail {EMAIL}"), key_headers(key[1]))
+    request_id = answer.headers["x-request-id"]
     assert counted("support", "personal_data", "input", "masked") == before + 1
     expected = [
         {"guardrail_id": guardrail.pk, "guardrail": "support", "version": 1, "direction": "input",
@@ -349,12 +359,14 @@ def test_interventions_are_counted_recorded_and_logged(
         {"guardrail_id": guardrail.pk, "guardrail": "support", "version": 1, "direction": "output",
          "kind": "word", "name": "project falcon", "action": "blocked"},
     ]  # fmt: skip
-    [usage] = [json.loads(line) for line in queues.lrange(USAGE_QUEUE_KEY, 0, -1)]
+    usage = queued(queues, USAGE_QUEUE_KEY, "request_id", request_id)
     assert usage["guardrail_interventions"] == expected
-    [logged] = [json.loads(line) for line in queues.lrange(LOG_QUEUE_KEY, 0, -1)]
+    logged = queued(queues, LOG_QUEUE_KEY, "id", request_id)
     assert logged["guardrails"] == expected
     assert logged["request"]["messages"][0]["content"] == "Mail [EMAIL]"
     assert logged["answer"]["choices"][0]["message"]["content"] == "That answer was withheld."
+    flush_usage(queues)
+    assert UsageRecord.objects.get(request_id=usage["request_id"]).guardrail_interventions == expected
     rows = GuardrailIntervention.objects.order_by("direction")
     assert [(r.direction, r.kind, r.action, r.request_id) for r in rows] == [
         ("input", "personal_data", "masked", usage["request_id"]),
@@ -365,8 +377,8 @@ def test_interventions_are_counted_recorded_and_logged(
 def test_a_clean_call_records_no_intervention(
     guardrail: Guardrail, key: tuple[ApiKey, str], queues: redis.Redis
 ) -> None:
-    post("/v1/chat/completions", ask("What is the capital of France?"), key_headers(key[1]))
-    [usage] = [json.loads(line) for line in queues.lrange(USAGE_QUEUE_KEY, 0, -1)]
+    answer = post("/v1/chat/completions", ask("What is the capital of France?"), key_headers(key[1]))
+    usage = queued(queues, USAGE_QUEUE_KEY, "request_id", answer.headers["x-request-id"])
     assert "guardrail_interventions" not in usage
     assert not GuardrailIntervention.objects.exists()
 
