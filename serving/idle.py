@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import Max, OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from serving import costs, services
@@ -37,15 +37,11 @@ def idle_after() -> timedelta:
 
 
 def with_last_request(deployments: QuerySet[Deployment]) -> QuerySet[Deployment]:
-    """The deployments, each with `last_request_at` (None when it never served one), in the same query."""
-    last = (
-        UsageRecord.objects.filter(deployment=OuterRef("pk"))
-        .order_by()
-        .values("deployment")
-        .annotate(at=Max("created_at"))
-        .values("at")
-    )
-    return deployments.annotate(last_request_at=Subquery(last))
+    """The deployments, each with `last_request_at` (None when it never served one), in the same query:
+    the newest record of each, one probe of the index on (deployment, created_at) apiece (a MAX grouped
+    by deployment would read every record of every deployment)."""
+    last = UsageRecord.objects.filter(deployment=OuterRef("pk")).order_by("-created_at").values("created_at")
+    return deployments.annotate(last_request_at=Subquery(last[:1]))
 
 
 def idle_since(deployment: Any) -> datetime:
