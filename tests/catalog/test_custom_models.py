@@ -329,3 +329,31 @@ def test_a_platform_admin_finds_custom_models_in_the_admin(admin_client, registe
     listed = admin_client.get("/admin/catalog/modelcard/", {"q": "tiny"}).content.decode()
     assert f"/admin/catalog/modelcard/{card.pk}/change/" in listed
     assert admin_client.get(f"/admin/catalog/custommodel/{registered['id']}/change/").status_code == 200
+
+
+def test_outsider_cannot_ask_which_instance_types_it_fits(client_for, outsider, registered) -> None:
+    response = client_for(outsider).get("/api/instance-types/", {"fits": registered["slug"]})
+    assert response.status_code == 400
+    assert "fits" in response.json()
+
+
+@pytest.mark.parametrize(
+    "field", ["name", "source", "huggingface_repo", "revision", "hf_token", "path", "base"]
+)
+@pytest.mark.parametrize("value", [None, 7, ["x"], {"a": 1}, "x" * 5000, True])
+def test_a_field_of_the_wrong_kind_is_refused_and_saves_nothing(
+    client_for, owner, root, field, value
+) -> None:
+    body = {
+        "name": "tiny",
+        "source": "adapter",
+        "path": str(root),
+        "base": "smollm2-135m-instruct",
+        field: value,
+    }
+    response = client_for(owner).post(CUSTOM, body, format="json")
+    assert response.status_code == 400, response.content
+    # A value of the wrong kind is refused by name; one the field can read (7 as "7") fails a later check.
+    named = set(response.json())
+    assert field in named or named <= {"path", "base"}
+    assert not CustomModel.objects.exists()
