@@ -220,7 +220,7 @@ def search_vectors_refreshed_once() -> Iterator[None]:
         yield
     finally:
         _search_vectors_deferred.reset(token)
-    ModelCard.objects.all().refresh_search_vectors()
+    ModelCard.every_card.all().refresh_search_vectors()
 
 
 class ModelCard(models.Model):
