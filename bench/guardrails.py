@@ -15,6 +15,18 @@ every request anyway; for streams, decoding one server-sent event's JSON, as it 
 2. check() on a 1 KB prompt with an e-mail address, a phone and a card number (three masked).
 3. StreamGuard.feed() per chunk of a 2 KB answer streamed four characters at a time (a token), with the
    personal-data and word checks, and the characters it holds back on average.
+
+With `--gateway` instead (the gateway as bench/gateway.py runs it: gunicorn, 2 uvicorn workers,
+GATEWAY_ONLY=True, on DATABASE_URL/REDIS_URL when set, else embedded servers):
+
+4. Added latency at the gateway, guardrail off against on, in `--rounds` alternating rounds in one run: a
+   guardrail of personal data (all types, masked) and five words attached to the deployment, or not;
+   `--requests` plain chat requests with a clean ~1 KB prompt at concurrency 1 against the fast stand-in
+   engine (bench/responder.py). p50/p99 of each, and on − off (goal: p50 ≤ +1 ms).
+5. Streaming time to first token (the first non-empty content delta the caller receives), output checks off
+   against on, against a paced stand-in engine (this script with --paced PORT: one 4-character token every
+   `--token-ms` ms, a 2 KB answer). With checks on the first token waits for the hold-back window
+   (64 characters, about 16 tokens here) to fill: the price of never sending an entity in pieces.
 """
 
 from __future__ import annotations
@@ -164,14 +176,205 @@ def run(calls: int, rounds: int) -> None:
     print(f"   characters held back on average while streaming: {held_back():.0f} (window {window})")
 
 
+# --- At the gateway ----------------------------------------------------------------------------------------
+
+PACED_MODEL = "bench-paced"
+GUARDRAIL = {
+    "personal_data": {},  # filled with every type in gateway_run (learning.masking.ALL_KINDS)
+    "words": ["project falcon", "acme corp", "confidential", "internal only", "codename"],
+}
+
+
+def serve_paced(port: int, token_ms: float) -> None:
+    """A stand-in engine that streams ANSWER four characters an event, one event every `token_ms` ms."""
+    import asyncio
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"content-length:")), 0,
+                )  # fmt: skip
+                await reader.readexactly(length)
+                if head.startswith(b"GET"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    continue
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
+                events = [{"role": "assistant", "content": ""}] + [
+                    {"content": ANSWER[i : i + 4]} for i in range(0, len(ANSWER), 4)
+                ]
+                for number, delta in enumerate(events):
+                    body = {
+                        "id": "p",
+                        "object": "chat.completion.chunk",
+                        "created": 1,
+                        "model": PACED_MODEL,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": delta,
+                                "finish_reason": "stop" if number == len(events) - 1 else None,
+                            }
+                        ],
+                    }
+                    piece = b"data: " + json.dumps(body).encode() + b"\n\n"  # fmt: skip
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    await writer.drain()
+                    await asyncio.sleep(token_ms / 1000)
+                usage = {"id": "p", "object": "chat.completion.chunk", "created": 1, "model": PACED_MODEL,
+                         "choices": [], "usage": {"prompt_tokens": 256, "completion_tokens": len(events),
+                                                  "total_tokens": 256 + len(events)}}  # fmt: skip
+                for piece in (b"data: " + json.dumps(usage).encode() + b"\n\n", b"data: [DONE]\n\n"):
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(answer, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+async def first_tokens(url: str, headers: dict[str, str], count: int) -> list[float]:
+    """Milliseconds to the first non-empty content delta of `count` streamed chat calls, one at a time."""
+    import aiohttp
+
+    body = json.dumps(
+        {"model": PACED_MODEL, "stream": True, "messages": [{"role": "user", "content": CLEAN}]}
+    )
+    found = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        for _ in range(count):
+            begin, first = time.perf_counter(), 0.0
+            async with session.post(url, data=body, headers=headers) as response:
+                async for line in response.content:
+                    if not first and line.startswith(b"data: {"):
+                        chunk = json.loads(line[6:])
+                        if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()):
+                            first = time.perf_counter()
+            assert first, "the stream sent no content"
+            found.append((first - begin) * 1000)
+    return found
+
+
+def attach(organization_id: int, on: bool, wait: float) -> None:
+    """Attach the bench guardrail to both bench deployments (or detach it), then wait for the gateway's
+    snapshot of the organisation to expire."""
+    from django.db import connections
+
+    from learning.models import Guardrail, GuardrailAttachment
+    from serving.models import Deployment
+
+    guardrail = Guardrail.objects.get(organization_id=organization_id, name="bench")
+    GuardrailAttachment.objects.filter(guardrail=guardrail).delete()
+    if on:
+        for deployment in Deployment.objects.filter(organization_id=organization_id):
+            GuardrailAttachment.objects.create(guardrail=guardrail, deployment=deployment)
+    connections.close_all()
+    time.sleep(wait)
+
+
+def gateway_run(args: Any) -> None:
+    import asyncio
+    import os
+    import tempfile
+
+    from bench.gateway import MODEL, Processes, drive, free_port, gateway
+
+    with tempfile.TemporaryDirectory(prefix="bench-guardrails-") as folder:
+        procs = Processes(Path(folder))
+        try:
+            responder, paced = free_port(), free_port()
+            engine = procs.start(
+                "responder", [sys.executable, str(ROOT / "bench" / "responder.py"), str(responder)]
+            )
+            pacer = procs.start("paced", [sys.executable, __file__, "--paced", str(paced),
+                                          "--token-ms", str(args.token_ms)])  # fmt: skip
+            procs.wait_ready(f"http://127.0.0.1:{responder}/health", engine, "responder", 10)
+            procs.wait_ready(f"http://127.0.0.1:{paced}/health", pacer, "paced", 10)
+            os.environ["GATEWAY_CACHE_SECONDS"] = "1"
+            with gateway(procs, f"http://127.0.0.1:{responder}") as target:
+                assert target is not None
+                gateway_measure(args, target, f"http://127.0.0.1:{paced}", MODEL, drive, asyncio)
+        finally:
+            procs.stop_all()
+
+
+def gateway_measure(args: Any, target: Any, paced: str, model: str, drive: Any, asyncio: Any) -> None:
+    from learning import masking
+    from learning.guardrails import service
+    from marketplace.accounts.models import Organization
+    from marketplace.catalog.models import InstanceType, ModelCard
+    from serving.choices import Backend, DeploymentStatus
+    from serving.models import Deployment
+
+    organization = Organization.objects.get(slug="bench")
+    Deployment.objects.create(
+        organization=organization, name=PACED_MODEL,
+        model_card=ModelCard.objects.get(slug="smollm2-135m-instruct"),
+        instance_type=InstanceType.objects.get(slug="local-cpu"), backend=Backend.LOCAL,
+        status=DeploymentStatus.READY, status_message="Ready.", ready_replicas=1, desired_replicas=1,
+        endpoints=[paced],
+    )  # fmt: skip
+    config = {**GUARDRAIL, "personal_data": {kind: "mask" for kind in masking.ALL_KINDS}}
+    guardrail = service.create_guardrail(organization=organization, user=None, name="bench", config=config)
+    service.publish(guardrail, None)
+    url = f"{target.url}/v1/chat/completions"
+    headers = {**target.headers, "Content-Type": "application/json"}
+    plain = json.dumps({"model": model, "messages": [{"role": "user", "content": CLEAN}], "max_tokens": 64})
+    latency: dict[str, list[float]] = {"off": [], "on": []}
+    ttft: dict[str, list[float]] = {"off": [], "on": []}
+    for number in range(args.rounds):
+        print(f"round {number + 1} of {args.rounds}…", file=sys.stderr)
+        for case in ("off", "on"):
+            attach(organization.pk, case == "on", 2.0)
+            cell = asyncio.run(drive(url, headers, plain.encode(), 1, args.requests, 600, False, dict))
+            latency[case] += cell.latencies
+            ttft[case] += asyncio.run(first_tokens(url, headers, args.streams))
+    print(f"4. gateway latency, plain chat, clean 1 KB prompt, concurrency 1: {args.rounds} rounds × "
+          f"{args.requests} requests per case (guardrail: personal data, all types masked, "
+          "+ 5 words)")  # fmt: skip
+    for case in ("off", "on"):
+        print(line(f"guardrail {case}", latency[case], latency["off"]))
+    added = statistics.median(latency["on"]) - statistics.median(latency["off"])
+    added99 = percentile(latency["on"], 0.99) - percentile(latency["off"], 0.99)
+    print(f"   on − off: p50 {added:+.3f} ms, p99 {added99:+.3f} ms   (goal: p50 ≤ +1 ms)")
+    print(f"5. streaming time to first token, a 2 KB answer at one 4-character token every "
+          f"{args.token_ms} ms: {args.rounds} rounds × {args.streams} streams per case")  # fmt: skip
+    for case in ("off", "on"):
+        print(line(f"output checks {case}", ttft[case], ttft["off"]))
+    delay = statistics.median(ttft["on"]) - statistics.median(ttft["off"])
+    print(f"   on − off: p50 {delay:+.1f} ms (the 64-character hold-back is ≈ 16 tokens × "
+          f"{args.token_ms} ms)")  # fmt: skip
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--gateway", action="store_true", help="measure at the gateway (4 and 5)")
+    parser.add_argument("--requests", type=int, default=500, help="plain requests per case and round")
+    parser.add_argument("--streams", type=int, default=20, help="streams per case and round")
+    parser.add_argument("--token-ms", type=float, default=5.0)
+    parser.add_argument("--paced", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     import os
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
-    run(arguments.calls, arguments.rounds)
+    if arguments.paced:
+        serve_paced(arguments.paced, arguments.token_ms)
+    elif arguments.gateway:
+        from bench.common import run_with_services
+
+        run_with_services(lambda: gateway_run(arguments))
+    else:
+        run(arguments.calls, arguments.rounds)
