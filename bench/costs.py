@@ -4,7 +4,8 @@
 
 Uses DATABASE_URL/REDIS_URL when set (in a separate `<name>_bench` database that it recreates), else
 embedded servers. One organisation runs `deployments` deployments, each metered every hour of `days` days
-(ReplicaHour rows, rolled up into ReplicaDay as the reconciler does) and called once a day (UsageRecord);
+(ReplicaHour rows, rolled up into ReplicaDay as the reconciler does) and called once a day (UsageRecord,
+rolled up into UsageDay as the usage flush does; once a day is the roll-up's worst case, a row per call);
 a second runs 10 deployments the same way, to show that the queries per request do not grow with the
 number of deployments. Each request goes through the whole Django stack in process, so the time is server
 time without the network. Prints p50 and p99 per scenario, queries per request at 10 and at `deployments`
@@ -53,8 +54,8 @@ def populate(slug: str, deployments: int, start: datetime, days: int) -> tuple[o
     from marketplace.accounts import services as account_services
     from marketplace.accounts.models import Quota
     from marketplace.catalog.models import InstanceType, ModelCard
-    from serving import costs
-    from serving.models import Deployment, ReplicaDay, ReplicaHour, UsageRecord
+    from serving import costs, usage_days
+    from serving.models import Deployment, ReplicaDay, ReplicaHour, UsageDay, UsageRecord
     from tests.conftest import make_user
 
     owner = make_user(f"{slug}-owner")
@@ -98,9 +99,9 @@ def populate(slug: str, deployments: int, start: datetime, days: int) -> tuple[o
             f"""
             INSERT INTO {UsageRecord._meta.db_table} (request_id, organization_id, api_key_id, deployment_id,
                 model, route, prompt_tokens, completion_tokens, latency_ms, status_code, streamed, router,
-                router_choice, created_at)
+                router_choice, guardrail_interventions, created_at)
             SELECT md5(d.id || '-' || t::text), d.organization_id, %s, d.id, d.name, 'chat.completions', 400,
-                   200, 50, 200, false, '', '', t
+                   200, 50, 200, false, '', '', '[]'::jsonb, t
             FROM {Deployment._meta.db_table} d
             CROSS JOIN generate_series(%s::timestamptz, %s::timestamptz, interval '1 day') t
             WHERE d.organization_id = %s
@@ -114,11 +115,14 @@ def populate(slug: str, deployments: int, start: datetime, days: int) -> tuple[o
         )
     ids = list(Deployment.objects.filter(organization=organization).values_list("pk", flat=True))
     costs._roll_up_days(start=start, end=start + timedelta(days=days), deployment_ids=ids)
+    usage_days.rebuild()  # the daily usage roll-up, as the flush keeps it
     hours = ReplicaHour.objects.filter(organization=organization).count()
     days_rows = ReplicaDay.objects.filter(organization=organization).count()
     calls = UsageRecord.objects.filter(organization=organization).count()
+    usage_rows = UsageDay.objects.filter(organization=organization).count()
     print(
-        f"{slug}: {deployments} deployments, {hours:,} hourly rows, {days_rows:,} daily rows, {calls:,} calls"
+        f"{slug}: {deployments} deployments, {hours:,} hourly rows, {days_rows:,} daily rows, "
+        f"{calls:,} calls ({usage_rows:,} daily usage rows)"
     )
     return organization, owner
 
