@@ -21,6 +21,11 @@ only when the router's name is in its list, and the router then calls its candid
 behalf whether or not they are in the list. Allowing a router is allowing what it routes to, as
 allowing a deployment is allowing whatever model runs behind it; a key allowed only a candidate cannot
 reach it through the router, since the router might send its prompts elsewhere.
+
+The guardrails attached to the organisation's deployments, routers and keys are read with them too
+(learning.guardrails.attachments: one query for the attachments, one for the latest versions, each
+version compiled once per process), so applying them costs a call no query in steady state; a failed
+read keeps the last one, as for routers.
 """
 
 from __future__ import annotations

@@ -345,6 +345,7 @@ class StreamCheck:
         self._finished: set[int] = set()
         self.blocked: guardrails.Policy | None = None
         self._last_head: dict[str, Any] = {}
+        self._noted: set[int] = set()  # the guards whose interventions are recorded on the call
 
     def _chain(self, index: int) -> list[guardrails.StreamGuard]:
         chain = self._chains.get(index)
@@ -453,9 +454,9 @@ class StreamCheck:
 
     def _note(self, guard: guardrails.StreamGuard) -> None:
         """Record the guard's interventions (once)."""
-        if getattr(guard, "_noted", False):
+        if id(guard) in self._noted:
             return
-        guard._noted = True  # type: ignore[attr-defined]
+        self._noted.add(id(guard))
         verdict = guard.verdict()
         self.call.interventions.extend(
             Recorded(guard.policy, guardrails.OUTPUT, hit) for hit in verdict.interventions
