@@ -90,6 +90,12 @@ def eventually(check: Callable[[], bool], timeout: float = 10) -> bool:
     return check()
 
 
+def written(guardrail: Guardrail, **fields: str) -> bool:
+    """Whether the gateway has written the intervention (it does so after the answer; a test that ends
+    before would race the next test's emptying of the tables)."""
+    return eventually(GuardrailIntervention.objects.filter(guardrail=guardrail, **fields).exists)
+
+
 def logged(connection: redis.Redis, count: int = 1) -> list[dict[str, Any]]:
     """The invocation records the gateway queued."""
     eventually(lambda: connection.llen(LOG_QUEUE_KEY) >= count)
@@ -110,6 +116,7 @@ def test_the_real_engine_receives_the_prompt_masked(
     assert record["request"]["messages"] == [{"role": "user", "content": "Say hello to [EMAIL]."}]
     assert EMAIL not in json.dumps(record)
     assert (record["guardrails"][0]["kind"], record["guardrails"][0]["action"]) == ("personal_data", "masked")
+    assert written(guardrail, direction="input", action="masked")
 
 
 def test_a_blocked_prompt_gets_content_filter_from_the_openai_client(
@@ -123,6 +130,7 @@ def test_a_blocked_prompt_gets_content_filter_from_the_openai_client(
     assert answer.usage is not None and answer.usage.completion_tokens == 0  # the engine never ran
     [record] = logged(log_queue)
     assert record["guardrails"][0]["action"] == "blocked"
+    assert written(guardrail, direction="input", action="blocked")
 
 
 def test_a_blocked_streamed_prompt_gets_content_filter(
@@ -135,6 +143,7 @@ def test_a_blocked_streamed_prompt_gets_content_filter(
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert text == "We cannot help with that."
     assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert written(guardrail, direction="input", action="blocked")
 
 
 def test_a_clean_streamed_answer_of_the_real_engine_passes(
@@ -152,7 +161,7 @@ def test_a_clean_streamed_answer_of_the_real_engine_passes(
 
 
 def test_a_streamed_address_split_across_chunks_reaches_the_openai_client_masked(
-    gateway_url: str, tenant: Tenant, standin: Deployment
+    gateway_url: str, tenant: Tenant, standin: Deployment, guardrail: Guardrail
 ) -> None:
     GuardedEngine.pieces = ["Write to jane", ".doe@exa", "mple.org", " today."]
     stream = client(gateway_url, tenant.key).chat.completions.create(
@@ -161,10 +170,11 @@ def test_a_streamed_address_split_across_chunks_reaches_the_openai_client_masked
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert "".join(pieces) == "Write to [EMAIL] today."
     assert not any("jane" in piece or "exa" in piece for piece in pieces)
+    assert written(guardrail, direction="output", action="masked")
 
 
 def test_a_streamed_answer_that_turns_blocked_stops_with_content_filter(
-    gateway_url: str, tenant: Tenant, standin: Deployment
+    gateway_url: str, tenant: Tenant, standin: Deployment, guardrail: Guardrail
 ) -> None:
     GuardedEngine.pieces = ["Your card ", "4111 1111 ", "1111 1111", " is fine." * 20]
     stream = client(gateway_url, tenant.key).chat.completions.create(
@@ -174,6 +184,7 @@ def test_a_streamed_answer_that_turns_blocked_stops_with_content_filter(
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     assert "4111" not in text and text.endswith("That answer was withheld.")
     assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert written(guardrail, direction="output", action="blocked")
 
 
 # --- boto3 --------------------------------------------------------------------------------------------------
@@ -195,6 +206,7 @@ def test_converse_with_guardrail_config_intervenes_with_a_trace(
     assert answer["output"]["message"]["content"][0]["text"] == "We cannot help with that."
     assessment = answer["trace"]["guardrail"]["inputAssessment"][str(named.pk)]
     assert assessment["wordPolicy"]["customWords"][0]["match"] == "Project Falcon"
+    assert written(named, direction="input", action="blocked")
 
 
 def test_converse_with_a_clean_prompt_answers_from_the_real_engine(

@@ -211,7 +211,7 @@ def test_a_blocked_stream_stops_with_content_filter_before_the_entity(
     GuardedEngine.pieces = ["Your card: ", "4111 1111 ", "1111 1111", " is on file. " * 10]
     answer = post("/v1/chat/completions", ask("Card?", stream=True), key_headers(key[1]))
     text = streamed_text(answer.body)
-    assert "4111" not in answer.body.decode()
+    assert "4111 1111" not in answer.body.decode()  # whole values: an id may hold "4111"
     assert text.endswith("That answer was withheld.")
     assert sse(answer.body)[-1]["choices"][0]["finish_reason"] == "content_filter"
     assert answer.body.endswith(b"data: [DONE]\n\n")
