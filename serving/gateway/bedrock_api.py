@@ -276,7 +276,9 @@ async def _stream(
                 call.relayed(checked)
                 for framed in frame(checked):
                     yield framed
-            for framed in close(round((time.perf_counter() - call.started) * 1000)):
+            closing = list(close(round((time.perf_counter() - call.started) * 1000)))
+            for index, framed in enumerate(closing):
+                call.answered_in_full = index == len(closing) - 1
                 yield framed
         except upstream.UpstreamError as error:
             call.status_code = error.status

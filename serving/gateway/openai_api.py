@@ -254,12 +254,13 @@ async def _stream(
                     if chunk is not None:
                         continue
                 if chunk is None:
-                    pass
+                    call.answered_in_full = event.strip() == b"data: [DONE]"
                 elif chunk.get("choices") or chunk.get("type") in pipeline.RESPONSE_DELTAS:
                     call.first_token()
                     call.relayed(chunk)  # metered even if the caller leaves before the usage chunk
                 elif responses and chunk.get("type") in FINAL_RESPONSE_EVENTS:
                     call.responded(chunk.get("response"))
+                    call.answered_in_full = True
                 elif chunk.get("usage"):
                     call.saw_usage(chunk["usage"])
                     if not wants_usage:

@@ -178,6 +178,8 @@ class Call:
     requested_guardrail: GuardrailPolicy | None = None
     interventions: list[guardrail_step.Recorded] = field(default_factory=list)
     guardrail_blocked: str = ""
+    # The API's last event of a stream was relayed: a caller who leaves after it has read the whole answer.
+    answered_in_full: bool = False
     guardrail_message: str = ""  # the blocked guardrail's message, once one blocked
     guardrail_trace: bool = False  # Bedrock's guardrailConfig.trace: the interventions in the answer
     stream_checks: guardrail_step.StreamCheck | None = None  # a streamed answer's output checks
@@ -465,14 +467,17 @@ def stream_response(
 
     A stream closed before `body` ended is metered with CLIENT_CLOSED, as an unstreamed call whose
     caller left is: its answer is cut short, so neither the usage record nor the invocation log may
-    present it as a whole answer (datasets made from logs take status 200 as a complete one)."""
+    present it as a whole answer (datasets made from logs take status 200 as a complete one). Unless its
+    last event had been relayed (`call.answered_in_full`): a caller may well close the connection on
+    that event, before the relay has finished, having read the whole answer."""
     closed = ended = False
 
     async def close_relay() -> None:
         nonlocal closed
         if not closed:
             closed = True
-            if not ended and call.status_code == 200 and not call.guardrail_blocked:
+            cut_short = not ended and not call.answered_in_full
+            if cut_short and call.status_code == 200 and not call.guardrail_blocked:
                 call.status_code = CLIENT_CLOSED
             if checks is not None:  # what the output checks found, however the stream ended
                 checks.note_all()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from marketplace.accounts.services import create_api_key, create_organization
@@ -135,9 +138,43 @@ def test_a_client_that_leaves_mid_stream_closes_the_engine_request_and_is_metere
     assert metered == [pipeline.CLIENT_CLOSED]  # metered once, as a stream its caller cut short
 
 
-def _leave_mid_stream(endpoint: str, monkeypatch: Any) -> list[int]:
-    """A streamed chat through the front whose client reads the first event and goes away; the status
-    of every metering of it."""
+class LingeringEngine(BaseHTTPRequestHandler):
+    """A stand-in engine that streams a whole answer, its usage chunk and `[DONE]`, then holds the
+    connection open for two seconds before closing it."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {"content": "Paris."}}]}\n\n')
+        self.wfile.write(b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n')
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        time.sleep(2)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_client_that_leaves_on_the_last_event_has_had_the_whole_answer_and_is_metered_200(
+    transactional_catalog: None, monkeypatch: Any
+) -> None:
+    """Clients close the connection as soon as they read `[DONE]`, which may be before the relay has seen
+    the engine's stream end: that answer was whole, not cut short."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LingeringEngine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        assert _leave_mid_stream(endpoint, monkeypatch, leave_on=b"data: [DONE]") == [200]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _leave_mid_stream(endpoint: str, monkeypatch: Any, leave_on: bytes = b"") -> list[int]:
+    """A streamed chat through the front whose client reads the first event that holds `leave_on` and
+    goes away; the status of every metering of it."""
     organization = create_organization(slug="leave", name="Leave", owner=None)
     deploy(organization, "slow", CHAT, endpoint)
     _, secret = create_api_key(organization=organization, name="k", created_by=None, expires_at=None)
@@ -164,7 +201,8 @@ def _leave_mid_stream(endpoint: str, monkeypatch: Any) -> list[int]:
             return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body" and message.get("body"):
+            body = message.get("body", b"") if message["type"] == "http.response.body" else b""
+            if body and leave_on in body:
                 chunks.set()
 
         headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {secret}".encode())]
