@@ -71,14 +71,31 @@ def _transactional(item: pytest.Item) -> bool:
     return by_marker or "transactional_db" in getattr(item, "fixturenames", ())
 
 
+def _database_kind(item: pytest.Item) -> str:
+    if _transactional(item):
+        return "transactional"
+    uses_db = item.get_closest_marker("django_db") or "db" in getattr(item, "fixturenames", ())
+    return "rollback" if uses_db else "none"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow_modules: dict[str, list[pytest.Item]] = {}
     for item in items:
-        if "real_engines" not in getattr(item, "fixturenames", ()):
-            continue
-        if not _transactional(item):
-            raise pytest.UsageError(
-                f"{item.nodeid} uses the real engines without a transactional database: give it the "
-                "`transactional_catalog` fixture (see tests/parallel.py)."
-            )
-        item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
+        if "real_engines" in getattr(item, "fixturenames", ()):
+            if not _transactional(item):
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses the real engines without a transactional database: give it the "
+                    "`transactional_catalog` fixture (see tests/parallel.py)."
+                )
+            item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
+        elif item.get_closest_marker("slow"):
+            slow_modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    # A slow module's tests stay on one worker, so its expensive module-scoped fixtures (an engine, a
+    # training run, a platform) start once, not once per worker. Only where its tests are all of one
+    # database kind: a group runs as one piece, and must not put a transactional test before a worker's
+    # rollback-isolated ones.
+    for module, grouped in slow_modules.items():
+        if len({_database_kind(item) for item in grouped}) == 1:
+            for item in grouped:
+                item.add_marker(pytest.mark.xdist_group(module))
