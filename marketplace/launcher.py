@@ -115,7 +115,20 @@ def _embedded_valkey(folder: Path, *, persist: bool) -> Iterator[str]:
     # A persisted Valkey keeps every write in an append-only file (fsynced each second), so queued usage
     # records survive a crash of Valkey or of the machine's processes, not only a clean stop.
     config = {"appendonly": "yes", "appendfsync": "everysec"} if persist else {}
-    server = ValkeyServer(data_dir=str(folder), persist=persist, config=config)
+
+    class OnceStopped(ValkeyServer):
+        """Stops only once. The library's finalizer stops the server again when the object is collected,
+        reading the pid from the data folder's pid file, which by then may name a later server on the
+        same folder (a restart); that server would be shut down under its users."""
+
+        stopped = False
+
+        def stop(self, timeout: float = 5.0) -> None:
+            if not self.stopped:
+                self.stopped = True
+                super().stop(timeout)
+
+    server = OnceStopped(data_dir=str(folder), persist=persist, config=config)
     server.start(timeout=60)  # a loaded machine can take longer than the default 10 s
     try:
         yield f"redis://{server.host}:{server.port}/0"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import itertools
 import json
 import logging
 import os
@@ -43,8 +42,6 @@ from serving.models import UsageRecord
 from tests.conftest import database_url_for_processes, make_user
 from tests.serving.gateway.conftest import CHAT, ROOT, deploy, free_port, stop_group, wait_healthy
 
-REDIS_PORTS = itertools.cycle(range(6420, 6430))  # each test stops its servers before the next starts
-
 
 class RedisServer:
     """A redis-server of the test's own, which the test may kill and start again on the same port and
@@ -52,7 +49,7 @@ class RedisServer:
 
     def __init__(self, folder: Path, *options: str) -> None:
         self.folder, self.options = folder, options
-        self.port = next(REDIS_PORTS)
+        self.port = free_port()  # a fixed port would be shared by the test processes running side by side
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -73,6 +70,7 @@ class RedisServer:
                 client.ping()
                 break
             except redis.ConnectionError:
+                assert self.process.poll() is None, f"redis-server exited: see {self.folder / 'redis.log'}"
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -248,11 +246,24 @@ def test_the_embedded_valkey_keeps_what_it_acknowledged_when_killed(tmp_path: Pa
         pid = int((tmp_path / "valkey" / "valkey.pid").read_text())
         os.kill(pid, signal.SIGKILL)
         client.close()
-        time.sleep(0.3)
+        gone(pid)  # reaped by the machine's init, which may take seconds
     with _embedded_valkey(tmp_path / "valkey", persist=True) as url:
         client = redis.Redis.from_url(url)
-        assert client.lrange(QUEUE_KEY, 0, -1) == [b"a record"]
+        try:
+            assert client.lrange(QUEUE_KEY, 0, -1) == [b"a record"]
+        except redis.ConnectionError as error:
+            log = tmp_path / "valkey" / "valkey.log"
+            raise AssertionError(
+                f"{error}; Valkey's log: {log.read_text() if log.exists() else 'none'}"
+            ) from error
         client.close()
+
+
+def gone(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():  # a zombie keeps its entry until reaped
+        assert time.monotonic() < deadline, f"process {pid} was not reaped within {timeout}s"
+        time.sleep(0.05)
 
 
 def test_a_flush_whose_lock_passed_to_another_flush_removes_nothing(
