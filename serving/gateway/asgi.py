@@ -129,10 +129,9 @@ def _throttled(path: str, refusal: directory.AuthenticationThrottled) -> HttpRes
     return bedrock_error(429, str(refusal), headers=headers)
 
 
-def _limits_unavailable(path: str) -> HttpResponseBase:
+def _unavailable(path: str, message: str) -> HttpResponseBase:
     from serving.gateway.errors import bedrock_error, openai_error
 
-    message = "The gateway cannot check rate limits right now; retry shortly."
     return openai_error(503, message) if path.startswith("/v1/") else bedrock_error(503, message)
 
 
@@ -224,7 +223,14 @@ class GatewayFront:
             except directory.AuthenticationThrottled as refusal:
                 await _send_response(_throttled(scope["path"], refusal), tracked_send)
             except directory.AuthenticationUnavailable:
-                await _send_response(_limits_unavailable(scope["path"]), tracked_send)
+                message = "The gateway cannot check rate limits right now; retry shortly."
+                await _send_response(_unavailable(scope["path"], message), tracked_send)
+            except directory.GuardrailsUnavailable:
+                message = (
+                    "The gateway cannot read your organisation's guardrails right now, so nothing was sent "
+                    "to the model; retry shortly."
+                )
+                await _send_response(_unavailable(scope["path"], message), tracked_send)
             except Exception:
                 log.exception("Internal Server Error: %s", scope["path"])
                 if not started:

@@ -120,6 +120,11 @@ class AuthenticationThrottled(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
+class GuardrailsUnavailable(Exception):
+    """An organisation's guardrails could not be read, and none were read before: its calls are refused
+    (503) rather than sent to a model unchecked."""
+
+
 class AuthenticationUnavailable(Exception):
     """A key that must be looked up in the database cannot be, because Redis cannot count the attempt
     against its address's budget (a 503 in the route's API format, like any request the limits cannot
@@ -353,11 +358,18 @@ class Directory:
         }
         try:
             attached = attached_policies(organization_id)
-        except Exception:  # as for routers: the last read stays in force, and the calls go on
+        except Exception as error:  # as for routers, the last read stays in force and the calls go on;
+            # with none, nobody knows what must be checked, so nothing is sent unchecked
+            last = self.last_guardrails.get(organization_id)
+            if last is None:
+                log.exception(
+                    "could not read the guardrails of organisation %s; refusing its calls", organization_id
+                )
+                raise GuardrailsUnavailable(str(error)) from error
             log.exception(
                 "could not read the guardrails of organisation %s; keeping the last read", organization_id
             )
-            attached = self.last_guardrails.get(organization_id, EMPTY)
+            attached = last
         else:
             self.last_guardrails[organization_id] = attached
         return Catalog(targets, routers, attached)

@@ -11,6 +11,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+
 from marketplace.accounts.services import create_api_key, create_organization
 from serving.gateway import pipeline, upstream
 from serving.gateway.asgi import GatewayFront
@@ -213,3 +215,48 @@ def _leave_mid_stream(endpoint: str, monkeypatch: Any, leave_on: bytes = b"") ->
 
     asyncio.run(scenario())
     return metered
+
+
+def test_calls_are_refused_while_an_organisations_guardrails_cannot_be_read(
+    settings: Any, transactional_catalog: None, monkeypatch: Any
+) -> None:
+    from serving.gateway import directory
+
+    organization = create_organization(slug="walled", name="Walled", owner=None)
+    _, secret = create_api_key(organization=organization, name="k", created_by=None, expires_at=None)
+    deploy(organization, "chat", CHAT, "http://127.0.0.1:9")  # never reached: nothing is sent unchecked
+    headers = [(b"authorization", f"Bearer {secret}".encode())]
+
+    def unreadable(organization_id: int) -> Any:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(directory, "attached_policies", unreadable)
+    body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    openai = call(GatewayFront(Recorder()), "/v1/chat/completions", body, headers=headers)
+    assert openai[0]["status"] == 503
+    assert "guardrails" in json.loads(openai[1]["body"])["error"]["message"]
+    converse = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
+    bedrock = call(GatewayFront(Recorder()), "/model/chat/converse", converse, headers=headers)
+    assert bedrock[0]["status"] == 503 and "guardrails" in json.loads(bedrock[1]["body"])["message"]
+    assert (b"x-amzn-errortype", b"ServiceUnavailableException") in [
+        (k.lower(), v) for k, v in bedrock[0]["headers"]
+    ]
+
+
+def test_a_failed_guardrail_read_keeps_the_last_one_in_force(
+    transactional_catalog: None, monkeypatch: Any
+) -> None:
+    from serving.gateway import directory
+
+    organization = create_organization(slug="kept", name="Kept", owner=None)
+    deploy(organization, "chat", CHAT, "http://127.0.0.1:9")
+    known = directory.Directory()
+    first = known._load_catalog(organization.pk)
+
+    def unreadable(organization_id: int) -> Any:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(directory, "attached_policies", unreadable)
+    assert known._load_catalog(organization.pk).guardrails is first.guardrails
+    with pytest.raises(directory.GuardrailsUnavailable):
+        directory.Directory()._load_catalog(organization.pk)  # a process that never read them refuses
