@@ -3,6 +3,8 @@
 
     python3 run.py          install (first time), then start everything on this machine
     python3 run.py test     install (first time), then run the whole test suite
+    python3 run.py engine   install (first time), then prepare the local engine (vLLM on CPU, two models)
+    python3 run.py install  install (or update) only
 
 Any further arguments go to the command (for `test`, to pytest).
 """

@@ -338,9 +338,11 @@ def main() -> None:
             raise SystemExit(test(rest))
         if command == "engine":
             raise SystemExit(engine(rest))
+        if command == "install":  # run.py has installed the platform into .venv; nothing more to do
+            raise SystemExit(0)
     except env.ConfigurationError as error:
         raise SystemExit(f"Configuration error: {error}") from None
-    raise SystemExit(f"Unknown command {command!r}: use `up`, `test` or `engine`.")
+    raise SystemExit(f"Unknown command {command!r}: use `up`, `test`, `engine` or `install`.")
 
 
 if __name__ == "__main__":
