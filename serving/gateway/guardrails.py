@@ -24,9 +24,11 @@ input before the engine sees it and to its output before the caller does.
    /metrics (guardrail, rule kind, direction, action), put in the usage record and the invocation
    record, and written as GuardrailIntervention rows (only for calls something intervened in).
 
-Known limits: tool-call arguments and reasoning text are not checked; a streamed Responses API call
-with guardrails is refused (its final event repeats the whole answer, which the guard cannot rewrite
-yet); prompt-attack detection is pattern-based (learning.guardrails.patterns says what it misses).
+Tool-call arguments and reasoning text are checked like the rest of a prompt or an unstreamed answer (a
+blocked answer keeps neither). Known limits: in a stream, tool-call argument and reasoning deltas are
+not checked; a streamed Responses API call with guardrails is refused (its final event repeats the
+whole answer, which the guard cannot rewrite yet); prompt-attack detection is pattern-based
+(learning.guardrails.patterns says what it misses).
 """
 
 from __future__ import annotations
@@ -179,19 +181,44 @@ def _rewrite_part(part: Any, rewrite: Rewrite) -> Any:
             return {**part, "text": rewrite(part["text"])}
         if "content" in part:
             return {**part, "content": _rewrite_content(part["content"], rewrite)}
+        # the Responses API's input items: a function call's arguments, and what the function returned
+        changed = {
+            key: rewrite(part[key]) for key in ("arguments", "output") if isinstance(part.get(key), str)
+        }
+        if changed:
+            return {**part, **changed}
     return part
+
+
+def _rewrite_tool_calls(calls: Any, rewrite: Rewrite) -> Any:
+    """A chat message's tool calls, each function's arguments passed through `rewrite`."""
+    if not isinstance(calls, list):
+        return calls
+    rewritten = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            call = {**call, "function": {**function, "arguments": rewrite(function["arguments"])}}
+        rewritten.append(call)
+    return rewritten
+
+
+def _rewrite_message(message: Any, rewrite: Rewrite) -> Any:
+    if not isinstance(message, dict):
+        return message
+    changed = dict(message)
+    if "content" in message:
+        changed["content"] = _rewrite_content(message["content"], rewrite)
+    if "tool_calls" in message:
+        changed["tool_calls"] = _rewrite_tool_calls(message["tool_calls"], rewrite)
+    return changed
 
 
 def rewrite_prompt(payload: dict[str, Any], rewrite: Rewrite) -> dict[str, Any]:
     """The payload with every text the engine reads as its prompt passed through `rewrite`."""
     changed = dict(payload)
     if isinstance(payload.get("messages"), list):
-        changed["messages"] = [
-            {**message, "content": _rewrite_content(message.get("content"), rewrite)}
-            if isinstance(message, dict) and "content" in message
-            else message
-            for message in payload["messages"]
-        ]
+        changed["messages"] = [_rewrite_message(message, rewrite) for message in payload["messages"]]
     for name in ("prompt", "input", "instructions", "suffix"):
         if name in payload:
             changed[name] = _rewrite_content(payload[name], rewrite)
@@ -273,22 +300,47 @@ def blocked_chunks(
 
 
 def _choice_texts(answer: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
-    """(the dict holding a text, its key) for every generated text of an answer."""
+    """(the dict holding a text, its key) for every generated text of an answer: what it says, its
+    reasoning and the arguments of the tools it calls."""
     found: list[tuple[dict[str, Any], str]] = []
+
+    def add(holder: Any, *keys: str) -> None:
+        if isinstance(holder, dict):
+            found.extend((holder, key) for key in keys if isinstance(holder.get(key), str))
+
     for choice in answer.get("choices") or ():
         if not isinstance(choice, dict):
             continue
         message = choice.get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            found.append((message, "content"))
-        elif isinstance(choice.get("text"), str):
-            found.append((choice, "text"))
+        if isinstance(message, dict):
+            add(message, "content", "reasoning_content", "reasoning")
+            for call in message.get("tool_calls") or ():
+                add(call.get("function") if isinstance(call, dict) else None, "arguments")
+        else:
+            add(choice, "text")
     for item in answer.get("output") or ():  # the Responses API
         if isinstance(item, dict):
-            for part in item.get("content") or ():
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    found.append((part, "text"))
+            add(item, "arguments")  # a function call
+            for part in [*(item.get("content") or ()), *(item.get("summary") or ())]:
+                add(part, "text")
     return found
+
+
+def _withhold(answer: dict[str, Any], message: str, reason: str) -> None:
+    """Replace, in place, everything an answer generated by `message`, stopped for `reason`: no tool call
+    or reasoning of a blocked answer reaches the caller."""
+    for choice in answer.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        choice["finish_reason"] = reason
+        if isinstance(choice.get("message"), dict):
+            choice["message"] = {"role": "assistant", "content": message}
+        else:
+            choice["text"] = message
+    if answer.get("object") == "response":
+        blocked = blocked_answer("responses", str(answer.get("model", "")), message, reason)
+        answer["output"], answer["status"] = blocked["output"], "incomplete"
+        answer["incomplete_details"] = {"reason": reason}
 
 
 async def check_answer(call: Call, answer: dict[str, Any], reason: str, targets: Any = None) -> bool:
@@ -320,13 +372,7 @@ async def check_answer(call: Call, answer: dict[str, Any], reason: str, targets:
         return False
     call.guardrail_blocked = guardrails.OUTPUT
     call.guardrail_message = blocked.blocked_output_message
-    for holder, key in places:
-        holder[key] = blocked.blocked_output_message
-    for choice in answer.get("choices") or ():
-        if isinstance(choice, dict):
-            choice["finish_reason"] = reason
-    if answer.get("object") == "response":
-        answer["status"], answer["incomplete_details"] = "incomplete", {"reason": reason}
+    _withhold(answer, blocked.blocked_output_message, reason)
     return True
 
 

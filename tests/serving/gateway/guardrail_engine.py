@@ -20,6 +20,7 @@ def _event(body: dict[str, Any]) -> bytes:
 
 class GuardedEngine(BaseHTTPRequestHandler):
     pieces: list[str] = ["Hello", " there"]
+    extra: dict[str, Any] = {}  # more fields of an unstreamed chat answer's message (tool calls, reasoning)
     received: list[tuple[str, dict[str, Any]]] = []
     lock = threading.Lock()
 
@@ -49,7 +50,9 @@ class GuardedEngine(BaseHTTPRequestHandler):
             self._send("text/event-stream", b"".join([*events, b"data: [DONE]\n\n"]))
             return
         if chat:
-            choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
+            choice: dict[str, Any] = {
+                "message": {"role": "assistant", "content": text, **GuardedEngine.extra}
+            }
         else:
             choice = {"text": text}
         body = {"id": "c", "object": "chat.completion" if chat else "text_completion", "created": 1,
@@ -65,6 +68,7 @@ class GuardedEngine(BaseHTTPRequestHandler):
 def guarded_engine() -> Iterator[str]:
     """The stand-in's URL while it serves; what it answers and what it received start afresh."""
     GuardedEngine.pieces = ["Hello", " there"]
+    GuardedEngine.extra = {}
     GuardedEngine.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), GuardedEngine)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -180,6 +180,47 @@ def test_a_blocked_answer_is_replaced_and_says_content_filter(
     )
 
 
+def tool_call(arguments: str) -> dict[str, Any]:
+    return {"id": "call-1", "type": "function", "function": {"name": "send_mail", "arguments": arguments}}
+
+
+def test_personal_data_in_an_answers_tool_call_arguments_and_reasoning_is_masked(
+    guardrail: Guardrail, key: tuple[ApiKey, str]
+) -> None:
+    GuardedEngine.pieces = [""]
+    GuardedEngine.extra = {
+        "tool_calls": [tool_call(json.dumps({"to": EMAIL}))],
+        "reasoning_content": f"The user wants mail sent to {EMAIL}.",
+    }
+    [choice] = post("/v1/chat/completions", ask("Mail Jane"), key_headers(key[1])).json()["choices"]
+    assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {"to": "[EMAIL]"}
+    assert choice["message"]["reasoning_content"] == "The user wants mail sent to [EMAIL]."
+
+
+def test_an_answer_whose_tool_call_is_blocked_keeps_no_tool_call(
+    guardrail: Guardrail, key: tuple[ApiKey, str]
+) -> None:
+    GuardedEngine.pieces = ["Paying now."]
+    GuardedEngine.extra = {"tool_calls": [tool_call(json.dumps({"card": CARD}))]}
+    [choice] = post("/v1/chat/completions", ask("Pay"), key_headers(key[1])).json()["choices"]
+    assert choice["message"] == {"role": "assistant", "content": "That answer was withheld."}
+    assert choice["finish_reason"] == "content_filter"
+
+
+def test_tool_call_arguments_in_the_prompt_reach_the_engine_masked(
+    guardrail: Guardrail, key: tuple[ApiKey, str]
+) -> None:
+    history = [
+        {"role": "user", "content": "Mail Jane"},
+        {"role": "assistant", "content": None, "tool_calls": [tool_call(json.dumps({"to": EMAIL}))]},
+        {"role": "tool", "tool_call_id": "call-1", "content": f"sent to {EMAIL}"},
+    ]
+    post("/v1/chat/completions", {"model": "chat", "messages": history}, key_headers(key[1]))
+    [[_, assistant, tool]] = prompts()
+    assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"to": "[EMAIL]"}
+    assert tool["content"] == "sent to [EMAIL]"
+
+
 TEXT = f"Sure, write to {EMAIL} and we will answer."
 START = TEXT.index(EMAIL)
 
