@@ -18,7 +18,7 @@ from marketplace.accounts.models import Organization
 from marketplace.api import Conflict
 from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.subscriptions.models import Subscription
-from marketplace.web import charts, current
+from marketplace.web import charts, current, guardrail_chart
 from marketplace.web.fitting import instance_rows, why_not_here
 from marketplace.web.forms import NON_FIELD, error_summary, field_errors, form_data
 from marketplace.web.htmx import render_page
@@ -224,6 +224,16 @@ def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
             "max_replicas": deployment.max_replicas,
         },
         "errors": {},
+        **_interventions(deployment),
+    }
+
+
+def _interventions(deployment: Deployment) -> dict[str, Any]:
+    """What guardrails did on calls to it over 30 days (marketplace.web.guardrail_chart; two queries)."""
+    interventions = guardrail_chart.of_deployment(deployment)
+    return {
+        "intervention_charts": [guardrail_chart.intervention_chart(interventions)],
+        "intervention_totals": guardrail_chart.intervention_totals(interventions),
     }
 
 
