@@ -3,6 +3,9 @@ denied topics, trying a draft, scoring topic examples, and what gateway processe
 
 A configuration (a draft, or a published version's frozen copy) is a JSON object:
     personal_data           {entity type: "mask" | "block" | "report"}; types: learning.masking.ALL_KINDS
+    detector                "builtin" (default: validated regular expressions, ~0.02 ms for 1 KB) or
+                            "presidio" (Presidio's pattern recognizers for the same types, ~1-2 ms; needs
+                            the `presidio` extra; learning.guardrails.presidio)
     words                   custom words and phrases, blocked (case-insensitive, whole words)
     profanity               bool: also block the profanity list (learning.guardrails.patterns)
     prompt_attacks          bool: block instruction-override and jailbreak phrasings in input
@@ -30,7 +33,7 @@ from serving.choices import DeploymentStatus
 from serving.models import Deployment
 
 FIELDS = (
-    "personal_data", "words", "profanity", "prompt_attacks", "topics", "embedding_deployment",
+    "personal_data", "detector", "words", "profanity", "prompt_attacks", "topics", "embedding_deployment",
     "blocked_input_message", "blocked_output_message",
 )  # fmt: skip
 MAX_WORDS, MAX_WORD_CHARACTERS = 500, 100
@@ -39,8 +42,9 @@ MAX_MESSAGE_CHARACTERS = 1000
 DEFAULT_THRESHOLD = 0.75
 # Asked for by name, answered with what to do instead: no maintained name detector is installed here.
 NOT_INSTALLED = {
-    "NAME": "Person names need a named-entity model (Microsoft Presidio with spaCy), which is not installed "
-    "on this platform; ask its administrators to install the `presidio` extra, or block names by word.",
+    "NAME": "Person names need a named-entity model (spaCy's, for Presidio), which is not installed on this "
+    "platform and cannot be: the official spaCy model wheels are not on the package registries it installs "
+    "from. Presidio's pattern recognizers (detector: presidio) find no names; block known names by word.",
 }
 
 Embed = Callable[[list[str]], list[list[float]]]
@@ -77,6 +81,24 @@ def check_personal_data(raw: Any) -> dict[str, str]:
             raise Refused(f"personal_data.{kind}", "The action is one of mask, block or report.")
         checked[kind] = action
     return checked
+
+
+def check_detector(raw: Any) -> str:
+    from learning.guardrails import presidio
+
+    if raw not in guardrails.DETECTORS:
+        raise Refused(
+            "detector",
+            "builtin (validated regular expressions, about 0.02 ms a prompt) or presidio (Microsoft "
+            "Presidio's pattern recognizers, about 1-2 ms a prompt).",
+        )
+    if raw == guardrails.PRESIDIO and not presidio.available():
+        raise Refused(
+            "detector",
+            "Presidio is not installed on this platform; ask its administrators to install the `presidio` "
+            "extra, or use builtin.",
+        )
+    return str(raw)
 
 
 def check_words(raw: Any) -> list[str]:
@@ -168,6 +190,7 @@ def check_config(organization: Organization, raw: Any) -> dict[str, Any]:
         raise Refused(unknown[0], f"A guardrail has no '{unknown[0]}'; its fields are {', '.join(FIELDS)}.")
     config: dict[str, Any] = {
         "personal_data": check_personal_data(raw.get("personal_data", {})),
+        "detector": check_detector(raw.get("detector", guardrails.BUILTIN)),
         "words": check_words(raw.get("words", [])),
         "profanity": _bool(raw.get("profanity", False), "profanity"),
         "prompt_attacks": _bool(raw.get("prompt_attacks", False), "prompt_attacks"),

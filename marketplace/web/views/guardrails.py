@@ -20,7 +20,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from learning import guardrails, masking
 from learning.api.guardrails import DNS_LABEL, MAX_TRY_CHARACTERS, verdict_data
 from learning.evaluations import Refused
-from learning.guardrails import attachments, patterns, service
+from learning.guardrails import attachments, patterns, presidio, service
 from learning.models import Guardrail
 from marketplace.accounts import tenancy
 from marketplace.accounts.models import Organization
@@ -36,6 +36,15 @@ ENTITY_LABELS = {
     masking.US_SSN: "US Social Security number", masking.UK_NINO: "UK National Insurance number",
     masking.NL_BSN: "Dutch BSN (11-test)", masking.IN_AADHAAR: "Indian Aadhaar (Verhoeff)",
 }  # fmt: skip
+# The personal-data detectors a guardrail chooses between, with what each costs a call (p50 added to a clean
+# 1 KB prompt, measured on a 2-core CPU by bench/guardrails.py) and whether it can run here.
+DETECTOR_CHOICES = (
+    (
+        guardrails.BUILTIN,
+        "Built-in: validated regular expressions (checksums, Luhn, mod 97), about 0.02 ms a call",
+    ),
+    (guardrails.PRESIDIO, "Microsoft Presidio's pattern recognizers: the same types, about 1-2 ms a call"),
+)
 PROMPT_ATTACK_LIMITS = (
     "It catches the well-known English phrasings of instruction override, role-play jailbreaks and "
     "system-prompt extraction. It misses paraphrases, other languages, encoded text and attacks hidden in "
@@ -92,6 +101,7 @@ def _config_from(post: QueryDict) -> dict[str, Any]:
         )  # fmt: skip
     return {
         "personal_data": personal_data,
+        "detector": str(post.get("detector", guardrails.BUILTIN)),
         "words": _lines(str(post.get("words", ""))),
         "profanity": post.get("profanity") == "on",
         "prompt_attacks": post.get("prompt_attacks") == "on",
@@ -183,6 +193,15 @@ def _page(
         "default_blocked_input": guardrails.DEFAULT_BLOCKED_INPUT,
         "default_blocked_output": guardrails.DEFAULT_BLOCKED_OUTPUT,
         "pii_actions": ("off", *guardrails.PII_ACTIONS),
+        "detectors": [
+            {
+                "value": value,
+                "label": label,
+                "installed": value != guardrails.PRESIDIO or presidio.available(),
+            }
+            for value, label in DETECTOR_CHOICES
+        ],
+        "detector": draft.get("detector", guardrails.BUILTIN),
         "errors": {},
         "try_text": "",
         "try_direction": guardrails.INPUT,
