@@ -8,21 +8,27 @@ baseline of the same run: reading and writing the ~1 KB chat request as JSON (wh
 every request anyway; for streams, decoding one server-sent event's JSON, as it does for every chunk).
 
 1. check() on a clean 1 KB prompt (prose with a few numbers, no personal data): no guardrail (nothing to
-   do), personal data (all nine types, masked) + five custom words; + the profanity list and prompt
+   do), personal data (all nine types, masked) + five custom words; the same with Presidio's pattern
+   recognizers as the detector (learning.guardrails.presidio); + the profanity list and prompt
    attacks; + three denied topics of ten examples each in MiniLM's 384 dimensions, the prompt's
    embedding given (the embedding call itself is an HTTP round trip to the embeddings deployment,
    measured in bench/routing.py, and shared with the router's semantic predictor).
 2. check() on a 1 KB prompt with an e-mail address, a phone and a card number (three masked).
 3. StreamGuard.feed() per chunk of a 2 KB answer streamed four characters at a time (a token), with the
-   personal-data and word checks, and the characters it holds back on average.
+   personal-data and word checks (built-in detectors, then Presidio's), and the characters it holds back
+   on average.
 
 With `--gateway` instead (the gateway as bench/gateway.py runs it: gunicorn, 2 uvicorn workers,
 GATEWAY_ONLY=True, on DATABASE_URL/REDIS_URL when set, else embedded servers):
 
-4. Added latency at the gateway, guardrail off against on, in `--rounds` alternating rounds in one run: a
-   guardrail of personal data (all types, masked) and five words attached to the deployment, or not;
-   `--requests` plain chat requests with a clean ~1 KB prompt at concurrency 1 against the fast stand-in
-   engine (bench/responder.py). p50/p99 of each, and on − off (goal: p50 ≤ +1 ms).
+4. Added latency at the gateway, in `--rounds` interleaved rounds in one run, each case against no
+   guardrail: a guardrail of personal data (all types, masked) and five words attached to the deployment
+   (goal: p50 ≤ +1 ms); the same with Presidio's recognizers as its detector; the same with three denied
+   topics of ten examples (the prompt embedded by the guardrail's embeddings deployment: a stand-in that
+   answers a 384-dimension vector at once, or a real one given with `--embedder URL`, e.g. vLLM serving
+   MiniLM). `--requests` plain chat requests with a clean ~1 KB prompt at concurrency 1 against the fast
+   stand-in engine (bench/responder.py). The embedding call is reported on its own as well: the same
+   request sent straight to the embeddings deployment, timed the same way.
 5. Streaming time to first token (the first non-empty content delta the caller receives), output checks off
    against on, against a paced stand-in engine (this script with --paced PORT: one 4-character token every
    `--token-ms` ms, a 2 KB answer). With checks on the first token waits for the hold-back window
@@ -36,6 +42,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +113,7 @@ def run(calls: int, rounds: int) -> None:
     embedding = rng.standard_normal(384).astype(np.float32)
     policies = {
         "pii": compile_policy({"personal_data": pii, "words": words}),
+        "presidio": compile_policy({"personal_data": pii, "words": words, "detector": "presidio"}),
         "all": compile_policy(
             {"personal_data": pii, "words": words, "profanity": True, "prompt_attacks": True}
         ),
@@ -116,9 +124,10 @@ def run(calls: int, rounds: int) -> None:
     }
     assert check(policies["all"], CLEAN, direction=INPUT).interventions == ()
     assert check(policies["pii"], PERSONAL, direction=INPUT).text.count("[") == 3
+    assert check(policies["presidio"], PERSONAL, direction=INPUT).text.count("[") == 3
 
-    def stream() -> list[float]:
-        guard = StreamGuard(policies["pii"])
+    def stream(policy: str = "pii") -> list[float]:
+        guard = StreamGuard(policies[policy])
         pieces = [ANSWER[i : i + 4] for i in range(0, len(ANSWER), 4)]
         clock = time.perf_counter_ns
         found = []
@@ -142,6 +151,9 @@ def run(calls: int, rounds: int) -> None:
         "clean 1 KB, personal data (9 types) + 5 words": lambda: check(
             policies["pii"], CLEAN, direction=INPUT
         ),
+        "clean 1 KB, the same with Presidio's recognizers": lambda: check(
+            policies["presidio"], CLEAN, direction=INPUT
+        ),
         "clean 1 KB, + profanity + prompt attacks": lambda: check(policies["all"], CLEAN, direction=INPUT),
         "clean 1 KB, + 3 denied topics × 10 examples (384 d)": lambda: check(
             policies["topics"], CLEAN, direction=INPUT, embedding=embedding
@@ -154,6 +166,7 @@ def run(calls: int, rounds: int) -> None:
     results: dict[str, list[float]] = {label: [] for label in cases}
     chunk_baseline: list[float] = []
     chunks: list[float] = []
+    presidio_chunks: list[float] = []
     per_round = max(1, calls // rounds)
     for round_number in range(rounds):
         print(f"round {round_number + 1} of {rounds}…", file=sys.stderr)
@@ -162,6 +175,7 @@ def run(calls: int, rounds: int) -> None:
         chunk_baseline += timings(lambda: json.loads(CHUNK_EVENT), per_round)
         for _ in range(max(1, per_round // 500)):
             chunks += stream()
+            presidio_chunks += stream("presidio")
     baseline = results.pop("baseline: the request's JSON read and written")
     print(f"check() per call, {calls} calls in {rounds} interleaved rounds (baseline: the request's JSON)")
     print(line("baseline: the request's JSON read and written", baseline, baseline))
@@ -172,6 +186,7 @@ def run(calls: int, rounds: int) -> None:
     )
     print(line("baseline: json.loads of one chunk event", chunk_baseline, chunk_baseline))
     print(line("feed(), personal data + words", chunks, chunk_baseline))
+    print(line("feed(), the same with Presidio's recognizers", presidio_chunks, chunk_baseline))
     window = policies["pii"].hold_back
     print(f"   characters held back on average while streaming: {held_back():.0f} (window {window})")
 
@@ -179,6 +194,25 @@ def run(calls: int, rounds: int) -> None:
 # --- At the gateway ----------------------------------------------------------------------------------------
 
 PACED_MODEL = "bench-paced"
+EMBED_MODEL = "bench-embed"
+# What the stand-in embeddings deployment answers: one 384-dimension vector (MiniLM's size).
+EMBEDDING = json.dumps(
+    {"object": "list", "model": EMBED_MODEL, "usage": {"prompt_tokens": 256, "total_tokens": 256},
+     "data": [{"object": "embedding", "index": 0, "embedding": [round(0.05 * ((i * 7) % 19 - 9), 3)
+                                                                   for i in range(384)]}]}
+).encode()  # fmt: skip
+TOPICS = [
+    {"name": f"topic {n}", "definition": "", "examples": [f"example {n}.{i}" for i in range(10)],
+     "threshold": 0.99}
+    for n in range(3)
+]  # fmt: skip
+# Cases at the gateway: the guardrail attached (None: none), by its name.
+GATEWAY_CASES = {
+    "off": None,
+    "personal data + words": "bench",
+    "the same, Presidio's recognizers": "bench-presidio",
+    "the same + 3 denied topics": "bench-topics",
+}
 GUARDRAIL = {
     "personal_data": {},  # filled with every type in gateway_run (learning.masking.ALL_KINDS)
     "words": ["project falcon", "acme corp", "confidential", "internal only", "codename"],
@@ -200,6 +234,11 @@ def serve_paced(port: int, token_ms: float) -> None:
                 await reader.readexactly(length)
                 if head.startswith(b"GET"):
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    continue
+                if head.startswith(b"POST /v1/embeddings"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (len(EMBEDDING), EMBEDDING))  # fmt: skip
+                    await writer.drain()
                     continue
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                              b"transfer-encoding: chunked\r\n\r\n")  # fmt: skip
@@ -264,18 +303,36 @@ async def first_tokens(url: str, headers: dict[str, str], count: int) -> list[fl
     return found
 
 
-def attach(organization_id: int, on: bool, wait: float) -> None:
-    """Attach the bench guardrail to both bench deployments (or detach it), then wait for the gateway's
-    snapshot of the organisation to expire."""
+async def embedding_calls(url: str, body: bytes, count: int) -> list[float]:
+    """Milliseconds of `count` embedding requests, one at a time on one connection (after a warm-up)."""
+    import aiohttp
+
+    found = []
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for number in range(count + 10):
+            begin = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                assert response.status == 200 and (await response.json())["data"][0]["embedding"]
+            if number >= 10:
+                found.append((time.perf_counter() - begin) * 1000)
+    return found
+
+
+def attach(organization_id: int, name: str | None, wait: float) -> None:
+    """Attach the bench guardrail of that name to the chat deployments (none: detach every one), then wait
+    for the gateway's snapshot of the organisation to expire."""
     from django.db import connections
 
     from learning.models import Guardrail, GuardrailAttachment
     from serving.models import Deployment
 
-    guardrail = Guardrail.objects.get(organization_id=organization_id, name="bench")
-    GuardrailAttachment.objects.filter(guardrail=guardrail).delete()
-    if on:
-        for deployment in Deployment.objects.filter(organization_id=organization_id):
+    GuardrailAttachment.objects.filter(guardrail__organization_id=organization_id).delete()
+    if name is not None:
+        guardrail = Guardrail.objects.get(organization_id=organization_id, name=name)
+        for deployment in Deployment.objects.filter(organization_id=organization_id).exclude(
+            name=EMBED_MODEL
+        ):
             GuardrailAttachment.objects.create(guardrail=guardrail, deployment=deployment)
     connections.close_all()
     time.sleep(wait)
@@ -307,45 +364,89 @@ def gateway_run(args: Any) -> None:
             procs.stop_all()
 
 
+def embed_examples(embedder: str, texts: list[str]) -> list[list[float]]:
+    """The topic examples' embeddings: by a real embeddings engine when one is given, else random unit
+    directions (the stand-in answers one vector for everything, which would put every prompt on topic)."""
+    import httpx
+    import numpy as np
+
+    if not embedder:
+        return [list(map(float, row)) for row in np.random.default_rng(1).standard_normal((len(texts), 384))]
+    answer = httpx.post(f"{embedder}/v1/embeddings", json={"model": EMBED_MODEL, "input": texts}, timeout=60)
+    answer.raise_for_status()
+    return [item["embedding"] for item in answer.json()["data"]]
+
+
 def gateway_measure(args: Any, target: Any, paced: str, model: str, drive: Any, asyncio: Any) -> None:
     from learning import masking
     from learning.guardrails import service
     from marketplace.accounts.models import Organization
     from marketplace.catalog.models import InstanceType, ModelCard
+    from marketplace.subscriptions.services import subscribe
     from serving.choices import Backend, DeploymentStatus
     from serving.models import Deployment
 
     organization = Organization.objects.get(slug="bench")
+    ready = {"instance_type": InstanceType.objects.get(slug="local-cpu"), "backend": Backend.LOCAL,
+             "status": DeploymentStatus.READY, "status_message": "Ready.", "ready_replicas": 1,
+             "desired_replicas": 1}  # fmt: skip
     Deployment.objects.create(
         organization=organization, name=PACED_MODEL,
-        model_card=ModelCard.objects.get(slug="smollm2-135m-instruct"),
-        instance_type=InstanceType.objects.get(slug="local-cpu"), backend=Backend.LOCAL,
-        status=DeploymentStatus.READY, status_message="Ready.", ready_replicas=1, desired_replicas=1,
-        endpoints=[paced],
+        model_card=ModelCard.objects.get(slug="smollm2-135m-instruct"), endpoints=[paced], **ready,
     )  # fmt: skip
+    minilm = ModelCard.objects.get(slug="all-minilm-l6-v2")
+    subscribe(organization=organization, card=minilm, license_sha256=None, user=None)
+    embedder = args.embedder or paced
+    Deployment.objects.create(
+        organization=organization, name=EMBED_MODEL, model_card=minilm, endpoints=[embedder], **ready
+    )
     config = {**GUARDRAIL, "personal_data": {kind: "mask" for kind in masking.ALL_KINDS}}
-    guardrail = service.create_guardrail(organization=organization, user=None, name="bench", config=config)
-    service.publish(guardrail, None)
+    variants = {
+        "bench": config,
+        "bench-presidio": {**config, "detector": "presidio"},
+        "bench-topics": {**config, "topics": TOPICS, "embedding_deployment": EMBED_MODEL},
+    }
+    for name, variant in variants.items():
+        guardrail = service.create_guardrail(organization=organization, user=None, name=name, config=variant)
+        service.publish(guardrail, None, partial(embed_examples, args.embedder))
     url = f"{target.url}/v1/chat/completions"
     headers = {**target.headers, "Content-Type": "application/json"}
     plain = json.dumps({"model": model, "messages": [{"role": "user", "content": CLEAN}], "max_tokens": 64})
-    latency: dict[str, list[float]] = {"off": [], "on": []}
+    embed_body = json.dumps({"model": EMBED_MODEL, "input": CLEAN}).encode()
+    latency: dict[str, list[float]] = {case: [] for case in GATEWAY_CASES}
+    embedding: list[float] = []
     ttft: dict[str, list[float]] = {"off": [], "on": []}
     for number in range(args.rounds):
         print(f"round {number + 1} of {args.rounds}…", file=sys.stderr)
-        for case in ("off", "on"):
-            attach(organization.pk, case == "on", 2.0)
+        for case, guardrail_name in GATEWAY_CASES.items():
+            attach(organization.pk, guardrail_name, 2.0)
             cell = asyncio.run(drive(url, headers, plain.encode(), 1, args.requests, 600, False, dict))
             latency[case] += cell.latencies
-            ttft[case] += asyncio.run(first_tokens(url, headers, args.streams))
+            if case == "off":
+                ttft["off"] += asyncio.run(first_tokens(url, headers, args.streams))
+                # The embedding call on its own: the request the gateway sends, straight to the deployment.
+                embedding += asyncio.run(
+                    embedding_calls(f"{embedder}/v1/embeddings", embed_body, args.requests)
+                )
+            elif case == "personal data + words":
+                ttft["on"] += asyncio.run(first_tokens(url, headers, args.streams))
     print(f"4. gateway latency, plain chat, clean 1 KB prompt, concurrency 1: {args.rounds} rounds × "
           f"{args.requests} requests per case (guardrail: personal data, all types masked, "
           "+ 5 words)")  # fmt: skip
-    for case in ("off", "on"):
-        print(line(f"guardrail {case}", latency[case], latency["off"]))
-    added = statistics.median(latency["on"]) - statistics.median(latency["off"])
-    added99 = percentile(latency["on"], 0.99) - percentile(latency["off"], 0.99)
-    print(f"   on − off: p50 {added:+.3f} ms, p99 {added99:+.3f} ms   (goal: p50 ≤ +1 ms)")
+    off50, off99 = statistics.median(latency["off"]), percentile(latency["off"], 0.99)
+    for case in GATEWAY_CASES:
+        added = statistics.median(latency[case]) - off50
+        added99 = percentile(latency[case], 0.99) - off99
+        print(
+            line(f"{case}", latency[case], latency["off"])
+            + f"   added p50 {added:+.3f} ms, p99 {added99:+.2f}"
+        )
+    where = "a real embeddings deployment" if args.embedder else "the instant stand-in"
+    print(line(f"embedding call alone ({where}, direct)", embedding, latency["off"]))
+    topics_added = statistics.median(latency["the same + 3 denied topics"]) - off50
+    print(f"   goal: personal data + words p50 ≤ +1 ms. Denied topics add {topics_added:+.3f} ms, of which "
+          f"the embedding call is ≈ {statistics.median(embedding):.3f} ms here (a real MiniLM on this "
+          "CPU: 10-25 ms, bench/routing.py)")  # fmt: skip
     print(f"5. streaming time to first token, a 2 KB answer at one 4-character token every "
           f"{args.token_ms} ms: {args.rounds} rounds × {args.streams} streams per case")  # fmt: skip
     for case in ("off", "on"):
@@ -365,6 +466,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=500, help="plain requests per case and round")
     parser.add_argument("--streams", type=int, default=20, help="streams per case and round")
     parser.add_argument("--token-ms", type=float, default=5.0)
+    parser.add_argument("--embedder", default="", help="a real embeddings engine's URL for the topics case")
     parser.add_argument("--paced", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     import os
