@@ -27,6 +27,7 @@ exits with the code for its reason.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -49,7 +50,11 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # What torch's CPU allocator says when malloc fails (it raises a plain RuntimeError there).
-_CPU_OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory", re.IGNORECASE)
+# torch's allocator ("can't allocate memory"), and ENOMEM where the weights are mapped ("unable to mmap …:
+# Cannot allocate memory (12)"): which one a run meets depends on where its memory runs out.
+_CPU_OUT_OF_MEMORY = re.compile(
+    r"can't allocate memory|cannot allocate memory|not enough memory|out of memory", re.IGNORECASE
+)
 
 
 class BadData(ValueError):
@@ -316,7 +321,7 @@ def train(run: dict[str, Any], progress: Progress) -> int:
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
+    if isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno == errno.ENOMEM):
         return True
     if type(error).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
         return True
