@@ -444,9 +444,9 @@ def gateway_measure(args: Any, target: Any, paced: str, model: str, drive: Any, 
     where = "a real embeddings deployment" if args.embedder else "the instant stand-in"
     print(line(f"embedding call alone ({where}, direct)", embedding, latency["off"]))
     topics_added = statistics.median(latency["the same + 3 denied topics"]) - off50
+    real = "" if args.embedder else " (a real MiniLM: pass --embedder URL)"
     print(f"   goal: personal data + words p50 ≤ +1 ms. Denied topics add {topics_added:+.3f} ms, of which "
-          f"the embedding call is ≈ {statistics.median(embedding):.3f} ms here (a real MiniLM on this "
-          "CPU: 10-25 ms, bench/routing.py)")  # fmt: skip
+          f"the embedding call alone takes ≈ {statistics.median(embedding):.3f} ms{real}")  # fmt: skip
     print(f"5. streaming time to first token, a 2 KB answer at one 4-character token every "
           f"{args.token_ms} ms: {args.rounds} rounds × {args.streams} streams per case")  # fmt: skip
     for case in ("off", "on"):

@@ -89,8 +89,8 @@ class GuardrailWriteSerializer(serializers.Serializer[dict[str, Any]]):
     personal_data = serializers.JSONField(required=False, help_text='{"EMAIL": "mask" | "block" | "report"}')
     detector = serializers.JSONField(
         required=False,
-        help_text="Personal-data detector: builtin (validated expressions, ~0.02 ms a prompt) or presidio "
-        "(Microsoft Presidio's pattern recognizers, ~1-2 ms a prompt)",
+        help_text="Personal-data detector: builtin (validated expressions, ~0.06 ms for 1 KB) or presidio "
+        "(Microsoft Presidio's pattern recognizers, ~2.5 ms for 1 KB)",
     )
     words = serializers.JSONField(required=False, help_text="Words and phrases to block")
     profanity = serializers.JSONField(required=False, help_text="true: block the profanity list too")

@@ -36,14 +36,14 @@ ENTITY_LABELS = {
     masking.US_SSN: "US Social Security number", masking.UK_NINO: "UK National Insurance number",
     masking.NL_BSN: "Dutch BSN (11-test)", masking.IN_AADHAAR: "Indian Aadhaar (Verhoeff)",
 }  # fmt: skip
-# The personal-data detectors a guardrail chooses between, with what each costs a call (p50 added to a clean
-# 1 KB prompt, measured on a 2-core CPU by bench/guardrails.py) and whether it can run here.
+# The personal-data detectors a guardrail chooses between, with what each costs a call (p50 of checking a
+# clean 1 KB prompt for every type, on a 2-core CPU: bench/guardrails.py), and whether it can run here.
 DETECTOR_CHOICES = (
     (
         guardrails.BUILTIN,
-        "Built-in: validated regular expressions (checksums, Luhn, mod 97), about 0.02 ms a call",
+        "Built-in: validated regular expressions (checksums, Luhn, mod 97), about 0.06 ms a call",
     ),
-    (guardrails.PRESIDIO, "Microsoft Presidio's pattern recognizers: the same types, about 1-2 ms a call"),
+    (guardrails.PRESIDIO, "Microsoft Presidio's pattern recognizers: the same types, about 2.5 ms a call"),
 )
 PROMPT_ATTACK_LIMITS = (
     "It catches the well-known English phrasings of instruction override, role-play jailbreaks and "
