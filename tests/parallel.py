@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import pytest
+from _pytest.nodeid import NodeId
 
 ENGINE_GROUP = "real-engines"
 
@@ -99,3 +100,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if len({_database_kind(item) for item in grouped}) == 1:
             for item in grouped:
                 item.add_marker(pytest.mark.xdist_group(module))
+
+
+class GroupsInNodeIds:
+    """Puts each grouped test's group into its node id, which is what `--dist loadgroup` schedules by.
+    pytest-xdist 3.8 writes it into `item._nodeid`, which pytest 9.2 no longer reads (a node's id is now
+    `item._id`, a NodeId), so without this every test would be a group of its own."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if not config.getvalue("loadgroup"):
+            return
+        for item in items:
+            names = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group") if mark.args})
+            if names and "@" not in item.nodeid:
+                item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(GroupsInNodeIds(), "groups-in-node-ids")

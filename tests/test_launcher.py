@@ -218,3 +218,34 @@ def test_each_test_process_gets_a_redis_server_of_its_own(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout[-2000:]
     urls = {path.read_text() for path in tmp_path.glob("url-*")}
     assert len(urls) == 2 and os.environ.get("REDIS_URL") not in urls
+
+
+def test_a_slow_modules_tests_run_on_one_test_process(tmp_path: Path) -> None:
+    """`--dist loadgroup` keeps a slow module's tests together (its module fixtures start once), and the
+    others still spread over both processes."""
+    (tmp_path / "test_slow.py").write_text(
+        "import os, pytest\n"
+        "pytestmark = pytest.mark.slow\n"
+        "@pytest.mark.parametrize('n', range(8))\n"
+        "def test_slow(n):\n"
+        "    open(os.environ['OUT'] + f'slow-{n}', 'w').write(os.environ['PYTEST_XDIST_WORKER'])\n"
+    )
+    (tmp_path / "test_quick.py").write_text(
+        "import os, pytest, time\n"
+        "@pytest.mark.parametrize('n', range(8))\n"
+        "def test_quick(n):\n"
+        "    time.sleep(0.2)\n"
+        "    open(os.environ['OUT'] + f'quick-{n}', 'w').write(os.environ['PYTEST_XDIST_WORKER'])\n"
+    )
+    environment = {**os.environ, "OUT": str(tmp_path / "ran-"), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.parallel", "-n", "2", "--dist", "loadgroup",
+         "-p", "no:django", "-p", "no:cacheprovider", "-q", "-m", "slow or not slow", "-o",
+         "markers=slow", "test_slow.py", "test_quick.py"],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    slow = {path.read_text() for path in tmp_path.glob("ran-slow-*")}
+    quick = {path.read_text() for path in tmp_path.glob("ran-quick-*")}
+    assert len(list(tmp_path.glob("ran-slow-*"))) == 8 and len(slow) == 1
+    assert quick == {"gw0", "gw1"}
