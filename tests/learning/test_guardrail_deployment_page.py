@@ -1,5 +1,6 @@
 """A deployment's page shows what its organisation's guardrails did on calls to it: interventions per day
-over 30 days (the guardrail page's server-drawn bar chart) and by direction, rule and action; an outsider
+over 30 days (the guardrail page's server-drawn bar chart) and by direction, rule and action, as a part of
+the page it loads once shown (htmx), so neither the page nor its status polling pays for them; an outsider
 sees nothing of another organisation's deployment."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import datetime
 import pytest
 from django.contrib.auth.models import AbstractUser
 from django.db import connection
+from django.http import HttpResponse
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -42,6 +44,14 @@ def browser(user: AbstractUser) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+PART = {"HX-Request": "true", "HX-Target": "interventions"}
+
+
+def interventions_part(client: Client, deployment: Deployment) -> HttpResponse:
+    """The page's interventions part, as its htmx placeholder asks for it."""
+    return client.get(f"/deployments/{deployment.pk}/", headers=PART)
 
 
 def intervene(
@@ -84,37 +94,63 @@ def test_another_organisations_guardrails_on_the_same_name_do_not_count(
     assert guardrail_chart.intervention_totals(guardrail_chart.of_deployment(deployment)) == []
 
 
-def test_a_member_sees_the_chart_and_totals_on_the_deployment_page(
+def test_the_deployment_page_loads_its_interventions_part(
+    guardrail: Guardrail, deployment: Deployment, member: AbstractUser
+) -> None:
+    page = browser(member).get(f"/deployments/{deployment.pk}/")
+    assert page.status_code == 200
+    assert (
+        f'<div id="interventions" hx-get="/deployments/{deployment.pk}/" hx-trigger="load"'.encode()
+        in page.content
+    )
+
+
+def test_a_member_sees_the_chart_and_totals_in_the_part(
     guardrail: Guardrail, deployment: Deployment, member: AbstractUser
 ) -> None:
     intervene(guardrail, 0, action="blocked")
     intervene(guardrail, 1)
-    page = browser(member).get(f"/deployments/{deployment.pk}/")
-    assert page.status_code == 200
-    assert b'data-chart="interventions"' in page.content
-    assert b"2 interventions" in page.content
-    assert b"<td>input</td><td>personal_data</td><td>blocked</td><td>1</td>" in page.content
+    part = interventions_part(browser(member), deployment)
+    assert part.status_code == 200
+    assert part.content.startswith(b'<section id="interventions">')
+    assert b'data-chart="interventions"' in part.content
+    assert b"2 interventions" in part.content
+    assert b"<td>input</td><td>personal_data</td><td>blocked</td><td>1</td>" in part.content
 
 
 def test_an_outsider_sees_nothing_of_another_organisations_deployment_interventions(
     guardrail: Guardrail, deployment: Deployment, outsider: AbstractUser, globex: Organization
 ) -> None:
     intervene(guardrail, 0)
-    page = browser(outsider).get(f"/deployments/{deployment.pk}/")
-    assert page.status_code == 404
-    assert b"interventions" not in page.content
+    client = browser(outsider)
+    for page in (client.get(f"/deployments/{deployment.pk}/"), interventions_part(client, deployment)):
+        assert page.status_code == 404
+        assert b"interventions" not in page.content
 
 
-def test_the_deployment_page_costs_the_same_queries_however_many_interventions(
+def test_the_part_costs_the_same_queries_however_many_interventions(
     guardrail: Guardrail, deployment: Deployment, member: AbstractUser
 ) -> None:
     client = browser(member)
     intervene(guardrail, 0)
     client.get(f"/deployments/{deployment.pk}/")  # the session's first page also fills per-session caches
     with CaptureQueriesContext(connection) as few:
-        client.get(f"/deployments/{deployment.pk}/")
+        interventions_part(client, deployment)
     for day in range(1, 25):
         intervene(guardrail, day, action="blocked" if day % 2 else "reported")
     with CaptureQueriesContext(connection) as many:
-        client.get(f"/deployments/{deployment.pk}/")
+        interventions_part(client, deployment)
     assert len(many) == len(few)
+
+
+def test_the_page_and_its_status_polling_read_no_interventions(
+    guardrail: Guardrail, deployment: Deployment, member: AbstractUser
+) -> None:
+    client = browser(member)
+    intervene(guardrail, 0)
+    client.get(f"/deployments/{deployment.pk}/")
+    status = {"HX-Request": "true", "HX-Target": "status"}
+    with CaptureQueriesContext(connection) as read:
+        client.get(f"/deployments/{deployment.pk}/")
+        client.get(f"/deployments/{deployment.pk}/", headers=status)
+    assert not any("guardrailintervention" in query["sql"] for query in read.captured_queries)

@@ -3,6 +3,7 @@ its live status, timeline, snippets and usage, scaling and deleting."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
@@ -229,12 +230,19 @@ def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
 
 
 def _interventions(deployment: Deployment) -> dict[str, Any]:
-    """What guardrails did on calls to it over 30 days (marketplace.web.guardrail_chart; two queries)."""
-    interventions = guardrail_chart.of_deployment(deployment)
-    return {
-        "intervention_charts": [guardrail_chart.intervention_chart(interventions)],
-        "intervention_totals": guardrail_chart.intervention_totals(interventions),
-    }
+    """What guardrails did on calls to it over 30 days (marketplace.web.guardrail_chart; two queries), read
+    only when a template shows them: the page loads them as its `interventions` part, so neither the page
+    nor its status polling pays for them."""
+
+    @functools.cache
+    def loaded() -> tuple[list[charts.Chart], list[dict[str, Any]]]:
+        interventions = guardrail_chart.of_deployment(deployment)
+        return (
+            [guardrail_chart.intervention_chart(interventions)],
+            guardrail_chart.intervention_totals(interventions),
+        )
+
+    return {"intervention_charts": lambda: loaded()[0], "intervention_totals": lambda: loaded()[1]}
 
 
 @login_required
@@ -245,7 +253,7 @@ def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "web/deployment.html",
         _detail_context(request, deployment),
-        parts={"status": "web/_deployment_status.html"},
+        parts={"status": "web/_deployment_status.html", "interventions": "web/_guardrail_interventions.html"},
     )
 
 
