@@ -14,10 +14,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# Dependencies first, read from pyproject.toml: this layer is rebuilt only when they change, not with
-# every source edit.
+# Dependencies first, read from pyproject.toml (with the optional extras named in EXTRAS, separated by
+# spaces: `presidio` gives guardrails Microsoft Presidio's recognizers): this layer is rebuilt only when
+# they change, not with every source edit.
+ARG EXTRAS="presidio"
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN EXTRAS="${EXTRAS}" python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in os.environ['EXTRAS'].split() for r in p['optional-dependencies'][e]]))" \
         > /tmp/requirements.txt \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
