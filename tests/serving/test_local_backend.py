@@ -1,9 +1,11 @@
 """The local backend end to end, for real: a Celery worker (real Redis broker) provisions deployments,
-the engine supervisor runs real vLLM engines (CPU) for the two small catalog models, each on a core of
-its own, and the reconciler moves them to READY; the engines answer a chat completion and embeddings to
-the gateway's key, and 401 without it; on a machine of two cores a third engine waits for a core, and
-starts once one is freed; the chat model scales to two replicas and back; deleting leaves no engine
-process behind."""
+the engine supervisor runs real vLLM engines (CPU), each on a core of its own, and the reconciler moves
+them to READY. One is a catalog model the organisation subscribed to (MiniLM embeddings); the other is
+the organisation's own custom model (the SmolLM2 folder `make engine` prepares, registered through the
+REST API from its config.json and safetensors header, deployed without a license to accept). The
+engines answer a chat completion and embeddings to the gateway's key, and 401 without it; on a machine
+of two cores a third engine waits for a core, and starts once one is freed; the chat model scales to two
+replicas and back; deleting leaves no engine process behind."""
 
 from __future__ import annotations
 
@@ -138,19 +140,37 @@ def local_platform(transactional_catalog: None, settings: Any, tmp_path: Path) -
             get_backend.cache_clear()
 
 
-def test_deploy_serve_scale_and_delete_on_this_machine(local_platform: Path, client_for: Any) -> None:
+def test_deploy_serve_scale_and_delete_on_this_machine(
+    local_platform: Path, client_for: Any, settings: Any
+) -> None:
+    models = engine_env.engine_dir() / "models"
+    settings.CUSTOM_MODEL_ROOTS = [str(models)]
     owner = make_user("ada")
     organization = account_services.create_organization(slug="lab", name="Lab", owner=owner)
-    for slug in (CHAT, EMBED):
-        subscribe(
-            organization=organization, card=ModelCard.objects.get(slug=slug), license_sha256=None, user=owner
-        )
+    subscribe(
+        organization=organization, card=ModelCard.objects.get(slug=EMBED), license_sha256=None, user=owner
+    )
     client = client_for(owner)
 
-    chat = client.post(
-        "/api/deployments/", {"name": "tiny-chat", "model": CHAT, "instance_type": "local-cpu"}, format="json"
+    registered = client.post(
+        "/api/custom-models/", {"name": "smol", "source": "path", "path": str(models / CHAT)}, format="json"
     )
-    assert chat.status_code == 201, chat.content
+    assert registered.status_code == 201, registered.content
+    assert (registered.json()["architecture"], registered.json()["context_length"]) == (
+        "LlamaForCausalLM",
+        8192,
+    )
+    chat = client.post(
+        "/api/deployments/",
+        {
+            "name": "tiny-chat",
+            "model": registered.json()["slug"],
+            "instance_type": "local-cpu",
+            "engine_options": {"dtype": "float32"},
+        },
+        format="json",
+    )
+    assert chat.status_code == 201, chat.content  # no subscription asked for one's own model
     embed = client.post(
         "/api/deployments/", {"name": "minilm", "model": EMBED, "instance_type": "local-cpu"}, format="json"
     )
