@@ -556,3 +556,114 @@ class GuardrailIntervention(models.Model):
 
     def __str__(self) -> str:
         return f"{self.guardrail_id} {self.direction} {self.kind} {self.action}"
+
+
+# --- Tuning jobs (distillation and fine-tuning) -------------------------------------------------------------
+
+
+class TuningKind(models.TextChoices):
+    DISTILLATION = "distillation", "Distillation: the student learns a teacher deployment's answers"
+    FINE_TUNING = "fine-tuning", "Fine-tuning: the student learns the dataset's reference answers"
+
+
+class TuningStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    GENERATING = "generating", "Teacher answering"
+    TRAINING = "training", "Training"
+    EVALUATING = "evaluating", "Evaluating"
+    REGISTERING = "registering", "Registering"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class TuningJob(models.Model):
+    """A LoRA student made from a dataset (learning.tuning): a distillation job has a teacher deployment
+    answer the dataset's prompts first; a fine-tuning job learns the dataset's reference answers.
+
+    The status is the step the job is at (QUEUED → GENERATING → TRAINING → EVALUATING → REGISTERING →
+    SUCCEEDED, or FAILED / CANCELLED from any step before), moved only by conditional updates with an
+    event each; `lease_until` is the running worker's claim, as for evaluations. Each step leaves what it
+    made (teacher answers as TuningAnswer rows, the adapter in `work_dir`, `evaluation`, `custom_model`),
+    so a resumed job redoes nothing finished. `name` is the name the student is registered under."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="tuning_jobs")
+    name = models.CharField(max_length=40, help_text="The custom model the student is registered as")
+    kind = models.CharField(max_length=16, choices=TuningKind.choices)
+    teacher_deployment = models.CharField(
+        max_length=40, blank=True, help_text="The deployment that answers (distillation), held by name"
+    )
+    teacher_instructions = models.TextField(
+        blank=True, help_text="A system prompt the teacher is given and the student learns to do without"
+    )
+    student_base = models.ForeignKey(
+        "catalog.ModelCard", on_delete=models.PROTECT, related_name="tuning_jobs"
+    )
+    dataset = models.ForeignKey(Dataset, on_delete=models.RESTRICT, related_name="tuning_jobs")
+    hyperparameters = models.JSONField(help_text="A whole training spec (learning.training.spec)")
+    max_tokens = models.PositiveIntegerField(default=256, help_text="Longest teacher and student answer")
+    concurrency = models.PositiveSmallIntegerField(default=4, help_text="Teacher calls at once")
+    status = models.CharField(max_length=16, choices=TuningStatus.choices, default=TuningStatus.QUEUED)
+    status_message = models.TextField(blank=True)
+    failure_reason = models.CharField(
+        max_length=20, blank=True, help_text="bad_data | out_of_memory | teacher | bad_run | error"
+    )
+    progress = models.JSONField(default=dict, blank=True, help_text="{done, total} of the current step")
+    loss_points = models.JSONField(default=list, blank=True, help_text="[[step, loss], …] of the training")
+    total_steps = models.PositiveIntegerField(default=0)
+    work_dir = models.CharField(max_length=500, blank=True, help_text="The training run's folder")
+    evaluation = models.JSONField(
+        default=dict, blank=True, help_text="Held-out scores (learning.tuning_eval)"
+    )
+    custom_model = models.ForeignKey(
+        "catalog.CustomModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="tuning_jobs"
+    )
+    lease_until = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "lease_until"], name="tuning_job_status_lease")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TuningJobEvent(models.Model):
+    job = models.ForeignKey(TuningJob, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=16, choices=TuningStatus.choices)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+
+class TuningAnswer(models.Model):
+    """The teacher's answer to one dataset record. Written once (unique per job and record), so a
+    resumed generation asks only for what is missing and counts nothing twice."""
+
+    job = models.ForeignKey(TuningJob, on_delete=models.CASCADE, related_name="answers")
+    record_id = models.CharField(max_length=20)
+    part = models.CharField(max_length=16, choices=DatasetPart.choices)
+    status_code = models.PositiveSmallIntegerField()
+    error = models.TextField(blank=True)
+    answer = models.TextField(blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "record_id"]
+        constraints = [models.UniqueConstraint(fields=["job", "record_id"], name="tuning_answer_once")]
+
+    def __str__(self) -> str:
+        return f"Answer to {self.record_id} of job {self.job_id}"

@@ -120,3 +120,24 @@ def resume_router_trainings() -> int:
     for training_id in ids:
         train_router.delay(training_id)
     return len(ids)
+
+
+@shared_task(acks_late=True)
+def run_tuning_job(job_id: int) -> str:
+    """Run or resume a tuning job (learning.tuning_run.run); a second delivery while a worker holds the
+    job, or after it finished, does nothing, and a resumed job redoes no finished step."""
+    from learning import tuning_run
+
+    return tuning_run.run(job_id)
+
+
+@shared_task(expires=60)
+def resume_tuning_jobs() -> int:
+    """The safety net behind `run_tuning_job`: hand every tuning job no live worker holds (a lost task, a
+    killed worker whose lease lapsed) to a worker again. Returns how many were handed on."""
+    from learning.tuning import unattended
+
+    ids = unattended()
+    for job_id in ids:
+        run_tuning_job.delay(job_id)
+    return len(ids)

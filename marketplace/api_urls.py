@@ -7,6 +7,7 @@ from learning.api import datasets as learning_datasets
 from learning.api import evaluations as learning_evaluations
 from learning.api import guardrails as learning_guardrails
 from learning.api import routers as learning_routers
+from learning.api import tuning as learning_tuning
 from learning.api import views as learning
 from marketplace.accounts.api import budgets as account_budgets
 from marketplace.accounts.api import views as accounts
@@ -34,6 +35,7 @@ router.register("invocation-logs", learning.InvocationLogViewSet, basename="invo
 router.register("datasets", learning_datasets.DatasetViewSet, basename="dataset")
 router.register("evaluations", learning_evaluations.EvaluationViewSet, basename="evaluation")
 router.register("routers", learning_routers.RouterViewSet, basename="router")
+router.register("tuning-jobs", learning_tuning.TuningJobViewSet, basename="tuningjob")
 router.register("feedback", learning_routers.FeedbackViewSet, basename="feedback")
 router.register("guardrails", learning_guardrails.GuardrailViewSet, basename="guardrail")
 router.register("instance-type-prices", serving_costs.InstanceTypePriceViewSet, basename="instancetypeprice")

@@ -1,0 +1,300 @@
+"""Running a tuning job step by step, fast: the teacher is the ticket task teacher (deterministic code, not
+a model) deployed behind the gateway's own path over real HTTP, so its calls are metered like any; the
+trainer's process and the student's CPU answers are replaced at their seams (learning.tuning_run.Parts)
+by stand-ins that write what the real ones write (progress lines, a LoRA adapter's files). The real
+training runs in test_tuning_end_to_end.py. What is checked here: every step in order with an event, a
+resumed job redoing nothing finished (no teacher call twice, no second registration), cancel, and
+failures in words."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import redis
+from django.utils import timezone
+
+from learning import tuning, tuning_run
+from learning.models import Dataset, TuningAnswer, TuningJob, TuningStatus
+from learning.storage import FolderStore
+from learning.training import tickets
+from learning.training.runner import CANCELLED, FAILED, SUCCEEDED, CpuTraining, Outcome
+from marketplace.accounts import services as account_services
+from marketplace.accounts.models import Organization, Quota
+from marketplace.catalog.models import CustomModel
+from serving import tasks as serving_tasks
+from serving.models import UsageRecord
+from tests.catalog.custom_model_files import write_adapter
+from tests.conftest import make_user
+from tests.learning.ticket_teacher import TicketTeacher, ticket_dataset, ticket_teacher
+from tests.serving.gateway.conftest import CHAT, deploy
+
+pytestmark = pytest.mark.usefixtures("transactional_catalog")  # the teacher's calls read rows from threads
+
+RECORDS = 8
+LOSSES = (2.5, 1.2, 0.6)
+
+
+class StandInTraining(CpuTraining):
+    """The trainer's process replaced: start() writes the progress lines and adapter files the real
+    trainer writes (cpu_trainer.py), and `mode` picks how the run ends."""
+
+    mode: ClassVar[str] = "succeed"  # succeed | out_of_memory | cancelled_from_the_job | worker_dies
+    starts: ClassVar[list[Path]] = []
+    cancels: ClassVar[int] = 0
+
+    def _line(self, event: str, **fields: Any) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.progress_path.open("a") as handle:
+            handle.write(json.dumps({"event": event, **fields}) + "\n")
+
+    def start(self) -> None:
+        StandInTraining.starts.append(self.folder)
+        assert self.data.read_text().count("\n") > 0  # the rows were written before the trainer started
+        self._line("start", step=0, total_steps=len(LOSSES))
+
+    @property
+    def running(self) -> bool:
+        return False
+
+    def wait(
+        self, timeout: float | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll: float = 0.5,
+    ) -> Outcome:  # fmt: skip
+        assert on_progress is not None
+        for step, loss in enumerate(LOSSES, start=1):
+            line = {"event": "step", "step": step, "total_steps": len(LOSSES), "loss": loss,
+                    "tokens_per_second": 100.0, "peak_rss_bytes": 2**30}  # fmt: skip
+            self._line(**line)
+            on_progress(line)
+            if self.mode == "cancelled_from_the_job":
+                tuning.cancel_tuning_job(TuningJob.objects.get())  # a person presses Cancel mid-run
+                raise TimeoutError
+            if self.mode == "worker_dies" and step == 2:
+                raise SystemExit("the worker was stopped")
+        if self.mode == "out_of_memory":
+            message = "Out of memory (the trainer had reached 2.4 GB): lower batch_size or max_seq_length."
+            return Outcome(FAILED, message, reason="out_of_memory", step=1)
+        write_adapter(self.adapter, str(self.base_model), rank=8)
+        self._line("done", step=len(LOSSES), first_loss=LOSSES[0], last_loss=LOSSES[-1])
+        return Outcome(SUCCEEDED, "Trained.", adapter=self.adapter, step=len(LOSSES))
+
+    def cancel(self, grace: float = 60.0) -> Outcome:
+        StandInTraining.cancels += 1
+        return Outcome(CANCELLED, "Cancelled at step 1.", step=1)
+
+
+@dataclass
+class StudentAnswers:
+    """The student's CPU answers replaced: the adapter answers as the teacher did, but for the last
+    prompt (so it scores a little under the teacher); the base alone answers no JSON."""
+
+    calls: int = 0
+
+    def __call__(
+        self,
+        base: Path,
+        adapter: Path | None,
+        prompts: list[str],
+        max_tokens: int,
+        wanted: Callable[[], bool],
+    ) -> tuple[list[str], list[int]]:
+        self.calls += 1
+        assert (base / "config.json").is_file() and wanted()
+        if adapter is None:
+            return ["I am sorry, I cannot help with that." for _ in prompts], [12] * len(prompts)
+        assert (adapter / "adapter_config.json").is_file()
+        answers = [tickets.teacher_answer(prompt) for prompt in prompts]
+        answers[-1] = '{"category": "billing"}'
+        return answers, [len(prompt.split()) for prompt in prompts]
+
+
+@dataclass
+class Setup:
+    organization: Organization
+    owner: Any
+    dataset: Dataset
+    student: StudentAnswers
+
+    def parts(self) -> tuning_run.Parts:
+        return tuning_run.Parts(training=StandInTraining, answer_locally=self.student)
+
+    def create(self, **fields: Any) -> TuningJob:
+        options: dict[str, Any] = {
+            "name": "ticket-student", "kind": "distillation", "dataset_id": self.dataset.pk,
+            "student_base": CHAT, "teacher_deployment": "teacher",
+            "teacher_instructions": tickets.INSTRUCTIONS, **fields,
+        }  # fmt: skip
+        return tuning.create_tuning_job(organization=self.organization, user=self.owner, **options)
+
+
+@pytest.fixture
+def setup(
+    configured_store: FolderStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> Iterator[Setup]:
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()  # limits, usage and task messages of earlier tests
+    student = tmp_path / "engine" / "models" / CHAT  # the student's weights, as `make engine` leaves them
+    student.mkdir(parents=True)
+    (student / "config.json").write_text("{}")
+    monkeypatch.setenv("ENGINE_DIR", str(tmp_path / "engine"))
+    settings.CUSTOM_MODEL_ROOTS = [str(tmp_path / "custom-models")]
+    StandInTraining.mode, StandInTraining.starts, StandInTraining.cancels = "succeed", [], 0
+    with ticket_teacher() as url:
+        owner = make_user("tia")
+        organization = account_services.create_organization(slug="tuners", name="Tuners", owner=owner)
+        Quota.objects.filter(organization=organization).update(requests_per_minute=10_000)
+        deploy(organization, "teacher", CHAT, url)
+        dataset = ticket_dataset(configured_store, organization.pk, RECORDS, heldout_fraction=0.25)
+        yield Setup(organization, owner, dataset, StudentAnswers())
+
+
+def statuses(job: TuningJob) -> list[str]:
+    return [event.status for event in job.events.all()]
+
+
+def test_a_distillation_job_runs_every_step_in_order_and_registers_its_student(setup: Setup) -> None:
+    job = setup.create()
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.SUCCEEDED
+    job.refresh_from_db()
+    assert statuses(job) == ["queued", "generating", "training", "evaluating", "registering", "succeeded"]
+    assert job.loss_points == [[1, 2.5], [2, 1.2], [3, 0.6]] and job.total_steps == 3
+    assert job.custom_model is not None and job.custom_model.name == "ticket-student"
+    assert job.custom_model.base is not None and job.custom_model.base.slug == CHAT
+    assert job.status_message.startswith("Registered as the custom model ticket-student at ")
+    assert job.finished_at is not None and job.lease_until is None
+
+
+def test_the_teacher_answers_every_record_once_with_its_instructions_through_the_metered_gateway(
+    setup: Setup,
+) -> None:
+    job = setup.create()
+    tuning_run.run(job.pk, setup.parts())
+    assert len(TicketTeacher.asked) == RECORDS
+    assert all(
+        messages[0] == {"role": "system", "content": tickets.INSTRUCTIONS} for messages in TicketTeacher.asked
+    )
+    answers = TuningAnswer.objects.filter(job=job)
+    assert answers.count() == RECORDS and not answers.exclude(error="").exists()
+    serving_tasks.flush_usage()
+    assert UsageRecord.objects.filter(organization=setup.organization, model="teacher").count() == RECORDS
+
+
+def test_the_student_learns_the_teachers_answers_without_the_instructions(setup: Setup) -> None:
+    job = setup.create()
+    tuning_run.run(job.pk, setup.parts())
+    job.refresh_from_db()
+    rows = [json.loads(line) for line in (Path(job.work_dir) / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == setup.dataset.train_records
+    for row in rows:
+        assert tickets.INSTRUCTIONS not in row["prompt"]
+        assert row["answer"] == tickets.teacher_answer(row["prompt"])
+
+
+def test_the_evaluation_scores_student_teacher_and_base_on_the_heldout_part(setup: Setup) -> None:
+    job = setup.create()
+    tuning_run.run(job.pk, setup.parts())
+    job.refresh_from_db()
+    report = job.evaluation
+    assert report["records"] == setup.dataset.heldout_records == 2 and report["truth"] == "reference"
+    models = report["models"]
+    assert models["teacher"]["quality"] == 1.0  # the task teacher reads every ticket right
+    assert models["base"]["json_validity"] == 0.0 and models["base"]["quality"] == 0.0
+    assert models["student"]["json_validity"] == 1.0 and models["student"]["teacher_agreement"] == 0.5
+    assert models["student"]["field_accuracy"]["priority"] == 0.5
+    assert report["student_percent_of_teacher"] == round(100 * models["student"]["quality"], 1)
+    assert report["prompt_tokens"]["saved_per_call"] > 100  # the instructions the student does without
+
+
+def test_running_a_finished_job_again_changes_nothing(setup: Setup) -> None:
+    job = setup.create()
+    tuning_run.run(job.pk, setup.parts())
+    assert tuning_run.run(job.pk, setup.parts()) == ""  # nothing to hold
+    assert TuningJob.objects.get().status == TuningStatus.SUCCEEDED
+    assert len(TicketTeacher.asked) == RECORDS and len(StandInTraining.starts) == 1
+    assert CustomModel.objects.count() == 1
+
+
+def test_a_second_delivery_while_a_worker_holds_the_job_does_nothing(setup: Setup) -> None:
+    job = setup.create()
+    assert tuning.claim(job.pk) is not None  # another worker holds it
+    assert tuning_run.run(job.pk, setup.parts()) == ""
+    assert TicketTeacher.asked == [] and StandInTraining.starts == []
+
+
+def lapse_lease(job: TuningJob) -> None:
+    TuningJob.objects.filter(pk=job.pk).update(lease_until=timezone.now() - datetime.timedelta(seconds=1))
+
+
+def test_a_worker_lost_mid_training_is_resumed_without_asking_the_teacher_again(setup: Setup) -> None:
+    job = setup.create()
+    StandInTraining.mode = "worker_dies"
+    with pytest.raises(SystemExit):
+        tuning_run.run(job.pk, setup.parts())
+    job.refresh_from_db()
+    assert job.status == TuningStatus.TRAINING and job.loss_points == [[1, 2.5], [2, 1.2]]  # saved as it went
+    assert tuning.unattended() == []  # its lease still runs
+    lapse_lease(job)
+    assert tuning.unattended() == [job.pk]
+    StandInTraining.mode = "succeed"
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.SUCCEEDED
+    assert len(TicketTeacher.asked) == RECORDS  # no record answered twice
+    job.refresh_from_db()
+    assert StandInTraining.starts == [Path(job.work_dir) / "run"] * 2
+    assert "Resumed training where the last worker stopped." in [e.message for e in job.events.all()]
+
+
+def test_a_job_that_registered_its_student_before_the_worker_died_registers_no_second_one(
+    setup: Setup,
+) -> None:
+    job = setup.create()
+    tuning_run.run(job.pk, setup.parts())
+    # the state a worker killed between registering and the final move leaves: the row points at the model
+    TuningJob.objects.filter(pk=job.pk).update(status=TuningStatus.REGISTERING, lease_until=None)
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.SUCCEEDED
+    assert CustomModel.objects.count() == 1
+    assert setup.student.calls == 2 and len(StandInTraining.starts) == 1  # no step before it redone
+
+
+def test_running_out_of_memory_fails_the_job_in_plain_words(setup: Setup) -> None:
+    job = setup.create()
+    StandInTraining.mode = "out_of_memory"
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.FAILED
+    job.refresh_from_db()
+    assert job.failure_reason == "out_of_memory"
+    assert job.status_message.startswith("Out of memory") and "lower batch_size" in job.status_message
+    assert not CustomModel.objects.exists()
+
+
+def test_cancelling_during_training_stops_the_trainer(setup: Setup) -> None:
+    job = setup.create()
+    StandInTraining.mode = "cancelled_from_the_job"
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.CANCELLED
+    assert StandInTraining.cancels == 1
+    job.refresh_from_db()
+    assert job.status_message == "Cancelled while training." and setup.student.calls == 0
+    assert not CustomModel.objects.exists()
+
+
+def test_a_failing_teacher_fails_the_job_before_any_training(setup: Setup) -> None:
+    job = setup.create()
+    TicketTeacher.fail = True
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.FAILED
+    job.refresh_from_db()
+    assert job.failure_reason == "teacher" and "failed 8 of 8 calls" in job.status_message
+    assert StandInTraining.starts == []
+
+
+def test_a_fine_tuning_job_learns_the_references_without_a_teacher(setup: Setup) -> None:
+    job = setup.create(kind="fine-tuning", teacher_deployment="", teacher_instructions="")
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.SUCCEEDED
+    job.refresh_from_db()
+    assert statuses(job) == ["queued", "training", "evaluating", "registering", "succeeded"]
+    assert TicketTeacher.asked == []
+    rows = [json.loads(line) for line in (Path(job.work_dir) / "train.jsonl").read_text().splitlines()]
+    assert all(json.loads(row["answer"]).keys() == {"category", "priority", "product"} for row in rows)
+    assert "teacher" not in job.evaluation["models"] and "student_percent_of_teacher" not in job.evaluation

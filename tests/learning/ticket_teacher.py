@@ -1,0 +1,100 @@
+"""The task teacher (learning.training.tickets) as a deployment's engine: OpenAI-compatible chat over real
+HTTP that answers a support ticket (the last user message) with the JSON a large model given the
+instructions would. Deterministic code, not a model, and the tests that use it say so. Its usage counts
+words of every message as tokens, so a long system prompt costs what it would. `delay` seconds before each
+answer lets a test catch a run in the middle; `fail` makes it answer 500."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from learning import datasets
+from learning.choices import DatasetSource
+from learning.models import Dataset
+from learning.storage import ObjectStore
+from learning.training import tickets
+
+
+class TicketTeacher(BaseHTTPRequestHandler):
+    asked: list[list[dict[str, str]]] = []
+    delay = 0.0
+    fail = False
+    lock = threading.Lock()
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        payload = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        messages = payload["messages"]
+        with TicketTeacher.lock:
+            TicketTeacher.asked.append(messages)
+        time.sleep(TicketTeacher.delay)
+        if TicketTeacher.fail:
+            self._send(500, {"error": {"message": "The teacher is down."}})
+            return
+        text = tickets.teacher_answer(messages[-1]["content"])
+        prompt = sum(len(str(message["content"]).split()) for message in messages)
+        self._send(
+            200,
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": 20, "total_tokens": prompt + 20},
+            },
+        )
+
+    def do_GET(self) -> None:
+        self._send(200, {"status": "ok"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def ticket_teacher(delay: float = 0.0) -> Iterator[str]:
+    """The teacher's URL while it serves; `TicketTeacher.asked` starts empty."""
+    TicketTeacher.asked, TicketTeacher.delay, TicketTeacher.fail = [], delay, False
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TicketTeacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ticket_dataset(
+    store: ObjectStore,
+    organization_id: int,
+    count: int,
+    heldout_fraction: float = 0.25,
+    name: str = "tickets",
+) -> Dataset:
+    """Support tickets as a dataset: the ticket as the user's message, its true fields as the reference."""
+    records = [
+        {
+            "messages": [{"role": "user", "content": tickets.student_prompt(ticket)}],
+            "reference": json.dumps(ticket.truth),
+            "metadata": {},
+        }
+        for ticket in tickets.make_tickets(count, seed=7)
+    ]
+    return datasets.save(
+        store, organization_id=organization_id, name=name, records=records, source=DatasetSource.UPLOAD,
+        heldout_fraction=heldout_fraction, seed=0,
+    )  # fmt: skip
