@@ -21,6 +21,7 @@ from marketplace.web.views import (
     platform,
     playground,
     routers,
+    tuning,
 )
 
 app_name = "web"
@@ -62,6 +63,9 @@ urlpatterns = [
     path("evaluations/", evaluations.evaluation_list, name="evaluations"),
     path("evaluations/<int:pk>/", evaluations.evaluation_detail, name="evaluation"),
     path("evaluations/<int:pk>/cancel/", evaluations.evaluation_cancel, name="evaluation-cancel"),
+    path("tuning-jobs/", tuning.tuning_job_list, name="tuning-jobs"),
+    path("tuning-jobs/<int:pk>/", tuning.tuning_job_detail, name="tuning-job"),
+    path("tuning-jobs/<int:pk>/cancel/", tuning.tuning_job_cancel, name="tuning-job-cancel"),
     path("routers/", routers.router_list, name="routers"),
     path("routers/<int:pk>/", routers.router_detail, name="router"),
     path("routers/<int:pk>/train/", routers.router_train, name="router-train"),

@@ -1,0 +1,139 @@
+"""The web UI's tuning job pages: the list, and a job's steps, progress, loss chart (drawn on the server)
+and held-out evaluation, with the offer to deploy its student. Members read them, owners and admins also
+cancel, and another organisation's job is a 404."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import AbstractUser
+from django.test import Client
+
+from learning.models import TuningJob, TuningJobEvent, TuningKind, TuningStatus
+from learning.storage import FolderStore
+from learning.training.spec import TrainingSpec
+from marketplace.accounts.models import Organization
+from marketplace.catalog import custom_models
+from marketplace.catalog.models import ModelCard
+from marketplace.web.loss_chart import loss_chart
+from tests.catalog.custom_model_files import write_adapter
+from tests.learning.ticket_teacher import ticket_dataset
+
+BrowserFor = Callable[[AbstractUser | None], Client]
+EVALUATION = {
+    "records": 2, "truth": "reference", "student_percent_of_teacher": 83.3,
+    "models": {
+        "teacher": {"quality": 1.0, "json_validity": 1.0, "teacher_agreement": 1.0,
+                    "field_accuracy": {"category": 1.0, "priority": 1.0, "product": 1.0}},
+        "student": {"quality": 0.8333, "json_validity": 1.0, "teacher_agreement": 0.5,
+                    "field_accuracy": {"category": 1.0, "priority": 0.5, "product": 1.0}},
+        "base": {"quality": 0.0, "json_validity": 0.0, "teacher_agreement": 0.0,
+                 "field_accuracy": {"category": 0.0, "priority": 0.0, "product": 0.0}},
+    },
+    "prompt_tokens": {"teacher_per_call": 260.0, "student_per_call": 40.0, "saved_per_call": 220.0},
+}  # fmt: skip
+
+
+def make_job(organization: Organization, configured_store: FolderStore, **fields: Any) -> TuningJob:
+    job = TuningJob.objects.create(
+        organization=organization, name="ticket-student", kind=TuningKind.DISTILLATION,
+        teacher_deployment="teacher", student_base=ModelCard.objects.get(slug="smollm2-135m-instruct"),
+        dataset=ticket_dataset(configured_store, organization.pk, 8),
+        hyperparameters=TrainingSpec().to_dict(), status_message="Trained 3 steps.", **fields,
+    )  # fmt: skip
+    TuningJobEvent.objects.create(job=job, status=TuningStatus.QUEUED, message="Waiting for a worker.")
+    return job
+
+
+@pytest.fixture
+def training(acme: Organization, configured_store: FolderStore) -> TuningJob:
+    job = make_job(
+        acme, configured_store, status=TuningStatus.TRAINING, loss_points=[[1, 2.5], [2, 1.25]],
+        total_steps=4, progress={"done": 2, "total": 4},
+    )  # fmt: skip
+    TuningJobEvent.objects.create(job=job, status=TuningStatus.GENERATING, message="Teacher answering.")
+    TuningJobEvent.objects.create(job=job, status=TuningStatus.TRAINING, message="Training.")
+    return job
+
+
+def test_the_list_shows_the_organisations_jobs(
+    browser_for: BrowserFor, member: AbstractUser, training: TuningJob
+) -> None:
+    page = browser_for(member).get("/tuning-jobs/")
+    assert page.status_code == 200
+    assert b"ticket-student" in page.content and f"/tuning-jobs/{training.pk}/".encode() in page.content
+
+
+def test_a_running_job_shows_its_steps_progress_and_loss_chart(
+    browser_for: BrowserFor, owner: AbstractUser, training: TuningJob
+) -> None:
+    page = browser_for(owner).get(f"/tuning-jobs/{training.pk}/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'class="step-done"><strong>Teacher answering' in html
+    assert 'class="step-current"><strong>Training' in html and "2 of 4" in html
+    assert 'id="loss-chart"' in html and "Step 2: loss 1.2500" in html
+    assert 'http-equiv="refresh"' in html and "Cancel</button>" in html
+
+
+def test_the_loss_chart_spans_the_whole_run_and_puts_the_highest_loss_at_the_top() -> None:
+    chart = loss_chart([[2, 1.25], [1, 2.5]], total_steps=4)
+    assert chart is not None
+    first, second = chart.points
+    assert first.y == chart.top and second.y == (chart.top + chart.baseline) / 2
+    assert second.x == chart.left + (chart.right_edge - chart.left) / 2  # step 2 of 4: half way
+    assert chart.total_steps == 4 and chart.max_loss == "2.500" and chart.min_loss == "1.250"
+    assert loss_chart([], 10) is None
+
+
+def test_a_finished_job_shows_the_student_as_a_share_of_the_teacher_and_offers_to_deploy_it(
+    browser_for: BrowserFor, owner: AbstractUser, member: AbstractUser, acme: Organization,
+    configured_store: FolderStore, settings: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    settings.CUSTOM_MODEL_ROOTS = [str(tmp_path)]
+    card = ModelCard.objects.get(slug="smollm2-135m-instruct")
+    adapter = write_adapter(tmp_path / "adapter", card.huggingface_repo)
+    custom = custom_models.register_adapter(
+        organization=acme, user=owner, name="ticket-student", path=str(adapter), base=card
+    )
+    job = make_job(
+        acme, configured_store, status=TuningStatus.SUCCEEDED, evaluation=EVALUATION, custom_model=custom,
+        loss_points=[[1, 2.5], [2, 1.0]], total_steps=2,
+    )  # fmt: skip
+    html = browser_for(owner).get(f"/tuning-jobs/{job.pk}/").content.decode()
+    assert "<strong>83.3%</strong> of the teacher" in html
+    assert "priority 50%" in html and "220.0 saved" in html
+    assert f'href="/deployments/new/?model={custom.card.slug}"' in html
+    assert 'http-equiv="refresh"' not in html and "Cancel</button>" not in html
+    member_html = browser_for(member).get(f"/tuning-jobs/{job.pk}/").content.decode()
+    assert "83.3%" in member_html and "deploy-student" not in member_html
+
+
+def test_a_member_cannot_cancel_from_the_page(
+    browser_for: BrowserFor, member: AbstractUser, training: TuningJob
+) -> None:
+    client = browser_for(member)
+    assert "Cancel</button>" not in client.get(f"/tuning-jobs/{training.pk}/").content.decode()
+    assert client.post(f"/tuning-jobs/{training.pk}/cancel/").status_code == 403
+    assert TuningJob.objects.get(pk=training.pk).status == TuningStatus.TRAINING
+
+
+def test_an_owner_cancels_from_the_page(
+    browser_for: BrowserFor, owner: AbstractUser, training: TuningJob
+) -> None:
+    answer = browser_for(owner).post(f"/tuning-jobs/{training.pk}/cancel/")
+    assert answer.status_code == 302
+    assert TuningJob.objects.get(pk=training.pk).status == TuningStatus.CANCELLED
+
+
+def test_an_outsider_sees_nothing_of_another_organisations_jobs(
+    browser_for: BrowserFor, outsider: AbstractUser, training: TuningJob
+) -> None:
+    client = browser_for(outsider)
+    assert b"ticket-student" not in client.get("/tuning-jobs/").content
+    assert client.get(f"/tuning-jobs/{training.pk}/").status_code == 404
+    assert client.post(f"/tuning-jobs/{training.pk}/cancel/").status_code == 404
+    assert TuningJob.objects.get(pk=training.pk).status == TuningStatus.TRAINING
