@@ -4,6 +4,8 @@ left pending). The periodic ones are in CELERY_BEAT_SCHEDULE; every one is idemp
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from celery import shared_task
 from django.conf import settings
@@ -122,13 +124,17 @@ def resume_router_trainings() -> int:
     return len(ids)
 
 
-@shared_task(acks_late=True)
-def run_tuning_job(job_id: int) -> str:
-    """Run or resume a tuning job (learning.tuning_run.run); a second delivery while a worker holds the
-    job, or after it finished, does nothing, and a resumed job redoes no finished step."""
-    from learning import tuning_run
+@shared_task(bind=True, acks_late=True, max_retries=90)
+def run_tuning_job(self: Any, job_id: int) -> str:
+    """Run or resume a tuning job (learning.tuning_run.run); a resumed job redoes no finished step. A
+    delivery while a worker holds the job's lease looks again once a lease could have lapsed: the task of
+    a killed worker is redelivered at once, while its lease still runs, and must not be dropped then."""
+    from learning import tuning, tuning_run
 
-    return tuning_run.run(job_id)
+    status = tuning_run.run(job_id)
+    if not status and tuning.held_elsewhere(job_id):
+        raise self.retry(countdown=tuning.LEASE_SECONDS)
+    return status
 
 
 @shared_task(expires=60)

@@ -343,6 +343,11 @@ def unattended(queued_grace_seconds: int = 600) -> list[int]:
     return list(TuningJob.objects.filter(lapsed | waiting).values_list("pk", flat=True)[:100])
 
 
+def held_elsewhere(job_id: int) -> bool:
+    """Whether the job is still to be worked on (a worker's lease holds it, or has just lapsed)."""
+    return TuningJob.objects.filter(pk=job_id, status__in=ACTIVE).exists()
+
+
 def work_dir_for(job: TuningJob) -> Path:
     """Where the job's run lives: under the first custom-model folder, so its adapter registers from there."""
     return Path(settings.CUSTOM_MODEL_ROOTS[0]) / "tuning-jobs" / f"{job.organization_id}-{job.pk}"

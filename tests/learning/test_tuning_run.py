@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 
 import pytest
 import redis
+from celery.exceptions import Retry
 from django.utils import timezone
 
-from learning import tuning, tuning_run
+from learning import tasks, tuning, tuning_run
 from learning.models import Dataset, TuningAnswer, TuningJob, TuningStatus
 from learning.storage import FolderStore
 from learning.training import tickets
@@ -298,3 +299,13 @@ def test_a_fine_tuning_job_learns_the_references_without_a_teacher(setup: Setup)
     rows = [json.loads(line) for line in (Path(job.work_dir) / "train.jsonl").read_text().splitlines()]
     assert all(json.loads(row["answer"]).keys() == {"category", "priority", "product"} for row in rows)
     assert "teacher" not in job.evaluation["models"] and "student_percent_of_teacher" not in job.evaluation
+
+
+def test_the_task_delivered_while_a_lease_holds_the_job_looks_again_later(setup: Setup) -> None:
+    """A killed worker's task is redelivered at once, while its lease still runs: it must not be dropped."""
+    job = setup.create()
+    assert tuning.claim(job.pk) is not None  # the killed worker's lease
+    with pytest.raises(Retry):
+        tasks.run_tuning_job(job.pk)
+    tuning.cancel_tuning_job(TuningJob.objects.get())
+    assert tasks.run_tuning_job(job.pk) == ""  # finished: nothing to look at again
