@@ -24,9 +24,9 @@ input before the engine sees it and to its output before the caller does.
    /metrics (guardrail, rule kind, direction, action), put in the usage record and the invocation
    record, and written as GuardrailIntervention rows (only for calls something intervened in).
 
-Tool-call arguments and reasoning text are checked like the rest of a prompt or an unstreamed answer (a
-blocked answer keeps neither). Known limits: in a stream, tool-call argument and reasoning deltas are
-not checked; a streamed Responses API call with guardrails is refused (its final event repeats the
+Tool-call arguments and reasoning text are checked like the rest of a prompt or an answer (a blocked
+answer keeps neither); in a stream they are held whole until their choice ends, checked, and sent in its
+last chunk. Known limits: a streamed Responses API call with guardrails is refused (its final event repeats the
 whole answer, which the guard cannot rewrite yet); prompt-attack detection is pattern-based
 (learning.guardrails.patterns says what it misses).
 """
@@ -379,6 +379,17 @@ async def check_answer(call: Call, answer: dict[str, Any], reason: str, targets:
 # --- 4. Output, streamed ------------------------------------------------------------------------------------
 
 
+def _tool_call_delta(position: int, tool: dict[str, Any]) -> dict[str, Any]:
+    """A whole tool call as one streamed delta (OpenAI's shape: index, id, type, function)."""
+    function = {"name": tool["name"]} if "name" in tool else {}
+    ids = {key: tool[key] for key in ("id", "type") if key in tool}
+    return {"index": position, **ids, "function": {**function, "arguments": tool["arguments"]}}
+
+
+REASONING_KEYS = ("reasoning_content", "reasoning")
+HELD_KEYS = (*REASONING_KEYS, "tool_calls")
+
+
 class StreamCheck:
     """The output checks of one streamed chat or completion answer (OpenAI chunks in, OpenAI chunks out).
     Not thread-safe: one per stream."""
@@ -392,6 +403,12 @@ class StreamCheck:
         self.blocked: guardrails.Policy | None = None
         self._last_head: dict[str, Any] = {}
         self._noted: set[int] = set()  # the guards whose interventions are recorded on the call
+        # Per choice, what is held whole until the choice ends and checked then, as an unstreamed answer's
+        # is: its reasoning, and its tool calls (by their index: id, type, name, arguments so far). Their
+        # pieces are not worth showing one by one (a client acts on a tool call once it is whole), and a
+        # masked entity must not leave in pieces.
+        self._reasoning: dict[int, dict[str, str]] = {}
+        self._tools: dict[int, dict[int, dict[str, Any]]] = {}
 
     def _chain(self, index: int) -> list[guardrails.StreamGuard]:
         chain = self._chains.get(index)
@@ -429,10 +446,62 @@ class StreamCheck:
         return released
 
     def _block(self, guard: guardrails.StreamGuard) -> None:
+        self._block_by(guard.policy)
+
+    def _block_by(self, policy: guardrails.Policy) -> None:
         if self.blocked is None:
-            self.blocked = guard.policy
+            self.blocked = policy
             self.call.guardrail_blocked = guardrails.OUTPUT
-            self.call.guardrail_message = guard.policy.blocked_output_message
+            self.call.guardrail_message = policy.blocked_output_message
+
+    def _hold(self, index: int, delta: dict[str, Any]) -> dict[str, Any]:
+        """Keep a delta's reasoning and tool-call pieces for the end of its choice; the rest of it."""
+        for key in REASONING_KEYS:
+            if isinstance(delta.get(key), str):
+                held = self._reasoning.setdefault(index, {})
+                held[key] = held.get(key, "") + delta[key]
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            tools = self._tools.setdefault(index, {})
+            for piece in calls:
+                if not isinstance(piece, dict):
+                    continue
+                tool = tools.setdefault(int(piece.get("index", 0) or 0), {"arguments": ""})
+                for key in ("id", "type"):
+                    if piece.get(key):
+                        tool[key] = piece[key]
+                function = piece.get("function") if isinstance(piece.get("function"), dict) else {}
+                if function.get("name"):
+                    tool["name"] = function["name"]
+                if isinstance(function.get("arguments"), str):
+                    tool["arguments"] += function["arguments"]
+        return {key: value for key, value in delta.items() if key not in HELD_KEYS}
+
+    def _release(self, index: int) -> dict[str, Any]:
+        """The choice's held reasoning and tool calls, checked whole (masked in place, or the stream
+        blocked), as delta fields."""
+        reasoning = self._reasoning.pop(index, {})
+        tools = self._tools.pop(index, {})
+        texts: list[tuple[dict[str, Any], str]] = [(reasoning, key) for key in reasoning]
+        texts += [(tool, "arguments") for tool in tools.values()]
+        for policy in self.call.guardrails:
+            for holder, key in texts:
+                verdict = guardrails.check(policy, holder[key], direction=guardrails.OUTPUT)
+                self.call.interventions.extend(
+                    Recorded(policy, guardrails.OUTPUT, h) for h in verdict.interventions
+                )
+                if verdict.action == guardrails.BLOCKED:
+                    self._block_by(policy)
+                elif verdict.action == guardrails.MASKED:
+                    holder[key] = verdict.text
+        if self.blocked is not None:
+            return {}
+        fields: dict[str, Any] = dict(reasoning)
+        if tools:
+            fields["tool_calls"] = [
+                _tool_call_delta(position, tool) for position, tool in sorted(tools.items())
+            ]
+        return fields
 
     async def rewrite(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks to send for one chunk of the engine's (none while holding back; after a block, the
@@ -449,22 +518,34 @@ class StreamCheck:
                 continue
             index = int(choice.get("index", 0) or 0)
             delta = choice.get("delta")
+            if isinstance(delta, dict) and any(key in delta for key in HELD_KEYS):
+                delta = self._hold(index, delta)
+                choice = {**choice, "delta": delta}
             holder, key = (delta, "content") if isinstance(delta, dict) else (choice, "text")
             chain = self._chain(index)
             piece = holder.get(key) if isinstance(holder.get(key), str) else None
             released = self._feed(chain, piece) if piece else ""
             if self.blocked is not None:
                 return [self._blocked_chunk(index, delta is not None)]
+            held: dict[str, Any] = {}
             if choice.get("finish_reason") and index not in self._finished:
                 self._finished.add(index)
                 released += await self._finish(chain)
+                if self.blocked is None:
+                    held = self._release(index)
                 if self.blocked is not None:
                     return [self._blocked_chunk(index, delta is not None)]
             changed = dict(choice)
             if delta is not None:
                 changed["delta"] = {**delta, "content": released} if piece is not None or released else delta
+                if held:
+                    changed["delta"] = {**changed["delta"], **held}
                 if not released and piece and len(changed["delta"]) == 1 and not choice.get("finish_reason"):
                     continue  # held back: nothing of this choice to send now
+                if all(value is None for value in changed["delta"].values()) and not choice.get(
+                    "finish_reason"
+                ):
+                    continue  # only held reasoning or tool-call pieces
             else:
                 changed["text"] = released
                 if not released and piece and not choice.get("finish_reason"):
@@ -483,10 +564,12 @@ class StreamCheck:
                 continue
             self._finished.add(index)
             released = await self._finish(chain)
+            held = self._release(index) if self.blocked is None else {}
             if self.blocked is not None:
                 return [self._blocked_chunk(index, True)]
-            if released:
-                out.append({**self._last_head, "choices": [{"index": index, "delta": {"content": released}}]})
+            if released or held:
+                delta = {**({"content": released} if released else {}), **held}
+                out.append({**self._last_head, "choices": [{"index": index, "delta": delta}]})
         return out
 
     def _blocked_chunk(self, index: int, chat: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ def _event(body: dict[str, Any]) -> bytes:
 class GuardedEngine(BaseHTTPRequestHandler):
     pieces: list[str] = ["Hello", " there"]
     extra: dict[str, Any] = {}  # more fields of an unstreamed chat answer's message (tool calls, reasoning)
+    tool_pieces: list[str] = []  # a streamed chat answer's tool call: its arguments' pieces, after the text
     received: list[tuple[str, dict[str, Any]]] = []
     lock = threading.Lock()
 
@@ -44,8 +45,16 @@ class GuardedEngine(BaseHTTPRequestHandler):
             for piece in GuardedEngine.pieces:
                 part = {"delta": {"content": piece}} if chat else {"text": piece}
                 events.append(_event({**head, "choices": [{"index": 0, **part}]}))
+            if chat and GuardedEngine.tool_pieces:
+                call = {"index": 0, "id": "call-1", "type": "function",
+                        "function": {"name": "send_mail", "arguments": ""}}  # fmt: skip
+                events.append(_event({**head, "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}))
+                for piece in GuardedEngine.tool_pieces:
+                    delta = {"content": None, "tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                    events.append(_event({**head, "choices": [{"index": 0, "delta": delta}]}))
             end = {"delta": {}} if chat else {"text": ""}
-            events.append(_event({**head, "choices": [{"index": 0, **end, "finish_reason": "stop"}]}))
+            finish = "tool_calls" if chat and GuardedEngine.tool_pieces else "stop"
+            events.append(_event({**head, "choices": [{"index": 0, **end, "finish_reason": finish}]}))
             events.append(_event({**head, "choices": [], "usage": USAGE}))
             self._send("text/event-stream", b"".join([*events, b"data: [DONE]\n\n"]))
             return
@@ -69,6 +78,7 @@ def guarded_engine() -> Iterator[str]:
     """The stand-in's URL while it serves; what it answers and what it received start afresh."""
     GuardedEngine.pieces = ["Hello", " there"]
     GuardedEngine.extra = {}
+    GuardedEngine.tool_pieces = []
     GuardedEngine.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), GuardedEngine)
     threading.Thread(target=server.serve_forever, daemon=True).start()

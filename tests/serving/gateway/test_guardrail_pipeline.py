@@ -207,6 +207,50 @@ def test_an_answer_whose_tool_call_is_blocked_keeps_no_tool_call(
     assert choice["finish_reason"] == "content_filter"
 
 
+def streamed_tool_calls(body: bytes) -> list[dict[str, Any]]:
+    return [
+        call
+        for chunk in sse(body)
+        for choice in chunk["choices"]
+        for call in choice["delta"].get("tool_calls") or ()
+    ]
+
+
+def test_a_streamed_tool_calls_arguments_arrive_whole_and_masked(
+    guardrail: Guardrail, key: tuple[ApiKey, str]
+) -> None:
+    arguments = json.dumps({"to": EMAIL, "body": "hello"})
+    GuardedEngine.pieces, GuardedEngine.tool_pieces = (
+        ["Sending."],
+        [arguments[:9], arguments[9:14], arguments[14:]],
+    )
+    answer = post("/v1/chat/completions", ask("Mail Jane", stream=True), key_headers(key[1]))
+    [call] = streamed_tool_calls(answer.body)
+    assert (call["id"], call["function"]["name"]) == ("call-1", "send_mail")
+    assert json.loads(call["function"]["arguments"]) == {"to": "[EMAIL]", "body": "hello"}
+    assert EMAIL.split("@")[0] not in answer.body.decode()
+    finishes = [
+        c.get("finish_reason")
+        for chunk in sse(answer.body)
+        for c in chunk["choices"]
+        if c.get("finish_reason")
+    ]
+    assert finishes == ["tool_calls"]
+    assert streamed_text(answer.body) == "Sending."
+
+
+def test_a_streamed_tool_call_that_is_blocked_ends_the_stream_without_it(
+    guardrail: Guardrail, key: tuple[ApiKey, str]
+) -> None:
+    arguments = json.dumps({"card": CARD})
+    GuardedEngine.pieces, GuardedEngine.tool_pieces = ["Paying."], [arguments[:12], arguments[12:]]
+    answer = post("/v1/chat/completions", ask("Pay", stream=True), key_headers(key[1]))
+    assert streamed_tool_calls(answer.body) == []
+    assert CARD not in answer.body.decode() and CARD[:9] not in answer.body.decode()
+    assert sse(answer.body)[-1]["choices"][0]["finish_reason"] == "content_filter"
+    assert streamed_text(answer.body).endswith("That answer was withheld.")
+
+
 def test_tool_call_arguments_in_the_prompt_reach_the_engine_masked(
     guardrail: Guardrail, key: tuple[ApiKey, str]
 ) -> None:
