@@ -1,5 +1,6 @@
 """OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses,
-/v1/models.
+/v1/models, and the engine's scoring routes in the same style: /v1/rerank (Jina's and Cohere's shape)
+and /v1/score.
 
 Each is a thin async view over serving.gateway.pipeline; streams pass through event by event.
 """
@@ -16,16 +17,22 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from serving.gateway import guardrails, pipeline, request_fields, routers, upstream
+from serving.gateway import guardrails, pipeline, request_fields, routers, scoring, upstream
 from serving.gateway.directory import Caller, Target
 from serving.gateway.errors import key_refusal, openai_error
+from serving.spec import POOLING_ROUTES
 
 PATHS = {
     "chat.completions": "/v1/chat/completions",
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
     "responses": "/v1/responses",
+    "rerank": "/v1/rerank",
+    "score": "/v1/score",
 }
+# Where the engine serves each route: its own paths for the scoring routes (vLLM answers /v1/rerank and
+# /v1/score too, but as deprecated aliases that log a warning, /v1/score on every request).
+ENGINE_PATHS = {**PATHS, "rerank": "/rerank", "score": "/score"}
 # The Responses API's last event of a stream, which holds the whole response and its usage.
 FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -71,8 +78,9 @@ def read_json(request: HttpRequest) -> dict[str, Any] | str:
 
 def check_shape(route: str, payload: dict[str, Any]) -> tuple[str, str] | None:
     """(param, message) for the first thing a client got wrong, checked before anything is spent, against
-    the one allow-list of engine requests (serving.gateway.request_fields), in OpenAI's words."""
-    problem = request_fields.check(route, payload)
+    the allow-list of engine requests (serving.gateway.request_fields; serving.gateway.scoring for rerank
+    and score), in OpenAI's words."""
+    problem = (scoring.check if route in scoring.ROUTES else request_fields.check)(route, payload)
     if problem is None:
         return None
     if problem.unknown:
@@ -121,7 +129,7 @@ async def invoke_as(
             code="model_not_found",
         )
     target, router = resolved
-    streamed = bool(payload.get("stream")) and route != "embeddings"
+    streamed = bool(payload.get("stream")) and route not in POOLING_ROUTES
     call = pipeline.Call(
         caller=caller, target=target, route=route, model=model, streamed=streamed,
         estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload), payload=payload,
@@ -143,20 +151,17 @@ async def invoke_as(
             429, f"Rate limit reached: {decision.reason}. Retry later.", code=code, headers=headers
         )
     # From here on the call goes to call.target, with call.payload naming it (a router has chosen).
-    if call.guardrails and streamed and route == "responses":
+    unchecked = _unguardable(call, route) if call.guardrails else None
+    if unchecked:
         call.status_code = 400
         await pipeline.finish(call)
-        message = (
-            "Guardrails apply to this call, and a streamed Responses API answer cannot be checked yet; "
-            "call without stream, or use /v1/chat/completions."
-        )
-        return openai_error(400, message, param="stream", headers=pipeline.answer_headers(call))
+        return openai_error(400, unchecked[1], param=unchecked[0], headers=pipeline.answer_headers(call))
     if await pipeline.guard_input(call):
         return await _blocked_input(call, route)
     if streamed:
         return await _stream(call, route, call.payload)
     try:
-        exchange = await upstream.call(PATHS[route], call.payload, call.target.endpoints)
+        exchange = await upstream.call(ENGINE_PATHS[route], call.payload, call.target.endpoints)
     except upstream.UpstreamError as error:
         call.status_code = error.status
         await pipeline.finish(call)
@@ -169,7 +174,7 @@ async def invoke_as(
     body = exchange.body
     if exchange.status == 200 or call.log is not None or call.guardrails:
         answer = call.answered(body)
-        checked = answer is not None and route != "embeddings"
+        checked = answer is not None and route not in POOLING_ROUTES  # vectors and scores hold no text
         if checked and await pipeline.guard_answer(call, answer or {}, guardrails.CONTENT_FILTER):
             body = json.dumps(answer).encode()
     await pipeline.finish(call)
@@ -177,6 +182,22 @@ async def invoke_as(
     for name, value in {**decision.headers(), **pipeline.answer_headers(call)}.items():
         response[name] = value
     return response
+
+
+def _unguardable(call: pipeline.Call, route: str) -> tuple[str, str] | None:
+    """(param, message) when guardrails apply to the call and cannot check it yet: refused, rather than
+    sent to the model unchecked."""
+    if call.streamed and route == "responses":
+        return "stream", (
+            "Guardrails apply to this call, and a streamed Responses API answer cannot be checked yet; "
+            "call without stream, or use /v1/chat/completions."
+        )
+    if route in scoring.ROUTES:
+        return "model", (
+            f"Guardrails apply to this call, and the texts of {PATHS[route]} cannot be checked yet; call "
+            "with a key and a deployment that have no guardrail attached."
+        )
+    return None
 
 
 def _event(chunk: dict[str, Any]) -> bytes:
@@ -227,7 +248,7 @@ async def _stream(
         else {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
     )
     call.payload = upstream_payload
-    exchange = await pipeline.start_stream(call, PATHS[route], upstream_payload)
+    exchange = await pipeline.start_stream(call, ENGINE_PATHS[route], upstream_payload)
     if isinstance(exchange, pipeline.Refusal):
         if exchange.message:
             return openai_error(exchange.status, exchange.message, headers=pipeline.answer_headers(call))
@@ -298,6 +319,16 @@ async def responses(request: HttpRequest) -> HttpResponse | StreamingHttpRespons
 @csrf_exempt
 async def embeddings(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     return await _invoke(request, "embeddings")
+
+
+@csrf_exempt
+async def rerank(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    return await _invoke(request, "rerank")
+
+
+@csrf_exempt
+async def score(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    return await _invoke(request, "score")
 
 
 async def models(request: HttpRequest) -> HttpResponse:

@@ -3,8 +3,9 @@
 The invoke routes (serving/gateway/urls.py) are plain async Django views, which drf-spectacular does not
 see, so this postprocessing hook adds them. It cannot drift from the routes: the paths are read from the
 URLconf itself, each route is documented by its URL name (a test fails for a route without an entry
-here), and the accepted request fields come from the gateway's one allow-list
-(serving.gateway.request_fields), so a field allowed there is a field documented here.
+here), and the accepted request fields come from the gateway's allow-lists
+(serving.gateway.request_fields, and serving.gateway.scoring for rerank and score), so a field allowed
+there is a field documented here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from django.urls import URLPattern
 
-from serving.gateway import request_fields
+from serving.gateway import request_fields, scoring
 
 OPENAI_TAG, BEDROCK_TAG, METRICS_TAG = "Invoke: OpenAI-compatible", "Invoke: Bedrock-compatible", "Metrics"
 SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}]
@@ -90,17 +91,23 @@ def _errors(kind: str, described: dict[str, str]) -> dict[str, Any]:
 
 
 def _engine_request(route: str, example: dict[str, Any]) -> dict[str, Any]:
-    """A request body of an engine route: exactly the fields the gateway forwards (request_fields)."""
-    fields = request_fields.FIELDS[route]
+    """A request body of an engine route: exactly the fields the gateway forwards (request_fields, or
+    scoring for rerank and score)."""
+    reference = "OpenAI's API reference"
+    if route in scoring.ROUTES:
+        fields, required = scoring.FIELDS[route], list(scoring.REQUIRED[route])
+        reference = "vLLM's rerank and score APIs (Jina's and Cohere's rerank shape)"
+    else:
+        fields, required = request_fields.FIELDS[route], ["model", request_fields.REQUIRED[route]]
     return {
         "required": True,
         "content": {
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "description": "As in OpenAI's API reference; only these fields are accepted.",
+                    "description": f"As in {reference}; only these fields are accepted.",
                     "properties": {name: {} for name in sorted(fields)},
-                    "required": ["model", request_fields.REQUIRED[route]],
+                    "required": required,
                     "additionalProperties": False,
                 },
                 "example": example,
@@ -198,6 +205,27 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     ),
     "openai-embeddings": _openai(
         "embeddings", "Embeddings", {"model": "my-embedder", "input": ["Hello"]}, False
+    ),
+    "openai-rerank": _openai(
+        "rerank",
+        "Rerank documents by relevance to a query (Jina's and Cohere's rerank shape)",
+        {
+            "model": "my-reranker",
+            "query": "What is the capital of France?",
+            "documents": ["Paris is the capital of France.", "Berlin is in Germany."],
+            "top_n": 1,
+        },
+        False,
+    ),
+    "openai-score": _openai(
+        "score",
+        "Score pairs of texts: `queries` with `documents` (or `text_1` with `text_2`), 1:1, 1:N or N:N",
+        {
+            "model": "my-reranker",
+            "queries": "What is the capital of France?",
+            "documents": ["Paris is the capital of France.", "Berlin is in Germany."],
+        },
+        False,
     ),
     "openai-models": {
         "get": {

@@ -80,8 +80,12 @@ def services() -> Services:
 # What an engine reads as its prompt: the chat template renders the messages (every content part, tool
 # calls and tool results, system prompts, which Bedrock's `system` becomes) and the tools' schemas (which
 # Bedrock's `toolConfig` becomes) into one text; completions read the prompt and the suffix; embeddings
-# the input; the Responses API its input and instructions.
-PROMPT_FIELDS = ("messages", "tools", "prompt", "suffix", "input", "instructions")
+# the input; the Responses API its input and instructions; rerank its query and documents, score its
+# two sides (serving.gateway.scoring).
+PROMPT_FIELDS = (
+    "messages", "tools", "prompt", "suffix", "input", "instructions", "query", "documents", "queries",
+    "text_1", "text_2",
+)  # fmt: skip
 
 
 def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
