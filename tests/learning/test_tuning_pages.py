@@ -20,6 +20,7 @@ from marketplace.catalog import custom_models
 from marketplace.catalog.models import ModelCard
 from marketplace.web.loss_chart import loss_chart
 from tests.catalog.custom_model_files import write_adapter
+from tests.learning.conftest import make_deployment
 from tests.learning.ticket_teacher import ticket_dataset
 
 BrowserFor = Callable[[AbstractUser | None], Client]
@@ -137,3 +138,80 @@ def test_an_outsider_sees_nothing_of_another_organisations_jobs(
     assert client.get(f"/tuning-jobs/{training.pk}/").status_code == 404
     assert client.post(f"/tuning-jobs/{training.pk}/cancel/").status_code == 404
     assert TuningJob.objects.get(pk=training.pk).status == TuningStatus.TRAINING
+
+
+@pytest.fixture
+def prepared_student(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "engine" / "models" / "smollm2-135m-instruct"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setenv("ENGINE_DIR", str(tmp_path / "engine"))
+
+
+def form(dataset_id: int, **fields: str) -> dict[str, Any]:
+    return {
+        "name": "ticket-student", "kind": "distillation", "dataset": str(dataset_id),
+        "student_base": "smollm2-135m-instruct", "teacher_deployment": "teacher", "teacher_instructions": "",
+        "rank": "", "alpha": "", "learning_rate": "", "epochs": "2", "max_seq_length": "", **fields,
+    }  # fmt: skip
+
+
+def test_an_owner_starts_a_job_from_the_form(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore,
+    prepared_student: None,
+) -> None:  # fmt: skip
+    make_deployment(acme, "teacher")
+    dataset = ticket_dataset(configured_store, acme.pk, 8)
+    client = browser_for(owner)
+    page = client.get("/tuning-jobs/").content.decode()
+    assert 'id="start-tuning-job"' in page and '<option value="smollm2-135m-instruct"' in page
+    answer = client.post("/tuning-jobs/", form(dataset.pk))
+    job = TuningJob.objects.get()
+    assert answer.status_code == 302 and answer["Location"] == f"/tuning-jobs/{job.pk}/"
+    assert (job.hyperparameters["epochs"], job.hyperparameters["rank"]) == (2, 16)
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"rank": "0"}, "rank: A whole number from 1 to 256"),
+        ({"learning_rate": "fast"}, "learning_rate: A number"),
+        ({"teacher_deployment": ""}, "needs a teacher"),
+        ({"name": "Not A Name"}, "lowercase letters"),
+    ],
+)
+def test_a_bad_form_is_refused_beside_its_field_and_starts_nothing(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore,
+    prepared_student: None, fields: dict[str, str], words: str,
+) -> None:  # fmt: skip
+    make_deployment(acme, "teacher")
+    dataset = ticket_dataset(configured_store, acme.pk, 8)
+    answer = browser_for(owner).post("/tuning-jobs/", form(dataset.pk, **fields))
+    assert answer.status_code == 400 and words in answer.content.decode()
+    assert not TuningJob.objects.exists()
+
+
+def test_a_member_has_no_form_and_cannot_post_one(
+    browser_for: BrowserFor, member: AbstractUser, acme: Organization, configured_store: FolderStore,
+    prepared_student: None,
+) -> None:  # fmt: skip
+    make_deployment(acme, "teacher")
+    dataset = ticket_dataset(configured_store, acme.pk, 8)
+    client = browser_for(member)
+    assert 'id="start-tuning-job"' not in client.get("/tuning-jobs/").content.decode()
+    assert client.post("/tuning-jobs/", form(dataset.pk)).status_code == 403
+    assert not TuningJob.objects.exists()
+
+
+def test_an_outsiders_form_cannot_use_another_organisations_dataset(
+    browser_for: BrowserFor, outsider: AbstractUser, globex: Organization, acme: Organization,
+    configured_store: FolderStore, prepared_student: None,
+) -> None:  # fmt: skip
+    make_deployment(globex, "teacher")
+    dataset = ticket_dataset(configured_store, acme.pk, 8)
+    answer = browser_for(outsider).post("/tuning-jobs/", form(dataset.pk))
+    assert (
+        answer.status_code == 400
+        and f"No dataset {dataset.pk} in &#x27;globex&#x27;" in answer.content.decode()
+    )
+    assert not TuningJob.objects.exists()

@@ -1,8 +1,8 @@
-"""Tuning jobs of the current organisation: the list, and one job's steps, progress, loss curve and
-held-out evaluation, with the offer to deploy the student it registered.
+"""Tuning jobs of the current organisation: the list with a form to start one, and one job's steps,
+progress, loss curve and held-out evaluation, with the offer to deploy the student it registered.
 
-Creating a job is the REST API's (/api/tuning-jobs/, learning.tuning checks every field); members read
-these pages, owners and admins also cancel. Another organisation's job is a 404."""
+Validation and refusals are the REST API's and the service's (learning.api.tuning, learning.tuning);
+members read these pages, owners and admins also start and cancel. Another organisation's job is a 404."""
 
 from __future__ import annotations
 
@@ -11,13 +11,23 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from learning import tuning
-from learning.models import TuningJob
+from learning.api.tuning import TuningJobCreateSerializer
+from learning.models import Dataset, TuningJob, TuningKind
+from learning.training.spec import TrainingSpec
 from marketplace.accounts import tenancy
+from marketplace.catalog.models import ModelCard
 from marketplace.web import current
+from marketplace.web.forms import NON_FIELD, field_errors
 from marketplace.web.loss_chart import loss_chart
+from serving.choices import DeploymentStatus
+from serving.models import Deployment
+
+# The hyperparameters the form offers (the rest keep their defaults), with their input's step.
+FORM_HYPERPARAMETERS = (("rank", "1"), ("alpha", "1"), ("learning_rate", "any"), ("epochs", "1"),
+                        ("max_seq_length", "1"))  # fmt: skip
 
 
 def _job_of(request: HttpRequest, pk: int) -> TuningJob:
@@ -29,16 +39,60 @@ def _job_of(request: HttpRequest, pk: int) -> TuningJob:
     )  # fmt: skip
 
 
+def _form_data(post: Any) -> dict[str, Any]:
+    """The API's request body from the form: empty hyperparameter boxes keep their defaults."""
+    hyperparameters: dict[str, Any] = {}
+    for name, _ in FORM_HYPERPARAMETERS:
+        text = str(post.get(name, "")).strip()
+        if text:
+            try:
+                hyperparameters[name] = float(text) if name == "learning_rate" else int(text)
+            except ValueError:
+                hyperparameters[name] = text  # refused by the spec, naming the hyperparameter
+    data = {key: post.get(key, "") for key in ("name", "kind", "dataset", "student_base",
+                                               "teacher_deployment", "teacher_instructions")}  # fmt: skip
+    return {**data, "hyperparameters": hyperparameters}
+
+
 @login_required
-@require_GET
+@require_http_methods(["GET", "POST"])
 def tuning_job_list(request: HttpRequest) -> HttpResponse:
     organization = current.organization(request)
-    context: dict[str, Any] = {"organization": organization}
-    if organization is not None:
-        context["jobs"] = TuningJob.objects.filter(organization=organization).select_related(
-            "dataset", "student_base"
-        )
-    return render(request, "web/tuning_jobs.html", context)
+    context: dict[str, Any] = {"organization": organization, "errors": {}, "values": {}}
+    if organization is None:
+        return render(request, "web/tuning_jobs.html", context)
+    can_manage = tenancy.can_manage(request, organization)
+    context.update(
+        can_manage=can_manage, kinds=TuningKind.choices, defaults=TrainingSpec().to_dict(),
+        hyperparameters=FORM_HYPERPARAMETERS,
+        jobs=TuningJob.objects.filter(organization=organization).select_related("dataset", "student_base"),
+        datasets=Dataset.objects.filter(organization=organization),
+        students=ModelCard.objects.visible_to(organization).filter(cpu_capable=True).order_by("name"),
+        teachers=Deployment.objects.filter(organization=organization, status=DeploymentStatus.READY)
+        .order_by("name").values_list("name", flat=True),
+    )  # fmt: skip
+    if request.method == "GET":
+        return render(request, "web/tuning_jobs.html", context)
+    if not can_manage:
+        refusal = f"Only an owner or admin of {organization.name} starts tuning jobs; ask one of them."
+        context["errors"] = {NON_FIELD: [refusal]}
+        return render(request, "web/tuning_jobs.html", context, status=403)
+    serializer = TuningJobCreateSerializer(data=_form_data(request.POST))
+    if not serializer.is_valid():
+        context.update(errors=field_errors(serializer.errors), values=request.POST.dict())
+        return render(request, "web/tuning_jobs.html", context, status=400)
+    data = serializer.validated_data
+    try:
+        job = tuning.create_tuning_job(
+            organization=organization, user=request.user, name=data["name"], kind=data["kind"],
+            dataset_id=data["dataset"], student_base=data["student_base"],
+            teacher_deployment=data["teacher_deployment"], teacher_instructions=data["teacher_instructions"],
+            hyperparameters=data["hyperparameters"],
+        )  # fmt: skip
+    except tuning.Refused as error:
+        context.update(errors={error.field: [str(error)]}, values=request.POST.dict())
+        return render(request, "web/tuning_jobs.html", context, status=400)
+    return redirect("web:tuning-job", pk=job.pk)
 
 
 def _model_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
