@@ -276,3 +276,106 @@ class ReplicaDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment_id} {self.day}: ${self.cost_usd}"
+
+
+# Coarser roll-ups of ReplicaDay and UsageDay, for reports over many deployments or days. PostgreSQL keeps
+# them (triggers installed by migration 0009, described in serving.cost_rollups): every statement that
+# changes a daily row adds its change to them in the same transaction, so they are exact whoever writes.
+# Each counts the daily rows it holds (`*_days`), so a row with nothing in it is deleted, and a report
+# tells "no rows" from "rows of zero" as the daily tables do. Counters are plain integers: a trigger adds
+# a change that may be negative (a day re-priced from an estimate), which a CHECK would refuse.
+
+
+class ReplicaMonth(models.Model):
+    """A UTC calendar month of one deployment's ReplicaDays on one instance type, summed (`month` is the
+    month's first day)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
+    month = models.DateField()
+    replica_seconds = models.DecimalField(max_digits=22, decimal_places=6, default=0, db_default=0)
+    cost_usd = models.DecimalField(max_digits=26, decimal_places=9, default=0, db_default=0)
+    estimated_days = models.IntegerField(default=0, db_default=0, help_text="Days priced at an estimate")
+    days = models.IntegerField(default=0, db_default=0, help_text="ReplicaDay rows summed here")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "instance_type", "month"], name="one_replica_month_per_deployment"
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "month"], name="replica_month_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.month:%Y-%m}: ${self.cost_usd}"
+
+
+class UsageMonth(models.Model):
+    """A UTC calendar month of one deployment's UsageDays by one API key (None: no key, or a deleted
+    one), tokens summed. Only calls a deployment answered: the tokens cost reports count."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    # DO_NOTHING: deleting a key merges its UsageDays into the rows without it, and so its months.
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, on_delete=models.DO_NOTHING, related_name="+")
+    month = models.DateField()
+    tokens = models.BigIntegerField(default=0, db_default=0, help_text="Prompt and completion tokens")
+    days = models.IntegerField(default=0, db_default=0, help_text="UsageDay rows summed here")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "month", "deployment", "api_key"],
+                nulls_distinct=False,
+                name="one_usage_month_per_key_and_deployment",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}/{self.api_key_id} {self.month:%Y-%m}: {self.tokens} tokens"
+
+
+class DeploymentDay(models.Model):
+    """A UTC day of one deployment: its ReplicaDays (every instance type) and the tokens of its UsageDays
+    (every key), summed. What reports by day and deployment read: one row per deployment a day."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    replica_seconds = models.DecimalField(max_digits=22, decimal_places=6, default=0, db_default=0)
+    cost_usd = models.DecimalField(max_digits=26, decimal_places=9, default=0, db_default=0)
+    estimated_days = models.IntegerField(
+        default=0, db_default=0, help_text="ReplicaDays priced at an estimate"
+    )
+    replica_days = models.IntegerField(default=0, db_default=0, help_text="ReplicaDay rows summed here")
+    tokens = models.BigIntegerField(default=0, db_default=0, help_text="Prompt and completion tokens")
+    usage_days = models.IntegerField(default=0, db_default=0, help_text="UsageDay rows summed here")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "day"], name="one_deployment_day")]
+        indexes = [models.Index(fields=["organization", "day"], name="deployment_day_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.day}: ${self.cost_usd}, {self.tokens} tokens"
+
+
+class OrganizationDay(models.Model):
+    """A UTC day of one organisation: its DeploymentDays summed, and how many there are (the rows of
+    its report by day and deployment that day)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    day = models.DateField()
+    replica_seconds = models.DecimalField(max_digits=24, decimal_places=6, default=0, db_default=0)
+    cost_usd = models.DecimalField(max_digits=28, decimal_places=9, default=0, db_default=0)
+    estimated_days = models.IntegerField(
+        default=0, db_default=0, help_text="ReplicaDays priced at an estimate"
+    )
+    tokens = models.BigIntegerField(default=0, db_default=0, help_text="Prompt and completion tokens")
+    deployments = models.IntegerField(default=0, db_default=0, help_text="DeploymentDay rows summed here")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "day"], name="one_organization_day")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.day}: ${self.cost_usd}"
