@@ -37,19 +37,20 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.postgres.aggregates import BoolOr
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.db.models import (
     BigIntegerField,
+    Count,
     DecimalField,
     ExpressionWrapper,
     F,
     FloatField,
+    Q,
     QuerySet,
     Sum,
     Value,
@@ -58,7 +59,17 @@ from django.db.models.functions import Cast
 
 from marketplace.accounts.models import ApiKey, Organization
 from marketplace.catalog.models import InstanceType, InstanceTypePrice, ModelCard
-from serving.models import Deployment, ReplicaDay, ReplicaHour, ReplicaMeter, UsageDay
+from serving.models import (
+    Deployment,
+    DeploymentDay,
+    OrganizationDay,
+    ReplicaDay,
+    ReplicaHour,
+    ReplicaMeter,
+    ReplicaMonth,
+    UsageDay,
+    UsageMonth,
+)
 
 HOUR = timedelta(hours=1)
 # A steady meter's time is written to its hours at least this often (and at once when its count changes):
@@ -404,12 +415,18 @@ def cost_by_deployment(*, organization_id: int, since: datetime, until: datetime
 
 # Reports. Each side is grouped by ids in PostgreSQL (a re-created deployment under an old name, or a
 # renamed one, stays a row of its own; no name is joined to every day of every deployment), summed exactly
-# and turned into floats once per group (the report rounds anyway; turning each of 90,000 numeric rows
-# into a float before summing cost more than the sum itself); the names of the few ids left are read
-# afterwards, one query per kind. Costs are read from ReplicaDay, tokens from the daily usage roll-up,
-# UsageDay (only calls a deployment answered: a call no deployment took served nothing that cost
-# anything). The roll-up holds exactly the sums of the UsageRecords (serving.usage_days), on the same UTC
-# days, so a report is the same as one summed from the records.
+# in numeric and turned into floats once per group; the names of the ids on the page are joined last.
+# Costs come from ReplicaDay, tokens from the daily usage roll-up, UsageDay (only calls a deployment
+# answered: a call no deployment took served nothing that cost anything), or from their coarser
+# roll-ups (serving.cost_rollups), which hold exactly their sums:
+#
+# - by day (and organisation): OrganizationDay, one row a day;
+# - by day and deployment (and model, organisation): DeploymentDay, one row per deployment a day; the
+#   report by day then deployment is cut to a page by its days (OrganizationDay says how many rows each
+#   day has), so a page reads its own rows only;
+# - without day: the window's whole months from ReplicaMonth and UsageMonth, and its other days from the
+#   daily rows: added, or, where the window holds most of a month, the month less the days outside it;
+# - by day with instance type or key: the daily rows themselves.
 GROUPS = ("day", "deployment", "model", "instance_type", "api_key", "organization")
 COST_KEYS = {
     "day": "day",
@@ -436,6 +453,52 @@ LABELS: dict[str, tuple[type[Any], str]] = {
 }
 # The figures of every row, in the order CSV exports them after the group columns.
 FIGURES = ("replica_hours", "cost_usd", "tokens", "cost_per_1k_tokens", "cost_share", "price_is_estimate")
+# Each source's figures, summed per group: cost sides give (seconds, cost, estimated rows, rows), token
+# sides (tokens, rows); `rows` says whether a group holds any daily row at all.
+COST_FIGURES: dict[type[Any], dict[str, Any]] = {
+    ReplicaDay: {
+        "f_seconds": Sum("replica_seconds"),
+        "f_cost": Sum("cost_usd"),
+        "f_estimated": Count("pk", filter=Q(price_is_estimate=True)),
+        "f_rows": Count("pk"),
+    },
+    ReplicaMonth: {
+        "f_seconds": Sum("replica_seconds"),
+        "f_cost": Sum("cost_usd"),
+        "f_estimated": Sum("estimated_days"),
+        "f_rows": Sum("days"),
+    },
+}
+TOKEN_FIGURES: dict[type[Any], dict[str, Any]] = {
+    UsageDay: {"f_tokens": Sum(F("prompt_tokens") + F("completion_tokens")), "f_rows": Count("pk")},
+    UsageMonth: {"f_tokens": Sum("tokens"), "f_rows": Sum("days")},
+}
+ONE_TABLE_GROUPS = {"day", "deployment", "model", "organization"}  # what DeploymentDay can be grouped by
+
+
+@dataclass(frozen=True)
+class CostScope:
+    """Whose costs, over which UTC days: the organisations' deployments (only those named
+    `deployment_names`, a limited key's, or with ids `deployment_ids`, when given)."""
+
+    organizations: QuerySet[Organization]
+    since: date
+    until: date
+    deployment_names: frozenset[str] | None = None
+    deployment_ids: Sequence[int] | None = None
+
+    @property
+    def narrowed(self) -> bool:
+        return self.deployment_names is not None or self.deployment_ids is not None
+
+    def rows(self, model: type[Any], **window: Any) -> QuerySet[Any]:
+        """`model`'s rows of this scope (`window`: which days or months)."""
+        rows = model.objects.filter(organization__in=self.organizations, **window)
+        if self.deployment_names is not None:
+            rows = rows.filter(deployment__name__in=self.deployment_names)
+        if self.deployment_ids is not None:
+            rows = rows.filter(deployment_id__in=self.deployment_ids)
+        return rows
 
 
 @dataclass(frozen=True)
@@ -444,19 +507,17 @@ class CostReport:
     count: int  # rows in the whole report
 
 
+Sql = tuple[str, list[Any]]
+
+
 def cost_report(
-    days: QuerySet[ReplicaDay],
-    usage: QuerySet[UsageDay],
-    groups: Sequence[str],
-    *,
-    offset: int = 0,
-    limit: int | None = None,
+    scope: CostScope, groups: Sequence[str], *, offset: int = 0, limit: int | None = None
 ) -> CostReport:
     """One row per group with replica-hours, cost (USD), tokens served, cost per 1,000 tokens (idle time
     included: what the tokens really cost) and the group's share of the whole cost; rows ordered by
     their groups (names, then ids), `limit` of them from `offset`. A row grouped by deployment also
-    says the deployment's id (two deployments may have had one name). Two queries, plus one per named
-    group, whatever the number of deployments or days.
+    says the deployment's id (two deployments may have had one name). At most two queries (by key,
+    plus one per named group), whatever the number of deployments or days.
 
     By `api_key`: each deployment's cost within a row's span (a day, when grouped by day; else the window)
     is shared among the keys by the tokens they had it serve; a deployment that served no tokens in the
@@ -464,30 +525,12 @@ def cost_report(
     """
     names = [*(g for g in groups if g != "api_key"), *(["api_key"] if "api_key" in groups else [])]
     if "api_key" in groups:
-        tallies = _tally(days, usage, groups)
-        labels = {
-            group: dict(
-                LABELS[group][0]
-                .objects.filter(pk__in={where[i] for where in tallies} - {None})
-                .values_list("pk", LABELS[group][1])
-            )
-            for i, group in enumerate(names)
-            if group in LABELS
-        }
-
-        def order(item: tuple[tuple[Any, ...], list[Any]]) -> tuple[Any, ...]:
-            key: list[Any] = []
-            for group, value in zip(names, item[0], strict=True):
-                shown = labels[group].get(value) if group in labels else value
-                key += [value is None, shown or "", value or 0]
-            return tuple(key)
-
-        ordered = sorted(tallies.items(), key=order)
-        whole = sum(tally[1] for tally in tallies.values())
-        count = len(ordered)
-        page = ordered[offset : None if limit is None else offset + limit]
+        page, labels, count, whole = _keyed_page(scope, names, offset=offset, limit=limit)
+    elif "day" in groups and set(groups) <= ONE_TABLE_GROUPS:
+        page, labels, count, whole = _one_table_page(scope, names, offset=offset, limit=limit)
     else:
-        page, labels, count, whole = _page_in_sql(days, usage, names, offset=offset, limit=limit)
+        merged = _merged(*_sides(scope, names), len(names))
+        page, labels, count, whole = _page_in_sql(merged, names, offset=offset, limit=limit)
     rows: list[dict[str, Any]] = []
     for values, (seconds, cost, tokens, estimate) in page:
         where = dict(zip(names, values, strict=True))
@@ -511,62 +554,218 @@ def cost_report(
     return CostReport(rows, count)
 
 
-def _grouped(
-    days: QuerySet[ReplicaDay], usage: QuerySet[UsageDay], groups: Sequence[str]
-) -> tuple[QuerySet[Any], QuerySet[Any]]:
+def window_periods(
+    since: date, until: date, today: date
+) -> tuple[list[date], list[tuple[date, date]], list[tuple[date, date]]]:
+    """The days [since, until] as whole months (their first days), plus day ranges added and day ranges
+    taken away (from months the window holds most of). Days after `today` are not metered yet, so they
+    cost nothing to take away."""
+    months: list[date] = []
+    added: list[tuple[date, date]] = []
+    removed: list[tuple[date, date]] = []
+    first = since.replace(day=1)
+    while first <= until:
+        following = (first + timedelta(days=32)).replace(day=1)
+        last = following - timedelta(days=1)
+        start, end = max(since, first), min(until, last)
+        inside = (end - start).days + 1
+        before = (start - first).days
+        after = max(0, (min(last, today) - end).days)
+        if start == first and end == last:
+            months.append(first)
+        elif before + after < inside:
+            months.append(first)
+            if start > first:
+                removed.append((first, start - timedelta(days=1)))
+            if end < last:
+                removed.append((end + timedelta(days=1), last))
+        else:
+            added.append((start, end))
+        first = following
+    return months, added, removed
+
+
+def _pieces(
+    scope: CostScope, day_model: type[Any], month_model: type[Any], daily: bool
+) -> list[tuple[QuerySet[Any], int]]:
+    """The querysets whose rows, signed, make up the window: the daily rows, or months and days."""
+    if daily:
+        return [(scope.rows(day_model, day__gte=scope.since, day__lte=scope.until), 1)]
+    months, added, removed = window_periods(scope.since, scope.until, datetime.now(UTC).date())
+    pieces = []
+    if months:
+        pieces.append((scope.rows(month_model, month__in=months), 1))
+    for ranges, sign in ((added, 1), (removed, -1)):
+        if ranges:
+            within = Q()
+            for start, end in ranges:
+                within |= Q(day__gte=start, day__lte=end)
+            pieces.append((scope.rows(day_model).filter(within), sign))
+    return pieces
+
+
+def _side(
+    pieces: list[tuple[QuerySet[Any], int]],
+    cell: list[str],
+    figures: dict[type[Any], dict[str, Any]],
+    shown: list[str],
+) -> Sql | None:
+    """One side of the report grouped by `cell`: each piece grouped and signed, then summed, keeping the
+    groups that hold any row. `shown`: the side's figures from the sums s0, s1, ... (the last is rows)."""
+    parts, params = [], []
+    width = len(cell)
+    for queryset, sign in pieces:
+        sums = figures[queryset.model]
+        grouped = queryset.values_list(*cell).annotate(**sums).order_by()
+        try:
+            sql, piece_params = grouped.query.sql_with_params()
+        except EmptyResultSet:
+            continue
+        columns = [f"p.k{i}" for i in range(width)] + [f"{sign} * p.s{j}" for j in range(len(sums))]
+        keys = ", ".join([*(f"k{i}" for i in range(width)), *(f"s{j}" for j in range(len(sums)))])
+        parts.append(f"SELECT {', '.join(columns)} FROM ({sql}) AS p ({keys})")  # noqa: S608
+        params += list(piece_params)
+    if not parts:
+        return None
+    sums_count = len(next(iter(figures.values())))
+    listed = ", ".join(f"u.k{i}" for i in range(width))
+    inner = ", ".join([*(f"k{i}" for i in range(width)), *(f"s{j}" for j in range(sums_count))])
+    sql = f"""
+        SELECT {listed}{", " if width else ""}{", ".join(shown)}
+        FROM ({" UNION ALL ".join(parts)}) AS u ({inner})
+        {"GROUP BY " + listed if width else ""}
+        HAVING SUM(u.s{sums_count - 1}) > 0
+    """  # noqa: S608 (column names only; values are parameters)
+    return sql, params
+
+
+def _sides(scope: CostScope, groups: Sequence[str]) -> tuple[Sql | None, Sql | None]:
     """Each side grouped by the groups' ids (by key: by deployment too, and the token side by key
     last): (day or ids..., seconds, cost, estimate) and (day or ids..., tokens)."""
     plain = [g for g in groups if g != "api_key"]
     by_key = "api_key" in groups
+    daily = "day" in groups
     cell = [COST_KEYS[g] for g in plain] + (["deployment_id"] if by_key else [])
-    cost_rows = (
+    costs_side = _side(
+        _pieces(scope, ReplicaDay, ReplicaMonth, daily),
+        cell,
+        COST_FIGURES,
+        ["SUM(u.s0)::float8", "SUM(u.s1)::float8", "SUM(u.s2) > 0"],
+    )
+    token_cell = [TOKEN_KEYS[g] for g in plain] + (["deployment_id", "api_key_id"] if by_key else [])
+    token_pieces = [
+        (queryset.filter(deployment__isnull=False), sign)
+        for queryset, sign in _pieces(scope, UsageDay, UsageMonth, daily)
+    ]
+    tokens_side = _side(token_pieces, token_cell, TOKEN_FIGURES, ["SUM(u.s0)::bigint"])
+    return costs_side, tokens_side
+
+
+def _merged(costs_side: Sql | None, tokens_side: Sql | None, width: int) -> Sql | None:
+    """Both sides joined on their ids: (k0.., seconds, cost, tokens, estimate)."""
+    keys = [f"k{i}" for i in range(width)]
+    listed = ", ".join(keys)
+    if costs_side is None and tokens_side is None:
+        return None
+    # A side that can match nothing (a key scope naming no deployment) is the other side's columns with
+    # no rows, so that the types still join.
+    if costs_side is None:
+        assert tokens_side is not None
+        costs_side = (
+            f"SELECT {listed}, 0::float8, 0::float8, FALSE FROM ({tokens_side[0]}) AS x ({listed}, n) "  # noqa: S608
+            "WHERE FALSE",
+            tokens_side[1],
+        )
+    if tokens_side is None:
+        tokens_side = (
+            f"SELECT {listed}, 0::bigint FROM ({costs_side[0]}) AS x ({listed}, s, c, e) WHERE FALSE",  # noqa: S608
+            costs_side[1],
+        )
+    sql = f"""
+        SELECT {", ".join(f"COALESCE(c.{k}, t.{k}) AS {k}" for k in keys)},
+               COALESCE(c.seconds, 0) AS seconds, COALESCE(c.cost, 0) AS cost,
+               COALESCE(t.tokens, 0) AS tokens, COALESCE(c.estimate, FALSE) AS estimate
+        FROM ({costs_side[0]}) AS c ({listed}, seconds, cost, estimate)
+        FULL JOIN ({tokens_side[0]}) AS t ({listed}, tokens)
+            ON {" AND ".join(f"c.{k} = t.{k}" for k in keys)}
+    """  # noqa: S608 (column names only; values are parameters)
+    return sql, [*costs_side[1], *tokens_side[1]]
+
+
+def _one_table_page(
+    scope: CostScope, groups: Sequence[str], *, offset: int, limit: int | None
+) -> tuple[list[tuple[tuple[Any, ...], list[Any]]], dict[str, dict[Any, Any]], int, float]:
+    """A report by day (and deployment, model, organisation) from the roll-up that already holds both
+    sides a day: OrganizationDay when it is by day (and organisation) of whole organisations, else
+    DeploymentDay. By day then deployment, the page's days are found first from OrganizationDay's
+    counts, and only their rows read."""
+    whole_organizations = not scope.narrowed
+    model = (
+        OrganizationDay if whole_organizations and set(groups) <= {"day", "organization"} else DeploymentDay
+    )
+    days = scope.rows(model, day__gte=scope.since, day__lte=scope.until)
+    known: tuple[int, float] | None = None
+    if list(groups) == ["day", "deployment"] and whole_organizations:
+        counted = list(
+            scope.rows(OrganizationDay, day__gte=scope.since, day__lte=scope.until)
+            .values_list("day")
+            .annotate(n=Sum("deployments"), cost=Cast(Sum("cost_usd"), FloatField()))
+            .order_by("day")
+        )
+        count = sum(n for _, n, _ in counted)
+        known = (count, sum(cost or 0.0 for _, _, cost in counted))
+        before, skipped, first, last = 0, 0, None, None
+        for day, n, _ in counted:
+            if first is None and before + n > offset:
+                first, skipped = day, before
+            before += n
+            last = day
+            if limit is not None and before >= offset + limit:
+                break
+        if first is None or last is None:
+            return [], {}, known[0], known[1]
+        days = days.filter(day__gte=first, day__lte=last)
+        offset -= skipped
+    cell = [COST_KEYS[g] for g in groups]
+    grouped = (
         days.values_list(*cell)
         .annotate(
             seconds=Cast(Sum("replica_seconds"), FloatField()),
             cost=Cast(Sum("cost_usd"), FloatField()),
-            estimate=BoolOr("price_is_estimate"),
+            tokens=Cast(Sum("tokens"), BigIntegerField()),
+            estimated=Sum("estimated_days"),
         )
         .order_by()
     )
-    token_cell = [TOKEN_KEYS[g] for g in plain] + (["deployment_id", "api_key_id"] if by_key else [])
-    token_rows = (
-        usage.filter(deployment__isnull=False)
-        .values_list(*token_cell)
-        .annotate(tokens=Cast(Sum(F("prompt_tokens") + F("completion_tokens")), BigIntegerField()))
-        .order_by()
+    try:
+        sql, params = grouped.query.sql_with_params()
+    except EmptyResultSet:
+        return [], {}, 0, 0.0
+    keys = ", ".join(f"k{i}" for i in range(len(groups)))
+    columns = f"{keys}, seconds, cost, tokens, estimated"
+    merged = (
+        f"SELECT {keys}, seconds, cost, tokens, estimated > 0 FROM ({sql}) AS d ({columns})",  # noqa: S608
+        list(params),
     )
-    return cost_rows, token_rows
+    return _page_in_sql(merged, groups, offset=offset, limit=limit, known=known)
 
 
 def _page_in_sql(
-    days: QuerySet[ReplicaDay],
-    usage: QuerySet[UsageDay],
+    merged: Sql | None,
     groups: Sequence[str],
     *,
     offset: int,
     limit: int | None,
+    known: tuple[int, float] | None = None,
 ) -> tuple[list[tuple[tuple[Any, ...], list[Any]]], dict[str, dict[Any, Any]], int, float]:
-    """The report without keys, merged, named, ordered and cut to a page by PostgreSQL: only the page's
-    rows reach Python (a day-by-deployment report of 1,000 deployments over 90 days is 90,000 rows).
-    Returns the page as (ids, [seconds, cost, tokens, estimate]), the names of its ids, the number of
-    rows in the whole report and its whole cost."""
-    cost_rows, token_rows = _grouped(days, usage, groups)
-    keys = [f"k{i}" for i in range(len(groups))]
-    listed = ", ".join(keys)
-    cost_sql, cost_params = _sql_or_none(cost_rows)
-    token_sql, token_params = _sql_or_none(token_rows)
-    # A side that can match nothing (none(), a key scope naming no deployment) is the other side's
-    # columns with no rows, so that the types still join.
-    if cost_sql is None and token_sql is None:
+    """The report's rows (`merged`: ids..., seconds, cost, tokens, estimate) named, ordered and cut to a
+    page by PostgreSQL: only the page's rows reach Python (a day-by-deployment report of 1,000
+    deployments over 90 days is 90,000 rows). Returns the page as (ids, [seconds, cost, tokens,
+    estimate]), the names of its ids, the number of rows in the whole report and its whole cost
+    (`known`, when the caller knows them already)."""
+    if merged is None:
         return [], {}, 0, 0.0
-    if cost_sql is None:
-        cost_sql = (
-            f"SELECT {listed}, 0::float8, 0::float8, FALSE FROM ({token_sql}) AS x ({listed}, n) WHERE FALSE"  # noqa: S608
-        )
-        cost_params = token_params
-    if token_sql is None:
-        token_sql = f"SELECT {listed}, 0::bigint FROM ({cost_sql}) AS x ({listed}, s, c, e) WHERE FALSE"  # noqa: S608
-        token_params = cost_params
+    keys = [f"k{i}" for i in range(len(groups))]
     shown, joins, order = [], [], []
     for i, group in enumerate(groups):
         if group in LABELS:
@@ -577,26 +776,20 @@ def _page_in_sql(
         else:
             shown.append("NULL")
             order.append(f"r.k{i}")
+    totals = "0, 0" if known else "COUNT(*) OVER (), SUM(r.cost) OVER ()"
     sql = f"""
         SELECT {", ".join(f"r.{k}" for k in keys)}, r.seconds, r.cost, r.tokens, r.estimate,
-               {", ".join(shown)}, COUNT(*) OVER (), SUM(r.cost) OVER ()
-        FROM (
-            SELECT {", ".join(f"COALESCE(c.{k}, t.{k}) AS {k}" for k in keys)},
-                   COALESCE(c.seconds, 0) AS seconds, COALESCE(c.cost, 0) AS cost,
-                   COALESCE(t.tokens, 0) AS tokens, COALESCE(c.estimate, FALSE) AS estimate
-            FROM ({cost_sql}) AS c ({", ".join(keys)}, seconds, cost, estimate)
-            FULL JOIN ({token_sql}) AS t ({", ".join(keys)}, tokens)
-                ON {" AND ".join(f"c.{k} = t.{k}" for k in keys)}
-        ) AS r
+               {", ".join(shown)}, {totals}
+        FROM ({merged[0]}) AS r ({", ".join(keys)}, seconds, cost, tokens, estimate)
         {" ".join(joins)}
         ORDER BY {", ".join(order)}
         LIMIT %s OFFSET %s
     """  # noqa: S608 (table and column names only; values are parameters)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*cost_params, *token_params, limit, offset])
+        cursor.execute(sql, [*merged[1], limit, offset])
         fetched = cursor.fetchall()
-    if not fetched and offset:  # past the end: how long the report is still needs saying
-        _, _, count, whole = _page_in_sql(days, usage, groups, offset=0, limit=1)
+    if not fetched and offset and not known:  # past the end: how long the report is still needs saying
+        _, _, count, whole = _page_in_sql(merged, groups, offset=0, limit=1)
         return [], {}, count, whole
     width = len(keys)
     page = [
@@ -608,35 +801,57 @@ def _page_in_sql(
         for i, group in enumerate(groups):
             if group in labels:
                 labels[group][row[i]] = row[width + 4 + i]
+    if known:
+        return page, labels, known[0], known[1]
     count, whole = (fetched[0][-2], fetched[0][-1] or 0.0) if fetched else (0, 0.0)
     return page, labels, count, whole
 
 
-def _sql_or_none(queryset: QuerySet[Any]) -> tuple[str | None, tuple[Any, ...]]:
-    try:
-        sql, params = queryset.query.sql_with_params()
-    except EmptyResultSet:
-        return None, ()
-    return sql, tuple(params)
+def _keyed_page(
+    scope: CostScope, names: Sequence[str], *, offset: int, limit: int | None
+) -> tuple[list[tuple[tuple[Any, ...], list[Any]]], dict[str, dict[Any, Any]], int, float]:
+    """The report with keys: shared out in Python (rows are few: keys × the other groups), ordered by
+    names read afterwards, one query per named group."""
+    tallies = _tally(scope, names)
+    labels = {
+        group: dict(
+            LABELS[group][0]
+            .objects.filter(pk__in={where[i] for where in tallies} - {None})
+            .values_list("pk", LABELS[group][1])
+        )
+        for i, group in enumerate(names)
+        if group in LABELS
+    }
+
+    def order(item: tuple[tuple[Any, ...], list[Any]]) -> tuple[Any, ...]:
+        key: list[Any] = []
+        for group, value in zip(names, item[0], strict=True):
+            shown = labels[group].get(value) if group in labels else value
+            key += [value is None, shown or "", value or 0]
+        return tuple(key)
+
+    ordered = sorted(tallies.items(), key=order)
+    whole = sum(tally[1] for tally in tallies.values())
+    page = ordered[offset : None if limit is None else offset + limit]
+    return page, labels, len(ordered), whole
 
 
-def _tally(
-    days: QuerySet[ReplicaDay], usage: QuerySet[UsageDay], groups: Sequence[str]
-) -> dict[tuple[Any, ...], list[Any]]:
+def _fetch(side: Sql | None) -> list[tuple[Any, ...]]:
+    if side is None:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(*side)
+        return list(cursor.fetchall())
+
+
+def _tally(scope: CostScope, groups: Sequence[str]) -> dict[tuple[Any, ...], list[Any]]:
     """{group ids (api_key last): [replica-seconds, cost, tokens, estimate]}, from one query per side."""
-    by_key = "api_key" in groups
-    cost_rows, token_rows = _grouped(days, usage, groups)
+    costs_side, tokens_side = _sides(scope, groups)
     tallies: dict[tuple[Any, ...], list[Any]] = {}
-    if not by_key:
-        for *where, seconds, cost, estimate in cost_rows:
-            tallies[tuple(where)] = [seconds or 0.0, cost or 0.0, 0, estimate]
-        for *where, tokens in token_rows:
-            tallies.setdefault(tuple(where), [0.0, 0.0, 0, False])[2] += tokens or 0
-        return tallies
     served: dict[tuple[Any, ...], dict[int | None, int]] = defaultdict(dict)
-    for *where, key, tokens in token_rows:
+    for *where, key, tokens in _fetch(tokens_side):
         served[tuple(where)][key] = tokens or 0
-    for *where, seconds, cost, estimate in cost_rows:
+    for *where, seconds, cost, estimate in _fetch(costs_side):
         keys = served.get(tuple(where)) or {}
         total = sum(keys.values())
         shares = {key: tokens / total for key, tokens in keys.items()} if total else {None: 1.0}

@@ -20,7 +20,6 @@ from marketplace.accounts import tenancy
 from marketplace.catalog.models import PRICE_HISTORY_START, InstanceType, InstanceTypePrice
 from serving import costs
 from serving.api.usage import UsageQuerySerializer
-from serving.models import ReplicaDay, UsageDay
 
 PAGE_ROWS = 1000
 MAX_PAGE_ROWS = 100_000
@@ -127,13 +126,11 @@ class CostView(APIView):
                 raise serializers.ValidationError(
                     {"organization": [f"No organisation '{params['organization']}' that you belong to."]}
                 )
-        span = {"day__gte": params["since"], "day__lte": params["until"]}
-        days = ReplicaDay.objects.filter(organization__in=organizations, **span)
-        usage = UsageDay.objects.filter(organization__in=organizations, **span)
-        days = tenancy.narrow_to_key_scope(request, days, self.deployment_name_lookup)
-        usage = tenancy.narrow_to_key_scope(request, usage, self.deployment_name_lookup)
+        scope = costs.CostScope(
+            organizations, params["since"], params["until"], deployment_names=tenancy.key_scope(request)
+        )
         report = costs.cost_report(
-            days, usage, params["group_by"], offset=page.validated_data["offset"], limit=limit
+            scope, params["group_by"], offset=page.validated_data["offset"], limit=limit
         )
         response = Response(
             {

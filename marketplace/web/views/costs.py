@@ -3,6 +3,7 @@ what 1,000 tokens cost on each (idle hours included). Reads the same report as G
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -14,9 +15,9 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET
 
+from marketplace.accounts.models import Organization
 from marketplace.web import charts, current
 from serving import costs
-from serving.models import ReplicaDay, UsageDay
 
 RANGES = {"7d": 7, "30d": 30, "90d": 90}
 
@@ -33,9 +34,8 @@ def costs_page(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {"organization": organization, "range": range_name, "ranges": RANGES}
     if organization is None:
         return render(request, "web/costs.html", context)
-    days = ReplicaDay.objects.filter(organization=organization, day__gte=since, day__lte=until)
-    usage = UsageDay.objects.filter(organization=organization, day__gte=since, day__lte=until)
-    per_deployment = costs.cost_report(days, usage, ["deployment"]).rows
+    scope = costs.CostScope(Organization.objects.filter(pk=organization.pk), since, until)
+    per_deployment = costs.cost_report(scope, ["deployment"]).rows
     # A deployment deleted and created again under its name is a row and a series of its own: the
     # names that repeat are told apart by id.
     names = [row["deployment"] for row in per_deployment]
@@ -44,14 +44,14 @@ def costs_page(request: HttpRequest) -> HttpResponse:
     # day-by-deployment report would be tens of thousands of rows for seven coloured series.
     ranked = sorted(per_deployment, key=lambda row: (-row["cost_usd"], row["deployment"]))
     named = [row["deployment_id"] for row in ranked[: len(charts.SERIES_COLOURS) - 1]]
-    daily = costs.cost_report(days.filter(deployment_id__in=named), usage.none(), ["day", "deployment"]).rows
+    daily = costs.cost_report(replace(scope, deployment_ids=named), ["day", "deployment"]).rows
     for row in [*per_deployment, *daily]:
         if row["deployment"] in repeated:
             row["deployment"] = f"{row['deployment']} #{row['deployment_id']}"
     shown = {row["day"]: 0.0 for row in daily}
     for row in daily:
         shown[row["day"]] += row["cost_usd"]
-    whole = costs.cost_report(days, usage.none(), ["day"]).rows
+    whole = costs.cost_report(scope, ["day"]).rows
     others = {row["day"]: max(row["cost_usd"] - shown.get(row["day"], 0.0), 0.0) for row in whole}
     total_cost = sum(row["cost_usd"] for row in per_deployment)
     total_tokens = sum(row["tokens"] for row in per_deployment)
