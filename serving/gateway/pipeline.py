@@ -40,7 +40,7 @@ from learning import routing
 from learning.capture import Policy
 from learning.guardrails import Policy as GuardrailPolicy
 from serving.gateway import guardrails as guardrail_step
-from serving.gateway import invocation_log, metrics, routers, shadow, upstream
+from serving.gateway import invocation_log, metrics, routers, scoring, shadow, upstream
 from serving.gateway.directory import Caller, Directory, RouterTarget, Target
 from serving.gateway.limits import Decision, RateLimiter
 from serving.gateway.metering import UsageQueue
@@ -92,10 +92,12 @@ def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
     """Prompt tokens to count at admission, before the engine has counted them: the JSON text of every
     field the engine reads as its prompt (PROMPT_FIELDS), BYTES_PER_TOKEN characters a token. One
     serialisation, no tokenizer: admission stays cheap, and a caller cannot make a large prompt look
-    small by moving it into a field the estimate skips. The engine's own count replaces it when it
-    reports usage."""
+    small by moving it into a field the estimate skips. A rerank's or score's one query counts once for
+    each text it is paired with, as the engine reads it (scoring.repeated_characters). The engine's own
+    count replaces the estimate when it reports usage."""
     read = [payload[name] for name in PROMPT_FIELDS if payload.get(name)]
-    return max(1, len(json.dumps(read, ensure_ascii=False)) // BYTES_PER_TOKEN)
+    characters = len(json.dumps(read, ensure_ascii=False)) + scoring.repeated_characters(payload)
+    return max(1, characters // BYTES_PER_TOKEN)
 
 
 # A streamed chat delta's members that hold generated text (vLLM's reasoning parsers fill

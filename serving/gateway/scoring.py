@@ -107,3 +107,16 @@ def _score_texts(payload: Mapping[str, Any]) -> Problem | None:
     if left not in (1, right):
         return Problem(first, f"must hold one text, or as many as '{second}' ({right}); it holds {left}")
     return None
+
+
+def repeated_characters(payload: Mapping[str, Any]) -> int:
+    """The characters of a request's one query that the engine reads again with each further text it
+    is paired with (a cross-encoder reads every pair whole), for the admission estimate: a rerank of
+    1,000 documents reads its query 1,000 times."""
+    for one, many in (("query", "documents"), *PAIRS):
+        single, texts = payload.get(one), payload.get(many)
+        if isinstance(single, list) and len(single) == 1:
+            single = single[0]
+        if isinstance(single, str) and isinstance(texts, list) and len(texts) > 1:
+            return len(single) * (len(texts) - 1)
+    return 0

@@ -29,6 +29,7 @@ from marketplace.accounts.models import Organization
 from marketplace.accounts.services import create_api_key
 from marketplace.catalog.models import ModelCard
 from marketplace.subscriptions.services import subscribe
+from serving.gateway import pipeline
 from serving.gateway.metering import QUEUE_KEY, flush_usage
 from serving.gateway.scoring import MAX_DOCUMENTS
 from serving.models import Deployment, UsageRecord
@@ -137,6 +138,23 @@ def test_score_takes_the_older_text_1_and_text_2_pair(
     assert answer.status_code == 200, answer.text
     first, second = (item["score"] for item in answer.json()["data"])
     assert second > first
+
+
+# --- Admission ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("one", "many"), [("query", "documents"), ("queries", "documents"), ("text_1", "text_2")]
+)
+def test_the_admission_estimate_counts_the_query_once_for_each_text_it_is_paired_with(
+    one: str, many: str
+) -> None:
+    query = "q" * 400  # 100 tokens at the estimate's 4 characters a token
+
+    def estimate(texts: int) -> int:
+        return pipeline.estimate_prompt_tokens({"model": "r", one: query, many: ["d"] * texts})
+
+    assert estimate(10) - estimate(1) >= 9 * 100
 
 
 # --- Refused before the engine is asked (in process, stand-in engine) ------------------------------------
