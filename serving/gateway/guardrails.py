@@ -25,10 +25,10 @@ input before the engine sees it and to its output before the caller does.
    record, and written as GuardrailIntervention rows (only for calls something intervened in).
 
 Tool-call arguments and reasoning text are checked like the rest of a prompt or an answer (a blocked
-answer keeps neither); in a stream they are held whole until their choice ends, checked, and sent in its
-last chunk. Known limits: a streamed Responses API call with guardrails is refused (its final event repeats the
-whole answer, which the guard cannot rewrite yet); prompt-attack detection is pattern-based
-(learning.guardrails.patterns says what it misses).
+answer keeps neither); in a stream they are held whole until their choice ends (the Responses API: until
+their `.done` event), checked, and sent then. A streamed Responses API answer's text goes through the same
+hold-back window, and every event that repeats a whole text carries it as it was sent. Known limit:
+prompt-attack detection is pattern-based (learning.guardrails.patterns says what it misses).
 """
 
 from __future__ import annotations
@@ -382,7 +382,7 @@ async def check_answer(call: Call, answer: dict[str, Any], reason: str, targets:
 def _tool_call_delta(position: int, tool: dict[str, Any]) -> dict[str, Any]:
     """A whole tool call as one streamed delta (OpenAI's shape: index, id, type, function)."""
     function = {"name": tool["name"]} if "name" in tool else {}
-    ids = {key: tool[key] for key in ("id", "type") if key in tool}
+    ids: dict[str, Any] = {key: tool[key] for key in ("id", "type") if key in tool}
     return {"index": position, **ids, "function": {**function, "arguments": tool["arguments"]}}
 
 
@@ -398,7 +398,7 @@ class StreamCheck:
         self.call = call
         self.reason = reason
         self.targets = targets
-        self._chains: dict[int, list[guardrails.StreamGuard]] = {}
+        self._chains: dict[Any, list[guardrails.StreamGuard]] = {}  # by choice (Responses: output, part)
         self._finished: set[int] = set()
         self.blocked: guardrails.Policy | None = None
         self._last_head: dict[str, Any] = {}
@@ -409,8 +409,13 @@ class StreamCheck:
         # masked entity must not leave in pieces.
         self._reasoning: dict[int, dict[str, str]] = {}
         self._tools: dict[int, dict[int, dict[str, Any]]] = {}
+        # The Responses API's stream: what was sent of each (output, content part)'s text, the whole
+        # texts checked at their .done events, and the response's id, creation time and model.
+        self._sent: dict[tuple[Any, Any], str] = {}
+        self._whole: dict[tuple[Any, ...], str] = {}
+        self._response_head: dict[str, Any] = {}
 
-    def _chain(self, index: int) -> list[guardrails.StreamGuard]:
+    def _chain(self, index: Any) -> list[guardrails.StreamGuard]:
         chain = self._chains.get(index)
         if chain is None:
             chain = self._chains[index] = [guardrails.StreamGuard(policy) for policy in self.call.guardrails]
@@ -470,7 +475,9 @@ class StreamCheck:
                 for key in ("id", "type"):
                     if piece.get(key):
                         tool[key] = piece[key]
-                function = piece.get("function") if isinstance(piece.get("function"), dict) else {}
+                function = piece.get("function")
+                if not isinstance(function, dict):
+                    function = {}
                 if function.get("name"):
                     tool["name"] = function["name"]
                 if isinstance(function.get("arguments"), str):
@@ -596,6 +603,112 @@ class StreamCheck:
         for chain in self._chains.values():
             for guard in chain:
                 self._note(guard)
+
+    # The Responses API's stream: typed events, not chunks. A text's deltas go through the hold-back
+    # chain of their (output, content part), as a choice's do; reasoning and function-call argument
+    # deltas are held and their whole text checked at their `.done` event; every event that repeats a
+    # whole text (`.done`, the finished item, the final response) carries the text as it was sent.
+
+    async def rewrite_event(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events to send for one event of a streamed Responses API answer (after a block: a last
+        `response.incomplete` whose reason says why, and nothing more)."""
+        if self.blocked is not None:
+            return []
+        kind = event.get("type")
+        key = (event.get("output_index", 0), event.get("content_index", 0))
+        if kind == "response.created" and isinstance(event.get("response"), dict):
+            self._response_head = {
+                k: event["response"][k] for k in ("id", "created_at", "model") if k in event["response"]
+            }
+        if kind == "response.output_text.delta":
+            released = self._feed(self._chain(key), str(event.get("delta") or ""))
+            if self.blocked is not None:
+                return [self._incomplete(event)]
+            self._sent[key] = self._sent.get(key, "") + released
+            return [{**event, "delta": released}] if released else []
+        if kind == "response.output_text.done":
+            released = await self._finish(self._chain(key))
+            if self.blocked is not None:
+                return [self._incomplete(event)]
+            self._sent[key] = self._sent.get(key, "") + released
+            whole = {**event, "text": self._sent[key]}
+            if not released:
+                return [whole]
+            rest = {k: v for k, v in event.items() if k != "text"}
+            return [{**rest, "type": "response.output_text.delta", "delta": released}, whole]
+        if kind in ("response.reasoning_text.delta", "response.function_call_arguments.delta"):
+            return []  # held: checked whole at its .done event
+        if kind in ("response.reasoning_text.done", "response.function_call_arguments.done"):
+            field = "text" if kind == "response.reasoning_text.done" else "arguments"
+            checked = self._checked_whole(str(event.get(field) or ""))
+            if self.blocked is not None:
+                return [self._incomplete(event)]
+            self._whole[(kind, *key)] = checked
+            delta = {**event, "type": kind.replace(".done", ".delta"), "delta": checked}
+            delta.pop(field, None)
+            return [delta, {**event, field: checked}]
+        if kind == "response.content_part.done" and isinstance(event.get("part"), dict):
+            return [{**event, "part": self._part_as_sent(event["part"], key)}]
+        if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+            return [{**event, "item": self._item_as_sent(event["item"], event.get("output_index", 0))}]
+        if kind in ("response.completed", "response.incomplete") and isinstance(event.get("response"), dict):
+            response = event["response"]
+            items = [
+                self._item_as_sent(item, position)
+                for position, item in enumerate(response.get("output") or ())
+            ]
+            return [{**event, "response": {**response, "output": items}}]
+        return [event]
+
+    def _checked_whole(self, text: str) -> str:
+        """A held text checked as an unstreamed answer's is: masked, or the stream blocked."""
+        for policy in self.call.guardrails:
+            verdict = guardrails.check(policy, text, direction=guardrails.OUTPUT)
+            self.call.interventions.extend(
+                Recorded(policy, guardrails.OUTPUT, h) for h in verdict.interventions
+            )
+            if verdict.action == guardrails.BLOCKED:
+                self._block_by(policy)
+                return ""
+            if verdict.action == guardrails.MASKED:
+                text = verdict.text
+        return text
+
+    def _part_as_sent(self, part: dict[str, Any], key: tuple[Any, Any]) -> dict[str, Any]:
+        if part.get("type") == "output_text" and key in self._sent:
+            return {**part, "text": self._sent[key]}
+        whole = self._whole.get(("response.reasoning_text.done", *key))
+        if part.get("type") == "reasoning_text" and whole is not None:
+            return {**part, "text": whole}
+        return part
+
+    def _item_as_sent(self, item: dict[str, Any], output_index: Any) -> dict[str, Any]:
+        changed = dict(item)
+        if isinstance(item.get("content"), list):
+            changed["content"] = [
+                self._part_as_sent(part, (output_index, position)) if isinstance(part, dict) else part
+                for position, part in enumerate(item["content"])
+            ]
+        arguments = self._whole.get(("response.function_call_arguments.done", output_index, 0))
+        if item.get("type") == "function_call" and arguments is not None:
+            changed["arguments"] = arguments
+        return changed
+
+    def _incomplete(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The last event of a blocked Responses stream: the response, incomplete for the block's reason,
+        saying the guardrail's blocked-output message."""
+        assert self.blocked is not None
+        for chain in self._chains.values():
+            for guard in chain:
+                self._note(guard)
+        model = str(self._response_head.get("model") or self.call.model)
+        response = {**blocked_answer("responses", model, self.blocked.blocked_output_message, self.reason),
+                    **self._response_head}  # fmt: skip
+        return {
+            "type": "response.incomplete",
+            "sequence_number": event.get("sequence_number"),
+            "response": response,
+        }
 
 
 # --- 5. Visible ---------------------------------------------------------------------------------------------

@@ -187,11 +187,6 @@ async def invoke_as(
 def _unguardable(call: pipeline.Call, route: str) -> tuple[str, str] | None:
     """(param, message) when guardrails apply to the call and cannot check it yet: refused, rather than
     sent to the model unchecked."""
-    if call.streamed and route == "responses":
-        return "stream", (
-            "Guardrails apply to this call, and a streamed Responses API answer cannot be checked yet; "
-            "call without stream, or use /v1/chat/completions."
-        )
     if route in scoring.ROUTES:
         return "model", (
             f"Guardrails apply to this call, and the texts of {PATHS[route]} cannot be checked yet; call "
@@ -263,6 +258,19 @@ async def _stream(
         try:
             async for event in upstream.events(exchange):
                 chunk = pipeline.read_chunk(event)
+                if checks is not None and responses and chunk is not None:
+                    # the guardrails' output checks, on the Responses API's typed events
+                    for checked in await checks.rewrite_event(chunk):
+                        if checked.get("type") in pipeline.RESPONSE_DELTAS:
+                            call.first_token()
+                            call.relayed(checked)
+                        elif checked.get("type") in FINAL_RESPONSE_EVENTS and checks.blocked is None:
+                            call.responded(checked.get("response"))
+                            call.answered_in_full = True
+                        yield _event(checked)
+                    if checks.blocked is not None:
+                        return  # the engine request is closed with the stream
+                    continue
                 if checks is not None and (chunk is None or chunk.get("choices")):
                     # the guardrails' output checks: what is held back is sent later, masked, or never
                     for checked in await checks.rewrite(chunk) if chunk is not None else await checks.end():

@@ -18,6 +18,32 @@ def _event(body: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
+def _response_events(pieces: list[str]) -> list[bytes]:
+    """A streamed Responses API answer saying `pieces`, with the engine's events (`event:` and `data:`)."""
+    text = "".join(pieces)
+    response = {"id": "resp-1", "object": "response", "created_at": 1, "model": "standin", "output": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    item = {"type": "message", "id": "msg-1", "role": "assistant", "status": "in_progress", "content": []}
+    done_part = {**part, "text": text}
+    done_item = {**item, "status": "completed", "content": [done_part]}
+    place = {"item_id": "msg-1", "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {**response, "status": "in_progress"}},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", **place, "part": part},
+        *({"type": "response.output_text.delta", **place, "delta": piece} for piece in pieces),
+        {"type": "response.output_text.done", **place, "text": text},
+        {"type": "response.content_part.done", **place, "part": done_part},
+        {"type": "response.output_item.done", "output_index": 0, "item": done_item},
+        {"type": "response.completed", "response": {**response, "status": "completed", "output": [done_item],
+         "usage": {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}}},
+    ]  # fmt: skip
+    return [
+        f"event: {event['type']}\n".encode() + _event({**event, "sequence_number": number})
+        for number, event in enumerate(events)
+    ]
+
+
 class GuardedEngine(BaseHTTPRequestHandler):
     pieces: list[str] = ["Hello", " there"]
     extra: dict[str, Any] = {}  # more fields of an unstreamed chat answer's message (tool calls, reasoning)
@@ -37,6 +63,9 @@ class GuardedEngine(BaseHTTPRequestHandler):
         with GuardedEngine.lock:
             GuardedEngine.received.append((self.path, payload))
         text, chat = "".join(GuardedEngine.pieces), self.path == "/v1/chat/completions"
+        if self.path == "/v1/responses" and payload.get("stream"):
+            self._send("text/event-stream", b"".join(_response_events(GuardedEngine.pieces)))
+            return
         if payload.get("stream"):
             head = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": "standin"}
             events = []

@@ -187,6 +187,33 @@ def test_a_streamed_answer_that_turns_blocked_stops_with_content_filter(
     assert written(guardrail, direction="output", action="blocked")
 
 
+def test_a_clean_streamed_responses_answer_of_the_real_engine_passes(
+    gateway_url: str, tenant: Tenant, guardrail: Guardrail
+) -> None:
+    stream = client(gateway_url, tenant.key).responses.create(
+        model="tiny-chat", input="What is the capital of France?", max_output_tokens=16, stream=True
+    )
+    events = list(stream)
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert text.strip()
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == text
+
+
+def test_a_streamed_responses_answer_that_turns_blocked_ends_incomplete_for_content_filter(
+    gateway_url: str, tenant: Tenant, standin: Deployment, guardrail: Guardrail
+) -> None:
+    GuardedEngine.pieces = ["Your card ", "4111 1111 ", "1111 1111", " is fine." * 20]
+    events = list(
+        client(gateway_url, tenant.key).responses.create(model="scripted", input="Card?", stream=True)
+    )
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert "4111" not in text
+    last = events[-1]
+    assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "content_filter"
+    assert last.response.output_text == "That answer was withheld."
+    assert written(guardrail, direction="output", action="blocked")
+
+
 # --- boto3 --------------------------------------------------------------------------------------------------
 
 

@@ -251,6 +251,44 @@ def test_a_streamed_tool_call_that_is_blocked_ends_the_stream_without_it(
     assert streamed_text(answer.body).endswith("That answer was withheld.")
 
 
+def responses_events(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for event in body.split(b"\n\n") for line in event.split(b"\n")
+            if line.startswith(b"data: {")]  # fmt: skip
+
+
+def test_a_streamed_responses_answer_is_masked_in_its_deltas_and_in_every_whole_text(
+    guardrail: Guardrail, key: tuple[ApiKey, str]
+) -> None:
+    GuardedEngine.pieces = [TEXT[: START + 3], TEXT[START + 3 : START + 11], TEXT[START + 11 :]]
+    body = {"model": "chat", "input": "How do I reach you?", "stream": True}
+    answer = post("/v1/responses", body, key_headers(key[1]))
+    events = responses_events(answer.body)
+    masked = TEXT.replace(EMAIL, "[EMAIL]")
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == masked and EMAIL[:5] not in answer.body.decode()
+    [done] = [e for e in events if e["type"] == "response.output_text.done"]
+    [completed] = [e for e in events if e["type"] == "response.completed"]
+    assert done["text"] == masked
+    assert completed["response"]["output"][0]["content"][0]["text"] == masked
+
+
+def test_a_streamed_responses_answer_that_turns_blocked_ends_incomplete_for_content_filter(
+    guardrail: Guardrail, key: tuple[ApiKey, str]
+) -> None:
+    GuardedEngine.pieces = ["Use card ", CARD[:9], CARD[9:], " now."]
+    body = {"model": "chat", "input": "Pay", "stream": True}
+    answer = post("/v1/responses", body, key_headers(key[1]))
+    events = responses_events(answer.body)
+    assert CARD[:9] not in answer.body.decode()
+    last = events[-1]
+    assert (last["type"], last["response"]["incomplete_details"]) == (
+        "response.incomplete",
+        {"reason": "content_filter"},
+    )
+    assert last["response"]["output"][0]["content"][0]["text"] == "That answer was withheld."
+    assert not [e for e in events if e["type"] == "response.completed"]
+
+
 def test_tool_call_arguments_in_the_prompt_reach_the_engine_masked(
     guardrail: Guardrail, key: tuple[ApiKey, str]
 ) -> None:
