@@ -343,6 +343,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "expire-invocation-logs": {"task": "learning.tasks.expire_invocation_logs", "schedule": 3600.0},
     "resume-evaluations": {"task": "learning.tasks.resume_evaluations", "schedule": 60.0},
     "resume-router-trainings": {"task": "learning.tasks.resume_router_trainings", "schedule": 60.0},
+    "resume-tuning-jobs": {"task": "learning.tasks.resume_tuning_jobs", "schedule": 60.0},
     "resume-router-samples": {"task": "learning.tasks.resume_router_samples", "schedule": 300.0},
     "check-budgets": {
         "task": "marketplace.accounts.tasks.check_budgets",

@@ -309,3 +309,12 @@ def test_the_task_delivered_while_a_lease_holds_the_job_looks_again_later(setup:
         tasks.run_tuning_job(job.pk)
     tuning.cancel_tuning_job(TuningJob.objects.get())
     assert tasks.run_tuning_job(job.pk) == ""  # finished: nothing to look at again
+
+
+def test_the_job_and_its_resume_are_celery_tasks_and_beat_runs_the_resume(settings: Any) -> None:
+    from marketplace.celery import app
+
+    app.loader.import_default_modules()
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "learning.tasks.resume_tuning_jobs" in app.tasks
+    assert "learning.tasks.resume_tuning_jobs" in scheduled
