@@ -39,23 +39,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.db.models import (
-    BigIntegerField,
-    Count,
     DecimalField,
     ExpressionWrapper,
     F,
-    FloatField,
-    Q,
     QuerySet,
     Sum,
     Value,
 )
-from django.db.models.functions import Cast
 
 from marketplace.accounts.models import ApiKey, Organization
 from marketplace.catalog.models import InstanceType, InstanceTypePrice, ModelCard
@@ -453,27 +449,28 @@ LABELS: dict[str, tuple[type[Any], str]] = {
 }
 # The figures of every row, in the order CSV exports them after the group columns.
 FIGURES = ("replica_hours", "cost_usd", "tokens", "cost_per_1k_tokens", "cost_share", "price_is_estimate")
-# Each source's figures, summed per group: cost sides give (seconds, cost, estimated rows, rows), token
-# sides (tokens, rows); `rows` says whether a group holds any daily row at all.
-COST_FIGURES: dict[type[Any], dict[str, Any]] = {
-    ReplicaDay: {
-        "f_seconds": Sum("replica_seconds"),
-        "f_cost": Sum("cost_usd"),
-        "f_estimated": Count("pk", filter=Q(price_is_estimate=True)),
-        "f_rows": Count("pk"),
-    },
-    ReplicaMonth: {
-        "f_seconds": Sum("replica_seconds"),
-        "f_cost": Sum("cost_usd"),
-        "f_estimated": Sum("estimated_days"),
-        "f_rows": Sum("days"),
-    },
+# Each source's figures, summed per group (the source's rows are `t`): cost sides give (seconds, cost,
+# estimated rows, rows), token sides (tokens, rows); `rows` says whether a group holds any daily row.
+FIGURES_SQL: dict[type[Any], tuple[str, ...]] = {
+    ReplicaDay: ("SUM(t.replica_seconds)", "SUM(t.cost_usd)", "COUNT(*) FILTER (WHERE t.price_is_estimate)",
+                 "COUNT(*)"),
+    ReplicaMonth: ("SUM(t.replica_seconds)", "SUM(t.cost_usd)", "SUM(t.estimated_days)", "SUM(t.days)"),
+    UsageDay: ("SUM(t.prompt_tokens + t.completion_tokens)", "COUNT(*)"),
+    UsageMonth: ("SUM(t.tokens)", "SUM(t.days)"),
+}  # fmt: skip
+# Each group's id in a source's row `t` (`d`: its deployment).
+COST_KEYS_SQL = {
+    "day": "t.day",
+    "deployment": "t.deployment_id",
+    "model": "d.model_card_id",
+    "instance_type": "t.instance_type_id",
+    "organization": "t.organization_id",
 }
-TOKEN_FIGURES: dict[type[Any], dict[str, Any]] = {
-    UsageDay: {"f_tokens": Sum(F("prompt_tokens") + F("completion_tokens")), "f_rows": Count("pk")},
-    UsageMonth: {"f_tokens": Sum("tokens"), "f_rows": Sum("days")},
-}
+TOKEN_KEYS_SQL = {**COST_KEYS_SQL, "instance_type": "d.instance_type_id", "api_key": "t.api_key_id"}
 ONE_TABLE_GROUPS = {"day", "deployment", "model", "organization"}  # what DeploymentDay can be grouped by
+
+
+Sql = tuple[str, list[Any]]
 
 
 @dataclass(frozen=True)
@@ -491,23 +488,40 @@ class CostScope:
     def narrowed(self) -> bool:
         return self.deployment_names is not None or self.deployment_ids is not None
 
-    def rows(self, model: type[Any], **window: Any) -> QuerySet[Any]:
-        """`model`'s rows of this scope (`window`: which days or months)."""
-        rows = model.objects.filter(organization__in=self.organizations, **window)
+    @cached_property
+    def organizations_sql(self) -> Sql:
+        try:
+            sql, params = self.organizations.values("pk").query.sql_with_params()
+        except EmptyResultSet:  # organizations.none()
+            return "SELECT NULL::bigint WHERE FALSE", []
+        return sql, list(params)
+
+    def grouped(self, model: type[Any], keys: Sequence[str], figures: Sequence[str], window: Sql) -> Sql:
+        """`model`'s rows of this scope within `window` (a condition on `t`), grouped by `keys`
+        (expressions on `t` and its deployment `d`): (keys..., figures...)."""
+        where = [f"t.organization_id IN ({self.organizations_sql[0]})", window[0]]
+        params = [*self.organizations_sql[1], *window[1]]
         if self.deployment_names is not None:
-            rows = rows.filter(deployment__name__in=self.deployment_names)
+            where.append("d.name = ANY(%s)")
+            params.append(sorted(self.deployment_names))
         if self.deployment_ids is not None:
-            rows = rows.filter(deployment_id__in=self.deployment_ids)
-        return rows
+            where.append("t.deployment_id = ANY(%s)")
+            params.append(list(self.deployment_ids))
+        if model in (UsageDay, UsageMonth):
+            where.append("t.deployment_id IS NOT NULL")  # only calls a deployment answered
+        joined = any("d." in part for part in [*keys, *where])
+        join = f"JOIN {Deployment._meta.db_table} d ON d.id = t.deployment_id" if joined else ""
+        sql = f"""
+            SELECT {", ".join([*keys, *figures])} FROM {model._meta.db_table} t {join}
+            WHERE {" AND ".join(where)} GROUP BY {", ".join(str(n + 1) for n in range(len(keys)))}
+        """  # noqa: S608 (table and column names only; values are parameters)
+        return sql, params
 
 
 @dataclass(frozen=True)
 class CostReport:
     rows: list[dict[str, Any]]  # the rows asked for (all, or a page of them)
     count: int  # rows in the whole report
-
-
-Sql = tuple[str, list[Any]]
 
 
 def cost_report(
@@ -585,56 +599,48 @@ def window_periods(
     return months, added, removed
 
 
-def _pieces(
-    scope: CostScope, day_model: type[Any], month_model: type[Any], daily: bool
-) -> list[tuple[QuerySet[Any], int]]:
-    """The querysets whose rows, signed, make up the window: the daily rows, or months and days."""
+def _windows(scope: CostScope, daily: bool) -> list[tuple[bool, Sql, int]]:
+    """The windows whose rows, signed, make up the report: (monthly?, condition, sign). The daily rows,
+    or whole months and day ranges (each range on its own, so it reads the (organisation, day) index)."""
     if daily:
-        return [(scope.rows(day_model, day__gte=scope.since, day__lte=scope.until), 1)]
+        return [(False, ("t.day BETWEEN %s AND %s", [scope.since, scope.until]), 1)]
     months, added, removed = window_periods(scope.since, scope.until, datetime.now(UTC).date())
-    pieces = []
+    windows: list[tuple[bool, Sql, int]] = []
     if months:
-        pieces.append((scope.rows(month_model, month__in=months), 1))
+        windows.append((True, ("t.month = ANY(%s)", [months]), 1))
     for ranges, sign in ((added, 1), (removed, -1)):
-        if ranges:
-            within = Q()
-            for start, end in ranges:
-                within |= Q(day__gte=start, day__lte=end)
-            pieces.append((scope.rows(day_model).filter(within), sign))
-    return pieces
+        windows += [(False, ("t.day BETWEEN %s AND %s", [start, end]), sign) for start, end in ranges]
+    return windows
 
 
 def _side(
-    pieces: list[tuple[QuerySet[Any], int]],
-    cell: list[str],
-    figures: dict[type[Any], dict[str, Any]],
+    scope: CostScope,
+    windows: list[tuple[bool, Sql, int]],
+    models: tuple[type[Any], type[Any]],
+    keys: list[str],
     shown: list[str],
 ) -> Sql | None:
-    """One side of the report grouped by `cell`: each piece grouped and signed, then summed, keeping the
-    groups that hold any row. `shown`: the side's figures from the sums s0, s1, ... (the last is rows)."""
+    """One side of the report grouped by `keys`: each window's rows grouped and signed, then summed,
+    keeping the groups that hold any row. `shown`: the side's figures from the sums s0, s1, ... (the
+    last is rows). `models`: the side's (daily, monthly) sources."""
     parts, params = [], []
-    width = len(cell)
-    for queryset, sign in pieces:
-        sums = figures[queryset.model]
-        grouped = queryset.values_list(*cell).annotate(**sums).order_by()
-        try:
-            sql, piece_params = grouped.query.sql_with_params()
-        except EmptyResultSet:
-            continue
-        columns = [f"p.k{i}" for i in range(width)] + [f"{sign} * p.s{j}" for j in range(len(sums))]
-        keys = ", ".join([*(f"k{i}" for i in range(width)), *(f"s{j}" for j in range(len(sums)))])
-        parts.append(f"SELECT {', '.join(columns)} FROM ({sql}) AS p ({keys})")  # noqa: S608
-        params += list(piece_params)
+    width = len(keys)
+    count = len(FIGURES_SQL[models[0]])
+    names = ", ".join([*(f"k{i}" for i in range(width)), *(f"s{j}" for j in range(count))])
+    for monthly, window, sign in windows:
+        model = models[1] if monthly else models[0]
+        sql, piece_params = scope.grouped(model, keys, FIGURES_SQL[model], window)
+        columns = [f"p.k{i}" for i in range(width)] + [f"{sign} * p.s{j}" for j in range(count)]
+        parts.append(f"SELECT {', '.join(columns)} FROM ({sql}) AS p ({names})")  # noqa: S608
+        params += piece_params
     if not parts:
         return None
-    sums_count = len(next(iter(figures.values())))
     listed = ", ".join(f"u.k{i}" for i in range(width))
-    inner = ", ".join([*(f"k{i}" for i in range(width)), *(f"s{j}" for j in range(sums_count))])
     sql = f"""
-        SELECT {listed}{", " if width else ""}{", ".join(shown)}
-        FROM ({" UNION ALL ".join(parts)}) AS u ({inner})
-        {"GROUP BY " + listed if width else ""}
-        HAVING SUM(u.s{sums_count - 1}) > 0
+        SELECT {listed}, {", ".join(shown)}
+        FROM ({" UNION ALL ".join(parts)}) AS u ({names})
+        GROUP BY {listed}
+        HAVING SUM(u.s{count - 1}) > 0
     """  # noqa: S608 (column names only; values are parameters)
     return sql, params
 
@@ -644,20 +650,14 @@ def _sides(scope: CostScope, groups: Sequence[str]) -> tuple[Sql | None, Sql | N
     last): (day or ids..., seconds, cost, estimate) and (day or ids..., tokens)."""
     plain = [g for g in groups if g != "api_key"]
     by_key = "api_key" in groups
-    daily = "day" in groups
-    cell = [COST_KEYS[g] for g in plain] + (["deployment_id"] if by_key else [])
+    windows = _windows(scope, "day" in groups)
+    keys = [COST_KEYS_SQL[g] for g in plain] + (["t.deployment_id"] if by_key else [])
     costs_side = _side(
-        _pieces(scope, ReplicaDay, ReplicaMonth, daily),
-        cell,
-        COST_FIGURES,
+        scope, windows, (ReplicaDay, ReplicaMonth), keys,
         ["SUM(u.s0)::float8", "SUM(u.s1)::float8", "SUM(u.s2) > 0"],
-    )
-    token_cell = [TOKEN_KEYS[g] for g in plain] + (["deployment_id", "api_key_id"] if by_key else [])
-    token_pieces = [
-        (queryset.filter(deployment__isnull=False), sign)
-        for queryset, sign in _pieces(scope, UsageDay, UsageMonth, daily)
-    ]
-    tokens_side = _side(token_pieces, token_cell, TOKEN_FIGURES, ["SUM(u.s0)::bigint"])
+    )  # fmt: skip
+    token_keys = [TOKEN_KEYS_SQL[g] for g in plain] + (["t.deployment_id", "t.api_key_id"] if by_key else [])
+    tokens_side = _side(scope, windows, (UsageDay, UsageMonth), token_keys, ["SUM(u.s0)::bigint"])
     return costs_side, tokens_side
 
 
@@ -700,20 +700,17 @@ def _one_table_page(
     DeploymentDay. By day then deployment, the page's days are found first from OrganizationDay's
     counts, and only their rows read."""
     whole_organizations = not scope.narrowed
-    model = (
-        OrganizationDay if whole_organizations and set(groups) <= {"day", "organization"} else DeploymentDay
-    )
-    days = scope.rows(model, day__gte=scope.since, day__lte=scope.until)
+    by_organization = whole_organizations and set(groups) <= {"day", "organization"}
+    model = OrganizationDay if by_organization else DeploymentDay
+    since, until = scope.since, scope.until
     known: tuple[int, float] | None = None
     if list(groups) == ["day", "deployment"] and whole_organizations:
-        counted = list(
-            scope.rows(OrganizationDay, day__gte=scope.since, day__lte=scope.until)
-            .values_list("day")
-            .annotate(n=Sum("deployments"), cost=Cast(Sum("cost_usd"), FloatField()))
-            .order_by("day")
-        )
-        count = sum(n for _, n, _ in counted)
-        known = (count, sum(cost or 0.0 for _, _, cost in counted))
+        sql, params = scope.grouped(
+            OrganizationDay, ["t.day"], ["SUM(t.deployments)", "SUM(t.cost_usd)::float8"],
+            ("t.day BETWEEN %s AND %s", [since, until]),
+        )  # fmt: skip
+        counted = sorted(_fetch((sql, params)))
+        known = (sum(n for _, n, _ in counted), sum(cost or 0.0 for _, _, cost in counted))
         before, skipped, first, last = 0, 0, None, None
         for day, n, _ in counted:
             if first is None and before + n > offset:
@@ -724,29 +721,11 @@ def _one_table_page(
                 break
         if first is None or last is None:
             return [], {}, known[0], known[1]
-        days = days.filter(day__gte=first, day__lte=last)
-        offset -= skipped
-    cell = [COST_KEYS[g] for g in groups]
-    grouped = (
-        days.values_list(*cell)
-        .annotate(
-            seconds=Cast(Sum("replica_seconds"), FloatField()),
-            cost=Cast(Sum("cost_usd"), FloatField()),
-            tokens=Cast(Sum("tokens"), BigIntegerField()),
-            estimated=Sum("estimated_days"),
-        )
-        .order_by()
-    )
-    try:
-        sql, params = grouped.query.sql_with_params()
-    except EmptyResultSet:
-        return [], {}, 0, 0.0
-    keys = ", ".join(f"k{i}" for i in range(len(groups)))
-    columns = f"{keys}, seconds, cost, tokens, estimated"
-    merged = (
-        f"SELECT {keys}, seconds, cost, tokens, estimated > 0 FROM ({sql}) AS d ({columns})",  # noqa: S608
-        list(params),
-    )
+        since, until, offset = first, last, offset - skipped
+    figures = ["SUM(t.replica_seconds)::float8", "SUM(t.cost_usd)::float8", "SUM(t.tokens)::bigint",
+               "SUM(t.estimated_days) > 0"]  # fmt: skip
+    keys = [COST_KEYS_SQL[g] for g in groups]
+    merged = scope.grouped(model, keys, figures, ("t.day BETWEEN %s AND %s", [since, until]))
     return _page_in_sql(merged, groups, offset=offset, limit=limit, known=known)
 
 
