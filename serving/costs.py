@@ -839,7 +839,7 @@ def _tally(scope: CostScope, groups: Sequence[str]) -> dict[tuple[Any, ...], lis
             tally[0] += (seconds or 0.0) * share
             tally[1] += (cost or 0.0) * share
             tally[3] = tally[3] or estimate
-    for where, keys in served.items():
+    for cell, keys in served.items():
         for key, tokens in keys.items():
-            tallies.setdefault((*where[:-1], key), [0.0, 0.0, 0, False])[2] += tokens
+            tallies.setdefault((*cell[:-1], key), [0.0, 0.0, 0, False])[2] += tokens
     return tallies
