@@ -18,6 +18,12 @@ Prints the load average, since the machine may be shared. Goal: p50 ≤ 50 ms, q
 Writing the daily rows fills the coarser roll-ups the reports read (serving.cost_rollups: per organisation
 a day, per deployment a day, per deployment a month), through the same triggers as in production; their
 rows are counted too. The metering figures include what those triggers add to a pass.
+
+Measured on 2 shared cores (load average 2.2-2.9): p50 costs by day 6.3 ms, by deployment 31.9, by model
+and instance type 14.9, by key 21.3, a page of day by deployment 33.2, CSV by day 10.1, against 49.1 for
+the usage baseline (before the roll-ups, on a quieter machine: 82.6, 100.8, 142.3, 139.6, 566.1, 104.9
+against 50.1). The web page, 297 ms (461 before), is now mostly its template: a table row and a rate bar
+for each of the 1,000 deployments.
 """
 
 from __future__ import annotations
