@@ -147,6 +147,9 @@ class UsageRecord(models.Model):
         blank=True,
         help_text="The deployment the router chose; in shadow mode, the one it would have chosen",
     )
+    audio_seconds = models.PositiveIntegerField(
+        default=0, help_text="Seconds of audio the call transcribed or translated (the audio routes)"
+    )
     guardrail_interventions = models.JSONField(
         default=list,
         blank=True,

@@ -353,8 +353,8 @@ def parse_record(raw: bytes | str) -> UsageRecord:
     Fields: request_id, organization_id, api_key_id, deployment_id (null allowed), model, route,
     prompt_tokens, completion_tokens, latency_ms, time_to_first_token_ms (null allowed), status_code,
     streamed, created_at (ISO 8601; without an offset it is taken as UTC); optionally router and
-    router_choice (the router called and the deployment it chose), and guardrail_interventions (what
-    the guardrails did: a list of objects). An over-long model or route name is
+    router_choice (the router called and the deployment it chose), audio_seconds (the audio routes), and
+    guardrail_interventions (what the guardrails did: a list of objects). An over-long model or route name is
     cut rather than refused, so the tokens are still accounted for.
     """
     try:
@@ -380,6 +380,7 @@ def parse_record(raw: bytes | str) -> UsageRecord:
         streamed=record.get("streamed", False),
         router=_optional_text(record, "router", 40),
         router_choice=_optional_text(record, "router_choice", 40),
+        audio_seconds=_optional_integer(record, "audio_seconds") or 0,
         guardrail_interventions=_interventions(record),
         created_at=_time(record, "created_at"),
     )

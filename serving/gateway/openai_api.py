@@ -29,6 +29,8 @@ PATHS = {
     "responses": "/v1/responses",
     "rerank": "/v1/rerank",
     "score": "/v1/score",
+    "audio.transcriptions": "/v1/audio/transcriptions",
+    "audio.translations": "/v1/audio/translations",
 }
 # Where the engine serves each route: its own paths for the scoring routes (vLLM answers /v1/rerank and
 # /v1/score too, but as deprecated aliases that log a warning, /v1/score on every request).
@@ -90,19 +92,42 @@ def check_shape(route: str, payload: dict[str, Any]) -> tuple[str, str] | None:
     return problem.field, f"'{problem.field}' {problem.rule}."
 
 
-async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingHttpResponse:
+async def caller_of(request: HttpRequest, route: str) -> Caller | HttpResponse:
+    """The caller behind the request's API key, or the answer that refuses it (405, 401)."""
     if request.method != "POST":
         return openai_error(405, f"Use POST for {PATHS[route]}.")
-    gateway = pipeline.services()
-    caller = await gateway.directory.caller(request.headers.get("authorization", ""))
+    authorization = request.headers.get("authorization", "")
+    caller = await pipeline.services().directory.caller(authorization)
     if caller is None:
-        return openai_error(
-            401,
-            key_refusal(
-                request.headers.get("authorization", ""), "Incorrect, expired or revoked API key provided."
-            ),
-            code="invalid_api_key",
-        )
+        refused = key_refusal(authorization, "Incorrect, expired or revoked API key provided.")
+        return openai_error(401, refused, code="invalid_api_key")
+    return caller
+
+
+async def admission_refusal(call: pipeline.Call) -> HttpResponse | None:
+    """Admit the call under its organisation's limits; the answer that refuses it (503, 429), or None."""
+    try:
+        decision = await pipeline.admit(call)
+    except pipeline.LimitsUnavailable:
+        message = "The gateway cannot check rate limits right now; retry shortly."
+        return openai_error(503, message, headers=pipeline.answer_headers(call))
+    if decision.allowed:
+        return None
+    headers = {
+        **decision.headers(),
+        "Retry-After": str(decision.retry_after_seconds),
+        **pipeline.answer_headers(call),
+    }
+    code = "insufficient_quota" if "monthly" in decision.reason else "rate_limit_exceeded"
+    return openai_error(
+        429, f"Rate limit reached: {decision.reason}. Retry later.", code=code, headers=headers
+    )
+
+
+async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingHttpResponse:
+    caller = await caller_of(request, route)
+    if isinstance(caller, HttpResponse):
+        return caller
     payload = read_json(request)
     if isinstance(payload, str):
         return body_error(payload)
@@ -135,21 +160,11 @@ async def invoke_as(
         estimated_prompt_tokens=pipeline.estimate_prompt_tokens(payload), payload=payload,
         log_route=log_route, router=router,
     )  # fmt: skip
-    try:
-        decision = await pipeline.admit(call)
-    except pipeline.LimitsUnavailable:
-        message = "The gateway cannot check rate limits right now; retry shortly."
-        return openai_error(503, message, headers=pipeline.answer_headers(call))
-    if not decision.allowed:
-        headers = {
-            **decision.headers(),
-            "Retry-After": str(decision.retry_after_seconds),
-            **pipeline.answer_headers(call),
-        }
-        code = "insufficient_quota" if "monthly" in decision.reason else "rate_limit_exceeded"
-        return openai_error(
-            429, f"Rate limit reached: {decision.reason}. Retry later.", code=code, headers=headers
-        )
+    refusal = await admission_refusal(call)
+    if refusal is not None:
+        return refusal
+    decision = call.decision
+    assert decision is not None
     # From here on the call goes to call.target, with call.payload naming it (a router has chosen).
     unchecked = _unguardable(call, route) if call.guardrails else None
     if unchecked:

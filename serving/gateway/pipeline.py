@@ -165,6 +165,7 @@ class Call:
     first_token_at: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int = 0
+    audio_seconds: int = 0  # the audio routes: seconds of audio the engine read (its usage)
     status_code: int = 200
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     payload: dict[str, Any] = field(default_factory=dict)  # the engine request, once translated
@@ -372,6 +373,8 @@ async def _write_usage(call: Call, finished: float) -> None:
         "router_choice": call.choice.chosen if call.choice is not None else "",
         "created_at": timezone.now().isoformat(),
     }
+    if call.audio_seconds:
+        record["audio_seconds"] = call.audio_seconds
     if call.interventions:  # which guardrail did what (never the matched text)
         record["guardrail_interventions"] = guardrail_step.records(call)
         guardrail_step.count(call)

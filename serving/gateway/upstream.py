@@ -13,7 +13,7 @@ import json
 import random
 import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -74,10 +74,12 @@ def order_replicas(endpoints: tuple[str, ...]) -> list[str]:
     return sorted(shuffled, key=lambda endpoint: _outstanding[endpoint])
 
 
-def _headers(endpoint: str) -> dict[str, str]:
+def _headers(endpoint: str, *, json_body: bool = True) -> dict[str, str]:
     """Local engines answer only the gateway (serving/local/engine_key.py); an engine started without a
-    key (on Kubernetes, walled off by a NetworkPolicy instead) ignores the header."""
-    return {"content-type": "application/json", "authorization": f"Bearer {engine_key(endpoint)}"}
+    key (on Kubernetes, walled off by a NetworkPolicy instead) ignores the header. A form's content type
+    (with its boundary) is aiohttp's to write."""
+    typed = {"content-type": "application/json"} if json_body else {}
+    return {**typed, "authorization": f"Bearer {engine_key(endpoint)}"}
 
 
 @dataclass
@@ -92,7 +94,12 @@ class Exchange:
 
 
 async def _send(
-    path: str, payload: dict[str, object], endpoints: tuple[str, ...], *, stream: bool
+    path: str,
+    payload: dict[str, object],
+    endpoints: tuple[str, ...],
+    *,
+    stream: bool,
+    form: Callable[[], aiohttp.FormData] | None = None,
 ) -> Exchange:
     if not endpoints:
         raise UpstreamError(503, "The deployment has no ready replica right now; try again shortly.")
@@ -102,7 +109,10 @@ async def _send(
         _outstanding[endpoint] += 1
         handed_over = False  # a stream's replica is released by `close`, everything else here
         try:
-            response = await client().post(f"{endpoint}{path}", data=body, headers=_headers(endpoint))
+            data, headers = (
+                (form(), _headers(endpoint, json_body=False)) if form else (body, _headers(endpoint))
+            )
+            response = await client().post(f"{endpoint}{path}", data=data, headers=headers)
             if stream:
                 handed_over = True
                 return Exchange(endpoint, response.status, response=response)
@@ -130,6 +140,22 @@ async def _send(
 async def call(path: str, payload: dict[str, object], endpoints: tuple[str, ...]) -> Exchange:
     """POST and read the whole answer."""
     return await _send(path, payload, endpoints, stream=False)
+
+
+async def call_form(
+    path: str, fields: dict[str, str], file: tuple[str, bytes, str], endpoints: tuple[str, ...]
+) -> Exchange:
+    """POST a multipart form (`fields`, and `file` as (name, content, content type)) and read the whole
+    answer: the audio routes."""
+
+    def form() -> aiohttp.FormData:  # one per attempt: a form is consumed as it is sent
+        data = aiohttp.FormData()
+        for name, value in fields.items():
+            data.add_field(name, value)
+        data.add_field("file", file[1], filename=file[0], content_type=file[2])
+        return data
+
+    return await _send(path, {}, endpoints, stream=False, form=form)
 
 
 async def open_stream(path: str, payload: dict[str, object], endpoints: tuple[str, ...]) -> Exchange:

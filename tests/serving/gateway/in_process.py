@@ -40,7 +40,14 @@ def carries_a_token(body: bytes) -> bool:
     return any(message.headers.get(":event-type") in ("contentBlockDelta", "chunk") for message in buffer)
 
 
-def post(path: str, body: Any, headers: Headers, *, leave_after_tokens: int | None = None) -> Answer:
+def post(
+    path: str,
+    body: Any,
+    headers: Headers,
+    *,
+    leave_after_tokens: int | None = None,
+    content_type: bytes = b"application/json",
+) -> Answer:
     """POST `body` (as JSON, or bytes as they are) to `path` and read the answer; with
     `leave_after_tokens`, go away as soon as that many tokens have arrived. Returns once the
     application is done and its metering written."""
@@ -75,7 +82,7 @@ def post(path: str, body: Any, headers: Headers, *, leave_after_tokens: int | No
         scope = {
             "type": "http", "method": "POST", "path": path, "query_string": b"", "scheme": "http",
             "server": ("localhost", 80), "client": ("127.0.0.1", 50000),
-            "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"), *headers],
+            "headers": [(b"host", b"localhost"), (b"content-type", content_type), *headers],
         }  # fmt: skip
         await application(scope, receive, send)
         await pipeline.drain()
