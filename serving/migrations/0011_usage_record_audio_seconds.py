@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('serving', '0010_cost_rollup_triggers'),
+        ("serving", "0010_cost_rollup_triggers"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='usagerecord',
-            name='audio_seconds',
-            field=models.PositiveIntegerField(default=0, help_text='Seconds of audio the call transcribed or translated (the audio routes)'),
+            model_name="usagerecord",
+            name="audio_seconds",
+            field=models.PositiveIntegerField(
+                default=0, help_text="Seconds of audio the call transcribed or translated (the audio routes)"
+            ),
         ),
     ]
