@@ -12,7 +12,6 @@ to (the audio cannot be checked: a 400 rather than a call the guardrail never sa
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from typing import Any
@@ -116,18 +115,10 @@ async def _audio(request: HttpRequest, route: str) -> HttpResponse:
         return openai_error(400, message, param="file", headers=pipeline.answer_headers(call))
     # The engine reads the deployment's name in `model`, whichever name (a router's) the caller used.
     engine_fields = {**fields, "model": str(call.payload.get("model", model))}
-    try:
-        exchange = await upstream.call_form(
-            openai_api.PATHS[route], engine_fields, file, call.target.endpoints
-        )
-    except upstream.UpstreamError as error:
-        call.status_code = error.status
-        await pipeline.finish(call)
-        return openai_error(error.status, error.message, headers=pipeline.answer_headers(call))
-    except asyncio.CancelledError:  # the caller went away: what was admitted is still metered
-        call.status_code = pipeline.CLIENT_CLOSED
-        await pipeline.finish(call)
-        raise
+    sent = upstream.call_form(openai_api.PATHS[route], engine_fields, file, call.target.endpoints)
+    exchange = await openai_api.exchanged(call, sent)
+    if isinstance(exchange, HttpResponse):
+        return exchange
     call.status_code = exchange.status
     if exchange.status == 200:
         call.prompt_tokens = call.prompt_tokens or 0
@@ -135,9 +126,7 @@ async def _audio(request: HttpRequest, route: str) -> HttpResponse:
     await pipeline.finish(call)
     content_type = exchange.headers.get("Content-Type", "application/json")
     response = HttpResponse(exchange.body, status=exchange.status, content_type=content_type)
-    assert call.decision is not None
-    for name, value in {**call.decision.headers(), **pipeline.answer_headers(call)}.items():
-        response[name] = value
+    openai_api.with_call_headers(response, call)
     return response
 
 

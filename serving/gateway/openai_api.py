@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from serving.gateway import guardrails, pipeline, request_fields, routers, scoring, upstream
@@ -124,6 +125,32 @@ async def admission_refusal(call: pipeline.Call) -> HttpResponse | None:
     )
 
 
+async def exchanged(
+    call: pipeline.Call, sent: Awaitable[upstream.Exchange]
+) -> upstream.Exchange | HttpResponse:
+    """The engine's answer to the call (`sent`: the upstream request), or, when none came, the error
+    answer; the call is metered either way (a caller who went away, as CLIENT_CLOSED)."""
+    try:
+        return await sent
+    except upstream.UpstreamError as error:
+        call.status_code = error.status
+        await pipeline.finish(call)
+        return openai_error(error.status, error.message, headers=pipeline.answer_headers(call))
+    except asyncio.CancelledError:  # the caller went away: what was admitted is still metered
+        call.status_code = pipeline.CLIENT_CLOSED
+        await pipeline.finish(call)
+        raise
+
+
+def with_call_headers(response: HttpResponseBase, call: pipeline.Call) -> HttpResponseBase:
+    """`response` with the headers every answer of an admitted call carries (its limits, request id,
+    router)."""
+    assert call.decision is not None
+    for name, value in {**call.decision.headers(), **pipeline.answer_headers(call)}.items():
+        response[name] = value
+    return response
+
+
 async def _invoke(request: HttpRequest, route: str) -> HttpResponse | StreamingHttpResponse:
     caller = await caller_of(request, route)
     if isinstance(caller, HttpResponse):
@@ -163,8 +190,6 @@ async def invoke_as(
     refusal = await admission_refusal(call)
     if refusal is not None:
         return refusal
-    decision = call.decision
-    assert decision is not None
     # From here on the call goes to call.target, with call.payload naming it (a router has chosen).
     unchecked = _unguardable(call, route) if call.guardrails else None
     if unchecked:
@@ -175,16 +200,9 @@ async def invoke_as(
         return await _blocked_input(call, route)
     if streamed:
         return await _stream(call, route, call.payload)
-    try:
-        exchange = await upstream.call(ENGINE_PATHS[route], call.payload, call.target.endpoints)
-    except upstream.UpstreamError as error:
-        call.status_code = error.status
-        await pipeline.finish(call)
-        return openai_error(error.status, error.message, headers=pipeline.answer_headers(call))
-    except asyncio.CancelledError:  # the caller went away: what was admitted is still metered
-        call.status_code = pipeline.CLIENT_CLOSED
-        await pipeline.finish(call)
-        raise
+    exchange = await exchanged(call, upstream.call(ENGINE_PATHS[route], call.payload, call.target.endpoints))
+    if isinstance(exchange, HttpResponse):
+        return exchange
     call.status_code = exchange.status
     body = exchange.body
     if exchange.status == 200 or call.log is not None or call.guardrails:
@@ -194,8 +212,7 @@ async def invoke_as(
             body = json.dumps(answer).encode()
     await pipeline.finish(call)
     response = HttpResponse(body, status=exchange.status, content_type="application/json")
-    for name, value in {**decision.headers(), **pipeline.answer_headers(call)}.items():
-        response[name] = value
+    with_call_headers(response, call)
     return response
 
 
@@ -238,9 +255,7 @@ async def _blocked_input(call: pipeline.Call, route: str) -> HttpResponse:
             call.answer = answer
         response = HttpResponse(json.dumps(answer), content_type="application/json")
     await pipeline.finish(call)
-    assert call.decision is not None
-    for name, value in {**call.decision.headers(), **pipeline.answer_headers(call)}.items():
-        response[name] = value
+    with_call_headers(response, call)
     return response
 
 
@@ -318,9 +333,7 @@ async def _stream(
     response = pipeline.stream_response(call, exchange, relay(), "text/event-stream", checks)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    assert call.decision is not None
-    for name, value in {**call.decision.headers(), **pipeline.answer_headers(call)}.items():
-        response[name] = value
+    with_call_headers(response, call)
     return response
 
 
