@@ -109,7 +109,7 @@ class GroupsInNodeIds:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        if not config.getvalue("loadgroup"):
+        if not config.getoption("loadgroup", default=False):  # set on xdist's workers only
             return
         for item in items:
             names = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group") if mark.args})

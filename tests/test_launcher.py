@@ -220,32 +220,45 @@ def test_each_test_process_gets_a_redis_server_of_its_own(tmp_path: Path) -> Non
     assert len(urls) == 2 and os.environ.get("REDIS_URL") not in urls
 
 
-def test_a_slow_modules_tests_run_on_one_test_process(tmp_path: Path) -> None:
-    """`--dist loadgroup` keeps a slow module's tests together (its module fixtures start once), and the
-    others still spread over both processes."""
-    (tmp_path / "test_slow.py").write_text(
-        "import os, pytest\n"
-        "pytestmark = pytest.mark.slow\n"
-        "@pytest.mark.parametrize('n', range(8))\n"
-        "def test_slow(n):\n"
-        "    open(os.environ['OUT'] + f'slow-{n}', 'w').write(os.environ['PYTEST_XDIST_WORKER'])\n"
-    )
-    (tmp_path / "test_quick.py").write_text(
+NOTE = (  # what each test of the generated modules calls: the test's name, in its process's file
+    "def note(name):\n"
+    "    with open(os.environ['OUT'] + os.environ['PYTEST_XDIST_WORKER'], 'a') as f:\n"
+    "        f.write(name + '\\n')\n"
+)
+
+
+def test_a_slow_modules_tests_run_on_one_test_process_in_the_collections_order(tmp_path: Path) -> None:
+    """With the README command's arguments, a slow module's tests stay together (its module fixtures
+    start once), the others still spread over both processes, and each process runs its tests in the
+    collection's order: a big group collected last (as transactional tests are) never runs before the
+    single tests collected ahead of it, whose catalog its flush would empty."""
+    from marketplace.launcher import parallel_arguments
+
+    (tmp_path / "test_1_quick.py").write_text(
         "import os, pytest, time\n"
         "@pytest.mark.parametrize('n', range(8))\n"
         "def test_quick(n):\n"
         "    time.sleep(0.2)\n"
-        "    open(os.environ['OUT'] + f'quick-{n}', 'w').write(os.environ['PYTEST_XDIST_WORKER'])\n"
+        "    note(f'quick-{n}')\n" + NOTE
+    )
+    (tmp_path / "test_2_slow.py").write_text(
+        "import os, pytest\n"
+        "pytestmark = pytest.mark.slow\n"
+        "@pytest.mark.parametrize('n', range(8))\n"
+        "def test_slow(n):\n"
+        "    note(f'slow-{n}')\n" + NOTE
     )
     environment = {**os.environ, "OUT": str(tmp_path / "ran-"), "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.parallel", "-n", "2", "--dist", "loadgroup",
-         "-p", "no:django", "-p", "no:cacheprovider", "-q", "-m", "slow or not slow", "-o",
-         "markers=slow", "test_slow.py", "test_quick.py"],
+        [sys.executable, "-m", "pytest", *parallel_arguments([]), "-p", "no:django", "-p", "no:cacheprovider",
+         "-q", "-m", "slow or not slow", "-o", "markers=slow", "test_1_quick.py", "test_2_slow.py"],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
-    slow = {path.read_text() for path in tmp_path.glob("ran-slow-*")}
-    quick = {path.read_text() for path in tmp_path.glob("ran-quick-*")}
-    assert len(list(tmp_path.glob("ran-slow-*"))) == 8 and len(slow) == 1
-    assert quick == {"gw0", "gw1"}
+    ran = {path.name[4:]: path.read_text().split() for path in tmp_path.glob("ran-*")}
+    assert set(ran) == {"gw0", "gw1"}
+    slow = [worker for worker, names in ran.items() if any(name.startswith("slow") for name in names)]
+    assert len(slow) == 1 and len([name for name in ran[slow[0]] if name.startswith("slow")]) == 8
+    for names in ran.values():
+        kinds = [name.split("-")[0] for name in names]
+        assert kinds == sorted(kinds), names  # every quick test before any slow one
