@@ -125,8 +125,8 @@ def _embedded_valkey(folder: Path, *, persist: bool) -> Iterator[str]:
 
         def stop(self, timeout: float = 5.0) -> None:
             if not self.stopped:
-                self.stopped = True
                 super().stop(timeout)
+                self.stopped = True  # only once it has stopped: an interrupted stop is tried again
 
     server = OnceStopped(data_dir=str(folder), persist=persist, config=config)
     server.start(timeout=60)  # a loaded machine can take longer than the default 10 s

@@ -6,14 +6,17 @@ limit, GATEWAY_MAX_BODY_BYTES) and `model` (a deployment's name), and optionally
 `prompt`, `response_format` (json, text, srt, verbose_json, vtt) and `temperature`. Anything else is a 400
 naming the field, as on the JSON routes. The gateway sends the engine a form of its own with only those
 fields. Keys, limits, routes by capability and error format are those of every route; the usage record
-holds the seconds of audio the engine read (its usage, `{"type": "duration", "seconds": …}`), besides
-tokens. Not offered yet: streamed transcriptions (a 400 naming `stream`), and calls that guardrails apply
-to (the audio cannot be checked: a 400 rather than a call the guardrail never saw)."""
+holds the seconds of audio the engine read (its usage, `{"type": "duration", "seconds": …}`, or
+verbose_json's `duration`; where it says neither, a WAV file's length from its header), besides the
+prompt's tokens. Not offered yet: streamed transcriptions (a 400 naming `stream`), and calls that
+guardrails apply to (the audio cannot be checked: a 400 rather than a call the guardrail never saw)."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import wave
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -121,8 +124,7 @@ async def _audio(request: HttpRequest, route: str) -> HttpResponse:
         return exchange
     call.status_code = exchange.status
     if exchange.status == 200:
-        call.prompt_tokens = call.prompt_tokens or 0
-        call.audio_seconds = _seconds(exchange.body)
+        call.audio_seconds = _seconds(exchange.body) or _wave_seconds(file[1])
     await pipeline.finish(call)
     content_type = exchange.headers.get("Content-Type", "application/json")
     response = HttpResponse(exchange.body, status=exchange.status, content_type=content_type)
@@ -131,17 +133,31 @@ async def _audio(request: HttpRequest, route: str) -> HttpResponse:
 
 
 def _seconds(body: bytes) -> int:
-    """The seconds of audio the engine says it read (its JSON answer's usage); 0 for the text formats,
-    which carry no usage."""
+    """The seconds of audio the engine says it read: its JSON answer's usage, or verbose_json's
+    `duration`; 0 where it says neither (the text formats, translations)."""
     try:
-        usage: Any = json.loads(body).get("usage")
-    except (ValueError, UnicodeDecodeError, AttributeError):
+        answer: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
         return 0
-    if isinstance(usage, dict) and usage.get("type") == "duration":
-        seconds = usage.get("seconds")
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
-            return round(seconds)
+    if not isinstance(answer, dict):
+        return 0
+    usage = answer.get("usage")
+    seconds = usage.get("seconds") if isinstance(usage, dict) and usage.get("type") == "duration" else None
+    if seconds is None:
+        seconds = answer.get("duration")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+        return math.ceil(seconds)
     return 0
+
+
+def _wave_seconds(audio: bytes) -> int:
+    """A WAV file's length from its header, where the engine said none; 0 for other formats."""
+    try:
+        with wave.open(io.BytesIO(audio)) as sound:
+            rate = sound.getframerate()
+            return math.ceil(sound.getnframes() / rate) if rate else 0
+    except (wave.Error, EOFError, ValueError):
+        return 0
 
 
 @csrf_exempt

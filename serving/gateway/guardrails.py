@@ -183,7 +183,9 @@ def _rewrite_part(part: Any, rewrite: Rewrite) -> Any:
             return {**part, "content": _rewrite_content(part["content"], rewrite)}
         # the Responses API's input items: a function call's arguments, and what the function returned
         changed = {
-            key: rewrite(part[key]) for key in ("arguments", "output") if isinstance(part.get(key), str)
+            key: rewrite(part[key])
+            for key in ("arguments", "input", "output")
+            if isinstance(part.get(key), str)
         }
         if changed:
             return {**part, **changed}
@@ -320,7 +322,7 @@ def _choice_texts(answer: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
             add(choice, "text")
     for item in answer.get("output") or ():  # the Responses API
         if isinstance(item, dict):
-            add(item, "arguments")  # a function call
+            add(item, "arguments", "input", "code")  # a function, custom tool, MCP or code interpreter call
             for part in [*(item.get("content") or ()), *(item.get("summary") or ())]:
                 add(part, "text")
     return found
@@ -386,6 +388,23 @@ def _tool_call_delta(position: int, tool: dict[str, Any]) -> dict[str, Any]:
     return {"index": position, **ids, "function": {**function, "arguments": tool["arguments"]}}
 
 
+# The Responses API's streamed texts held whole until their .done event: by the .done event's type, the
+# field that holds the whole text; their deltas; and, by an output item's type, its .done event and field.
+HELD_RESPONSE_TEXTS = {
+    "response.reasoning_text.done": "text",
+    "response.function_call_arguments.done": "arguments",
+    "response.custom_tool_call_input.done": "input",
+    "response.mcp_call_arguments.done": "arguments",
+    "response.code_interpreter_call_code.done": "code",
+}
+HELD_RESPONSE_DELTAS = frozenset(kind.replace(".done", ".delta") for kind in HELD_RESPONSE_TEXTS)
+HELD_ITEM_FIELDS = {
+    "function_call": ("response.function_call_arguments.done", "arguments"),
+    "custom_tool_call": ("response.custom_tool_call_input.done", "input"),
+    "mcp_call": ("response.mcp_call_arguments.done", "arguments"),
+    "code_interpreter_call": ("response.code_interpreter_call_code.done", "code"),
+}
+
 REASONING_KEYS = ("reasoning_content", "reasoning")
 HELD_KEYS = (*REASONING_KEYS, "tool_calls")
 
@@ -414,6 +433,7 @@ class StreamCheck:
         self._sent: dict[tuple[Any, Any], str] = {}
         self._whole: dict[tuple[Any, ...], str] = {}
         self._response_head: dict[str, Any] = {}
+        self._sequence = 0
 
     def _chain(self, index: Any) -> list[guardrails.StreamGuard]:
         chain = self._chains.get(index)
@@ -611,7 +631,15 @@ class StreamCheck:
 
     async def rewrite_event(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The events to send for one event of a streamed Responses API answer (after a block: a last
-        `response.incomplete` whose reason says why, and nothing more)."""
+        `response.incomplete` whose reason says why, and nothing more), numbered in the order they are
+        sent (what is held leaves no gap, what is added no repeat)."""
+        events = await self._rewrite_event(event)
+        for sent in events:
+            sent["sequence_number"] = self._sequence
+            self._sequence += 1
+        return events
+
+    async def _rewrite_event(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         if self.blocked is not None:
             return []
         kind = event.get("type")
@@ -636,10 +664,10 @@ class StreamCheck:
                 return [whole]
             rest = {k: v for k, v in event.items() if k != "text"}
             return [{**rest, "type": "response.output_text.delta", "delta": released}, whole]
-        if kind in ("response.reasoning_text.delta", "response.function_call_arguments.delta"):
+        if kind in HELD_RESPONSE_DELTAS:
             return []  # held: checked whole at its .done event
-        if kind in ("response.reasoning_text.done", "response.function_call_arguments.done"):
-            field = "text" if kind == "response.reasoning_text.done" else "arguments"
+        if kind in HELD_RESPONSE_TEXTS:
+            field = HELD_RESPONSE_TEXTS[kind]
             checked = self._checked_whole(str(event.get(field) or ""))
             if self.blocked is not None:
                 return [self._incomplete(event)]
@@ -650,13 +678,16 @@ class StreamCheck:
         if kind == "response.content_part.done" and isinstance(event.get("part"), dict):
             return [{**event, "part": self._part_as_sent(event["part"], key)}]
         if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
-            return [{**event, "item": self._item_as_sent(event["item"], event.get("output_index", 0))}]
+            item = self._item_as_sent(event["item"], event.get("output_index", 0))
+            return [self._incomplete(event)] if self.blocked is not None else [{**event, "item": item}]
         if kind in ("response.completed", "response.incomplete") and isinstance(event.get("response"), dict):
             response = event["response"]
             items = [
                 self._item_as_sent(item, position)
                 for position, item in enumerate(response.get("output") or ())
             ]
+            if self.blocked is not None:
+                return [self._incomplete(event)]
             return [{**event, "response": {**response, "output": items}}]
         return [event]
 
@@ -689,9 +720,12 @@ class StreamCheck:
                 self._part_as_sent(part, (output_index, position)) if isinstance(part, dict) else part
                 for position, part in enumerate(item["content"])
             ]
-        arguments = self._whole.get(("response.function_call_arguments.done", output_index, 0))
-        if item.get("type") == "function_call" and arguments is not None:
-            changed["arguments"] = arguments
+        held = HELD_ITEM_FIELDS.get(str(item.get("type")))
+        if held is not None and isinstance(item.get(held[1]), str):
+            done, field = held
+            if (done, output_index, 0) not in self._whole:  # a text the stream never sent on its own
+                self._whole[(done, output_index, 0)] = self._checked_whole(item[field])
+            changed[field] = self._whole[(done, output_index, 0)]
         return changed
 
     def _incomplete(self, event: dict[str, Any]) -> dict[str, Any]:

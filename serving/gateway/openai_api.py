@@ -288,7 +288,9 @@ async def _stream(
         try:
             async for event in upstream.events(exchange):
                 chunk = pipeline.read_chunk(event)
-                if checks is not None and responses and chunk is not None:
+                if checks is not None and responses:
+                    if chunk is None:  # not a JSON event: nothing the guardrails read leaves unread
+                        continue
                     # the guardrails' output checks, on the Responses API's typed events
                     for checked in await checks.rewrite_event(chunk):
                         if checked.get("type") in pipeline.RESPONSE_DELTAS:

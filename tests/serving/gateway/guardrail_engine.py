@@ -18,8 +18,9 @@ def _event(body: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def _response_events(pieces: list[str]) -> list[bytes]:
-    """A streamed Responses API answer saying `pieces`, with the engine's events (`event:` and `data:`)."""
+def _response_events(pieces: list[str], tool_input: list[str] | None = None) -> list[bytes]:
+    """A streamed Responses API answer saying `pieces` (then, with `tool_input`, calling a custom tool
+    with that input in pieces), with the engine's events (`event:` and `data:`)."""
     text = "".join(pieces)
     response = {"id": "resp-1", "object": "response", "created_at": 1, "model": "standin", "output": []}
     part = {"type": "output_text", "text": "", "annotations": []}
@@ -35,9 +36,23 @@ def _response_events(pieces: list[str]) -> list[bytes]:
         {"type": "response.output_text.done", **place, "text": text},
         {"type": "response.content_part.done", **place, "part": done_part},
         {"type": "response.output_item.done", "output_index": 0, "item": done_item},
-        {"type": "response.completed", "response": {**response, "status": "completed", "output": [done_item],
-         "usage": {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}}},
     ]  # fmt: skip
+    output = [done_item]
+    if tool_input:
+        tool = {"type": "custom_tool_call", "id": "ctc-1", "call_id": "call-1", "name": "note", "input": ""}
+        done_tool = {**tool, "input": "".join(tool_input)}
+        events += [
+            {"type": "response.output_item.added", "output_index": 1, "item": tool},
+            *({"type": "response.custom_tool_call_input.delta", "item_id": "ctc-1", "output_index": 1,
+               "delta": piece} for piece in tool_input),
+            {"type": "response.custom_tool_call_input.done", "item_id": "ctc-1", "output_index": 1,
+             "input": done_tool["input"]},
+            {"type": "response.output_item.done", "output_index": 1, "item": done_tool},
+        ]  # fmt: skip
+        output.append(done_tool)
+    usage = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}
+    completed = {**response, "status": "completed", "output": output, "usage": usage}
+    events.append({"type": "response.completed", "response": completed})
     return [
         f"event: {event['type']}\n".encode() + _event({**event, "sequence_number": number})
         for number, event in enumerate(events)
@@ -64,7 +79,8 @@ class GuardedEngine(BaseHTTPRequestHandler):
             GuardedEngine.received.append((self.path, payload))
         text, chat = "".join(GuardedEngine.pieces), self.path == "/v1/chat/completions"
         if self.path == "/v1/responses" and payload.get("stream"):
-            self._send("text/event-stream", b"".join(_response_events(GuardedEngine.pieces)))
+            events = _response_events(GuardedEngine.pieces, GuardedEngine.tool_pieces)
+            self._send("text/event-stream", b"".join(events))
             return
         if payload.get("stream"):
             head = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": "standin"}

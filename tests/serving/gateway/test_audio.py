@@ -6,12 +6,15 @@ take, a deployment that cannot transcribe, another organisation's key."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
 import uuid
+import wave
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import openai
 import pytest
@@ -33,11 +36,13 @@ AUDIO = b"RIFF" + bytes(range(256)) * 40  # what the engine must receive, byte f
 
 class SpeechEngine(BaseHTTPRequestHandler):
     received: list[tuple[str, str, bytes]] = []  # (path, content type, body)
+    usage: dict[str, Any] | None = {"type": "duration", "seconds": 3}
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         SpeechEngine.received.append((self.path, self.headers["content-type"], body))
-        answer = json.dumps({"text": "Hallo Welt", "usage": {"type": "duration", "seconds": 3}}).encode()
+        usage = {"usage": SpeechEngine.usage} if SpeechEngine.usage else {}
+        answer = json.dumps({"text": "Hallo Welt", **usage}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(answer)))
@@ -50,7 +55,7 @@ class SpeechEngine(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def engine() -> Iterator[str]:
-    SpeechEngine.received = []
+    SpeechEngine.received, SpeechEngine.usage = [], {"type": "duration", "seconds": 3}
     server = ThreadingHTTPServer(("127.0.0.1", 0), SpeechEngine)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -116,16 +121,23 @@ def test_the_openai_client_transcribes_through_the_gateway_and_the_audio_seconds
     assert (record.route, record.audio_seconds, record.status_code) == ("audio.transcriptions", 3, 200)
 
 
-def test_the_openai_client_translates_through_the_gateway(
+def test_the_openai_client_translates_through_the_gateway_and_a_wav_files_length_is_metered(
     gateway_url: str, speaker: tuple[Organization, str]
 ) -> None:
-    _, secret = speaker
+    organization, secret = speaker
+    SpeechEngine.usage = None  # the engine's translations carry no usage
     client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=secret, max_retries=0, timeout=60)
-    assert (
-        client.audio.translations.create(model="whisper", file=("hi.wav", AUDIO, "audio/wav")).text
-        == "Hallo Welt"
-    )
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as sound:  # 2.5 s of silence, 16 kHz mono
+        sound.setnchannels(1)
+        sound.setsampwidth(2)
+        sound.setframerate(16000)
+        sound.writeframes(bytes(2 * 40000))
+    answer = client.audio.translations.create(model="whisper", file=("hi.wav", wav.getvalue(), "audio/wav"))
+    assert answer.text == "Hallo Welt"
     assert [path for path, _, _ in SpeechEngine.received] == ["/v1/audio/translations"]
+    [record] = metered(organization, 1)
+    assert (record.route, record.audio_seconds) == ("audio.translations", 3)
 
 
 @pytest.mark.parametrize(

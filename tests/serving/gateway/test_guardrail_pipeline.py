@@ -272,6 +272,24 @@ def test_a_streamed_responses_answer_is_masked_in_its_deltas_and_in_every_whole_
     assert completed["response"]["output"][0]["content"][0]["text"] == masked
 
 
+def test_a_streamed_responses_custom_tool_calls_input_arrives_whole_and_masked(
+    guardrail: Guardrail, key: tuple[ApiKey, str]
+) -> None:
+    GuardedEngine.pieces, GuardedEngine.tool_pieces = (
+        ["Noting."],
+        [f"write to {EMAIL[:6]}", f"{EMAIL[6:]} soon"],
+    )
+    body = {"model": "chat", "input": "Note it", "stream": True}
+    answer = post("/v1/responses", body, key_headers(key[1]))
+    events = responses_events(answer.body)
+    assert EMAIL[:6] not in answer.body.decode()
+    [done] = [e for e in events if e["type"] == "response.custom_tool_call_input.done"]
+    [completed] = [e for e in events if e["type"] == "response.completed"]
+    assert done["input"] == "write to [EMAIL] soon"
+    assert completed["response"]["output"][1]["input"] == "write to [EMAIL] soon"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
 def test_a_streamed_responses_answer_that_turns_blocked_ends_incomplete_for_content_filter(
     guardrail: Guardrail, key: tuple[ApiKey, str]
 ) -> None:
