@@ -81,6 +81,7 @@ ERROR_ANSWERS: dict[str, tuple[str, str]] = {
         "or a page past the last.",
     ),
     "409": ("Error", "Conflicts with a change made at the same time; reload and try again."),
+    "415": ("Error", "The body's media type is not one this operation reads: send JSON."),
     "429": ("Error", "Too many requests; try again after `Retry-After` seconds."),
 }
 WRITES = {"post", "put", "patch", "delete"}
@@ -91,14 +92,16 @@ HEADERS = {
 
 
 def error_statuses(method: str, operation: dict[str, Any]) -> list[str]:
-    """Which error answers an operation can give: 409 only for writes, 403 only when it needs a caller
-    (a public operation, one whose security allows no credentials, refuses nobody once they are
-    valid)."""
+    """Which error answers an operation can give: 409 only for writes, 415 only where a body is read,
+    403 only when it needs a caller (a public operation, one whose security allows no credentials,
+    refuses nobody once they are valid)."""
     public = {} in operation.get("security", [])
     return [
         status
         for status in ERROR_ANSWERS
-        if not (status == "409" and method not in WRITES) and not (status == "403" and public)
+        if not (status == "409" and method not in WRITES)
+        and not (status == "415" and "requestBody" not in operation)
+        and not (status == "403" and public)
     ]
 
 
@@ -129,7 +132,7 @@ def document_organization_filter(result: dict[str, Any], generator: Any, **kwarg
 
 def document_error_answers(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: every operation documents its error answers (400 with field
-    errors, 401, 403, 404, 409, 429), so that clients generated from the schema handle them."""
+    errors, 401, 403, 404, 409, 415, 429), so that clients generated from the schema handle them."""
     result.setdefault("components", {}).setdefault("schemas", {}).update(ERROR_SCHEMAS)
     for path_item in result.get("paths", {}).values():
         for method, operation in path_item.items():

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.urls import URLPattern
 
-from serving.gateway import request_fields, scoring
+from serving.gateway import audio_api, request_fields, scoring
 
 OPENAI_TAG, BEDROCK_TAG, METRICS_TAG = "Invoke: OpenAI-compatible", "Invoke: Bedrock-compatible", "Metrics"
 SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}]
@@ -150,6 +150,45 @@ def _openai(route: str, summary: str, example: dict[str, Any], streams: bool) ->
     }
 
 
+def _audio(route: str, summary: str) -> dict[str, Any]:
+    """An audio route: a multipart form of exactly the fields the gateway forwards (audio_api.FIELDS)."""
+    fields: dict[str, Any] = {name: {"type": "string"} for name in sorted(audio_api.FIELDS[route])}
+    return {
+        "post": {
+            "tags": [OPENAI_TAG],
+            "summary": summary,
+            "description": (
+                "As OpenAI's audio API (`client.audio.transcriptions.create`), for a deployment of a speech "
+                "recognition card, with an API key of its organisation. The usage record keeps the seconds "
+                "of audio the engine read. Not streamed; refused (400) where a guardrail applies."
+            ),
+            "security": SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "description": "Only these fields are accepted; `file` within the body limit.",
+                            "properties": {"file": {"type": "string", "format": "binary"}, **fields},
+                            "required": ["file", "model"],
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The engine's answer: `{text, usage}`, or the text format asked for.",
+                    "headers": ANSWER_HEADERS,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **_errors("OpenAIError", _OPENAI_ERRORS),
+            },
+        }
+    }
+
+
 def _bedrock(summary: str, body: dict[str, Any], streams: bool) -> dict[str, Any]:
     content_type = "application/vnd.amazon.eventstream" if streams else "application/json"
     return {
@@ -227,6 +266,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         },
         False,
     ),
+    "openai-audio-transcriptions": _audio("audio.transcriptions", "Transcribe speech (OpenAI's audio API)"),
+    "openai-audio-translations": _audio("audio.translations", "Translate speech into English text"),
     "openai-models": {
         "get": {
             "tags": [OPENAI_TAG],
