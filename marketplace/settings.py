@@ -130,6 +130,8 @@ try:
     GATEWAY_CONNECT_TIMEOUT = env.integer("GATEWAY_CONNECT_TIMEOUT", 3, minimum=1, maximum=60)
     GATEWAY_READ_TIMEOUT = env.integer("GATEWAY_READ_TIMEOUT", 300, minimum=1, maximum=3600)
     GATEWAY_MAX_BODY_BYTES = env.integer("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+    # The largest image, video or audio sent inline in a chat or Responses request, decoded.
+    GATEWAY_MAX_MEDIA_BYTES = env.integer("GATEWAY_MAX_MEDIA_BYTES", 2 * 1024 * 1024, minimum=1024)
     USAGE_FLUSH_INTERVAL_SECONDS = env.integer("USAGE_FLUSH_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
     # Where a gateway process keeps the usage records Redis could not take, until it can.
     GATEWAY_SPOOL_DIR = env.string("GATEWAY_SPOOL_DIR", str(Path(DATA_DIR) / "usage-spool"))

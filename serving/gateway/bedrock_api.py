@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from learning import guardrails as policies
 from serving.gateway import bedrock, guardrails, pipeline, routers, upstream
 from serving.gateway.errors import bedrock_error, key_refusal
-from serving.gateway.openai_api import BodyTooLarge, read_body, read_json
+from serving.gateway.openai_api import BodyTooLarge, media_refusal, read_body, read_json
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 Answer = TypeVar("Answer", HttpResponse, StreamingHttpResponse)
@@ -58,6 +58,9 @@ async def _prepare(
             return bedrock_error(resolved.status, resolved.message)
         return bedrock_error(404, f"The model {model_id} does not exist or you do not have access to it.")
     target, router = resolved
+    unreadable = media_refusal("chat.completions", payload, target)  # every Bedrock route sends a chat
+    if unreadable:
+        return bedrock_error(400, unreadable[1])
     call = pipeline.Call(
         caller=caller,
         target=target,

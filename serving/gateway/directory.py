@@ -74,6 +74,7 @@ class Target:
     model_slug: str
     endpoints: tuple[str, ...]
     routes: tuple[str, ...]  # the invoke routes its model serves (ModelCard.routes, choices.ROUTES names)
+    modalities_in: tuple[str, ...] = ("text",)  # what its model reads (ModelCard.modalities_in)
 
 
 @dataclass(frozen=True)
@@ -442,6 +443,7 @@ def _load_targets(organization_id: int) -> dict[str, Target]:
             model_slug=row.model_card.slug,
             endpoints=tuple(row.endpoints),
             routes=row.model_card.routes,
+            modalities_in=tuple(row.model_card.modalities_in),
         )
         for row in rows
     }

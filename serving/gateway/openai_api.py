@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from serving.gateway import guardrails, pipeline, request_fields, routers, scoring, upstream
+from serving.gateway import guardrails, media, pipeline, request_fields, routers, scoring, upstream
 from serving.gateway.directory import Caller, Target
 from serving.gateway.errors import key_refusal, openai_error
 from serving.spec import POOLING_ROUTES
@@ -181,6 +181,9 @@ async def invoke_as(
             code="model_not_found",
         )
     target, router = resolved
+    unreadable = media_refusal(route, payload, target)
+    if unreadable:
+        return openai_error(400, unreadable[1], param=unreadable[0])
     streamed = bool(payload.get("stream")) and route not in POOLING_ROUTES
     call = pipeline.Call(
         caller=caller, target=target, route=route, model=model, streamed=streamed,
@@ -214,6 +217,18 @@ async def invoke_as(
     response = HttpResponse(body, status=exchange.status, content_type="application/json")
     with_call_headers(response, call)
     return response
+
+
+def media_refusal(route: str, payload: dict[str, Any], target: Target) -> tuple[str, str] | None:
+    """(param, message) when the request holds an image, video or audio the deployment must not be sent
+    (serving.gateway.media), checked before admission: nothing is spent on it. For a router, against the
+    candidate it is admitted under."""
+    if route not in media.CONTAINERS:
+        return None
+    limits = media.Limits(settings.GATEWAY_MAX_MEDIA_BYTES, frozenset(settings.ENGINE_MEDIA_DOMAINS))
+    return media.check(
+        route, payload, deployment=target.name, modalities_in=target.modalities_in, limits=limits
+    )
 
 
 def _unguardable(call: pipeline.Call, route: str) -> tuple[str, str] | None:

@@ -156,6 +156,7 @@ GATEWAY_CACHE_SECONDS: {{ .Values.config.gateway.cacheSeconds | int64 | quote }}
 GATEWAY_CONNECT_TIMEOUT: {{ .Values.config.gateway.connectTimeout | int64 | quote }}
 GATEWAY_READ_TIMEOUT: {{ .Values.config.gateway.readTimeout | int64 | quote }}
 GATEWAY_MAX_BODY_BYTES: {{ .Values.config.gateway.maxBodyBytes | int64 | quote }}
+GATEWAY_MAX_MEDIA_BYTES: {{ .Values.config.gateway.maxMediaBytes | int64 | quote }}
 GATEWAY_SPOOL_DIR: {{ .Values.config.gateway.spoolDir | quote }}
 GATEWAY_AUTH_FAILURES_PER_MINUTE: {{ .Values.config.gateway.authFailuresPerMinute | int64 | quote }}
 GATEWAY_ROUTER_MAX_QUEUE_PER_REPLICA: {{ .Values.config.gateway.routerMaxQueuePerReplica | int64 | quote }}
