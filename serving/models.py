@@ -82,6 +82,37 @@ class Deployment(models.Model):
         return f"{self.organization.slug}/{self.name}"
 
 
+class DeploymentAdapter(models.Model):
+    """A LoRA adapter served beside a deployment's own model, on the same engine: one base model's weights,
+    many adapters, each called through the gateway as `<deployment>:<name>` (a name no deployment or router
+    can have, so it never means two things). The adapter is a custom model registered on the weights the
+    deployment serves (serving.services.check_adapters)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="adapters")
+    # A live deployment's adapter cannot be deleted (marketplace.catalog.custom_models refuses); a deleted
+    # deployment's attachment goes with the adapter.
+    model_card = models.ForeignKey(ModelCard, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=40)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "name"], name="one_adapter_per_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.served_name
+
+    @property
+    def served_name(self) -> str:
+        return served_adapter_name(self.deployment.name, self.name)
+
+
+def served_adapter_name(deployment: str, adapter: str) -> str:
+    """What apps call an adapter served beside a deployment: `support:tickets`."""
+    return f"{deployment}:{adapter}"
+
+
 # Who acted, as a history entry names an entry nobody asked for (the reconciler, a budget's alert).
 PLATFORM = "the platform"
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum, prefetch_related_objects
 from django.utils import timezone
 from rest_framework import exceptions
 
@@ -26,8 +26,8 @@ from marketplace.catalog.choices import CustomModelSource
 from marketplace.catalog.models import CustomModel, InstanceType, ModelCard
 from marketplace.subscriptions.services import require_in_force, subscription_in_force
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
-from serving.models import Deployment, DeploymentEvent, UsageRecord
-from serving.spec import Autoscaling, DeploymentSpec, InstanceSpec, ModelSpec
+from serving.models import Deployment, DeploymentAdapter, DeploymentEvent, UsageRecord, served_adapter_name
+from serving.spec import LORA_RANKS, AdapterSpec, Autoscaling, DeploymentSpec, InstanceSpec, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,60 @@ def check_runnable_here(card: ModelCard, backend: str) -> None:
             "from a folder, in the engine `make engine` installs. Run `make engine` first, or deploy to a "
             "cluster with SERVING_BACKEND=kubernetes.",
         )
+
+
+# Adapters one engine serves beside its model: each holds GPU (or CPU) memory for a LoRA slot of the largest
+# rank, and vLLM batches them together up to --max-loras.
+MAX_ADAPTERS = 16
+# (the name apps call it by after `<deployment>:`, the adapter's card)
+AdapterChoice = tuple[str, ModelCard]
+
+
+def check_adapters(
+    organization: Organization, card: ModelCard, adapters: list[AdapterChoice], backend: str
+) -> list[AdapterChoice]:
+    """Adapters a deployment of `card` may serve beside it: the organisation's own LoRA adapters registered
+    on the weights the deployment serves (the card's, or, for an adapter's deployment, its base's), each
+    under a name of its own, at most MAX_ADAPTERS, at a rank vLLM serves; on this machine, still on disk."""
+    if len(adapters) > MAX_ADAPTERS:
+        raise _refuse(
+            "adapters", f"At most {MAX_ADAPTERS} adapters on one deployment; deploy the base again."
+        )
+    own = adapter_of(card)
+    weights = own.base if own is not None and own.base is not None else card
+    seen: set[str] = set()
+    for index, (name, adapter_card) in enumerate(adapters, start=1):
+        where = f"Adapter {index} ({name})"
+        if name in seen:
+            raise _refuse("adapters", f"{where}: two adapters are named {name}; give each its own name.")
+        seen.add(name)
+        adapter = adapter_of(adapter_card) if adapter_card.organization_id == organization.pk else None
+        if adapter is None:
+            raise _refuse(
+                "adapters",
+                f"{where}: {adapter_card.slug} is not one of your LoRA adapters; register one with "
+                'source "adapter" at /api/custom-models/.',
+            )
+        if adapter.base_id != weights.pk:
+            base = adapter.base.name if adapter.base is not None else "no base"
+            raise _refuse(
+                "adapters",
+                f"{where}: {adapter_card.name} was trained on {base}, and this deployment serves "
+                f"{weights.name}'s weights; deploy it on a deployment of {base}.",
+            )
+        if (adapter.lora_rank or 0) > max(LORA_RANKS):
+            raise _refuse("adapters", f"{where}: rank {adapter.lora_rank} is above {max(LORA_RANKS)}.")
+        if backend == Backend.LOCAL and not (Path(adapter.path) / "adapter_config.json").is_file():
+            raise _refuse(
+                "adapters", f"{where}: the adapter is no longer in {adapter.path}; copy it back first."
+            )
+    return adapters
+
+
+def _adapter_rows(deployment: Deployment, adapters: list[AdapterChoice]) -> None:
+    DeploymentAdapter.objects.bulk_create(
+        DeploymentAdapter(deployment=deployment, name=name, model_card=card) for name, card in adapters
+    )
 
 
 def resolve_tensor_parallel_size(
@@ -425,6 +479,7 @@ def create_deployment(
     engine_options: dict[str, Any],
     tensor_parallel_size: int | None = None,
     actor: Actor = None,
+    adapters: list[AdapterChoice] = [],  # noqa: B006 (read, never changed)
 ) -> Deployment:
     """Admit and save a deployment in PENDING, then provision it once the transaction commits. Its first
     history entry names `actor` (who asked: the person, or an API key), else `user`.
@@ -443,6 +498,7 @@ def create_deployment(
     engine_options = default_max_model_len(card, instance_type, tp, engine_options)
     check_scaling(scaling, backend)
     check_runnable_here(card, backend)
+    check_adapters(organization, card, adapters, backend)
     with transaction.atomic():
         reserved = check_quota(organization, instance_type=instance_type, max_replicas=scaling.max_replicas)
         require_subscribed(organization, card)  # again, now that unsubscribing waits for us
@@ -474,6 +530,7 @@ def create_deployment(
             status=DeploymentStatus.PENDING,
             status_message="Waiting for a worker to create the engine.",
         )
+        _adapter_rows(deployment, adapters)
         record(
             deployment,
             DeploymentStatus.PENDING,
@@ -572,10 +629,12 @@ def update_deployment(
     instance_type: InstanceType | None = None,
     engine_options: dict[str, Any] | None = None,
     tensor_parallel_size: int | None = None,
+    adapters: list[AdapterChoice] | None = None,
     actor: Actor = None,
 ) -> Deployment:
-    """Change what runs (engine options, instance type); the backend rolls it out as a new generation.
-    Refused while the model's subscription is not in force. The history entry names `actor`."""
+    """Change what runs (engine options, instance type, the adapters served beside the model); the backend
+    rolls it out as a new generation. Refused while the model's subscription is not in force. The history
+    entry names `actor`."""
     with transaction.atomic():
         row = (
             Deployment.objects.select_for_update()
@@ -601,12 +660,20 @@ def update_deployment(
         reserved = check_quota(
             row.organization, instance_type=new_instance, max_replicas=row.max_replicas, replacing=row
         )
-        if (new_instance.pk, tp, options) == (
+        served = [(adapter.name, adapter.model_card) for adapter in row.adapters.select_related("model_card")]
+        if adapters is not None:
+            check_adapters(row.organization, row.model_card, adapters, row.backend)
+        new_adapters = served if adapters is None else adapters
+        if (new_instance.pk, tp, options, _pairs(new_adapters)) == (
             row.instance_type_id,
             row.tensor_parallel_size,
             row.engine_options,
+            _pairs(served),
         ):
             return row  # nothing changes: no new generation, no rollout
+        if adapters is not None:
+            row.adapters.all().delete()
+            _adapter_rows(row, adapters)
         Deployment.objects.filter(pk=row.pk).update(
             instance_type=new_instance,
             tensor_parallel_size=tp,
@@ -625,6 +692,10 @@ def update_deployment(
         _enqueue("provision_deployment", row.pk)
     row.refresh_from_db()
     return row
+
+
+def _pairs(adapters: list[AdapterChoice]) -> list[tuple[str, int]]:
+    return sorted((name, card.pk) for name, card in adapters)
 
 
 def delete_deployment(deployment: Deployment, *, actor: Actor = None) -> Deployment:
@@ -654,6 +725,15 @@ def _adapter_fields(card: ModelCard) -> dict[str, Any]:
         "adapter_path": adapter.path,
         "adapter_rank": adapter.lora_rank or 0,
     }
+
+
+ADAPTERS = "adapters__model_card__custom_model"
+
+
+def served_adapters(deployment: Deployment) -> list[DeploymentAdapter]:
+    """The adapters served beside the model, read once per row (a page that shows them has them already)."""
+    prefetch_related_objects([deployment], ADAPTERS)
+    return list(deployment.adapters.all())
 
 
 def spec_for(deployment: Deployment) -> DeploymentSpec:
@@ -698,5 +778,13 @@ def spec_for(deployment: Deployment) -> DeploymentSpec:
             scale_down_window_seconds=deployment.scale_down_window_seconds,
         ),
         tensor_parallel_size=deployment.tensor_parallel_size,
+        adapters=tuple(
+            AdapterSpec(
+                served_name=served_adapter_name(deployment.name, adapter.name),
+                path=adapter.model_card.custom_model.path,
+                rank=adapter.model_card.custom_model.lora_rank or 0,
+            )
+            for adapter in served_adapters(deployment)
+        ),
         engine_options=options,
     )

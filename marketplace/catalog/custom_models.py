@@ -22,6 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
@@ -369,10 +370,11 @@ def delete_custom_model(custom: CustomModel) -> None:
     with transaction.atomic():
         card = ModelCard.every_card.select_for_update().get(pk=custom.card_id)
         names = list(
-            Deployment.objects.filter(model_card=card)
+            Deployment.objects.filter(Q(model_card=card) | Q(adapters__model_card=card))
             .exclude(status=DeploymentStatus.DELETED)
             .order_by("name")
             .values_list("name", flat=True)
+            .distinct()
         )
         if names:
             raise Conflict(

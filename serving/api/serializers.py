@@ -63,6 +63,26 @@ class ScalingSerializer(serializers.Serializer[Deployment]):
         )
 
 
+class AdapterSerializer(serializers.Serializer[dict[str, Any]]):
+    """A LoRA adapter to serve beside the deployment's model, called `<deployment>:<name>`."""
+
+    name = serializers.RegexField(
+        DNS_LABEL,
+        max_length=40,
+        help_text="Lowercase letters, digits and hyphens; apps call `<deployment>:<name>`",
+    )
+    model = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=ModelCard.every_card.select_related("custom_model"),
+        help_text="The slug of one of your custom models registered as a LoRA adapter on the deployment's "
+        "weights",
+    )
+
+
+def adapter_choices(adapters: list[dict[str, Any]]) -> list[services.AdapterChoice]:
+    return [(adapter["name"], adapter["model"]) for adapter in adapters]
+
+
 class DeploymentCreateSerializer(ScalingSerializer):
     organization = serializers.SlugField(required=False, help_text="Default: your only organisation")
     name = serializers.RegexField(
@@ -77,6 +97,12 @@ class DeploymentCreateSerializer(ScalingSerializer):
     max_replicas = serializers.IntegerField(min_value=1, max_value=64, default=1)
     tensor_parallel_size = serializers.IntegerField(min_value=1, max_value=64, required=False)
     engine_options = EngineOptionsSerializer(required=False, default=dict)
+    adapters = AdapterSerializer(
+        many=True,
+        required=False,
+        default=list,
+        help_text="LoRA adapters served by the same engine beside the model, each by its own name",
+    )
 
     def create_deployment(self, organization: Organization, user: Any) -> Deployment:
         """Admit and save the validated request (serving.services decides whether it may be)."""
@@ -91,6 +117,7 @@ class DeploymentCreateSerializer(ScalingSerializer):
             engine_options=data["engine_options"],
             tensor_parallel_size=data.get("tensor_parallel_size"),
             actor=user,
+            adapters=adapter_choices(data["adapters"]),
         )
 
 
@@ -104,13 +131,17 @@ class DeploymentUpdateSerializer(serializers.Serializer[Deployment]):
     )
     tensor_parallel_size = serializers.IntegerField(min_value=1, max_value=64, required=False)
     engine_options = EngineOptionsSerializer(required=False)
+    adapters = AdapterSerializer(
+        many=True, required=False, help_text="The adapters to serve from now on (all of them; [] for none)"
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
             raise serializers.ValidationError(
                 {
                     "non_field_errors": [
-                        "Change at least one of instance_type, tensor_parallel_size, engine_options."
+                        "Change at least one of instance_type, tensor_parallel_size, engine_options, "
+                        "adapters."
                     ]
                 }
             )
@@ -148,6 +179,9 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
         help_text="False: the model's subscription was cancelled or its changed license terms not yet "
         "accepted; the deployment is not served and cannot be scaled up or updated until they are"
     )
+    adapters = serializers.SerializerMethodField(
+        help_text="LoRA adapters served beside the model: `{name, model, served_name}`, called by served_name"
+    )
 
     class Meta:
         model = Deployment
@@ -158,7 +192,7 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
             "idle_seconds",
             "scale_up_window_seconds", "scale_down_window_seconds", "tensor_parallel_size", "engine_options",
             "reserved_gpus", "gpu_model", "generation", "observed_generation", "rolled_out",
-            "subscription_in_force", "created_at", "updated_at",
+            "subscription_in_force", "adapters", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -167,6 +201,12 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
 
     def get_rolled_out(self, deployment: Deployment) -> bool:
         return deployment.observed_generation == deployment.generation
+
+    def get_adapters(self, deployment: Deployment) -> list[dict[str, str]]:
+        return [
+            {"name": adapter.name, "model": adapter.model_card.slug, "served_name": adapter.served_name}
+            for adapter in deployment.adapters.all()
+        ]
 
     def get_subscription_in_force(self, deployment: Deployment) -> bool:
         """Annotated by the list and detail queries; looked up for a row fresh from a service."""

@@ -21,6 +21,7 @@ from serving.api.serializers import (
     DeploymentScaleSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
+    adapter_choices,
 )
 from serving.choices import Backend, DeploymentStatus
 from serving.models import Deployment
@@ -37,7 +38,9 @@ class DeploymentViewSet(
     listed with `?status=deleted`. A key limited to some deployments sees and acts on those only."""
 
     deployment_name_lookup = "name"
-    queryset = Deployment.objects.select_related("organization", "model_card", "instance_type")
+    queryset = Deployment.objects.select_related(
+        "organization", "model_card", "instance_type"
+    ).prefetch_related("adapters__model_card")
     filterset_fields = ["status", "backend"]
     ordering_fields = ["created_at", "name", "status"]
     ordering = ["-created_at"]
@@ -83,6 +86,7 @@ class DeploymentViewSet(
             instance_type=data.get("instance_type"),
             engine_options=data.get("engine_options"),
             tensor_parallel_size=data.get("tensor_parallel_size"),
+            adapters=None if "adapters" not in data else adapter_choices(data["adapters"]),
             actor=request.user,
         )
         return Response(DeploymentSerializer(deployment).data)

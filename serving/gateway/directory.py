@@ -36,7 +36,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio
@@ -51,7 +51,7 @@ from marketplace.accounts.models import API_KEY_PREFIX, ApiKey, Quota, hash_api_
 from marketplace.subscriptions.models import Subscription
 from serving.choices import DeploymentStatus
 from serving.gateway.limits import Limits, RateLimiter
-from serving.models import Deployment
+from serving.models import Deployment, served_adapter_name
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class Caller:
     logged: bool = True  # False for the platform's own calls (evaluations): kept out of invocation logs
 
     def may_call(self, name: str) -> bool:
-        return not self.allowed_deployments or name in self.allowed_deployments
+        """A key limited to some deployments may call them and the adapters served beside them."""
+        return not self.allowed_deployments or name.split(":", 1)[0] in self.allowed_deployments
 
 
 @dataclass(frozen=True)
@@ -429,15 +430,20 @@ def _load_targets(organization_id: int) -> dict[str, Target]:
     # A deployment whose model's subscription is not in force (cancelled, or changed license terms not
     # yet accepted) is no target: it answers 404 like any name the caller cannot call, until an owner or
     # admin accepts the terms (the REST API and the model's page say why).
-    rows = Deployment.objects.filter(
-        organization_id=organization_id,
-        status__in=(DeploymentStatus.READY, DeploymentStatus.UPDATING),
-        model_card__in=Subscription.objects.in_force()
-        .filter(organization_id=organization_id)
-        .values("model_card"),
-    ).select_related("model_card")
-    return {
-        row.name: Target(
+    rows = (
+        Deployment.objects.filter(
+            organization_id=organization_id,
+            status__in=(DeploymentStatus.READY, DeploymentStatus.UPDATING),
+            model_card__in=Subscription.objects.in_force()
+            .filter(organization_id=organization_id)
+            .values("model_card"),
+        )
+        .select_related("model_card")
+        .prefetch_related("adapters__model_card")
+    )
+    targets: dict[str, Target] = {}
+    for row in rows:
+        target = Target(
             deployment_id=row.pk,
             name=row.name,
             model_slug=row.model_card.slug,
@@ -445,5 +451,9 @@ def _load_targets(organization_id: int) -> dict[str, Target]:
             routes=row.model_card.routes,
             modalities_in=tuple(row.model_card.modalities_in),
         )
-        for row in rows
-    }
+        targets[row.name] = target
+        # Each adapter served beside the model: the same replicas, called (and metered) by its own name.
+        for adapter in row.adapters.all():
+            served = served_adapter_name(row.name, adapter.name)
+            targets[served] = replace(target, name=served, model_slug=adapter.model_card.slug)
+    return targets

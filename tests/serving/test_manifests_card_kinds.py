@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from serving import manifests
 from serving.backends import local as local_backend
 from serving.models import Deployment
 from serving.services import spec_for
-from serving.spec import ModelSpec, card_engine_args
+from serving.spec import AdapterSpec, ModelSpec, card_engine_args, lora_args
 from tests.engines import VllmArgumentParser
 
 from .test_manifests import QWEN_7B, flag_value, make_spec
@@ -113,3 +114,20 @@ def test_vllm_itself_reads_the_card_flags_as_the_platform_means_them(vllm_parser
     flags = [*card_engine_args(EMBEDDER, {}), *card_engine_args(VIDEO, {})]
     parsed = vllm_parser.parse(["--model", "m", *flags])
     assert [parsed["runner"], parsed["limit_mm_per_prompt"]] == ["pooling", {"image": 4, "video": 1}]
+
+
+@pytest.mark.slow
+def test_vllm_itself_reads_several_adapters_beside_an_adapters_own(vllm_parser: VllmArgumentParser) -> None:
+    """An adapter's deployment with two more adapters: every module, the slot rank and the batch width
+    through vLLM's own parser."""
+    own = dataclasses.replace(CHAT, base_slug="base", adapter_path="/lora/own", adapter_rank=8)
+    spec = dataclasses.replace(
+        make_spec(),
+        name="mine",
+        model=own,
+        adapters=(AdapterSpec("mine:legal", "/lora/legal", 16), AdapterSpec("mine:hr", "/lora/hr", 4)),
+    )
+    parsed = vllm_parser.parse(["--model", "m", *lora_args(spec)])
+    modules = dict(re.findall(r"name='([^']+)', path='([^']+)'", " ".join(parsed["lora_modules"])))
+    assert modules == {"mine": "/lora/own", "mine:legal": "/lora/legal", "mine:hr": "/lora/hr"}
+    assert (parsed["enable_lora"], parsed["max_lora_rank"], parsed["max_loras"]) == (True, 16, 3)

@@ -25,7 +25,7 @@ PINNED = {
     "/models/llama-3.1-8b-instruct/": 8,  # with the live deployments that hold the subscription
     "/deployments/": 5,
     "/deployments/new/?model=llama-3.1-8b-instruct": 11,
-    "/deployments/{pk}/": 7,
+    "/deployments/{pk}/": 8,  # with the LoRA adapters served beside its model
     "/deployments/{pk}/usage/?range=24h": 5,  # with the latency of the window's calls, each weighing the same
     "/deployments/{pk}/playground/": 6,  # with whether the person is a member (may chat)
     "/api-keys/": 7,  # with the live deployment and router names a key may be limited to

@@ -220,6 +220,7 @@ def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
         "base_url": settings.PUBLIC_URL or request.build_absolute_uri("/").rstrip("/"),
         "explanation": POLICY_EXPLANATIONS[AutoscalingPolicy(deployment.autoscaling_policy)],
         "is_embedding": deployment.model_card.is_embedding,
+        "adapters": services.served_adapters(deployment),
         "deployment_values": {
             "min_replicas": deployment.min_replicas,
             "max_replicas": deployment.max_replicas,
