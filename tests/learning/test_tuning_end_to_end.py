@@ -8,7 +8,7 @@ The teacher is the stand-in task teacher (tests/learning/ticket_teacher.py): det
 answers support tickets as JSON the way a large model given the instructions would, deployed as a
 deployment of the organisation; no model larger than 135M runs here. One small real training (a dozen
 tickets, a few steps) keeps the module near two minutes; the adapter served by vLLM through the gateway
-is tests/learning/test_training_serving.py's."""
+is tests/learning/test_cpu_trainer.py's."""
 
 from __future__ import annotations
 
