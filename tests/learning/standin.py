@@ -14,31 +14,23 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from tests.standin_http import JsonHandler, serving
 
 JUDGE_VERDICT = '{"score": 7, "reason": "Correct and short."}'
 
 
-class StandIn(BaseHTTPRequestHandler):
+class StandIn(JsonHandler):
     prompts: list[str] = []
     delay = 0.0
     lock = threading.Lock()
-
-    def _answer(self, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:
         payload = json.loads(self.rfile.read(int(self.headers["content-length"])))
         if self.path == "/v1/embeddings":
             texts = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
             vectors = [[float(len(w)) for w in [*t.split(), "", "", ""][:3]] for t in texts]
-            self._answer(
+            self.send_json(
                 {
                     "object": "list",
                     "data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)],
@@ -54,7 +46,7 @@ class StandIn(BaseHTTPRequestHandler):
             text = JUDGE_VERDICT
         else:
             text = "Paris" if "France" in prompt else "I do not know"
-        self._answer(
+        self.send_json(
             {
                 "id": "chatcmpl-1",
                 "object": "chat.completion",
@@ -66,10 +58,7 @@ class StandIn(BaseHTTPRequestHandler):
         )
 
     def do_GET(self) -> None:
-        self._answer({"status": "ok"})
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json({"status": "ok"})
 
 
 @contextmanager
@@ -77,10 +66,5 @@ def stand_in_engine(delay: float = 0.0) -> Iterator[str]:
     """The stand-in's URL while it serves; `StandIn.prompts` starts empty."""
     StandIn.prompts = []
     StandIn.delay = delay
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(StandIn) as url:
+        yield url

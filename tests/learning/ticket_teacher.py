@@ -11,29 +11,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from learning import datasets
 from learning.choices import DatasetSource
 from learning.models import Dataset
 from learning.storage import ObjectStore
 from learning.training import tickets
+from tests.standin_http import JsonHandler, serving
 
 
-class TicketTeacher(BaseHTTPRequestHandler):
+class TicketTeacher(JsonHandler):
     asked: list[list[dict[str, str]]] = []
     delay = 0.0
     fail = False
     lock = threading.Lock()
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:
         payload = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -42,12 +33,11 @@ class TicketTeacher(BaseHTTPRequestHandler):
             TicketTeacher.asked.append(messages)
         time.sleep(TicketTeacher.delay)
         if TicketTeacher.fail:
-            self._send(500, {"error": {"message": "The teacher is down."}})
+            self.send_json({"error": {"message": "The teacher is down."}}, status=500)
             return
         text = tickets.teacher_answer(messages[-1]["content"])
         prompt = sum(len(str(message["content"]).split()) for message in messages)
-        self._send(
-            200,
+        self.send_json(
             {
                 "id": "chatcmpl-1",
                 "object": "chat.completion",
@@ -55,27 +45,19 @@ class TicketTeacher(BaseHTTPRequestHandler):
                     {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                 ],
                 "usage": {"prompt_tokens": prompt, "completion_tokens": 20, "total_tokens": prompt + 20},
-            },
+            }
         )
 
     def do_GET(self) -> None:
-        self._send(200, {"status": "ok"})
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json({"status": "ok"})
 
 
 @contextmanager
 def ticket_teacher(delay: float = 0.0) -> Iterator[str]:
     """The teacher's URL while it serves; `TicketTeacher.asked` starts empty."""
     TicketTeacher.asked, TicketTeacher.delay, TicketTeacher.fail = [], delay, False
-    server = ThreadingHTTPServer(("127.0.0.1", 0), TicketTeacher)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(TicketTeacher) as url:
+        yield url
 
 
 def ticket_dataset(

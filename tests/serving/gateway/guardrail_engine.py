@@ -8,8 +8,9 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.standin_http import JsonHandler, serving
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
 
@@ -59,19 +60,12 @@ def _response_events(pieces: list[str], tool_input: list[str] | None = None) -> 
     ]
 
 
-class GuardedEngine(BaseHTTPRequestHandler):
+class GuardedEngine(JsonHandler):
     pieces: list[str] = ["Hello", " there"]
     extra: dict[str, Any] = {}  # more fields of an unstreamed chat answer's message (tool calls, reasoning)
     tool_pieces: list[str] = []  # a streamed chat answer's tool call: its arguments' pieces, after the text
     received: list[tuple[str, dict[str, Any]]] = []
     lock = threading.Lock()
-
-    def _send(self, content_type: str, data: bytes) -> None:
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:
         payload = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -80,7 +74,7 @@ class GuardedEngine(BaseHTTPRequestHandler):
         text, chat = "".join(GuardedEngine.pieces), self.path == "/v1/chat/completions"
         if self.path == "/v1/responses" and payload.get("stream"):
             events = _response_events(GuardedEngine.pieces, GuardedEngine.tool_pieces)
-            self._send("text/event-stream", b"".join(events))
+            self.send_bytes(b"".join(events), "text/event-stream")
             return
         if payload.get("stream"):
             head = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": "standin"}
@@ -101,7 +95,7 @@ class GuardedEngine(BaseHTTPRequestHandler):
             finish = "tool_calls" if chat and GuardedEngine.tool_pieces else "stop"
             events.append(_event({**head, "choices": [{"index": 0, **end, "finish_reason": finish}]}))
             events.append(_event({**head, "choices": [], "usage": USAGE}))
-            self._send("text/event-stream", b"".join([*events, b"data: [DONE]\n\n"]))
+            self.send_bytes(b"".join([*events, b"data: [DONE]\n\n"]), "text/event-stream")
             return
         if chat:
             choice: dict[str, Any] = {
@@ -112,10 +106,7 @@ class GuardedEngine(BaseHTTPRequestHandler):
         body = {"id": "c", "object": "chat.completion" if chat else "text_completion", "created": 1,
                 "model": "standin", "choices": [{"index": 0, **choice, "finish_reason": "stop"}],
                 "usage": USAGE}  # fmt: skip
-        self._send("application/json", json.dumps(body).encode())
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json(body)
 
 
 @contextmanager
@@ -125,13 +116,8 @@ def guarded_engine() -> Iterator[str]:
     GuardedEngine.extra = {}
     GuardedEngine.tool_pieces = []
     GuardedEngine.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), GuardedEngine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(GuardedEngine) as url:
+        yield url
 
 
 def prompts() -> list[Any]:

@@ -7,13 +7,10 @@ take, a deployment that cannot transcribe, another organisation's key."""
 from __future__ import annotations
 
 import io
-import json
-import threading
 import time
 import uuid
 import wave
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import openai
@@ -27,6 +24,7 @@ from serving.gateway.metering import QUEUE_KEY, flush_usage
 from serving.models import UsageRecord
 from tests.serving.gateway.conftest import CHAT, GATEWAY_REDIS_DB, deploy
 from tests.serving.gateway.in_process import key_headers, post
+from tests.standin_http import JsonHandler, serving
 
 pytestmark = pytest.mark.usefixtures("transactional_catalog")
 
@@ -34,7 +32,7 @@ SPEECH = "whisper-large-v3"
 AUDIO = b"RIFF" + bytes(range(256)) * 40  # what the engine must receive, byte for byte
 
 
-class SpeechEngine(BaseHTTPRequestHandler):
+class SpeechEngine(JsonHandler):
     received: list[tuple[str, str, bytes]] = []  # (path, content type, body)
     usage: dict[str, Any] | None = {"type": "duration", "seconds": 3}
 
@@ -42,27 +40,14 @@ class SpeechEngine(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["content-length"]))
         SpeechEngine.received.append((self.path, self.headers["content-type"], body))
         usage = {"usage": SpeechEngine.usage} if SpeechEngine.usage else {}
-        answer = json.dumps({"text": "Hallo Welt", **usage}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json({"text": "Hallo Welt", **usage})
 
 
 @pytest.fixture
 def engine() -> Iterator[str]:
     SpeechEngine.received, SpeechEngine.usage = [], {"type": "duration", "seconds": 3}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SpeechEngine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(SpeechEngine) as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import threading
 import uuid
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import boto3
@@ -28,6 +26,7 @@ from marketplace.accounts.models import Organization
 from tests.serving.gateway.conftest import CHAT, deploy
 from tests.serving.gateway.in_process import key_headers, post
 from tests.serving.gateway.test_audio import metered
+from tests.standin_http import JsonHandler, serving
 
 pytestmark = pytest.mark.usefixtures("transactional_catalog")
 
@@ -54,7 +53,7 @@ def data_url(image: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(image).decode()
 
 
-class VisionEngine(BaseHTTPRequestHandler):
+class VisionEngine(JsonHandler):
     """Answers a chat with the size of each PNG it was sent, read from the image itself."""
 
     received: list[dict[str, Any]] = []
@@ -71,30 +70,17 @@ class VisionEngine(BaseHTTPRequestHandler):
                     sizes.append(f"{width}x{height}")
         text = f"I see {len(sizes)} PNG image(s): {', '.join(sizes)}."
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        answer = json.dumps({
+        self.send_json({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": request["model"],
             "choices": [choice], "usage": {"prompt_tokens": 600, "completion_tokens": 9, "total_tokens": 609},
-        }).encode()  # fmt: skip
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        })  # fmt: skip
 
 
 @pytest.fixture
 def engine() -> Iterator[str]:
     VisionEngine.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), VisionEngine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(VisionEngine) as url:
+        yield url
 
 
 @pytest.fixture
