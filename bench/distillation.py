@@ -39,6 +39,7 @@ from learning.training.runner import SUCCEEDED, CpuTraining  # noqa: E402
 from learning.training.spec import TrainingSpec  # noqa: E402
 from learning.training.task_scoring import score_answers  # noqa: E402
 from serving.local import capacity, engine_env  # noqa: E402
+from serving.spec import LORA_RANKS  # noqa: E402
 
 STUDENT = "ticket-student"
 BASE = "smollm2"
@@ -90,8 +91,9 @@ def train(
 
 
 def start_engine(
-    base: Path, adapter: Path, folder: Path, cores: tuple[int, ...]
+    base: Path, modules: dict[str, Path], folder: Path, cores: tuple[int, ...], rank: int = 16
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """vLLM serving `base` as BASE and each LoRA adapter of `modules` by its name, on `cores`."""
     directory = engine_env.engine_dir()
     port = engine_env_port()
     tmp = Path(tempfile.mkdtemp(prefix="distil-engine-"))
@@ -101,7 +103,15 @@ def start_engine(
         served_model_name=BASE,
         max_model_len=2048,
         dtype="float32",
-        extra_args=["--enable-lora", "--lora-modules", f"{STUDENT}={adapter}", "--max-lora-rank", "16"],
+        extra_args=[
+            "--enable-lora",
+            "--lora-modules",
+            *(f"{name}={path}" for name, path in modules.items()),
+            "--max-lora-rank",
+            str(next(served for served in LORA_RANKS if served >= rank)),
+            "--max-loras",
+            str(len(modules)),
+        ],
     )
     cpus = capacity.cpu_list(cores)
     log = (folder / "engine.log").open("wb")
@@ -161,7 +171,7 @@ def run(
     print(f"training {train_count} rows, {epochs} epoch(s), LoRA r={rank} on all linear layers ...")
     trained = train(folder, tickets.training_rows(train_part), spec, base, cores)
 
-    process, url = start_engine(base, trained["adapter"], folder, cores)
+    process, url = start_engine(base, {STUDENT: trained["adapter"]}, folder, cores, rank)
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             ways: dict[str, list[str]] = {"base + instructions": [], "base, bare ticket": [], "student": []}

@@ -6,6 +6,7 @@ transaction and enqueues Celery work on commit, so a task never sees a row that 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,8 @@ AdapterChoice = tuple[str, ModelCard]
 
 
 def check_adapters(
-    organization: Organization, card: ModelCard, adapters: list[AdapterChoice], backend: str
-) -> list[AdapterChoice]:
+    organization: Organization, card: ModelCard, adapters: Sequence[AdapterChoice], backend: str
+) -> Sequence[AdapterChoice]:
     """Adapters a deployment of `card` may serve beside it: the organisation's own LoRA adapters registered
     on the weights the deployment serves (the card's, or, for an adapter's deployment, its base's), each
     under a name of its own, at most MAX_ADAPTERS, at a rank vLLM serves; on this machine, still on disk."""
@@ -216,7 +217,7 @@ def check_adapters(
     return adapters
 
 
-def _adapter_rows(deployment: Deployment, adapters: list[AdapterChoice]) -> None:
+def _adapter_rows(deployment: Deployment, adapters: Sequence[AdapterChoice]) -> None:
     DeploymentAdapter.objects.bulk_create(
         DeploymentAdapter(deployment=deployment, name=name, model_card=card) for name, card in adapters
     )
@@ -479,7 +480,7 @@ def create_deployment(
     engine_options: dict[str, Any],
     tensor_parallel_size: int | None = None,
     actor: Actor = None,
-    adapters: list[AdapterChoice] = [],  # noqa: B006 (read, never changed)
+    adapters: Sequence[AdapterChoice] = (),
 ) -> Deployment:
     """Admit and save a deployment in PENDING, then provision it once the transaction commits. Its first
     history entry names `actor` (who asked: the person, or an API key), else `user`.
@@ -629,7 +630,7 @@ def update_deployment(
     instance_type: InstanceType | None = None,
     engine_options: dict[str, Any] | None = None,
     tensor_parallel_size: int | None = None,
-    adapters: list[AdapterChoice] | None = None,
+    adapters: Sequence[AdapterChoice] | None = None,
     actor: Actor = None,
 ) -> Deployment:
     """Change what runs (engine options, instance type, the adapters served beside the model); the backend
@@ -694,7 +695,7 @@ def update_deployment(
     return row
 
 
-def _pairs(adapters: list[AdapterChoice]) -> list[tuple[str, int]]:
+def _pairs(adapters: Sequence[AdapterChoice]) -> list[tuple[str, int]]:
     return sorted((name, card.pk) for name, card in adapters)
 
 
