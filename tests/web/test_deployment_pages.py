@@ -26,6 +26,22 @@ def test_detail_shows_status_timeline_and_snippets(browser_for, member, acme_dep
     assert '"model": "chat"' in page and "bedrock-runtime" in page and "OpenAI(base_url=" in page
 
 
+def test_a_rerankers_page_shows_rerank_calls_and_no_playground(browser_for, member, acme) -> None:
+    reranker = make_deployment(acme, name="ranks", model="bge-reranker-v2-m3")
+    page = browser_for(member).get(f"/deployments/{reranker.pk}/").text
+    assert "curl http://testserver/v1/rerank" in page and '"http://testserver/v1/rerank",' in page
+    assert "/v1/chat/completions" not in page and "Open the playground" not in page
+    assert 'aria-selected="false" tabindex="-1">Python</button>' in page
+
+
+def test_a_speech_models_page_shows_transcription_calls(browser_for, member, acme) -> None:
+    whisper = make_deployment(acme, name="ears", model="whisper-large-v3")
+    page = browser_for(member).get(f"/deployments/{whisper.pk}/").text
+    assert "curl http://testserver/v1/audio/transcriptions" in page and "-F file=@speech.wav" in page
+    assert 'client.audio.transcriptions.create(model="ears", file=audio)' in page
+    assert "/v1/chat/completions" not in page and "Open the playground" not in page
+
+
 def test_snippets_use_the_public_url_when_set(browser_for, member, acme_deployment, settings) -> None:
     settings.PUBLIC_URL = "https://marketplace.example.com"
     page = browser_for(member).get(f"/deployments/{acme_deployment.pk}/").text

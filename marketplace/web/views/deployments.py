@@ -201,6 +201,17 @@ def suggested_name(card: ModelCard) -> str:
     return card.slug.replace(".", "-")[:40].strip("-")
 
 
+def snippet_kind(routes: tuple[str, ...]) -> str:
+    """Which calls the page's snippets show: what the deployment's model answers first."""
+    if "chat.completions" in routes:
+        return "chat"
+    if "embeddings" in routes:
+        return "embeddings"
+    if "rerank" in routes:
+        return "rerank"
+    return "audio" if "audio.transcriptions" in routes else "chat"
+
+
 def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
     reached = {status for (status,) in deployment.events.values_list("status")}
     steps = []
@@ -220,6 +231,7 @@ def _detail_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
         "base_url": settings.PUBLIC_URL or request.build_absolute_uri("/").rstrip("/"),
         "explanation": POLICY_EXPLANATIONS[AutoscalingPolicy(deployment.autoscaling_policy)],
         "is_embedding": deployment.model_card.is_embedding,
+        "snippets": snippet_kind(deployment.model_card.routes),
         "adapters": services.served_adapters(deployment),
         "deployment_values": {
             "min_replicas": deployment.min_replicas,
