@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -236,6 +237,17 @@ def tenant(transactional_catalog: None, engines: dict[str, str]) -> Tenant:
         deploy(organization, "tiny-chat", CHAT, engines[CHAT]),
         deploy(organization, "minilm", EMBED, engines[EMBED]),
     )
+
+
+def organization_served_by(engine: str, name: str, **deployments: str) -> tuple[Organization, str]:
+    """A new organisation (slug `name-…`) whose deployments (name=card slug) the one `engine` serves, and
+    an API key of it."""
+    organization = account_services.create_organization(
+        slug=f"{name.lower()}-{uuid.uuid4().hex[:6]}", name=name, owner=None
+    )
+    for deployment, slug in deployments.items():
+        deploy(organization, deployment, slug, engine)
+    return organization, key_for(organization)
 
 
 def key_for(organization: Organization, **fields: Any) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 import wave
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +21,7 @@ from marketplace.accounts import services as account_services
 from marketplace.accounts.models import Organization
 from serving.gateway.metering import QUEUE_KEY, flush_usage
 from serving.models import UsageRecord
-from tests.serving.gateway.conftest import CHAT, GATEWAY_REDIS_DB, deploy
+from tests.serving.gateway.conftest import CHAT, GATEWAY_REDIS_DB, organization_served_by
 from tests.serving.gateway.in_process import key_headers, post
 from tests.standin_http import JsonHandler, serving
 
@@ -52,15 +51,7 @@ def engine() -> Iterator[str]:
 
 @pytest.fixture
 def speaker(engine: str) -> tuple[Organization, str]:
-    organization = account_services.create_organization(
-        slug=f"sp-{uuid.uuid4().hex[:6]}", name="Speech", owner=None
-    )
-    deploy(organization, "whisper", SPEECH, engine)
-    deploy(organization, "chat", CHAT, engine)
-    _, secret = account_services.create_api_key(
-        organization=organization, name="k", created_by=None, expires_at=None
-    )
-    return organization, secret
+    return organization_served_by(engine, "Speech", whisper=SPEECH, chat=CHAT)
 
 
 def form(**fields: str) -> tuple[bytes, bytes]:

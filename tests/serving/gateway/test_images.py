@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import uuid
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import Organization
-from tests.serving.gateway.conftest import CHAT, deploy
+from tests.serving.gateway.conftest import CHAT, organization_served_by
 from tests.serving.gateway.in_process import key_headers, post
 from tests.serving.gateway.test_audio import metered
 from tests.standin_http import JsonHandler, serving
@@ -85,15 +84,7 @@ def engine() -> Iterator[str]:
 
 @pytest.fixture
 def viewer(engine: str) -> tuple[Organization, str]:
-    organization = account_services.create_organization(
-        slug=f"eye-{uuid.uuid4().hex[:6]}", name="Eyes", owner=None
-    )
-    deploy(organization, "eyes", VISION, engine)
-    deploy(organization, "words", CHAT, engine)
-    _, secret = account_services.create_api_key(
-        organization=organization, name="k", created_by=None, expires_at=None
-    )
-    return organization, secret
+    return organization_served_by(engine, "Eyes", eyes=VISION, words=CHAT)
 
 
 def asking(*urls: str) -> list[dict[str, Any]]:
