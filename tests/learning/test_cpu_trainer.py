@@ -40,7 +40,10 @@ from tests.serving.test_local_backend import local_platform, through_the_gateway
 
 __all__ = ["local_platform"]  # a fixture of the serving test, used here
 
-pytestmark = pytest.mark.slow
+# Every test commits for real, like the served adapter's (a worker and an engine supervisor share its
+# database): one kind of database test keeps the module on one test process, in order, so that its one
+# training run is made once (tests/parallel.py).
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 # Small and quick: two tickets learnt by heart in eight optimizer steps, enough for greedy decoding to give
 # the taught answer back; a checkpoint every two steps, so that the run can be cancelled and resumed.
