@@ -194,7 +194,11 @@ def check_adapters(
         if name in seen:
             raise _refuse("adapters", f"{where}: two adapters are named {name}; give each its own name.")
         seen.add(name)
-        adapter = adapter_of(adapter_card) if adapter_card.organization_id == organization.pk else None
+        if adapter_card.organization_id not in (None, organization.pk):
+            # Another organisation's custom model is one that does not exist, in the serializer's own words.
+            missing = f"Object with slug={adapter_card.slug} does not exist."
+            raise exceptions.ValidationError({"adapters": {str(index - 1): {"model": [missing]}}})
+        adapter = adapter_of(adapter_card)
         if adapter is None:
             raise _refuse(
                 "adapters",

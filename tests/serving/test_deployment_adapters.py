@@ -141,8 +141,14 @@ def test_an_outsider_cannot_serve_another_organisations_adapter(client_for, outs
     base = client.post(CUSTOM, body, format="json")
     assert base.status_code == 201, base.content
     answer = deploy(client, base.json()["slug"], [{"name": "stolen", "model": models["alpha"]}])
-    assert answer.status_code == 400
-    assert "is not one of your LoRA adapters" in answer.json()["adapters"][0]
+    nowhere = deploy(client, base.json()["slug"], [{"name": "stolen", "model": "custom-nowhere"}])
+    assert (answer.status_code, nowhere.status_code) == (400, 400)
+    # the same answer as for a slug that exists nowhere: another organisation's adapter is not even seen
+    [unknown] = nowhere.json()["adapters"]["0"]["model"]
+    assert "custom-nowhere" in unknown
+    assert answer.json() == {
+        "adapters": {"0": {"model": [unknown.replace("custom-nowhere", models["alpha"])]}}
+    }
 
 
 def test_changing_the_adapters_rolls_out_a_new_generation_and_the_same_ones_do_not(client_for, owner, models):
