@@ -178,13 +178,15 @@ AdapterChoice = tuple[str, ModelCard]
 
 def check_adapters(
     organization: Organization, card: ModelCard, adapters: Sequence[AdapterChoice], backend: str
-) -> Sequence[AdapterChoice]:
+) -> None:
     """Adapters a deployment of `card` may serve beside it: the organisation's own LoRA adapters registered
     on the weights the deployment serves (the card's, or, for an adapter's deployment, its base's), each
     under a name of its own, at most MAX_ADAPTERS, at a rank vLLM serves; on this machine, still on disk."""
     if len(adapters) > MAX_ADAPTERS:
         raise _refuse(
-            "adapters", f"At most {MAX_ADAPTERS} adapters on one deployment; deploy the base again."
+            "adapters",
+            f"At most {MAX_ADAPTERS} adapters on one deployment; serve the rest from a second deployment of "
+            "the same base.",
         )
     own = adapter_of(card)
     weights = own.base if own is not None and own.base is not None else card
@@ -218,7 +220,6 @@ def check_adapters(
             raise _refuse(
                 "adapters", f"{where}: the adapter is no longer in {adapter.path}; copy it back first."
             )
-    return adapters
 
 
 def _adapter_rows(deployment: Deployment, adapters: Sequence[AdapterChoice]) -> None:
