@@ -26,6 +26,8 @@ from serving.choices import AutoscalingPolicy
 from serving.spec import (
     ClusterSettings,
     DeploymentSpec,
+    InstanceSpec,
+    ModelSpec,
     card_engine_args,
     lora_args,
     media_domain_args,
@@ -93,7 +95,7 @@ def object_name(spec: DeploymentSpec) -> str:
     return f"{name[: MAX_OBJECT_NAME - len(suffix)].rstrip('-')}{suffix}"
 
 
-def _label_value(value: str) -> str:
+def label_value(value: str) -> str:
     """A valid label value: ≤ 63 of [A-Za-z0-9_.-], starting and ending alphanumeric."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", value)[:63].strip("-_.")
 
@@ -112,7 +114,7 @@ def labels(spec: DeploymentSpec) -> dict[str, str]:
         "app.kubernetes.io/part-of": "model-marketplace",
         "app.kubernetes.io/managed-by": MANAGED_BY,
         DEPLOYMENT_ID_LABEL: str(spec.deployment_id),
-        ORGANIZATION_LABEL: _label_value(spec.organization),
+        ORGANIZATION_LABEL: label_value(spec.organization),
     }
 
 
@@ -185,31 +187,55 @@ def startup_probe_seconds(spec: DeploymentSpec) -> int:
     return min(STARTUP_BASE_SECONDS + STARTUP_SECONDS_PER_10B * tens_of_billions, STARTUP_MAX_SECONDS)
 
 
-def _memory_request_mib(spec: DeploymentSpec) -> int:
-    return int(spec.instance.memory_gb * 1024 * HEADROOM)
+def _memory_request_mib(instance: InstanceSpec) -> int:
+    return int(instance.memory_gb * 1024 * HEADROOM)
 
 
-def _resources(spec: DeploymentSpec) -> dict[str, Any]:
-    """A replica is a whole instance, as the quota and the hourly price count it: it holds all of the
-    instance's GPUs (the engine uses `tensor_parallel_size` of them) and most of its CPU and memory,
-    leaving headroom for the node's own daemons. GPUs go in requests and limits (extended resources
-    need both equal); CPU and memory in requests only."""
-    gpus = str(spec.instance.gpu_count)
-    cpu_millis = max(500, int(spec.instance.vcpu * 1000 * HEADROOM))
+def instance_resources(instance: InstanceSpec) -> dict[str, Any]:
+    """A pod on an instance type holds the whole instance, as the quota and the hourly price count it:
+    all of its GPUs and most of its CPU and memory, leaving headroom for the node's own daemons. GPUs go
+    in requests and limits (extended resources need both equal); CPU and memory in requests only.
+    A serving replica and a training Job are both placed this way."""
+    gpus = str(instance.gpu_count)
+    cpu_millis = max(500, int(instance.vcpu * 1000 * HEADROOM))
     return {
         "requests": {
             "nvidia.com/gpu": gpus,
             "cpu": f"{cpu_millis}m",
-            "memory": f"{_memory_request_mib(spec)}Mi",
+            "memory": f"{_memory_request_mib(instance)}Mi",
         },
         "limits": {"nvidia.com/gpu": gpus},
     }
 
 
+def gpu_placement(instance: InstanceSpec, cluster: ClusterSettings) -> dict[str, Any]:
+    """The pod spec fields that put a pod on the instance type's nodes: its node labels as a nodeSelector
+    (the GPU product and the cloud's instance type), and a toleration of the GPU nodes' taint."""
+    placement: dict[str, Any] = {
+        "tolerations": [{"key": cluster.gpu_taint_key, "operator": "Exists", "effect": "NoSchedule"}]
+    }
+    if instance.node_labels:
+        placement["nodeSelector"] = dict(instance.node_labels)
+    return placement
+
+
+def hf_token_env(model: ModelSpec, cluster: ClusterSettings) -> list[dict[str, Any]]:
+    """HF_TOKEN from the token Secret, for a model the Hub gates (see _env)."""
+    if model.gated is False:
+        return []
+    # Only gated models see the token: fewer pods holding a credential they do not need. A model whose
+    # gating the catalog does not know gets it when the Secret exists (optional), so it downloads if the
+    # Hub does gate it, and still starts where no token was ever given.
+    secret: dict[str, Any] = {"name": cluster.hf_token_secret, "key": "token"}
+    if model.gated is None:
+        secret["optional"] = True
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}}]
+
+
 def _shm_size(spec: DeploymentSpec) -> str:
     """Shared memory for NCCL and PyTorch workers: 8 GiB per GPU, at most a quarter of the memory
     request (tmpfs pages count as the pod's memory)."""
-    gib = max(1, min(8 * spec.tensor_parallel_size, _memory_request_mib(spec) // 1024 // 4))
+    gib = max(1, min(8 * spec.tensor_parallel_size, _memory_request_mib(spec.instance) // 1024 // 4))
     return f"{gib}Gi"
 
 
@@ -221,15 +247,7 @@ def _env(spec: DeploymentSpec, cluster: ClusterSettings) -> list[dict[str, Any]]
         # A media URL on an allowed domain must not redirect the engine to any other host.
         {"name": "VLLM_MEDIA_URL_ALLOW_REDIRECTS", "value": "0"},
     ]
-    if spec.model.gated is not False:
-        # Only gated models see the token: fewer pods holding a credential they do not need. A model
-        # whose gating the catalog does not know gets it when the Secret exists (optional), so it
-        # downloads if the Hub does gate it, and still starts where no token was ever given.
-        secret: dict[str, Any] = {"name": cluster.hf_token_secret, "key": "token"}
-        if spec.model.gated is None:
-            secret["optional"] = True
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}})
-    return env
+    return env + hf_token_env(spec.model, cluster)
 
 
 def _probe(path: str, *, period: int, failures: int, timeout: int) -> dict[str, Any]:
@@ -253,7 +271,7 @@ def _container(spec: DeploymentSpec, cluster: ClusterSettings) -> dict[str, Any]
         "args": engine_args(spec, cluster.media_domains),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": _env(spec, cluster),
-        "resources": _resources(spec),
+        "resources": instance_resources(spec.instance),
         "volumeMounts": [
             {"name": "dshm", "mountPath": SHM_PATH},
             {"name": "model-cache", "mountPath": CACHE_PATH},
@@ -275,15 +293,18 @@ def _container(spec: DeploymentSpec, cluster: ClusterSettings) -> dict[str, Any]
     }
 
 
-def _volumes(spec: DeploymentSpec, cluster: ClusterSettings) -> list[dict[str, Any]]:
-    cache: dict[str, Any]
+def model_cache_volume(cluster: ClusterSettings) -> dict[str, Any]:
+    """The Hugging Face cache: the shared claim when configured, else an emptyDir (every new pod downloads
+    the weights again)."""
     if cluster.model_cache_pvc:
-        cache = {"persistentVolumeClaim": {"claimName": cluster.model_cache_pvc}}
-    else:
-        cache = {"emptyDir": {}}  # every new pod downloads the weights again
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cluster.model_cache_pvc}}
+    return {"name": "model-cache", "emptyDir": {}}
+
+
+def _volumes(spec: DeploymentSpec, cluster: ClusterSettings) -> list[dict[str, Any]]:
     return [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _shm_size(spec)}},
-        {"name": "model-cache", **cache},
+        model_cache_volume(cluster),
     ]
 
 
@@ -302,14 +323,12 @@ def build_deployment(spec: DeploymentSpec, cluster: ClusterSettings) -> Manifest
     pod_spec: dict[str, Any] = {
         "containers": [_container(spec, cluster)],
         "volumes": _volumes(spec, cluster),
-        "tolerations": [{"key": cluster.gpu_taint_key, "operator": "Exists", "effect": "NoSchedule"}],
+        **gpu_placement(spec.instance, cluster),
         "terminationGracePeriodSeconds": 90,  # preStop, then in-flight generations get time to finish
         "automountServiceAccountToken": False,  # the engine never talks to the API server
         "enableServiceLinks": False,  # an env var per Service in the namespace is noise; VLLM_* can clash
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
-    if spec.instance.node_labels:
-        pod_spec["nodeSelector"] = dict(spec.instance.node_labels)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
