@@ -618,6 +618,13 @@ class TuningJob(models.Model):
     custom_model = models.ForeignKey(
         "catalog.CustomModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="tuning_jobs"
     )
+    # Where it trains: none, on this machine's CPUs; a GPU instance type, as a Job on the cluster, holding
+    # that instance's GPUs of the organisation's quota until the Job is done (reserved_gpus back to 0).
+    instance_type = models.ForeignKey(
+        "catalog.InstanceType", null=True, blank=True, on_delete=models.PROTECT, related_name="tuning_jobs"
+    )
+    reserved_gpus = models.PositiveIntegerField(default=0)
+    gpu_model = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -632,6 +639,10 @@ class TuningJob(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.instance_type_id is not None
 
 
 class TuningJobEvent(models.Model):

@@ -149,6 +149,24 @@ class S3Store:
                 yield item["Key"]
 
 
+class CannotPresign(RuntimeError):
+    """The store has no URLs to hand out (the folder store): nothing outside this machine can reach it."""
+
+
+def presigned_url(store: ObjectStore, key: str, *, write: bool, expires_seconds: int) -> str:
+    """A URL that reads (GET) or writes (PUT) one object without credentials until it expires: what a
+    training Job's pod uses, so it holds no store credentials. Only an S3 store can give one."""
+    if not isinstance(store, S3Store):
+        raise CannotPresign("Objects in a folder on this machine have no URL another machine can use.")
+    return str(
+        store.client.generate_presigned_url(
+            "put_object" if write else "get_object",
+            Params={"Bucket": store.bucket, "Key": check_key(key)},
+            ExpiresIn=expires_seconds,
+        )
+    )
+
+
 def s3_client(endpoint_url: str, region: str, access_key_id: str, secret_access_key: str) -> Any:
     """A boto3 S3 client with bounded timeouts and retries; path-style addressing, which every
     S3-compatible store understands (virtual-host style needs DNS per bucket)."""

@@ -4,6 +4,7 @@ left pending). The periodic ones are in CELERY_BEAT_SCHEDULE; every one is idemp
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -13,6 +14,8 @@ from django.core.cache import cache
 
 from learning import writer
 from learning.storage import get_store
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, expires=60)
@@ -146,4 +149,12 @@ def resume_tuning_jobs() -> int:
     ids = unattended()
     for job_id in ids:
         run_tuning_job.delay(job_id)
+    if settings.SERVING_BACKEND == "kubernetes":
+        from learning.tuning_kube import delete_abandoned_runs
+        from serving.backends.base import PermanentBackendError, TransientBackendError
+
+        try:
+            delete_abandoned_runs()
+        except (PermanentBackendError, TransientBackendError):
+            log.warning("Abandoned training Jobs could not be looked for", exc_info=True)
     return len(ids)

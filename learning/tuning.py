@@ -24,14 +24,15 @@ from rest_framework import exceptions
 from learning import datasets
 from learning.choices import DatasetPart
 from learning.models import Dataset, TuningJob, TuningJobEvent, TuningKind, TuningStatus
-from learning.storage import get_store
+from learning.storage import S3Store, get_store
 from learning.training.spec import SpecError, TrainingSpec
 from marketplace.accounts.models import Organization
 from marketplace.catalog import custom_models
 from marketplace.catalog.choices import CustomModelSource
-from marketplace.catalog.models import ModelCard
-from serving.choices import DeploymentStatus
+from marketplace.catalog.models import InstanceType, ModelCard
+from serving.choices import Backend, DeploymentStatus
 from serving.models import Deployment
+from serving.services import check_model_and_instance, check_training_quota
 
 LEASE_SECONDS = 120
 MAX_CONCURRENCY = 16
@@ -142,11 +143,13 @@ def check_student_base(organization: Organization, slug: str) -> ModelCard:
         raise Refused(
             "student_base", f"{card.name} is not a text generation model a LoRA adapter can train on."
         )
+    if settings.SERVING_BACKEND == Backend.KUBERNETES:
+        return card  # the training Job fetches the weights, as a deployment's engine does
     if not card.cpu_capable:
         raise Refused(
             "student_base",
-            f"{card.name} is too large to train on this machine's CPUs; choose a CPU-capable model "
-            "(training on a GPU instance type is not offered yet).",
+            f"{card.name} is too large to train on this machine's CPUs; choose a CPU-capable model, or run "
+            "the platform on a cluster (SERVING_BACKEND=kubernetes) to train it on a GPU instance type.",
         )
     if student_weights(card) is None:
         raise Refused(
@@ -155,6 +158,49 @@ def check_student_base(organization: Organization, slug: str) -> ModelCard:
             "custom model registered from a folder.",
         )
     return card
+
+
+def check_instance_type(card: ModelCard, slug: str) -> InstanceType | None:
+    """Where the student trains: on this machine's CPUs (no instance type, the local backend), or as a
+    Job on a GPU instance type the student fits (the kubernetes backend), with the same fit rules as a
+    deployment and an object store the Job can reach."""
+    backend = settings.SERVING_BACKEND
+    if backend == Backend.LOCAL:
+        if slug:
+            raise Refused(
+                "instance_type",
+                "This platform runs on this machine (SERVING_BACKEND=local) and trains on its CPUs: leave "
+                "instance_type empty. Training on a GPU instance type needs SERVING_BACKEND=kubernetes.",
+            )
+        return None
+    if not slug:
+        raise Refused(
+            "instance_type",
+            "This platform trains on the cluster (SERVING_BACKEND=kubernetes): choose the GPU instance type "
+            "the training Job runs on (see /api/instance-types/).",
+        )
+    instance = InstanceType.objects.filter(slug=slug).first()
+    if instance is None:
+        raise Refused("instance_type", f"No instance type with the slug '{slug}' (see /api/instance-types/).")
+    try:
+        check_model_and_instance(card, instance, backend)
+    except exceptions.ValidationError as error:
+        raise Refused("instance_type", _problem(error)) from None
+    if not isinstance(get_store(), S3Store):
+        raise Refused(
+            "instance_type",
+            "A training Job reads its data from and writes its adapter to the object store, and this "
+            "platform keeps objects in a folder no pod can reach: set OBJECT_STORE_BUCKET (and its "
+            "endpoint and keys) to an S3-compatible store the cluster reaches.",
+        )
+    return instance
+
+
+def _problem(error: exceptions.ValidationError) -> str:
+    """The first message of a serving check's refusal ({field: [message]})."""
+    detail = error.detail
+    problems = next(iter(detail.values())) if isinstance(detail, dict) and detail else detail
+    return str(problems[0] if isinstance(problems, list) and problems else problems)
 
 
 def check_teacher(organization: Organization, kind: str, name: str) -> str:
@@ -245,6 +291,7 @@ def create_tuning_job(
     hyperparameters: Any = None,
     max_tokens: int = 256,
     concurrency: int = 4,
+    instance_type: str = "",
 ) -> TuningJob:
     """Check every field, save the job QUEUED and, on commit, hand it to a worker. Refused names the
     field and what to do; nothing is written when anything is refused."""
@@ -267,9 +314,17 @@ def create_tuning_job(
         raise Refused("teacher_instructions", "A fine-tuning job has no teacher to instruct.")
     teacher = check_teacher(organization, kind, teacher_deployment)
     card = check_student_base(organization, student_base)
+    instance = check_instance_type(card, instance_type)
     dataset = check_dataset(organization, dataset_id, kind)
     with transaction.atomic():
+        reserved = 0
+        if instance is not None:
+            try:
+                reserved = check_training_quota(organization, instance)
+            except exceptions.ValidationError as error:
+                raise Refused("instance_type", _problem(error)) from None
         job = TuningJob.objects.create(
+            instance_type=instance, reserved_gpus=reserved, gpu_model=instance.gpu_model if instance else "",
             organization=organization, name=name, kind=kind, teacher_deployment=teacher,
             teacher_instructions=teacher_instructions, student_base=card, dataset=dataset,
             hyperparameters=spec.to_dict(), max_tokens=max_tokens,

@@ -7,11 +7,13 @@
    apply), at most `concurrency` at once. Each answer is a TuningAnswer row written once, so a resumed
    generation asks only for the records without one.
 3. TRAINING: the train rows (the student's prompt, the teacher's answer or the reference) are written to
-   the job's folder and the CPU trainer runs there (learning.training.runner). Loss points and progress
-   are saved per step. A run started again resumes from its last checkpoint; an adapter already written
-   whole is not trained again.
-4. EVALUATING: the student (base + adapter) and the base alone answer the held-out prompts on CPU, and
-   learning.tuning_eval scores them with the teacher's answers. Kept in `evaluation`; not redone.
+   the job's folder and the CPU trainer runs there (learning.training.runner), or, for a job with a GPU
+   instance type, a training Job runs on the cluster (learning.tuning_kube, the same interface). Loss
+   points and progress are saved per step. A run started again resumes from its last checkpoint; an
+   adapter already written whole is not trained again. The GPUs a Job held are given back as it ends.
+4. EVALUATING: the student (base + adapter) and the base alone answer the held-out prompts on CPU (a
+   cluster's Job answered them on its GPU already), and learning.tuning_eval scores them with the
+   teacher's answers. Kept in `evaluation`; not redone.
 5. REGISTERING: the adapter becomes a custom model (catalog.custom_models.register_adapter) under the
    job's row lock, and the job points at it in the same transaction: a job that already points at one
    never registers another.
@@ -41,6 +43,7 @@ from learning.models import TuningAnswer, TuningJob, TuningKind, TuningStatus
 from learning.storage import get_store
 from learning.training.runner import CANCELLED, FAILED, SUCCEEDED, CpuTraining
 from learning.training.spec import TrainingSpec
+from learning.tuning_kube import KubernetesTraining
 from marketplace.catalog import custom_models
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class Parts:
 
     invoke: evaluations.Invoke | None = None
     training: Training = CpuTraining
+    cluster: Callable[..., KubernetesTraining] = KubernetesTraining
     answer_locally: tuning_eval.AnswerLocally = tuning_eval.answer_locally
 
 
@@ -254,18 +258,20 @@ def training_rows(job: TuningJob, records: list[dict[str, Any]]) -> list[dict[st
     return rows
 
 
-def run_of(job: TuningJob, parts: Parts) -> CpuTraining:
+def run_of(job: TuningJob, parts: Parts) -> CpuTraining | KubernetesTraining:
+    folder = Path(job.work_dir)
+    if job.on_cluster:
+        return parts.cluster(folder / "run", job=job, data=folder / "train.jsonl")
     base = tuning.student_weights(job.student_base)
     if base is None:
         raise StepFailed(f"{job.student_base.name}'s weights are no longer on this machine.", "bad_run")
-    folder = Path(job.work_dir)
     return parts.training(
         folder / "run", base_model=base, data=folder / "train.jsonl",
         spec=TrainingSpec.from_dict(job.hyperparameters),
     )  # fmt: skip
 
 
-def _finished_whole(run: CpuTraining) -> bool:
+def _finished_whole(run: CpuTraining | KubernetesTraining) -> bool:
     events = run.events()
     return (
         bool(events) and events[-1].get("event") == "done" and (run.adapter / "adapter_config.json").is_file()
@@ -288,6 +294,10 @@ def train(job: TuningJob, parts: Parts) -> bool:
         state = {"total": job.total_steps}
 
         def on_progress(event: dict[str, Any]) -> None:
+            if event.get("event") == "waiting":  # a training Job's pod that has not started, and why
+                TuningJob.objects.filter(pk=job.pk, status=TuningStatus.TRAINING).update(
+                    status_message=str(event["message"])
+                )
             if event.get("event") in ("start", "step") and event.get("total_steps"):
                 state["total"] = int(event["total_steps"])
             if event.get("event") != "step":
@@ -309,11 +319,9 @@ def train(job: TuningJob, parts: Parts) -> bool:
                 except TimeoutError:
                     if not tuning.renew(job.pk, TuningStatus.TRAINING):
                         run.cancel(grace=60)
-                        run.progress()
                         return False
         finally:
-            if run.running and run.process is not None:
-                run.process.kill()
+            run.stop()
         if outcome.status == FAILED:
             raise StepFailed(outcome.message, outcome.reason or "error")
         if outcome.status == CANCELLED or outcome.status != SUCCEEDED:
@@ -324,7 +332,7 @@ def train(job: TuningJob, parts: Parts) -> bool:
         job, TuningStatus.EVALUATING,
         f"Trained {done.get('step', job.total_steps)} steps (loss {done.get('first_loss')} → "
         f"{done.get('last_loss')}); the student, teacher and base answer the held-out part.",
-        progress={},
+        progress={}, reserved_gpus=0,
     )  # fmt: skip
 
 
@@ -335,25 +343,15 @@ def evaluate(job: TuningJob, parts: Parts) -> bool:
     if not job.evaluation:
         heldout = [record for record in records_of(job) if record["split"] == DatasetPart.HELDOUT]
         prompts = [str(tuning.student_prompt(record)) for record in heldout]
-        base = tuning.student_weights(job.student_base)
-        if base is None:
-            raise StepFailed(f"{job.student_base.name}'s weights are no longer on this machine.", "bad_run")
-        adapter = run_of(job, parts).adapter
-
-        def wanted() -> bool:
-            return tuning.renew(job.pk, TuningStatus.EVALUATING)
-
-        try:
-            TuningJob.objects.filter(pk=job.pk).update(progress={"done": 0, "total": 2 * len(prompts)})
-            student, student_tokens = parts.answer_locally(base, adapter, prompts, job.max_tokens, wanted)
-            TuningJob.objects.filter(pk=job.pk).update(
-                progress={"done": len(prompts), "total": 2 * len(prompts)}
-            )
-            untrained, _ = parts.answer_locally(base, None, prompts, job.max_tokens, wanted)
-        except tuning_eval.Stopped:
-            return False
-        except tuning_eval.GenerationFailed as error:
-            raise StepFailed(str(error), error.reason) from None
+        run = run_of(job, parts)
+        if isinstance(run, KubernetesTraining):  # the Job answered on its GPU
+            made = run.answers()
+            student, student_tokens, untrained = made["student"], made["prompt_tokens"], made["base"]
+        else:
+            answered = _answer_here(job, parts, run.adapter, prompts)
+            if answered is None:
+                return False
+            student, student_tokens, untrained = answered
         teacher: list[str] | None = None
         teacher_tokens: list[int] = []
         if job.kind == TuningKind.DISTILLATION:
@@ -373,6 +371,29 @@ def evaluate(job: TuningJob, parts: Parts) -> bool:
         job, TuningStatus.REGISTERING,
         f"Evaluated: {tuning_eval.summary(job.evaluation)}; registering the adapter as {job.name}.",
     )  # fmt: skip
+
+
+def _answer_here(
+    job: TuningJob, parts: Parts, adapter: Path, prompts: list[str]
+) -> tuple[list[str], list[int], list[str]] | None:
+    """The student's and the untrained base's answers on this machine's CPU; None when cancelled."""
+    base = tuning.student_weights(job.student_base)
+    if base is None:
+        raise StepFailed(f"{job.student_base.name}'s weights are no longer on this machine.", "bad_run")
+
+    def wanted() -> bool:
+        return tuning.renew(job.pk, TuningStatus.EVALUATING)
+
+    try:
+        TuningJob.objects.filter(pk=job.pk).update(progress={"done": 0, "total": 2 * len(prompts)})
+        student, student_tokens = parts.answer_locally(base, adapter, prompts, job.max_tokens, wanted)
+        TuningJob.objects.filter(pk=job.pk).update(progress={"done": len(prompts), "total": 2 * len(prompts)})
+        untrained, _ = parts.answer_locally(base, None, prompts, job.max_tokens, wanted)
+    except tuning_eval.Stopped:
+        return None
+    except tuning_eval.GenerationFailed as error:
+        raise StepFailed(str(error), error.reason) from None
+    return student, student_tokens, untrained
 
 
 # --- 5. Registering ----------------------------------------------------------------------------------------

@@ -92,6 +92,10 @@ try:
     KUBERNETES_NAMESPACE = env.string("KUBERNETES_NAMESPACE", "marketplace-serving")
     KUBECONFIG = env.string("KUBECONFIG")  # unset: in-cluster configuration
     VLLM_IMAGE = env.string("VLLM_IMAGE", "vllm/vllm-openai:v0.33.0")
+    # Tuning jobs on the cluster: the trainer image (the Dockerfile's `trainer` target: the engine image with
+    # PEFT and TRL) and how long a training Job may hold its GPUs.
+    TRAINING_IMAGE = env.string("TRAINING_IMAGE", "model-marketplace-trainer:v0.33.0")
+    TRAINING_DEADLINE_SECONDS = env.integer("TRAINING_DEADLINE_SECONDS", 86_400, minimum=600, maximum=518_400)
     KEDA_ENABLED = env.boolean("KEDA_ENABLED", True)
     PROMETHEUS_URL = env.url(
         "PROMETHEUS_URL", schemes=("http", "https"), default="http://prometheus-operated.monitoring.svc:9090"

@@ -310,6 +310,9 @@ def check_quota(
     if replacing is not None:
         live = live.exclude(pk=replacing.pk)
     usage = _reservations(live, gpu_model=instance_type.gpu_model)
+    training = _training_reservations(organization, gpu_model=instance_type.gpu_model)
+    usage["total"] += training["total"]
+    usage["same_model"] += training["same_model"]
     if replacing is None and usage["count"] >= quota.max_deployments:
         raise _refuse(
             "quota",
@@ -346,6 +349,28 @@ def check_quota(
     return needed
 
 
+def check_training_quota(organization: Organization, instance_type: InstanceType) -> int:
+    """Raise unless the organisation's GPU quota has room for a training run on one `instance_type`
+    (learning.tuning); return the GPUs to reserve. Like check_quota: inside a transaction, under the
+    quota row's lock, counting live deployments and the training runs that hold GPUs."""
+    quota = Quota.objects.select_for_update().get_or_create(organization=organization)[0]
+    live = Deployment.objects.filter(organization=organization, status__in=LIVE_STATUSES)
+    usage = _reservations(live, gpu_model=instance_type.gpu_model)
+    training = _training_reservations(organization, gpu_model=instance_type.gpu_model)
+    needed = instance_type.gpu_count
+    model_left = quota.gpu_limit(instance_type.gpu_model) - usage["same_model"] - training["same_model"]
+    total_left = quota.max_gpus - usage["total"] - training["total"]
+    if (instance_type.gpu_model in quota.gpus_per_model and needed > model_left) or needed > total_left:
+        left = min(model_left, total_left) if instance_type.gpu_model in quota.gpus_per_model else total_left
+        raise _refuse(
+            "instance_type",
+            f"Training on {instance_type.name} needs {needed} × {instance_type.gpu_model}; the "
+            f"organisation's GPU quota leaves {max(left, 0)}: wait for a run or a deployment to finish, "
+            "choose a smaller instance type, or ask a platform admin to raise the quota.",
+        )
+    return needed
+
+
 def _reservations(live: QuerySet[Deployment], *, gpu_model: str) -> dict[str, int]:
     """How many live deployments there are, the GPUs they hold in all and of `gpu_model`, and the
     replicas they may run on CPU instance types (their max replicas: what they may scale to)."""
@@ -354,6 +379,21 @@ def _reservations(live: QuerySet[Deployment], *, gpu_model: str) -> dict[str, in
         total=Sum("reserved_gpus"),
         same_model=Sum("reserved_gpus", filter=Q(gpu_model=gpu_model)),
         cpu_replicas=Sum("max_replicas", filter=Q(instance_type__gpu_count=0)),
+    )
+    return {name: value or 0 for name, value in usage.items()}
+
+
+def _training_held(organization: Organization) -> QuerySet[Any]:
+    from learning.models import TuningJob  # learning builds on serving; the quota counts both
+
+    return TuningJob.objects.filter(organization=organization, reserved_gpus__gt=0, finished_at__isnull=True)
+
+
+def _training_reservations(organization: Organization, *, gpu_model: str) -> dict[str, int]:
+    """The GPUs the organisation's training runs on the cluster hold (learning.tuning), in all and of
+    `gpu_model`: a run holds its instance's GPUs from creation until its Job is done."""
+    usage = _training_held(organization).aggregate(
+        total=Sum("reserved_gpus"), same_model=Sum("reserved_gpus", filter=Q(gpu_model=gpu_model))
     )
     return {name: value or 0 for name, value in usage.items()}
 
@@ -377,6 +417,9 @@ def quota_use(organization: Organization) -> QuotaUse:
     by_model = dict.fromkeys(quota.gpus_per_model, 0)
     for row in live.exclude(gpu_model="").values("gpu_model").annotate(gpus=Sum("reserved_gpus")):
         by_model[row["gpu_model"]] = row["gpus"] or 0
+    for row in _training_held(organization).values("gpu_model").annotate(gpus=Sum("reserved_gpus")):
+        by_model[row["gpu_model"]] = by_model.get(row["gpu_model"], 0) + (row["gpus"] or 0)
+        usage["total"] += row["gpus"] or 0
     month_start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     tokens = UsageRecord.objects.filter(organization=organization, created_at__gte=month_start).aggregate(
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
@@ -742,6 +785,34 @@ def served_adapters(deployment: Deployment) -> list[DeploymentAdapter]:
     return list(deployment.adapters.all())
 
 
+def model_spec(card: ModelCard) -> ModelSpec:
+    return ModelSpec(
+        slug=card.slug,
+        huggingface_repo=card.huggingface_repo,
+        revision=card.revision,
+        gated=card.gated,
+        parameters=card.parameters,
+        gpu_memory_gb=card.gpu_memory_gb,
+        context_length=card.context_length,
+        routes=card.routes,
+        modalities_in=tuple(card.modalities_in),
+        weights_path=weights_path(card),
+        **_adapter_fields(card),
+    )
+
+
+def instance_spec(instance: InstanceType) -> InstanceSpec:
+    return InstanceSpec(
+        slug=instance.slug,
+        gpu_count=instance.gpu_count,
+        gpu_memory_gb=instance.gpu_memory_gb,
+        gpu_product=instance.gpu_product,
+        vcpu=instance.vcpu,
+        memory_gb=instance.memory_gb,
+        node_labels=dict(instance.node_labels),
+    )
+
+
 def spec_for(deployment: Deployment) -> DeploymentSpec:
     """The plain-data spec every builder and backend works from."""
     card, instance = deployment.model_card, deployment.instance_type
@@ -752,28 +823,8 @@ def spec_for(deployment: Deployment) -> DeploymentSpec:
         name=deployment.name,
         organization=deployment.organization.slug,
         generation=deployment.generation,
-        model=ModelSpec(
-            slug=card.slug,
-            huggingface_repo=card.huggingface_repo,
-            revision=card.revision,
-            gated=card.gated,
-            parameters=card.parameters,
-            gpu_memory_gb=card.gpu_memory_gb,
-            context_length=card.context_length,
-            routes=card.routes,
-            modalities_in=tuple(card.modalities_in),
-            weights_path=weights_path(card),
-            **_adapter_fields(card),
-        ),
-        instance=InstanceSpec(
-            slug=instance.slug,
-            gpu_count=instance.gpu_count,
-            gpu_memory_gb=instance.gpu_memory_gb,
-            gpu_product=instance.gpu_product,
-            vcpu=instance.vcpu,
-            memory_gb=instance.memory_gb,
-            node_labels=dict(instance.node_labels),
-        ),
+        model=model_spec(card),
+        instance=instance_spec(instance),
         autoscaling=Autoscaling(
             policy=deployment.autoscaling_policy,
             min_replicas=deployment.min_replicas,

@@ -23,6 +23,7 @@ from learning.training.spec import TrainingSpec
 from marketplace.accounts import tenancy
 from marketplace.accounts.models import Organization
 from marketplace.api import Conflict, TenantScopedViewSet
+from marketplace.catalog.models import InstanceType
 
 
 class TuningJobEventSerializer(serializers.ModelSerializer[TuningJobEvent]):
@@ -40,14 +41,19 @@ class TuningJobSerializer(serializers.ModelSerializer[TuningJob]):
     custom_model = serializers.SerializerMethodField(
         help_text="The registered student's slug, once registered"
     )
+    instance_type: serializers.SlugRelatedField[InstanceType] = serializers.SlugRelatedField(
+        slug_field="slug",
+        read_only=True,
+        help_text="The GPU instance type it trains on; null: this machine's CPUs",
+    )
 
     class Meta:
         model = TuningJob
         fields = [
             "id", "organization", "name", "kind", "teacher_deployment", "student_base", "dataset",
             "dataset_name", "hyperparameters", "max_tokens", "concurrency", "status", "status_message",
-            "failure_reason", "progress", "total_steps", "custom_model", "started_at", "finished_at",
-            "created_at",
+            "failure_reason", "progress", "total_steps", "custom_model", "instance_type", "started_at",
+            "finished_at", "created_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -96,6 +102,10 @@ class TuningJobCreateSerializer(serializers.Serializer[dict[str, Any]]):
     )  # fmt: skip
     max_tokens = serializers.IntegerField(min_value=1, max_value=4096, default=256)
     concurrency = serializers.IntegerField(min_value=1, max_value=tuning.MAX_CONCURRENCY, default=4)
+    instance_type = serializers.CharField(
+        max_length=100, required=False, allow_blank=True, default="",
+        help_text="On a cluster: the GPU instance type the training Job runs on; empty on this machine",
+    )  # fmt: skip
 
 
 class TuningJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
@@ -104,7 +114,7 @@ class TuningJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantS
     model. Members read them; owners and admins start and cancel them."""
 
     queryset = TuningJob.objects.select_related(
-        "organization", "dataset", "student_base", "custom_model__card"
+        "organization", "dataset", "student_base", "custom_model__card", "instance_type"
     )
     serializer_class = TuningJobSerializer
     filterset_fields = ["status", "kind"]
@@ -133,7 +143,7 @@ class TuningJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantS
                 teacher_deployment=data["teacher_deployment"],
                 teacher_instructions=data["teacher_instructions"],
                 hyperparameters=data["hyperparameters"], max_tokens=data["max_tokens"],
-                concurrency=data["concurrency"],
+                concurrency=data["concurrency"], instance_type=data["instance_type"],
             )  # fmt: skip
         except tuning.Refused as error:
             raise serializers.ValidationError({error.field: [str(error)]}) from None

@@ -6,7 +6,8 @@ its student (and the untrained base) on the held-out part before the student is 
 JOB.json holds {"base_model": folder, "adapter": folder or null, "prompts": [str, ...],
 "max_new_tokens": int, "output": file}. Each prompt is one user message, rendered with the base model's
 chat template, and answered greedily (the same weights vLLM serves; greedy, so the figures repeat). The
-output is one JSON object: {"answers": [str, ...], "prompt_tokens": [int, ...], "seconds": float}.
+output is one JSON object: {"answers": [str, ...], "prompt_tokens": [int, ...], "completion_tokens":
+[int, ...], "seconds": float}. A training Job (job.py) calls `generate` on its GPU.
 Standard library at the top, like cpu_trainer.py: torch, transformers and peft load where the work
 starts. Exit codes are cpu_trainer's (bad run, out of memory).
 """
@@ -28,6 +29,7 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a training Job's GPU; else this machine's CPU
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(job["base_model"])
     model = AutoModelForCausalLM.from_pretrained(job["base_model"], dtype=torch.float32)
@@ -35,8 +37,9 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, job["adapter"])
+    model.to(device)
     model.eval()
-    answers, lengths = [], []
+    answers, lengths, generated = [], [], []
     for prompt in job["prompts"]:
         encoded = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}],
@@ -45,6 +48,7 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
             return_dict=True,
             return_tensors="pt",
         )
+        encoded = encoded.to(device)
         length = int(encoded["input_ids"].shape[1])
         with torch.no_grad():
             output = model.generate(
@@ -55,7 +59,13 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
             )
         answers.append(tokenizer.decode(output[0][length:], skip_special_tokens=True).strip())
         lengths.append(length)
-    return {"answers": answers, "prompt_tokens": lengths, "seconds": round(time.monotonic() - started, 3)}
+        generated.append(int(output.shape[1]) - length)
+    return {
+        "answers": answers,
+        "prompt_tokens": lengths,
+        "completion_tokens": generated,
+        "seconds": round(time.monotonic() - started, 3),
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -219,7 +219,7 @@ def train(run: dict[str, Any], progress: Progress) -> int:
         save_steps=spec["checkpoint_every"],
         save_total_limit=2,
         include_num_input_tokens_seen="non_padding",
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),  # a training Job's GPU (job.py); else this machine's CPU
         bf16=False,
         report_to="none",
         disable_tqdm=True,

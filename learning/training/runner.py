@@ -152,6 +152,11 @@ class CpuTraining:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def stop(self) -> None:
+        """Kill the trainer if it still runs (its worker is going away); the checkpoints stay."""
+        if self.running and self.process is not None:
+            self.process.kill()
+
     def cancel(self, grace: float = 60.0) -> Outcome:
         """Stop the run, keeping its checkpoints: SIGTERM, and SIGKILL after `grace` seconds. The lines
         it wrote meanwhile stay for progress() to return."""

@@ -23,6 +23,8 @@ import urllib3
 from django.conf import settings
 from kubernetes import client, config
 
+from learning.training.kube_job import TRAINING_SELECTOR
+from learning.training.kube_job import TUNING_JOB_LABEL as TRAINING_JOB_LABEL
 from serving import manifests
 from serving.backends.base import (
     ContainerState,
@@ -35,6 +37,24 @@ from serving.backends.base import (
     TransientBackendError,
 )
 from serving.spec import ClusterSettings, DeploymentSpec
+
+TRAINING_RUNNING, TRAINING_SUCCEEDED, TRAINING_FAILED, TRAINING_MISSING = (
+    "running",
+    "succeeded",
+    "failed",
+    "missing",
+)
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """A training Job as the cluster reports it: its phase, its newest pod and that pod's log."""
+
+    phase: str  # running | succeeded | failed | missing
+    message: str = ""  # the Job's Failed condition, in the cluster's words
+    pod: PodState | None = None  # its newest pod
+    log: str = ""
+
 
 FIELD_MANAGER = "model-marketplace"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -82,6 +102,11 @@ NETWORK_POLICY = _Kind(
 POD = _Kind("Pod", "v1", "pods", "CoreV1Api", "namespaced_pod")
 EVENT = _Kind("Event", "v1", "events", "CoreV1Api", "namespaced_event")
 NODE = _Kind("Node", "v1", "nodes", "CoreV1Api", "node", namespaced=False)
+# A tuning job's training run (learning/training/kube_job.py): its Secret and its Job.
+SECRET = _Kind("Secret", "v1", "secrets", "CoreV1Api", "namespaced_secret")
+JOB = _Kind("Job", "batch/v1", "jobs", "BatchV1Api", "namespaced_job")
+TRAINING_KINDS = {(kind.api_version, kind.kind): kind for kind in (SECRET, JOB)}
+LOG_LIMIT_BYTES = 4 * 1024 * 1024  # a training log is a line a step; this is thousands of steps
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -147,6 +172,7 @@ class KubernetesBackend:
                 "PolicyV1Api",
                 "AutoscalingV2Api",
                 "NetworkingV1Api",
+                "BatchV1Api",
                 "CustomObjectsApi",
             )
         }
@@ -275,10 +301,77 @@ class KubernetesBackend:
         reply = self._request("listing Nodes", "list", NODE)
         return [_node_state(item) for item in reply.get("items") or []]
 
+    # Training runs (learning.tuning_kube): a Secret and a Job per tuning job, labelled with its id.
+
+    def apply_training(self, objects: list[dict[str, Any]]) -> None:
+        """Server-side apply a training run's objects; the same objects twice change nothing, so a
+        resumed worker re-attaches to the Job already running."""
+        for obj in objects:
+            if (obj.get("apiVersion"), obj.get("kind")) not in TRAINING_KINDS:
+                raise ValueError(f"A training run is a Secret and a Job, not {obj.get('kind')}.")
+            self._apply_object(obj)
+
+    def training_state(self, job_id: int) -> TrainingState:
+        """Where a tuning job's training Job is (three calls: the Job, its pods, the newest pod's log)."""
+        selector = f"{TRAINING_SELECTOR},{TRAINING_JOB_LABEL}={job_id}"
+        jobs = self._request("listing training Jobs", "list", JOB, label_selector=selector).get("items") or []
+        if not jobs:
+            return TrainingState(phase=TRAINING_MISSING)
+        status = jobs[0].get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        pods = self._request("listing training pods", "list", POD, label_selector=selector).get("items") or []
+        pods.sort(key=lambda pod: pod["metadata"].get("creationTimestamp") or "")
+        pod = _pod_state(pods[-1]) if pods else None
+        log = self._log(pod.name) if pod is not None and pod.phase != "Pending" else ""
+        if "Complete" in conditions:
+            return TrainingState(phase=TRAINING_SUCCEEDED, pod=pod, log=log)
+        if "Failed" in conditions:
+            failed = conditions["Failed"]
+            message = failed.get("message") or failed.get("reason") or "the Job failed"
+            return TrainingState(phase=TRAINING_FAILED, message=str(message), pod=pod, log=log)
+        return TrainingState(phase=TRAINING_RUNNING, pod=pod, log=log)
+
+    def delete_training(self, job_id: int) -> None:
+        """Delete a training run's Job (its pods with it) and Secret; gone already is done."""
+        selector = f"{TRAINING_SELECTOR},{TRAINING_JOB_LABEL}={job_id}"
+        for kind in (JOB, SECRET):
+            self._delete_collection(
+                kind, selector, f"deleting the training {kind.kind}s of tuning job {job_id}"
+            )
+
+    def training_job_ids(self) -> set[int]:
+        """The tuning jobs that have a training Job in the cluster (one call), for the reconciler to find
+        runs nobody wants any more."""
+        reply = self._request("listing training Jobs", "list", JOB, label_selector=TRAINING_SELECTOR)
+        found = set()
+        for item in reply.get("items") or []:
+            value = (item["metadata"].get("labels") or {}).get(TRAINING_JOB_LABEL, "")
+            if value.isdigit():
+                found.add(int(value))
+        return found
+
+    def _log(self, pod: str) -> str:
+        try:
+            response = self._apis["CoreV1Api"].read_namespaced_pod_log(
+                pod, self.cluster.namespace, container="trainer", limit_bytes=LOG_LIMIT_BYTES,
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
+            return bytes(response.data).decode("utf-8", errors="replace")
+        except client.ApiException as error:
+            if int(error.status or 0) in (400, 404):  # the container has not started, or the pod is gone
+                return ""
+            raise self._api_error(error, f"reading the log of {pod}") from error
+        except urllib3.exceptions.HTTPError as error:
+            raise TransientBackendError(
+                f"The Kubernetes API at {self._host()} cannot be reached while reading {pod}'s log: "
+                f"{_reason(error)}."
+            ) from error
+
     # Requests.
 
     def _apply_object(self, obj: dict[str, Any]) -> None:
-        kind = APPLIED_KINDS.get((obj.get("apiVersion", ""), obj.get("kind", "")))
+        key = (obj.get("apiVersion", ""), obj.get("kind", ""))
+        kind = APPLIED_KINDS.get(key) or TRAINING_KINDS.get(key)
         if kind is None:
             raise ValueError(f"The kubernetes backend cannot apply {obj.get('apiVersion')} {obj.get('kind')}")
         name = obj["metadata"]["name"]

@@ -17,7 +17,7 @@ from learning.storage import FolderStore
 from learning.training.spec import TrainingSpec
 from marketplace.accounts.models import Organization
 from marketplace.catalog import custom_models
-from marketplace.catalog.models import ModelCard
+from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.web.loss_chart import loss_chart
 from tests.catalog.custom_model_files import write_adapter
 from tests.learning.conftest import make_deployment
@@ -215,3 +215,38 @@ def test_an_outsiders_form_cannot_use_another_organisations_dataset(
         and f"No dataset {dataset.pk} in &#x27;globex&#x27;" in answer.content.decode()
     )
     assert not TuningJob.objects.exists()
+
+
+def test_on_a_cluster_the_form_asks_for_the_gpu_instance_type_and_refuses_one_without_gpus(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore,
+    settings: Any,
+) -> None:  # fmt: skip
+    settings.SERVING_BACKEND = "kubernetes"
+    make_deployment(acme, "teacher")
+    dataset = ticket_dataset(configured_store, acme.pk, 8)
+    client = browser_for(owner)
+    page = client.get("/tuning-jobs/").content.decode()
+    assert 'id="id-instance_type"' in page and '<option value="aws-g5-xlarge"' in page
+    cpu = InstanceType.objects.filter(gpu_count=0).first()
+    assert cpu is not None and f'<option value="{cpu.slug}"' not in page
+    answer = client.post("/tuning-jobs/", form(dataset.pk, instance_type=cpu.slug))
+    assert answer.status_code == 400 and 'id="error-instance_type"' in answer.content.decode()
+    assert "needs a GPU instance" in answer.content.decode() and not TuningJob.objects.exists()
+
+
+def test_on_this_machine_the_form_has_no_instance_type(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore
+) -> None:
+    assert 'id="id-instance_type"' not in browser_for(owner).get("/tuning-jobs/").content.decode()
+
+
+def test_a_jobs_page_says_where_it_trains(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore
+) -> None:
+    here = make_job(acme, configured_store)
+    assert (
+        "Trains on this machine's CPU." in browser_for(owner).get(f"/tuning-jobs/{here.pk}/").content.decode()
+    )
+    there = make_job(acme, configured_store, instance_type=InstanceType.objects.get(slug="aws-g5-xlarge"))
+    html = browser_for(owner).get(f"/tuning-jobs/{there.pk}/").content.decode()
+    assert "Trains on the cluster, as a Job on g5.xlarge (1 × NVIDIA A10G 24GB)." in html

@@ -12,6 +12,8 @@ calls, over real HTTP on 127.0.0.1, so the official client is exercised end to e
 - DELETE one (a Success Status) and DELETE collection by `labelSelector` (the list of deleted objects,
   as a real server answers).
 - Nodes (cluster-wide): GET one and LIST; tests place them with `add_node`.
+- Secrets and batch/v1 Jobs (a tuning job's training run), and GET …/pods/<name>/log as plain text: tests
+  play the kubelet and the Job controller with `add_pod`, `set_log` and `set_job_condition`.
 - 404 Status replies for missing objects and for unknown resources: with `crds_installed=False` the KEDA
   ScaledObject resource is unknown, as in a cluster without KEDA. With `namespaces` given, writes into
   any other namespace get the real server's "namespace not found" reply.
@@ -47,6 +49,8 @@ RESOURCES = {
     ("policy/v1", "poddisruptionbudgets"): "PodDisruptionBudget",
     ("autoscaling/v2", "horizontalpodautoscalers"): "HorizontalPodAutoscaler",
     ("networking.k8s.io/v1", "networkpolicies"): "NetworkPolicy",
+    ("v1", "secrets"): "Secret",
+    ("batch/v1", "jobs"): "Job",
 }
 CRDS = {("keda.sh/v1alpha1", "scaledobjects"): "ScaledObject"}
 # Cluster-wide resources (no namespace in their path); stored under the namespace "".
@@ -78,6 +82,7 @@ class FakeKubernetes:
     no_delete_collection: set[str] = field(default_factory=set)  # plurals answering 405, as old servers do
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
+    logs: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, pod) → its log
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -292,9 +297,7 @@ class FakeKubernetes:
 
     # Serving (called from the handler's threads).
 
-    def handle(
-        self, method: str, raw_path: str, content_type: str, raw_body: bytes
-    ) -> tuple[int, dict[str, Any]]:
+    def handle(self, method: str, raw_path: str, content_type: str, raw_body: bytes) -> tuple[int, Any]:
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query)
         body: Any = None
@@ -323,6 +326,11 @@ class FakeKubernetes:
                 return _status(
                     failure.status, HTTPStatus(failure.status).phrase.replace(" ", ""), failure.message
                 )
+            log_of = _log_path(parts.path)
+            if log_of is not None and method == "GET":
+                if (log_of[0], log_of[1]) not in self.logs:
+                    return _not_found("pods", "", log_of[1])
+                return 200, self.logs[(log_of[0], log_of[1])]
             group_version, plural, namespace, name = _parse_path(parts.path)
             kind = RESOURCES.get((group_version, plural))
             if kind is None and self.crds_installed:
@@ -350,6 +358,23 @@ class FakeKubernetes:
             if method == "DELETE":
                 return self._delete_collection(resource, query)
             return _status(405, "MethodNotAllowed", f"the fake does not serve {method} {parts.path}")
+
+    def set_job_condition(
+        self, name: str, condition: str, message: str = "", namespace: str = NAMESPACE
+    ) -> None:
+        """The Job controller's verdict on a Job: `Complete` or `Failed` (with the controller's message)."""
+        with self._lock:
+            job = self.objects[("batch/v1", "jobs", namespace, name)]
+            counts = {"succeeded": 1} if condition == "Complete" else {"failed": 1}
+            job["status"] = {
+                **counts,
+                "conditions": [{"type": condition, "status": "True", "message": message}],
+            }
+
+    def set_log(self, pod: str, text: str, namespace: str = NAMESPACE) -> None:
+        """What GET …/pods/<pod>/log answers (text/plain), as a kubelet would serve a container's output."""
+        with self._lock:
+            self.logs[(namespace, pod)] = text
 
     def _get(self, resource: _Resource, name: str) -> tuple[int, dict[str, Any]]:
         obj = self.objects.get(resource.key(name))
@@ -482,9 +507,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw_body = self.rfile.read(length) if length else b""
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         status, reply = self.server_fake.handle(self.command, self.path, content_type, raw_body)
-        data = json.dumps(reply).encode()
+        text = isinstance(reply, str)  # a pod's log
+        data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -510,6 +536,19 @@ def _parse_path(path: str) -> tuple[str, str, str, str]:
     if len(rest) < 3 or rest[0] != "namespaces" or len(rest) > 4:
         return group_version, "", "", ""
     return group_version, rest[2], rest[1], rest[3] if len(rest) == 4 else ""
+
+
+def _log_path(path: str) -> tuple[str, str] | None:
+    """/api/v1/namespaces/NS/pods/NAME/log → (NS, NAME); None for any other path."""
+    parts = [part for part in path.split("/") if part]
+    if (
+        len(parts) == 7
+        and parts[:3] == ["api", "v1", "namespaces"]
+        and parts[4] == "pods"
+        and parts[6] == "log"
+    ):
+        return parts[3], parts[5]
+    return None
 
 
 def _parse_selector(selector: str) -> dict[str, str]:

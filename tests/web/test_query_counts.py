@@ -24,14 +24,14 @@ PINNED = {
     "/?q=instruct&task=chat&fits=aws-g5-xlarge&sort=-parameters": 11,  # + stop words, the search on its own
     "/models/llama-3.1-8b-instruct/": 8,  # with the live deployments that hold the subscription
     "/deployments/": 5,
-    "/deployments/new/?model=llama-3.1-8b-instruct": 11,
+    "/deployments/new/?model=llama-3.1-8b-instruct": 12,  # the quota's use: GPUs of training runs too
     "/deployments/{pk}/": 8,  # with the LoRA adapters served beside its model
     "/deployments/{pk}/usage/?range=24h": 5,  # with the latency of the window's calls, each weighing the same
     "/deployments/{pk}/playground/": 6,  # with whether the person is a member (may chat)
     "/api-keys/": 7,  # with the live deployment and router names a key may be limited to
-    "/organization/": 10,
+    "/organization/": 11,  # the quota's use: GPUs of training runs too
     "/platform/": 9,  # with the latency of the window's calls, each weighing the same
-    "/platform/organizations/acme/quota/": 11,
+    "/platform/organizations/acme/quota/": 12,  # the quota's use: GPUs of training runs too
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -18,11 +19,11 @@ from learning.api.tuning import TuningJobCreateSerializer
 from learning.models import Dataset, TuningJob, TuningKind
 from learning.training.spec import TrainingSpec
 from marketplace.accounts import tenancy
-from marketplace.catalog.models import ModelCard
+from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.web import current
 from marketplace.web.forms import NON_FIELD, field_errors
 from marketplace.web.loss_chart import loss_chart
-from serving.choices import DeploymentStatus
+from serving.choices import Backend, DeploymentStatus
 from serving.models import Deployment
 
 # The hyperparameters the form offers (the rest keep their defaults), with their input's step.
@@ -33,7 +34,7 @@ FORM_HYPERPARAMETERS = (("rank", "1"), ("alpha", "1"), ("learning_rate", "any"),
 def _job_of(request: HttpRequest, pk: int) -> TuningJob:
     return get_object_or_404(
         TuningJob.objects.filter(organization__in=tenancy.visible_organizations(request)).select_related(
-            "organization", "dataset", "student_base", "custom_model__card"
+            "organization", "dataset", "student_base", "custom_model__card", "instance_type"
         ),
         pk=pk, organization=current.organization(request),
     )  # fmt: skip
@@ -49,8 +50,16 @@ def _form_data(post: Any) -> dict[str, Any]:
                 hyperparameters[name] = float(text) if name == "learning_rate" else int(text)
             except ValueError:
                 hyperparameters[name] = text  # refused by the spec, naming the hyperparameter
-    data = {key: post.get(key, "") for key in ("name", "kind", "dataset", "student_base",
-                                               "teacher_deployment", "teacher_instructions")}  # fmt: skip
+    keys = (
+        "name",
+        "kind",
+        "dataset",
+        "student_base",
+        "teacher_deployment",
+        "teacher_instructions",
+        "instance_type",
+    )
+    data = {key: post.get(key, "") for key in keys}
     return {**data, "hyperparameters": hyperparameters}
 
 
@@ -62,12 +71,19 @@ def tuning_job_list(request: HttpRequest) -> HttpResponse:
     if organization is None:
         return render(request, "web/tuning_jobs.html", context)
     can_manage = tenancy.can_manage(request, organization)
+    # On a cluster a student of any size trains on a GPU instance type; on this machine, a CPU-capable one.
+    on_cluster = settings.SERVING_BACKEND == Backend.KUBERNETES
+    students = ModelCard.objects.visible_to(organization)
+    if not on_cluster:
+        students = students.filter(cpu_capable=True)
     context.update(
         can_manage=can_manage, kinds=TuningKind.choices, defaults=TrainingSpec().to_dict(),
         hyperparameters=FORM_HYPERPARAMETERS,
         jobs=TuningJob.objects.filter(organization=organization).select_related("dataset", "student_base"),
         datasets=Dataset.objects.filter(organization=organization),
-        students=ModelCard.objects.visible_to(organization).filter(cpu_capable=True).order_by("name"),
+        students=students.order_by("name"), on_cluster=on_cluster,
+        instance_types=InstanceType.objects.filter(gpu_count__gt=0).order_by("hourly_price_usd")
+        if on_cluster else InstanceType.objects.none(),
         teachers=Deployment.objects.filter(organization=organization, status=DeploymentStatus.READY)
         .order_by("name").values_list("name", flat=True),
     )  # fmt: skip
@@ -87,7 +103,7 @@ def tuning_job_list(request: HttpRequest) -> HttpResponse:
             organization=organization, user=request.user, name=data["name"], kind=data["kind"],
             dataset_id=data["dataset"], student_base=data["student_base"],
             teacher_deployment=data["teacher_deployment"], teacher_instructions=data["teacher_instructions"],
-            hyperparameters=data["hyperparameters"],
+            hyperparameters=data["hyperparameters"], instance_type=data["instance_type"],
         )  # fmt: skip
     except tuning.Refused as error:
         context.update(errors={error.field: [str(error)]}, values=request.POST.dict())
