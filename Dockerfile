@@ -6,6 +6,8 @@
 
 # Pinned by tag, the same in both stages (the venv's python is a link to the base image's).
 ARG PYTHON_IMAGE=python:3.11-slim
+# The trainer (below) builds on the engine image deployments run (serving/spec.py's ENGINE_IMAGE).
+ARG ENGINE_IMAGE=vllm/vllm-openai:v0.33.0
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
@@ -42,6 +44,22 @@ RUN SECRET_KEY=collectstatic-only \
     DJANGO_SETTINGS_MODULE=marketplace.settings \
     STATIC_ROOT=/app/static \
     /opt/venv/bin/python -m django collectstatic --noinput
+
+
+# The trainer of tuning jobs on GPU instance types, built apart: `docker build --target trainer -t
+# model-marketplace-trainer:v0.33.0 .` (TRAINING_IMAGE). The engine image brings torch, transformers and
+# CUDA; the LoRA trainer's libraries are those the CPU trainer is checked with (serving/local/engine_env.py);
+# the trainer's files need nothing else of the platform. A training Job runs its ENTRYPOINT.
+FROM ${ENGINE_IMAGE} AS trainer
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1
+RUN python3 -m pip install peft==0.21.2 trl==1.16.0 datasets==5.2.0
+WORKDIR /opt/marketplace
+COPY learning/__init__.py learning/
+COPY learning/training/__init__.py learning/training/cpu_trainer.py learning/training/cpu_generate.py \
+     learning/training/job.py learning/training/
+ENTRYPOINT ["python3", "-m", "learning.training.job"]
 
 
 FROM ${PYTHON_IMAGE}

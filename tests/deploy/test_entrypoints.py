@@ -367,7 +367,8 @@ def test_dockerfile_builds_one_pinned_non_root_image_around_the_entry_point() ->
     assert base.startswith("python:3.11") and base.endswith("-slim")  # a fixed tag, not `latest`
     assert re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE) == [
         "${PYTHON_IMAGE}",
-        "${PYTHON_IMAGE}",
+        "${ENGINE_IMAGE}",  # the trainer, built only with --target trainer
+        "${PYTHON_IMAGE}",  # the last stage: what `docker build .` makes
     ]
     assert "USER 10001:10001" in dockerfile  # numeric, so runAsNonRoot can check it
     assert "COPY --chmod=0755 deploy/entrypoint.sh /usr/local/bin/entrypoint" in dockerfile
@@ -375,6 +376,31 @@ def test_dockerfile_builds_one_pinned_non_root_image_around_the_entry_point() ->
     assert "DJANGO_SETTINGS_MODULE=marketplace.settings" in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "!deploy/entrypoint.sh" in ignored and "*" in ignored
+
+
+def test_the_trainer_stage_runs_the_training_jobs_program_with_the_cpu_trainers_libraries() -> None:
+    """The trainer image (TRAINING_IMAGE) is the pinned engine image with the libraries the CPU trainer is
+    checked with, and the files the Job's program imports; its entry point is the Job's command."""
+    from learning.training import kube_job
+    from serving.local.engine_env import ENGINE_PACKAGES
+    from serving.spec import ENGINE_IMAGE
+
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    (engine,) = re.findall(r"^ARG ENGINE_IMAGE=(\S+)$", dockerfile, flags=re.MULTILINE)
+    assert engine == ENGINE_IMAGE
+    stage = dockerfile.split("FROM ${ENGINE_IMAGE} AS trainer", 1)[1].split("\nFROM ", 1)[0]
+    (install,) = re.findall(r"^RUN python3 -m pip install (.+)$", stage, flags=re.MULTILINE)
+    pinned = {package for package in ENGINE_PACKAGES if package.split("==")[0] in ("peft", "trl", "datasets")}
+    assert set(install.split()) == pinned
+    copied = " ".join(re.findall(r"^COPY (.+)$", stage, flags=re.MULTILINE))
+    for module in ("learning/__init__.py", "learning/training/__init__.py", "learning/training/job.py",
+                   "learning/training/cpu_trainer.py", "learning/training/cpu_generate.py"):  # fmt: skip
+        assert module in copied
+    job = (ROOT / "learning" / "training" / "job.py").read_text()
+    assert set(re.findall(r"^from learning\.training import (.+)$", job, flags=re.MULTILINE)) == {
+        "cpu_generate, cpu_trainer"
+    }
+    assert f"ENTRYPOINT {json.dumps(kube_job.COMMAND)}" in stage
 
 
 def test_dockerfile_copies_every_package_the_project_installs() -> None:

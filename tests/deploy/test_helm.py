@@ -22,8 +22,10 @@ import pytest
 import yaml
 
 from deploy.tools import helm_binary
+from learning.training.kube_job import build_training_objects
 from serving.choices import AutoscalingPolicy
 from serving.spec import ClusterSettings
+from tests.learning.test_training_job_manifests import SPEC as TRAINING_SPEC
 from tests.serving.conftest import backend_for
 from tests.serving.fake_kubernetes import NAMESPACE as FAKE_NAMESPACE
 from tests.serving.fake_kubernetes import FakeKubernetes
@@ -659,6 +661,14 @@ def rbac_requests_of_the_backend() -> dict[tuple[str, str, str], set[str]]:
             backend.observe()
             backend.delete(7)
             backend.nodes()
+            # A tuning job's training run: applied, followed (its Job, its pod, the pod's log), found by
+            # the reconciler, deleted.
+            objects = build_training_objects(TRAINING_SPEC, cluster)
+            backend.apply_training(objects)
+            fake.add_pod("trainer-pod", objects[1]["spec"]["template"]["metadata"]["labels"])
+            backend.training_state(TRAINING_SPEC.job_id)
+            backend.training_job_ids()
+            backend.delete_training(TRAINING_SPEC.job_id)
             # NETWORK_POLICY_ENABLED turned off: the deployment's NetworkPolicy is deleted by name.
             without_policies = backend_for(fake.url, replace(cluster, network_policy=False))
             without_policies.apply(make_spec())
@@ -702,6 +712,8 @@ def _resource_of(path: str) -> tuple[str, str, str, str]:
     namespace = ""
     if rest[0] == "namespaces":
         namespace, rest = rest[1], rest[2:]
+    if len(rest) == 3:  # a subresource (pods/NAME/log): RBAC names it `pods/log`
+        return namespace, group, f"{rest[0]}/{rest[2]}", rest[1]
     return namespace, group, rest[0], rest[1] if len(rest) > 1 else ""
 
 

@@ -121,6 +121,8 @@ and the migrations Job's environment (the hook runs before the ConfigMap exists)
 SERVING_BACKEND: kubernetes
 KUBERNETES_NAMESPACE: {{ include "marketplace.servingNamespace" . | quote }}
 VLLM_IMAGE: {{ .Values.serving.vllmImage | quote }}
+TRAINING_IMAGE: {{ .Values.serving.trainingImage | quote }}
+TRAINING_DEADLINE_SECONDS: {{ .Values.serving.trainingDeadlineSeconds | quote }}
 KEDA_ENABLED: {{ ternary "True" "False" .Values.serving.kedaEnabled | quote }}
 PROMETHEUS_URL: {{ .Values.serving.prometheusUrl | quote }}
 MODEL_CACHE_PVC: {{ .Values.serving.modelCachePvc | quote }}
@@ -345,6 +347,9 @@ checksum/secret: {{ printf "%s%s%s%s" (include "marketplace.secretData" .) (incl
 {{- end }}
 {{- if hasSuffix ":latest" .Values.serving.vllmImage }}
 {{- fail "serving.vllmImage: `latest` is refused, pin the engine's version (e.g. vllm/vllm-openai:v0.33.0)" }}
+{{- end }}
+{{- if hasSuffix ":latest" .Values.serving.trainingImage }}
+{{- fail "serving.trainingImage: `latest` is refused, pin the trainer's build (the engine's version)" }}
 {{- end }}
 {{- if eq (toString .Values.tests.image.tag) "latest" }}
 {{- fail "tests.image.tag: `latest` is refused, pin a version" }}
