@@ -670,6 +670,9 @@ class TuningAnswer(models.Model):
     answer = models.TextField(blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    latency_ms = models.PositiveIntegerField(
+        default=0, help_text="How long the call took (the teacher's cost)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

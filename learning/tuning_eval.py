@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from learning.training import cpu_generate
 from learning.training.runner import _prepare_child
@@ -31,8 +31,19 @@ from learning.training.task_scoring import parse_object, score_answers
 from serving.local import capacity, engine_env
 
 GENERATE = Path(cpu_generate.__file__).resolve()
-# (base folder, adapter folder or None, prompts, max new tokens, still wanted?) → (answers, prompt tokens)
-AnswerLocally = Callable[[Path, Path | None, list[str], int, Callable[[], bool]], tuple[list[str], list[int]]]
+
+
+class Answered(NamedTuple):
+    """A model's answers to prompts, with what answering them took (the student's cost is measured here)."""
+
+    answers: list[str]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    seconds: float  # answering, one prompt at a time, the weights already loaded
+
+
+# (base folder, adapter folder or None, prompts, max new tokens, still wanted?) → the answers
+AnswerLocally = Callable[[Path, Path | None, list[str], int, Callable[[], bool]], Answered]
 
 
 class Stopped(Exception):
@@ -47,7 +58,7 @@ class GenerationFailed(Exception):
 
 def answer_locally(
     base: Path, adapter: Path | None, prompts: list[str], max_tokens: int, wanted: Callable[[], bool]
-) -> tuple[list[str], list[int]]:
+) -> Answered:
     """Answer `prompts` with the base (and adapter) in the engine's environment, on one core (the last, as
     the trainer's). `wanted` is asked every few seconds; when it says no the process is stopped (Stopped)."""
     folder = Path(tempfile.mkdtemp(prefix="student-answers-"))
@@ -79,8 +90,17 @@ def answer_locally(
         ]
         reason = "out_of_memory" if process.returncode == cpu_generate.EXIT_OUT_OF_MEMORY else "error"
         raise GenerationFailed(f"The student could not answer the held-out prompts: {tail[0][:500]}", reason)
-    result = json.loads((folder / "answers.json").read_text())
-    return list(result["answers"]), list(result["prompt_tokens"])
+    return answered(json.loads((folder / "answers.json").read_text()))
+
+
+def answered(result: dict[str, Any]) -> Answered:
+    """cpu_generate's output (or a training Job's held-out answers) as Answered."""
+    return Answered(
+        list(result["answers"]),
+        list(result["prompt_tokens"]),
+        list(result.get("completion_tokens") or []),
+        float(result.get("seconds") or 0.0),
+    )
 
 
 def _fields(truths: Sequence[dict[str, Any]]) -> list[str]:
@@ -151,6 +171,45 @@ def report(
             "saved_per_call": round(teacher_mean - student_mean, 1),
         }
     return result
+
+
+def cost_side(
+    *, instance: str, hourly_usd: float, busy_seconds: float, tokens: int, calls: int, estimate: bool
+) -> dict[str, Any]:
+    """What a model's tokens cost: its instance's hourly price over the time it was busy answering, per
+    1,000 tokens and per call (its mean tokens a call, prompt included, so the prompt tokens a student
+    saves show)."""
+    per_1k = hourly_usd * busy_seconds / 3600 / tokens * 1000 if tokens and busy_seconds > 0 else None
+    per_call = tokens / calls if calls else None
+    return {
+        "instance_type": instance,
+        "hourly_usd": round(hourly_usd, 6),
+        "busy_seconds": round(busy_seconds, 3),
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / busy_seconds, 2) if busy_seconds > 0 else None,
+        "tokens_per_call": round(per_call, 1) if per_call is not None else None,
+        "usd_per_1k_tokens": round(per_1k, 8) if per_1k is not None else None,
+        "usd_per_call": round(per_1k * per_call / 1000, 8) if per_1k is not None and per_call else None,
+        "estimate": estimate,
+    }
+
+
+def cost_report(teacher: dict[str, Any] | None, student: dict[str, Any]) -> dict[str, Any]:
+    """Teacher and student side by side, with the student's cost a call as a percentage of the teacher's
+    (when both have a price) and its throughput as a multiple of the teacher's."""
+    report: dict[str, Any] = {"student": student}
+    if teacher is None:
+        return report
+    report["teacher"] = teacher
+    if teacher["usd_per_call"] and student["usd_per_call"] is not None:
+        report["student_percent_of_teacher_per_call"] = round(
+            100 * student["usd_per_call"] / teacher["usd_per_call"], 1
+        )
+    if teacher["tokens_per_second"] and student["tokens_per_second"]:
+        report["student_throughput_ratio"] = round(
+            student["tokens_per_second"] / teacher["tokens_per_second"], 2
+        )
+    return report
 
 
 def summary(evaluation: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 from rest_framework import exceptions
 
-from learning import datasets, evaluations, scorers, tuning, tuning_eval
+from learning import datasets, evaluations, results, scorers, tuning, tuning_eval
 from learning.choices import DatasetPart
 from learning.models import TuningAnswer, TuningJob, TuningKind, TuningStatus
 from learning.storage import get_store
@@ -45,6 +46,9 @@ from learning.training.runner import CANCELLED, FAILED, SUCCEEDED, CpuTraining
 from learning.training.spec import TrainingSpec
 from learning.tuning_kube import KubernetesTraining
 from marketplace.catalog import custom_models
+from marketplace.catalog.models import InstanceType
+from serving.choices import DeploymentStatus
+from serving.models import Deployment
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +155,7 @@ async def _teacher_answers(job: TuningJob, records: list[dict[str, Any]], invoke
                 record = work.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            began = time.monotonic()
             try:
                 status, body = await invoke("chat.completions", teacher_payload(job, record))
             except Exception as raised:  # an answer that cannot be had is stored as an error; the rest go on
@@ -164,6 +169,7 @@ async def _teacher_answers(job: TuningJob, records: list[dict[str, Any]], invoke
                 job=job, record_id=record["id"], part=record["split"], status_code=status, error=error[:2000],
                 answer=text or "", prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
+                latency_ms=round((time.monotonic() - began) * 1000),
             )  # fmt: skip
             await sync_to_async(TuningAnswer.objects.bulk_create)([row], ignore_conflicts=True)
             count["done"] += 1
@@ -346,12 +352,12 @@ def evaluate(job: TuningJob, parts: Parts) -> bool:
         run = run_of(job, parts)
         if isinstance(run, KubernetesTraining):  # the Job answered on its GPU
             made = run.answers()
-            student, student_tokens, untrained = made["student"], made["prompt_tokens"], made["base"]
+            student, untrained = tuning_eval.answered(made), list(made["base"])
         else:
             answered = _answer_here(job, parts, run.adapter, prompts)
             if answered is None:
                 return False
-            student, student_tokens, untrained = answered
+            student, untrained = answered
         teacher: list[str] | None = None
         teacher_tokens: list[int] = []
         if job.kind == TuningKind.DISTILLATION:
@@ -359,9 +365,11 @@ def evaluate(job: TuningJob, parts: Parts) -> bool:
             teacher = [answers[r["id"]].answer if r["id"] in answers else "" for r in heldout]
             teacher_tokens = [answers[r["id"]].prompt_tokens for r in heldout if r["id"] in answers]
         job.evaluation = tuning_eval.report(
-            references=[record.get("reference") for record in heldout], teacher=teacher, student=student,
-            base=untrained, teacher_prompt_tokens=teacher_tokens, student_prompt_tokens=student_tokens,
+            references=[record.get("reference") for record in heldout], teacher=teacher,
+            student=student.answers, base=untrained, teacher_prompt_tokens=teacher_tokens,
+            student_prompt_tokens=student.prompt_tokens,
         )  # fmt: skip
+        job.evaluation["costs"] = tuning_eval.cost_report(_teacher_cost(job), _student_cost(job, student))
         held = TuningJob.objects.filter(pk=job.pk, status=TuningStatus.EVALUATING).update(
             evaluation=job.evaluation, progress={"done": 2 * len(prompts), "total": 2 * len(prompts)}
         )
@@ -373,9 +381,50 @@ def evaluate(job: TuningJob, parts: Parts) -> bool:
     )  # fmt: skip
 
 
+def _teacher_cost(job: TuningJob) -> dict[str, Any] | None:
+    """What the teacher's tokens cost while it answered this job: its deployment's instance price (all
+    its replicas) over the time its calls were in flight, as an evaluation measures a deployment."""
+    if job.kind != TuningKind.DISTILLATION:
+        return None
+    deployment = (
+        Deployment.objects.filter(organization_id=job.organization_id, name=job.teacher_deployment)
+        .exclude(status=DeploymentStatus.DELETED)
+        .select_related("instance_type")
+        .first()
+    )
+    answers = list(TuningAnswer.objects.filter(job=job, error=""))
+    if deployment is None or not answers:
+        return None
+    busy = results.busy_seconds(
+        (answer.created_at - datetime.timedelta(milliseconds=answer.latency_ms), answer.created_at)
+        for answer in answers
+    )
+    return tuning_eval.cost_side(
+        instance=deployment.instance_type.name,
+        hourly_usd=float(deployment.instance_type.hourly_price_usd) * max(1, deployment.desired_replicas),
+        busy_seconds=busy, tokens=sum(a.prompt_tokens + a.completion_tokens for a in answers),
+        calls=len(answers), estimate=False,
+    )  # fmt: skip
+
+
+def _student_cost(job: TuningJob, student: tuning_eval.Answered) -> dict[str, Any]:
+    """An estimate of what the student's tokens cost before it is deployed: the price of the instance
+    type it answered on (the Job's, or this machine's CPU type) over the time it took to answer the
+    held-out prompts one at a time with transformers. vLLM batches, so a deployment costs less."""
+    instance = (
+        job.instance_type or InstanceType.objects.filter(gpu_count=0).order_by("hourly_price_usd").first()
+    )
+    return tuning_eval.cost_side(
+        instance=instance.name if instance else "this machine",
+        hourly_usd=float(instance.hourly_price_usd) if instance else 0.0,
+        busy_seconds=student.seconds, tokens=sum(student.prompt_tokens) + sum(student.completion_tokens),
+        calls=len(student.answers), estimate=True,
+    )  # fmt: skip
+
+
 def _answer_here(
     job: TuningJob, parts: Parts, adapter: Path, prompts: list[str]
-) -> tuple[list[str], list[int], list[str]] | None:
+) -> tuple[tuning_eval.Answered, list[str]] | None:
     """The student's and the untrained base's answers on this machine's CPU; None when cancelled."""
     base = tuning.student_weights(job.student_base)
     if base is None:
@@ -386,14 +435,14 @@ def _answer_here(
 
     try:
         TuningJob.objects.filter(pk=job.pk).update(progress={"done": 0, "total": 2 * len(prompts)})
-        student, student_tokens = parts.answer_locally(base, adapter, prompts, job.max_tokens, wanted)
+        student = parts.answer_locally(base, adapter, prompts, job.max_tokens, wanted)
         TuningJob.objects.filter(pk=job.pk).update(progress={"done": len(prompts), "total": 2 * len(prompts)})
-        untrained, _ = parts.answer_locally(base, None, prompts, job.max_tokens, wanted)
+        untrained = parts.answer_locally(base, None, prompts, job.max_tokens, wanted).answers
     except tuning_eval.Stopped:
         return None
     except tuning_eval.GenerationFailed as error:
         raise StepFailed(str(error), error.reason) from None
-    return student, student_tokens, untrained
+    return student, untrained
 
 
 # --- 5. Registering ----------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ JOB.json holds {"base_model": folder, "adapter": folder or null, "prompts": [str
 "max_new_tokens": int, "output": file}. Each prompt is one user message, rendered with the base model's
 chat template, and answered greedily (the same weights vLLM serves; greedy, so the figures repeat). The
 output is one JSON object: {"answers": [str, ...], "prompt_tokens": [int, ...], "completion_tokens":
-[int, ...], "seconds": float}. A training Job (job.py) calls `generate` on its GPU.
+[int, ...], "seconds": float (answering, once the weights are loaded), "loading_seconds": float}. A
+training Job (job.py) calls `generate` on its GPU.
 Standard library at the top, like cpu_trainer.py: torch, transformers and peft load where the work
 starts. Exit codes are cpu_trainer's (bad run, out of memory).
 """
@@ -30,7 +31,7 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a training Job's GPU; else this machine's CPU
-    started = time.monotonic()
+    loading = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(job["base_model"])
     model = AutoModelForCausalLM.from_pretrained(job["base_model"], dtype=torch.float32)
     if job.get("adapter"):
@@ -39,6 +40,7 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
         model = PeftModel.from_pretrained(model, job["adapter"])
     model.to(device)
     model.eval()
+    started = time.monotonic()  # what answering costs, without loading the weights
     answers, lengths, generated = [], [], []
     for prompt in job["prompts"]:
         encoded = tokenizer.apply_chat_template(
@@ -65,6 +67,7 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
         "prompt_tokens": lengths,
         "completion_tokens": generated,
         "seconds": round(time.monotonic() - started, 3),
+        "loading_seconds": round(started - loading, 3),
     }
 
 

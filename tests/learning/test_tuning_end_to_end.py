@@ -109,6 +109,11 @@ def test_a_distillation_job_trains_evaluates_and_registers_a_student_for_real(
     assert models["student"]["quality"] > models["base"]["quality"]
     assert report["student_percent_of_teacher"] == round(100 * models["student"]["quality"], 1)
     assert report["prompt_tokens"]["saved_per_call"] > 100
+    # What the tokens cost: the teacher's calls measured, the student's held-out answers timed for real.
+    costs = report["costs"]
+    assert costs["teacher"]["busy_seconds"] > 0 and costs["teacher"]["estimate"] is False
+    assert costs["student"]["tokens_per_second"] > 0 and costs["student"]["estimate"] is True
+    assert costs["student"]["tokens_per_call"] < costs["teacher"]["tokens_per_call"]
 
     # 4. Registered once, as an adapter on the base it was trained on.
     assert job.custom_model is not None and job.custom_model.base is not None

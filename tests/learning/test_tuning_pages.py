@@ -12,6 +12,7 @@ import pytest
 from django.contrib.auth.models import AbstractUser
 from django.test import Client
 
+from learning import tuning_eval
 from learning.models import TuningJob, TuningJobEvent, TuningKind, TuningStatus
 from learning.storage import FolderStore
 from learning.training.spec import TrainingSpec
@@ -250,3 +251,42 @@ def test_a_jobs_page_says_where_it_trains(
     there = make_job(acme, configured_store, instance_type=InstanceType.objects.get(slug="aws-g5-xlarge"))
     html = browser_for(owner).get(f"/tuning-jobs/{there.pk}/").content.decode()
     assert "Trains on the cluster, as a Job on g5.xlarge (1 × NVIDIA A10G 24GB)." in html
+
+
+def test_a_finished_job_sets_the_students_cost_beside_the_teachers(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore
+) -> None:
+    teacher = tuning_eval.cost_side(
+        instance="g5.xlarge", hourly_usd=1.006, busy_seconds=36.0, tokens=9_000, calls=30, estimate=False
+    )
+    student = tuning_eval.cost_side(
+        instance="g5.xlarge", hourly_usd=1.006, busy_seconds=3.6, tokens=1_200, calls=30, estimate=True
+    )
+    costs = tuning_eval.cost_report(teacher, student)
+    job = make_job(
+        acme, configured_store, status=TuningStatus.SUCCEEDED, evaluation={**EVALUATION, "costs": costs}
+    )
+    html = browser_for(owner).get(f"/tuning-jobs/{job.pk}/").content.decode()
+    # 1.006 $/h over 36 s for 9,000 tokens: $0.001118 per 1,000; 300 tokens a call: $0.000335 a call.
+    assert teacher["usd_per_1k_tokens"] == pytest.approx(0.00111778, rel=1e-4)
+    assert "$0.001118" in html and "$0.000335" in html
+    # The student: 1.006 $/h over 3.6 s for 1,200 tokens is $0.000838 per 1,000, 40 tokens a call: a tenth.
+    assert costs["student_percent_of_teacher_per_call"] == 10.0 and "$0.000838" in html
+    assert (
+        f"<strong>{costs['student_percent_of_teacher_per_call']}%</strong> of a call to the teacher" in html
+    )
+    assert 'student <span class="muted">(estimate)</span>' in html
+    assert f"({costs['student_throughput_ratio']}× the teacher's tokens per second)" in html
+
+
+def test_a_job_on_this_machine_says_its_cpu_has_no_hourly_price(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore
+) -> None:
+    student = tuning_eval.cost_side(
+        instance="Local CPU", hourly_usd=0.0, busy_seconds=4.0, tokens=800, calls=10, estimate=True
+    )
+    job = make_job(acme, configured_store, status=TuningStatus.SUCCEEDED,
+                   evaluation={**EVALUATION, "costs": tuning_eval.cost_report(None, student)})  # fmt: skip
+    html = browser_for(owner).get(f"/tuning-jobs/{job.pk}/").content.decode()
+    assert "This machine's CPU has no hourly price" in html and 'id="cost-headline"' not in html
+    assert "200.0" in html  # tokens a second

@@ -20,16 +20,16 @@ import redis
 from celery.exceptions import Retry
 from django.utils import timezone
 
-from learning import tasks, tuning, tuning_run
+from learning import tasks, tuning, tuning_eval, tuning_run
 from learning.models import Dataset, TuningAnswer, TuningJob, TuningStatus
 from learning.storage import FolderStore
 from learning.training import tickets
 from learning.training.runner import CANCELLED, FAILED, SUCCEEDED, CpuTraining, Outcome
 from marketplace.accounts import services as account_services
 from marketplace.accounts.models import Organization, Quota
-from marketplace.catalog.models import CustomModel
+from marketplace.catalog.models import CustomModel, InstanceType
 from serving import tasks as serving_tasks
-from serving.models import UsageRecord
+from serving.models import Deployment, UsageRecord
 from tests.catalog.custom_model_files import write_adapter
 from tests.conftest import make_user
 from tests.learning.ticket_teacher import TicketTeacher, ticket_dataset, ticket_teacher
@@ -38,6 +38,7 @@ from tests.serving.gateway.conftest import CHAT, deploy
 pytestmark = pytest.mark.usefixtures("transactional_catalog")  # the teacher's calls read rows from threads
 
 RECORDS = 8
+STUDENT_SECONDS = 0.25  # a held-out answer of the stand-in student
 LOSSES = (2.5, 1.2, 0.6)
 
 
@@ -104,15 +105,19 @@ class StudentAnswers:
         prompts: list[str],
         max_tokens: int,
         wanted: Callable[[], bool],
-    ) -> tuple[list[str], list[int]]:
+    ) -> tuning_eval.Answered:
         self.calls += 1
         assert (base / "config.json").is_file() and wanted()
         if adapter is None:
-            return ["I am sorry, I cannot help with that." for _ in prompts], [12] * len(prompts)
+            refusals = ["I am sorry, I cannot help with that." for _ in prompts]
+            return tuning_eval.Answered(refusals, [12] * len(prompts), [9] * len(prompts), 0.5 * len(prompts))
         assert (adapter / "adapter_config.json").is_file()
         answers = [tickets.teacher_answer(prompt) for prompt in prompts]
         answers[-1] = '{"category": "billing"}'
-        return answers, [len(prompt.split()) for prompt in prompts]
+        prompt_tokens = [len(prompt.split()) for prompt in prompts]
+        return tuning_eval.Answered(
+            answers, prompt_tokens, [20] * len(prompts), STUDENT_SECONDS * len(prompts)
+        )
 
 
 @dataclass
@@ -209,6 +214,54 @@ def test_the_evaluation_scores_student_teacher_and_base_on_the_heldout_part(setu
     assert models["student"]["field_accuracy"]["priority"] == 0.5
     assert report["student_percent_of_teacher"] == round(100 * models["student"]["quality"], 1)
     assert report["prompt_tokens"]["saved_per_call"] > 100  # the instructions the student does without
+
+
+def test_the_evaluation_sets_the_students_cost_beside_the_teachers(setup: Setup) -> None:
+    """The teacher's cost is measured: its instance's price over the time its calls were in flight. The
+    student's is an estimate from its held-out answers, priced at this machine's CPU instance type."""
+    gpu = InstanceType.objects.get(slug="aws-g5-xlarge")
+    Deployment.objects.filter(name="teacher").update(instance_type=gpu, desired_replicas=2)
+    job = setup.create()
+    tuning_run.run(job.pk, setup.parts())
+    job.refresh_from_db()
+    costs = job.evaluation["costs"]
+    answers = list(TuningAnswer.objects.filter(job=job))
+    assert all(answer.latency_ms > 0 for answer in answers)
+    teacher = costs["teacher"]
+    tokens = sum(answer.prompt_tokens + answer.completion_tokens for answer in answers)
+    assert (teacher["instance_type"], teacher["hourly_usd"], teacher["tokens"]) == (
+        "g5.xlarge",
+        2 * 1.006,
+        tokens,
+    )
+    assert (
+        teacher["estimate"] is False
+        and 0 < teacher["busy_seconds"] <= sum(a.latency_ms for a in answers) / 1000
+    )
+    assert teacher["usd_per_1k_tokens"] == pytest.approx(
+        teacher["hourly_usd"] * teacher["busy_seconds"] / 3600 / tokens * 1000, rel=1e-3
+    )
+    assert teacher["usd_per_call"] == pytest.approx(
+        teacher["usd_per_1k_tokens"] * tokens / len(answers) / 1000, rel=1e-3
+    )
+    student = costs["student"]
+    heldout = setup.dataset.heldout_records
+    assert student["estimate"] is True and student["busy_seconds"] == STUDENT_SECONDS * heldout
+    assert (
+        student["instance_type"]
+        == InstanceType.objects.filter(gpu_count=0).order_by("hourly_price_usd")[0].name
+    )
+    assert student["tokens_per_call"] < teacher["tokens_per_call"]  # no instructions in its prompt
+    assert costs["student_throughput_ratio"] == round(
+        student["tokens_per_second"] / teacher["tokens_per_second"], 2
+    )
+
+
+def test_a_fine_tuning_job_has_no_teacher_to_price(setup: Setup) -> None:
+    job = setup.create(kind="fine-tuning", teacher_deployment="", teacher_instructions="")
+    tuning_run.run(job.pk, setup.parts())
+    job.refresh_from_db()
+    assert set(job.evaluation["costs"]) == {"student"}
 
 
 def test_running_a_finished_job_again_changes_nothing(setup: Setup) -> None:

@@ -127,12 +127,14 @@ def _model_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
 def tuning_job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = _job_of(request, pk)
     evaluation = job.evaluation or {}
+    costs = evaluation.get("costs") or {}
     context = {
         "organization": job.organization, "job": job,
         "can_manage": tenancy.can_manage(request, job.organization),
         "finished": job.status in tuning.FINISHED, "steps": tuning.steps_of(job), "events": job.events.all(),
         "chart": loss_chart(job.loss_points, job.total_steps), "evaluation": evaluation,
         "model_rows": _model_rows(evaluation),
+        "cost_rows": [(name, side) for name in ("teacher", "student") if (side := costs.get(name))],
     }  # fmt: skip
     return render(request, "web/tuning_job.html", context)
 
