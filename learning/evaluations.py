@@ -98,7 +98,7 @@ def finished_message(total: int, errors: int, unparseable: int) -> str:
 # --- Creating and cancelling -------------------------------------------------------------------------------
 
 
-def _ready_deployments(organization: Organization, names: set[str]) -> dict[str, Deployment]:
+def deployments_named(organization: Organization, names: set[str]) -> dict[str, Deployment]:
     found = (
         Deployment.objects.filter(organization=organization, name__in=names)
         .exclude(status=DeploymentStatus.DELETED)
@@ -133,7 +133,7 @@ def create_evaluation(
         specs = scorers.check_specs(scorer_specs)
     except scorers.SpecError as error:
         raise Refused(error.field, str(error)) from None
-    found = _ready_deployments(organization, set(names) | scorers.deployments_of(specs))
+    found = deployments_named(organization, set(names) | scorers.deployments_of(specs))
     missing = sorted((set(names) | scorers.deployments_of(specs)) - set(found))
     if missing:
         raise Refused(

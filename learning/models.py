@@ -602,6 +602,11 @@ class TuningJob(models.Model):
     dataset = models.ForeignKey(Dataset, on_delete=models.RESTRICT, related_name="tuning_jobs")
     hyperparameters = models.JSONField(help_text="A whole training spec (learning.training.spec)")
     max_tokens = models.PositiveIntegerField(default=256, help_text="Longest teacher and student answer")
+    scorers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Evaluation scorers the held-out answers get too (learning.scorers)",
+    )
     concurrency = models.PositiveSmallIntegerField(default=4, help_text="Teacher calls at once")
     status = models.CharField(max_length=16, choices=TuningStatus.choices, default=TuningStatus.QUEUED)
     status_message = models.TextField(blank=True)

@@ -21,8 +21,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from rest_framework import exceptions
 
-from learning import datasets
+from learning import datasets, scorers
 from learning.choices import DatasetPart
+from learning.evaluations import deployments_named
 from learning.models import Dataset, TuningJob, TuningJobEvent, TuningKind, TuningStatus
 from learning.storage import S3Store, get_store
 from learning.training.spec import SpecError, TrainingSpec
@@ -203,6 +204,27 @@ def _problem(error: exceptions.ValidationError) -> str:
     return str(problems[0] if isinstance(problems, list) and problems else problems)
 
 
+def check_scorers(organization: Organization, specs: Any) -> list[dict[str, Any]]:
+    """Evaluation scorers the held-out answers get beside the task scorers (learning.scorers: a judge,
+    similarity, a regex…), none by default; the deployments they call must be the organisation's."""
+    if specs == []:
+        return []
+    try:
+        checked = scorers.check_specs(specs)
+    except scorers.SpecError as error:
+        raise Refused(error.field, str(error)) from None
+    missing = sorted(
+        scorers.deployments_of(checked)
+        - set(deployments_named(organization, scorers.deployments_of(checked)))
+    )
+    if missing:
+        raise Refused(
+            "scorers",
+            f"No deployment named {', '.join(missing)} in '{organization.slug}' (see /api/deployments/).",
+        )
+    return checked
+
+
 def check_teacher(organization: Organization, kind: str, name: str) -> str:
     if kind == TuningKind.FINE_TUNING:
         if name:
@@ -292,6 +314,7 @@ def create_tuning_job(
     max_tokens: int = 256,
     concurrency: int = 4,
     instance_type: str = "",
+    scorer_specs: Any = None,
 ) -> TuningJob:
     """Check every field, save the job QUEUED and, on commit, hand it to a worker. Refused names the
     field and what to do; nothing is written when anything is refused."""
@@ -312,6 +335,7 @@ def create_tuning_job(
         raise Refused("teacher_instructions", f"At most {MAX_INSTRUCTIONS} characters.")
     if teacher_instructions and kind == TuningKind.FINE_TUNING:
         raise Refused("teacher_instructions", "A fine-tuning job has no teacher to instruct.")
+    specs = check_scorers(organization, scorer_specs if scorer_specs is not None else [])
     teacher = check_teacher(organization, kind, teacher_deployment)
     card = check_student_base(organization, student_base)
     instance = check_instance_type(card, instance_type)
@@ -325,6 +349,7 @@ def create_tuning_job(
                 raise Refused("instance_type", _problem(error)) from None
         job = TuningJob.objects.create(
             instance_type=instance, reserved_gpus=reserved, gpu_model=instance.gpu_model if instance else "",
+            scorers=specs,
             organization=organization, name=name, kind=kind, teacher_deployment=teacher,
             teacher_instructions=teacher_instructions, student_base=card, dataset=dataset,
             hyperparameters=spec.to_dict(), max_tokens=max_tokens,

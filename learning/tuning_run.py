@@ -29,9 +29,9 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import connections, transaction
@@ -52,6 +52,7 @@ from serving.models import Deployment
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RENEW_SECONDS = 5
 # A teacher that fails more than this share of its calls is not distilled from.
 MAX_TEACHER_FAILURES = 0.2
@@ -200,22 +201,28 @@ def _renew_with_progress(job_id: int, status: str, progress: dict[str, int]) -> 
     )
 
 
-def _answer_all(job: TuningJob, records: list[dict[str, Any]], invoke: evaluations.Invoke | None) -> bool:
-    """The teacher's answers on an event loop of its own; the gateway's metering in flight is awaited
-    before the loop goes, so every call's tokens reach the organisation's usage."""
+def on_the_gateway(
+    job: TuningJob, invoke: evaluations.Invoke | None, work: Callable[[evaluations.Invoke], Awaitable[T]]
+) -> T:
+    """`work` on an event loop of its own, calling through the gateway's own path as the organisation
+    (or `invoke`); the gateway's metering in flight is awaited before the loop goes, so every call's tokens
+    reach the organisation's usage."""
     from serving.gateway import pipeline, upstream
 
-    async def main() -> bool:
+    async def main() -> T:
         try:
-            return await _teacher_answers(
-                job, records, invoke or evaluations.gateway_invoker(job.organization_id)
-            )
+            return await work(invoke or evaluations.gateway_invoker(job.organization_id))
         finally:
             await pipeline.drain()
             await upstream.close_clients()
             await sync_to_async(connections.close_all)()
 
     return asyncio.run(main())
+
+
+def _answer_all(job: TuningJob, records: list[dict[str, Any]], invoke: evaluations.Invoke | None) -> bool:
+    """The teacher's answers (False when the job stopped being this worker's meanwhile)."""
+    return on_the_gateway(job, invoke, lambda ask: _teacher_answers(job, records, ask))
 
 
 def generate(job: TuningJob, parts: Parts) -> bool:
@@ -370,6 +377,17 @@ def evaluate(job: TuningJob, parts: Parts) -> bool:
             student_prompt_tokens=student.prompt_tokens,
         )  # fmt: skip
         job.evaluation["costs"] = tuning_eval.cost_report(_teacher_cost(job), _student_cost(job, student))
+        if job.scorers:  # the chosen scorers, against the same truth as the task scorers
+            by_reference = job.evaluation["truth"] == "reference"
+            truths = [str(r.get("reference") or "") for r in heldout] if by_reference else list(teacher or [])
+            by_model = {
+                "student": student.answers,
+                "base": untrained,
+                **({"teacher": teacher} if teacher else {}),
+            }
+            job.evaluation["scorers"] = on_the_gateway(
+                job, parts.invoke, lambda ask: _scored(job, prompts, truths, by_model, ask)
+            )
         held = TuningJob.objects.filter(pk=job.pk, status=TuningStatus.EVALUATING).update(
             evaluation=job.evaluation, progress={"done": 2 * len(prompts), "total": 2 * len(prompts)}
         )
@@ -379,6 +397,60 @@ def evaluate(job: TuningJob, parts: Parts) -> bool:
         job, TuningStatus.REGISTERING,
         f"Evaluated: {tuning_eval.summary(job.evaluation)}; registering the adapter as {job.name}.",
     )  # fmt: skip
+
+
+async def _scored(
+    job: TuningJob,
+    prompts: list[str],
+    truths: list[str],
+    answers: dict[str, list[str]],
+    ask: evaluations.Invoke,
+) -> dict[str, dict[str, Any]]:
+    """The scorers the job names, on every model's held-out answers (the judge and similarity through the
+    gateway, metered): {model: {scorer: mean and interval}}, as an evaluation summarises them."""
+    built = scorers.build(job.scorers)
+    bound = asyncio.Semaphore(job.concurrency)
+
+    async def one(scorer: scorers.Scorer, item: scorers.Item) -> float | None:
+        async with bound:
+            try:
+                return (await scorer.score(item, ask)).value
+            except Exception:  # one unscorable answer is counted as unscored; the rest go on
+                log.exception("tuning job %s: scorer %s", job.pk, scorer.name)
+                return None
+
+    async def keep_lease() -> None:  # a judge may take longer than a lease; a cancel is seen at the end
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            await sync_to_async(tuning.renew)(job.pk, TuningStatus.EVALUATING)
+
+    lease = asyncio.create_task(keep_lease())
+    try:
+        return await _score_models(built, answers, prompts, truths, one)
+    finally:
+        lease.cancel()
+
+
+async def _score_models(
+    built: list[scorers.Scorer],
+    answers: dict[str, list[str]],
+    prompts: list[str],
+    truths: list[str],
+    one: Callable[[scorers.Scorer, scorers.Item], Awaitable[float | None]],
+) -> dict[str, dict[str, Any]]:
+    report: dict[str, dict[str, Any]] = {}
+    for model, texts in answers.items():
+        items = [
+            scorers.Item(messages=[{"role": "user", "content": prompt}], reference=truth, answer=text)
+            for prompt, truth, text in zip(prompts, truths, texts, strict=True)
+        ]
+        report[model] = {}
+        for scorer in built:
+            values = await asyncio.gather(*(one(scorer, item) for item in items))
+            report[model][scorer.name] = results.score_summary(
+                values, scorer.binary, scorers.BOUNDS[scorer.kind]
+            )
+    return report
 
 
 def _teacher_cost(job: TuningJob) -> dict[str, Any] | None:

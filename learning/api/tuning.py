@@ -71,6 +71,7 @@ class TuningJobDetailSerializer(TuningJobSerializer):
         fields = [
             *TuningJobSerializer.Meta.fields,
             "teacher_instructions",
+            "scorers",
             "loss_points",
             "evaluation",
             "events",
@@ -102,6 +103,11 @@ class TuningJobCreateSerializer(serializers.Serializer[dict[str, Any]]):
     )  # fmt: skip
     max_tokens = serializers.IntegerField(min_value=1, max_value=4096, default=256)
     concurrency = serializers.IntegerField(min_value=1, max_value=tuning.MAX_CONCURRENCY, default=4)
+    scorers = serializers.JSONField(
+        required=False, default=list,
+        help_text="Evaluation scorers the held-out answers also get (as in /api/evaluations/: judge, "
+        "similarity, regex, json, exact_match); none by default",
+    )  # fmt: skip
     instance_type = serializers.CharField(
         max_length=100, required=False, allow_blank=True, default="",
         help_text="On a cluster: the GPU instance type the training Job runs on; empty on this machine",
@@ -144,6 +150,7 @@ class TuningJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantS
                 teacher_instructions=data["teacher_instructions"],
                 hyperparameters=data["hyperparameters"], max_tokens=data["max_tokens"],
                 concurrency=data["concurrency"], instance_type=data["instance_type"],
+                scorer_specs=data["scorers"],
             )  # fmt: skip
         except tuning.Refused as error:
             raise serializers.ValidationError({error.field: [str(error)]}) from None

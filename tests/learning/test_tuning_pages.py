@@ -290,3 +290,21 @@ def test_a_job_on_this_machine_says_its_cpu_has_no_hourly_price(
     html = browser_for(owner).get(f"/tuning-jobs/{job.pk}/").content.decode()
     assert "This machine's CPU has no hourly price" in html and 'id="cost-headline"' not in html
     assert "200.0" in html  # tokens a second
+
+
+def test_the_scorers_a_job_named_are_shown_per_model(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore
+) -> None:
+    judge = {"scored": 2, "unscored": 0, "mean": 7.5, "ci95": [6.0, 9.0]}
+    scored = {
+        "teacher": {"judge": judge},
+        "student": {"judge": {**judge, "mean": 6.5}},
+        "base": {"judge": {}},
+    }
+    job = make_job(
+        acme, configured_store, status=TuningStatus.SUCCEEDED, evaluation={**EVALUATION, "scorers": scored}
+    )
+    html = browser_for(owner).get(f"/tuning-jobs/{job.pk}/").content.decode()
+    table = html.split('id="chosen-scorers"', 1)[1].split("</table>", 1)[0]
+    assert '<th scope="col" class="num">judge</th>' in table
+    assert "7.5 <span" in table and "6.5 <span" in table and "(6.0–9.0)" in table and "—" in table

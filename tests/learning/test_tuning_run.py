@@ -32,6 +32,7 @@ from serving import tasks as serving_tasks
 from serving.models import Deployment, UsageRecord
 from tests.catalog.custom_model_files import write_adapter
 from tests.conftest import make_user
+from tests.learning.standin import StandIn, stand_in_engine
 from tests.learning.ticket_teacher import TicketTeacher, ticket_dataset, ticket_teacher
 from tests.serving.gateway.conftest import CHAT, deploy
 
@@ -262,6 +263,47 @@ def test_a_fine_tuning_job_has_no_teacher_to_price(setup: Setup) -> None:
     tuning_run.run(job.pk, setup.parts())
     job.refresh_from_db()
     assert set(job.evaluation["costs"]) == {"student"}
+
+
+def test_the_scorers_a_job_names_score_every_models_heldout_answers_through_the_metered_gateway(
+    setup: Setup,
+) -> None:
+    with stand_in_engine() as url:
+        deploy(setup.organization, "judge", CHAT, url)
+        specs = [
+            {"kind": "judge", "deployment": "judge"},
+            {"kind": "regex", "pattern": "^\\{", "name": "json-like"},
+        ]
+        job = setup.create(scorer_specs=specs)
+        assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.SUCCEEDED
+        judged = [prompt for prompt in StandIn.prompts if "Rate the assistant's answer" in prompt]
+    job.refresh_from_db()
+    chosen = job.evaluation["scorers"]
+    heldout = setup.dataset.heldout_records
+    assert set(chosen) == {"teacher", "student", "base"}
+    assert len(judged) == 3 * heldout  # every model's every held-out answer, once
+    for model in chosen:
+        assert chosen[model]["judge"]["mean"] == 7.0 and chosen[model]["judge"]["scored"] == heldout
+    assert chosen["teacher"]["json-like"]["mean"] == 1.0 and chosen["base"]["json-like"]["mean"] == 0.0
+    serving_tasks.flush_usage()
+    assert UsageRecord.objects.filter(organization=setup.organization, model="judge").count() == 3 * heldout
+
+
+@pytest.mark.parametrize(
+    ("specs", "field", "words"),
+    [
+        ([{"kind": "judge", "deployment": "nowhere"}], "scorers", "No deployment named nowhere"),
+        ([{"kind": "telepathy"}], "scorers[0].kind", ""),
+        ({"kind": "judge"}, "scorers", ""),
+    ],
+)
+def test_a_scorer_that_cannot_run_is_refused_and_nothing_is_written(
+    setup: Setup, specs: Any, field: str, words: str
+) -> None:
+    with pytest.raises(tuning.Refused) as refused:
+        setup.create(scorer_specs=specs)
+    assert refused.value.field == field and words in str(refused.value)
+    assert not TuningJob.objects.exists()
 
 
 def test_running_a_finished_job_again_changes_nothing(setup: Setup) -> None:

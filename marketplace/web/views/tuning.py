@@ -128,6 +128,8 @@ def tuning_job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = _job_of(request, pk)
     evaluation = job.evaluation or {}
     costs = evaluation.get("costs") or {}
+    chosen = evaluation.get("scorers") or {}
+    scorer_names = list(next(iter(chosen.values()), {}))
     context = {
         "organization": job.organization, "job": job,
         "can_manage": tenancy.can_manage(request, job.organization),
@@ -135,6 +137,11 @@ def tuning_job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "chart": loss_chart(job.loss_points, job.total_steps), "evaluation": evaluation,
         "model_rows": _model_rows(evaluation),
         "cost_rows": [(name, side) for name in ("teacher", "student") if (side := costs.get(name))],
+        "scorer_names": scorer_names,
+        "scorer_rows": [
+            (model, [chosen[model].get(name) or {} for name in scorer_names])
+            for model in ("teacher", "student", "base") if model in chosen
+        ],
     }  # fmt: skip
     return render(request, "web/tuning_job.html", context)
 
