@@ -37,7 +37,7 @@ from learning.storage import get_store, presigned_url
 from learning.training import cpu_trainer
 from learning.training.job import HELDOUT
 from learning.training.kube_job import TrainingJobSpec, build_training_objects
-from learning.training.runner import CANCELLED, FAILED, SUCCEEDED, Outcome
+from learning.training.runner import CANCELLED, FAILED, SUCCEEDED, Outcome, read_events
 from learning.training.spec import TrainingSpec
 from learning.tuning import student_prompt
 from serving.backends import get_backend
@@ -94,7 +94,6 @@ class KubernetesTraining:
     poll_seconds: float = POLL_SECONDS
     _seen: set[str] = field(default_factory=set, repr=False)
     _finished: bool = False
-    _outcome: Outcome | None = None
     _waiting: str = field(default="", repr=False)
 
     @property
@@ -154,11 +153,8 @@ class KubernetesTraining:
         self._backend().apply_training(build_training_objects(spec, cluster_settings()))
 
     def events(self) -> list[dict[str, Any]]:
-        try:
-            text = self.progress_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        """Every progress line kept from the Job's pod logs (as a CPU run's file holds them)."""
+        return read_events(self.progress_path)
 
     def wait(
         self,
@@ -170,7 +166,7 @@ class KubernetesTraining:
         while True:
             outcome = self._look(on_progress)
             if outcome is not None:
-                self._finished, self._outcome = True, outcome
+                self._finished = True
                 return outcome
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"The training Job is still going after {timeout} s.")

@@ -146,11 +146,7 @@ class CpuTraining:
 
     def events(self) -> list[dict[str, Any]]:
         """Every progress line so far, of all the attempts (a resumed run appends to the same file)."""
-        try:
-            text = self.progress_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return read_events(self.progress_path)
 
     def stop(self) -> None:
         """Kill the trainer if it still runs (its worker is going away); the checkpoints stay."""
@@ -249,6 +245,15 @@ class CpuTraining:
         except FileNotFoundError:
             return "no output"
         return lines[-1][:500] if lines else "no output"
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The lines of a run's progress file, oldest first (none when there is no file yet)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _step_of(checkpoint: Path) -> str:
