@@ -104,7 +104,7 @@ class TuningJobCreateSerializer(serializers.Serializer[dict[str, Any]]):
     max_tokens = serializers.IntegerField(min_value=1, max_value=4096, default=256)
     concurrency = serializers.IntegerField(min_value=1, max_value=tuning.MAX_CONCURRENCY, default=4)
     scorers = serializers.JSONField(
-        required=False, default=list,
+        required=False,
         help_text="Evaluation scorers the held-out answers also get (as in /api/evaluations/: judge, "
         "similarity, regex, json, exact_match); none by default",
     )  # fmt: skip
@@ -150,7 +150,7 @@ class TuningJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantS
                 teacher_instructions=data["teacher_instructions"],
                 hyperparameters=data["hyperparameters"], max_tokens=data["max_tokens"],
                 concurrency=data["concurrency"], instance_type=data["instance_type"],
-                scorer_specs=data["scorers"],
+                scorer_specs=data.get("scorers", []),
             )  # fmt: skip
         except tuning.Refused as error:
             raise serializers.ValidationError({error.field: [str(error)]}) from None
