@@ -173,6 +173,11 @@ def report(
     return result
 
 
+def _significant(value: float, digits: int = 6) -> float:
+    """`value` to `digits` significant figures: costs a token run to millionths of a cent."""
+    return float(f"{value:.{digits}g}")
+
+
 def cost_side(
     *, instance: str, hourly_usd: float, busy_seconds: float, tokens: int, calls: int, estimate: bool
 ) -> dict[str, Any]:
@@ -188,8 +193,8 @@ def cost_side(
         "tokens": tokens,
         "tokens_per_second": round(tokens / busy_seconds, 2) if busy_seconds > 0 else None,
         "tokens_per_call": round(per_call, 1) if per_call is not None else None,
-        "usd_per_1k_tokens": round(per_1k, 8) if per_1k is not None else None,
-        "usd_per_call": round(per_1k * per_call / 1000, 8) if per_1k is not None and per_call else None,
+        "usd_per_1k_tokens": _significant(per_1k) if per_1k is not None else None,
+        "usd_per_call": _significant(per_1k * per_call / 1000) if per_1k is not None and per_call else None,
         "estimate": estimate,
     }
 

@@ -359,7 +359,7 @@ def evaluate(job: TuningJob, parts: Parts) -> bool:
         run = run_of(job, parts)
         if isinstance(run, KubernetesTraining):  # the Job answered on its GPU
             made = run.answers()
-            student, untrained = tuning_eval.answered(made), list(made["base"])
+            student, untrained = tuning_eval.answered(made["student"]), list(made["base"]["answers"])
         else:
             answered = _answer_here(job, parts, run.adapter, prompts)
             if answered is None:

@@ -35,7 +35,7 @@ from rest_framework.test import APIClient
 from learning import tuning, tuning_kube, tuning_run
 from learning.models import Dataset, TuningJob, TuningStatus
 from learning.storage import S3Store, get_store, s3_client
-from learning.training import kube_job
+from learning.training import cpu_trainer, kube_job
 from learning.training.runner import _prepare_child
 from learning.tuning_kube import KubernetesTraining
 from marketplace.accounts.models import Organization, Quota
@@ -54,7 +54,7 @@ __all__ = ["fake_kubernetes"]  # a fixture of the serving tests, used here
 ROOT = Path(__file__).resolve().parents[2]
 GPU = "aws-g5-xlarge"  # one NVIDIA A10G
 # Small and quick, as the CPU trainer's own tests: a handful of steps on a handful of rows.
-SMALL = {"epochs": 2, "batch_size": 2, "max_seq_length": 192, "learning_rate": 2e-3, "checkpoint_every": 2}
+SMALL = {"epochs": 1, "batch_size": 2, "max_seq_length": 192, "learning_rate": 2e-3, "checkpoint_every": 1}
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ class Cluster:
         options: dict[str, Any] = {
             "name": "cluster-student", "kind": "fine-tuning", "dataset_id": self.dataset.pk,
             "student_base": self.student.slug, "instance_type": GPU, "hyperparameters": SMALL,
-            "max_tokens": 48, **fields,
+            "max_tokens": 24, **fields,
         }  # fmt: skip
         return tuning.create_tuning_job(organization=self.organization, user=self.owner, **options)
 
@@ -131,6 +131,7 @@ class Kubelet:
     work: Path  # the pod's work volume (an emptyDir)
     exit_codes: list[int] = field(default_factory=list)
     stdout: str = ""
+    program: tuple[int, str] | None = None  # (exit code, output) of a stand-in for the container's command
 
     def environment(self, container: dict[str, Any]) -> dict[str, str]:
         found = {}
@@ -165,16 +166,20 @@ class Kubelet:
         }  # fmt: skip
         assert container["command"][0] == "python3"  # the image's python; here the engine environment's
         command = [str(engine_env.engine_python(directory)), *container["command"][1:]]
-        done = subprocess.run(
-            command, env=environment, cwd=ROOT, capture_output=True, text=True, timeout=900,
-            preexec_fn=_prepare_child(cores, None),
-        )  # fmt: skip
-        self.exit_codes.append(done.returncode)
-        self.stdout = done.stdout
-        self.fake.set_log(pod, done.stdout + done.stderr)
+        if self.program is None:
+            done = subprocess.run(
+                command, env=environment, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                preexec_fn=_prepare_child(cores, None),
+            )  # fmt: skip
+            code, self.stdout, log = done.returncode, done.stdout, done.stdout + done.stderr
+        else:
+            code, self.stdout = self.program
+            log = self.stdout
+        self.exit_codes.append(code)
+        self.fake.set_log(pod, log)
         self.fake.set_job_condition(
-            name, "Complete" if done.returncode == 0 else "Failed",
-            "" if done.returncode == 0 else "Job has reached the specified backoff limit",
+            name, "Complete" if code == 0 else "Failed",
+            "" if code == 0 else "Job has reached the specified backoff limit",
         )  # fmt: skip
 
     def run_when_applied(self, timeout: float = 120) -> threading.Thread:
@@ -330,21 +335,27 @@ def test_a_job_on_a_gpu_instance_type_trains_in_a_cluster_job_and_registers_its_
     assert set(job.evaluation["models"]) == {"student", "base"}
     assert job.custom_model is not None and job.custom_model.base == cluster.student
     assert (Path(job.custom_model.path) / "adapter_model.safetensors").is_file()
+    # The student's cost is estimated from the answers the Job timed, priced at the Job's instance type.
+    student = job.evaluation["costs"]["student"]
+    assert (student["instance_type"], student["estimate"]) == ("g5.xlarge", True)
+    assert student["tokens_per_second"] > 0 and student["usd_per_1k_tokens"] > 0
 
 
-@pytest.mark.slow
 def test_a_failed_training_job_fails_the_tuning_job_with_the_trainers_words(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    job = cluster.create(hyperparameters={**SMALL, "max_seq_length": 16})  # every row is longer
-    kubelet = Kubelet(cluster.fake, tmp_path / "pod-work")
+    """The container's program is the stand-in here: it ends as the trainer does on a row that is too long
+    (its last progress line, its exit code). The real trainer's words for that are cpu_trainer's own,
+    tested in test_cpu_trainer.py."""
+    job = cluster.create()
+    words = "Row 2 is 212 tokens long, over max_seq_length 192: raise max_seq_length or shorten the row."
+    failed = json.dumps({"event": "failed", "time": 1.0, "reason": "bad_data", "message": words})
+    kubelet = Kubelet(cluster.fake, tmp_path / "pod-work", program=(cpu_trainer.EXIT_BAD_DATA, failed + "\n"))
     playing = kubelet.run_when_applied()
     assert tuning_run.run(job.pk, cluster.parts()) == TuningStatus.FAILED
     playing.join(timeout=5)
     job.refresh_from_db()
-    assert kubelet.exit_codes and kubelet.exit_codes[0] != 0
-    assert job.failure_reason == "bad_data"
-    assert "max_seq_length" in job.status_message
+    assert (job.failure_reason, job.status_message) == ("bad_data", words)
     assert services.quota_use(cluster.organization).gpus == 0
 
 
