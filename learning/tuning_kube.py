@@ -177,10 +177,15 @@ class KubernetesTraining:
         _, output_key = self._keys()
         state = self._backend().training_state(self.job.pk)
         self._take_log(state.log, on_progress)
-        if state.phase == TRAINING_SUCCEEDED or (
-            state.phase == TRAINING_MISSING and _exists(store, output_key)
-        ):
+        if _exists(store, output_key) and state.phase in (TRAINING_SUCCEEDED, TRAINING_MISSING):
             return self._unpack(store.get(output_key))
+        if state.phase == TRAINING_SUCCEEDED:
+            return Outcome(
+                FAILED,
+                "The training Job finished but its output is not in the object store: check that the bucket "
+                "keeps what the cluster writes (its lifecycle rules), then start a new job.",
+                reason="bad_run",
+            )
         if state.phase == TRAINING_FAILED:
             return self._failed(state.message)
         if state.phase == TRAINING_MISSING:

@@ -106,7 +106,8 @@ NODE = _Kind("Node", "v1", "nodes", "CoreV1Api", "node", namespaced=False)
 SECRET = _Kind("Secret", "v1", "secrets", "CoreV1Api", "namespaced_secret")
 JOB = _Kind("Job", "batch/v1", "jobs", "BatchV1Api", "namespaced_job")
 TRAINING_KINDS = {(kind.api_version, kind.kind): kind for kind in (SECRET, JOB)}
-LOG_LIMIT_BYTES = 4 * 1024 * 1024  # a training log is a line a step; this is thousands of steps
+# A training log is a line a step, read every few seconds: its newest lines are the ones not seen yet.
+LOG_TAIL_LINES = 2000
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -353,7 +354,7 @@ class KubernetesBackend:
     def _log(self, pod: str) -> str:
         try:
             response = self._apis["CoreV1Api"].read_namespaced_pod_log(
-                pod, self.cluster.namespace, container="trainer", limit_bytes=LOG_LIMIT_BYTES,
+                pod, self.cluster.namespace, container="trainer", tail_lines=LOG_TAIL_LINES,
                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT,
             )  # fmt: skip
             return bytes(response.data).decode("utf-8", errors="replace")

@@ -398,3 +398,15 @@ def test_the_reconciler_deletes_the_jobs_of_cancelled_and_vanished_tuning_jobs(c
     assert [secret["metadata"]["name"] for secret in cluster.fake.list("v1", "secrets")] == [
         f"tune-{kept.pk}"
     ]
+
+
+def test_a_job_that_completes_without_its_output_in_the_store_fails_saying_where_to_look(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    job = cluster.create()
+    kubelet = Kubelet(cluster.fake, tmp_path / "pod-work", program=(0, ""))  # exits 0, uploads nothing
+    playing = kubelet.run_when_applied()
+    assert tuning_run.run(job.pk, cluster.parts()) == TuningStatus.FAILED
+    playing.join(timeout=5)
+    job.refresh_from_db()
+    assert job.failure_reason == "bad_run" and "not in the object store" in job.status_message
