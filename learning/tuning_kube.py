@@ -110,9 +110,7 @@ class KubernetesTraining:
 
     def _backend(self) -> KubernetesBackend:
         if self.backend is None:
-            backend = get_backend("kubernetes")
-            assert isinstance(backend, KubernetesBackend)
-            self.backend = backend
+            self.backend = _cluster()
         return self.backend
 
     def _keys(self) -> tuple[str, str]:
@@ -173,12 +171,13 @@ class KubernetesTraining:
             time.sleep(self.poll_seconds if poll is None else poll)
 
     def _look(self, on_progress: Callable[[dict[str, Any]], None] | None) -> Outcome | None:
-        store = get_store()
-        _, output_key = self._keys()
         state = self._backend().training_state(self.job.pk)
         self._take_log(state.log, on_progress)
-        if _exists(store, output_key) and state.phase in (TRAINING_SUCCEEDED, TRAINING_MISSING):
-            return self._unpack(store.get(output_key))
+        if state.phase in (TRAINING_SUCCEEDED, TRAINING_MISSING):  # the store is read only once it ended
+            store = get_store()
+            _, output_key = self._keys()
+            if _exists(store, output_key):
+                return self._unpack(store.get(output_key))
         if state.phase == TRAINING_SUCCEEDED:
             return Outcome(
                 FAILED,
@@ -203,7 +202,7 @@ class KubernetesTraining:
         return None
 
     def _take_log(self, log: str, on_progress: Callable[[dict[str, Any]], None] | None) -> None:
-        """Append the log's progress lines not kept yet: the log is read whole on every look, and a
+        """Append the log's progress lines not kept yet: its newest lines are read on every look, and a
         restarted container's log starts over, so a line is known by its content (each has its time)."""
         fresh = []
         for line in log.splitlines():
@@ -266,6 +265,12 @@ class KubernetesTraining:
         return dict(json.loads((self.folder / HELDOUT).read_text(encoding="utf-8")))
 
 
+def _cluster() -> KubernetesBackend:
+    backend = get_backend("kubernetes")
+    assert isinstance(backend, KubernetesBackend)
+    return backend
+
+
 def _identity(event: dict[str, Any]) -> str:
     return json.dumps(event, sort_keys=True)
 
@@ -277,10 +282,7 @@ def _exists(store: Any, key: str) -> bool:
 def delete_abandoned_runs(backend: KubernetesBackend | None = None) -> list[int]:
     """Delete the training Jobs of tuning jobs that failed, were cancelled or no longer exist: a worker
     that died, or a cancel while the Job ran, would otherwise leave its GPUs held. Returns their ids."""
-    if backend is None:
-        found = get_backend("kubernetes")
-        assert isinstance(found, KubernetesBackend)
-        backend = found
+    backend = backend or _cluster()
     running = backend.training_job_ids()
     wanted = set(
         TuningJob.objects.filter(pk__in=running)
