@@ -14,8 +14,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -186,6 +188,136 @@ def s3_client(endpoint_url: str, region: str, access_key_id: str, secret_access_
             s3={"addressing_style": "path"},
         ),
     )
+
+
+# s3://bucket/prefix: a bucket name as S3 allows it (3-63 lowercase letters, digits, dots and hyphens).
+STORE_URI = re.compile(r"\As3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?\Z")
+# S3's answers that say the key or the bucket is wrong: nothing a retry changes.
+REFUSALS = {
+    "AccessDenied": "the key given may not read it",
+    "InvalidAccessKeyId": "the store knows no such access key id",
+    "SignatureDoesNotMatch": "the secret access key does not match the access key id",
+    "NoSuchBucket": "there is no such bucket",
+    "AllAccessDisabled": "the bucket refuses every reader",
+}
+
+
+class StoreAccessError(Exception):
+    """Reading another store failed, in words for the person who named it; `transient` when trying again
+    later may succeed (the store could not be reached)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+
+
+def parse_store_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/folder` → ("bucket", "some/folder/"); ValueError naming what is wrong."""
+    match = STORE_URI.match(uri.strip())
+    if match is None:
+        raise ValueError("An object-store folder: s3://bucket/path/to/model (a bucket name in lowercase).")
+    prefix = (match["prefix"] or "").strip("/")
+    if prefix:
+        check_key(prefix)
+        prefix += "/"
+    return match["bucket"], prefix
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    name: str  # relative to the folder
+    size: int
+    etag: str
+
+
+class StoreFolder:
+    """Read-only access to one folder (a prefix) of a bucket another party owns, with the key they gave:
+    what a custom model's weights are registered and copied from. The platform's own credentials are never
+    used here, so an organisation reads only what its own key may."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    @classmethod
+    def connect(
+        cls, *, uri: str, endpoint_url: str, region: str, access_key_id: str, secret_access_key: str
+    ) -> StoreFolder:
+        bucket, prefix = parse_store_uri(uri)
+        client = s3_client(endpoint_url, region or "us-east-1", access_key_id, secret_access_key)
+        return cls(client, bucket, prefix)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def _error(self, error: Exception, what: str) -> StoreAccessError:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(error, ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            reason = REFUSALS.get(code)
+            if reason:
+                return StoreAccessError(f"{what} in {self.uri}: {reason} ({code}).")
+            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return StoreAccessError(
+                f"{what} in {self.uri}: the store answered {code or status}.", transient=status >= 500
+            )
+        if isinstance(error, BotoCoreError):
+            return StoreAccessError(
+                f"{what} in {self.uri}: the store could not be reached ({type(error).__name__}); try again.",
+                transient=True,
+            )
+        raise error
+
+    def files(self) -> dict[str, StoredFile]:
+        """The folder's own files (not those of folders inside it), by name."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found: dict[str, StoredFile] = {}
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
+                for item in page.get("Contents", ()):
+                    name = item["Key"][len(self.prefix) :]
+                    if name:
+                        found[name] = StoredFile(
+                            name, int(item["Size"]), str(item.get("ETag", "")).strip('"')
+                        )
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(error, "Listing the files") from None
+        return found
+
+    def read(self, name: str, start: int = 0, length: int | None = None) -> bytes:
+        """A file's bytes, or `length` of them from `start` (one ranged GET: a safetensors header out of
+        gigabytes of weights)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        options: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + name}
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            options["Range"] = f"bytes={start}-{end}"
+        try:
+            return bytes(self.client.get_object(**options)["Body"].read())
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(error, f"Reading {name}") from None
+
+    def download(self, name: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
+        """Copy a file to `path`, through a temporary file renamed into place (a half copy is never taken
+        for a whole one); `progress` hears the bytes as they arrive."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".part-{path.name}")
+        try:
+            self.client.download_file(self.bucket, self.prefix + name, str(temporary), Callback=progress)
+            os.replace(temporary, path)
+        except (BotoCoreError, ClientError) as error:
+            raise self._error(error, f"Copying {name}") from None
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 @cache

@@ -120,6 +120,10 @@ try:
         "CUSTOM_MODEL_ROOTS",
         [str(Path(DATA_DIR) / "custom-models"), str(Path(DATA_DIR) / "engine" / "models")],
     )
+    # S3-compatible endpoints (https://minio.example.com) custom models may be registered from, besides AWS
+    # S3 itself: the platform reads, and its engines stream, only from stores its admins named, so no
+    # organisation can point the platform at an address inside the network.
+    CUSTOM_MODEL_STORE_ENDPOINTS = env.string_list("CUSTOM_MODEL_STORE_ENDPOINTS", [])
 
     # Gateway (the invoke API).
     GATEWAY_ONLY = env.boolean("GATEWAY_ONLY", False)

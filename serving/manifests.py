@@ -232,6 +232,55 @@ def hf_token_env(model: ModelSpec, cluster: ClusterSettings) -> list[dict[str, A
     return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}}]
 
 
+def weights_secret_name(spec: DeploymentSpec) -> str:
+    return f"{object_name(spec)}-weights"
+
+
+def build_weights_secret(spec: DeploymentSpec, cluster: ClusterSettings) -> Manifest | None:
+    """The organisation's read key for the object-store folder its custom model streams from, as a Secret
+    of the deployment (deleted with its other objects); None for weights from anywhere else."""
+    store = spec.model.store
+    if store is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {**_metadata(spec, cluster), "name": weights_secret_name(spec)},
+        "type": "Opaque",
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": store.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": store.secret_access_key,
+        },
+    }
+
+
+def store_env(spec: DeploymentSpec) -> list[dict[str, Any]]:
+    """What the Run:ai streamer (and the boto3 calls vLLM makes for config and tokenizer files) need to read
+    the folder: the key from the deployment's Secret, the region, and for an S3-compatible store its
+    endpoint with path-style addressing. The node's own cloud identity is switched off
+    (AWS_EC2_METADATA_DISABLED), so an engine reads only what the organisation's key may."""
+    store = spec.model.store
+    if store is None:
+        return []
+    secret = weights_secret_name(spec)
+    env: list[dict[str, Any]] = [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    ]
+    env.append({"name": "AWS_EC2_METADATA_DISABLED", "value": "true"})
+    if store.region:
+        env += [
+            {"name": "AWS_REGION", "value": store.region},
+            {"name": "AWS_DEFAULT_REGION", "value": store.region},
+        ]
+    if store.endpoint_url:
+        env += [
+            {"name": "AWS_ENDPOINT_URL", "value": store.endpoint_url},
+            {"name": "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING", "value": "0"},
+        ]
+    return env
+
+
 def _shm_size(spec: DeploymentSpec) -> str:
     """Shared memory for NCCL and PyTorch workers: 8 GiB per GPU, at most a quarter of the memory
     request (tmpfs pages count as the pod's memory)."""
@@ -247,7 +296,7 @@ def _env(spec: DeploymentSpec, cluster: ClusterSettings) -> list[dict[str, Any]]
         # A media URL on an allowed domain must not redirect the engine to any other host.
         {"name": "VLLM_MEDIA_URL_ALLOW_REDIRECTS", "value": "0"},
     ]
-    return env + hf_token_env(spec.model, cluster)
+    return env + hf_token_env(spec.model, cluster) + store_env(spec)
 
 
 def _probe(path: str, *, period: int, failures: int, timeout: int) -> dict[str, Any]:
@@ -564,9 +613,12 @@ def build_autoscaler(spec: DeploymentSpec, cluster: ClusterSettings) -> Manifest
 
 def build_objects(spec: DeploymentSpec, cluster: ClusterSettings) -> list[Manifest]:
     """Every object of the deployment, in apply order: the NetworkPolicy (when enabled) before any pod
-    exists, then the Deployment, so the Service, the budget and the autoscaler never point at something
-    that does not exist yet."""
+    exists, the Secret of an object-store model's read key, then the Deployment, so the Service, the
+    budget and the autoscaler never point at something that does not exist yet."""
     objects = [build_network_policy(spec, cluster)] if cluster.network_policy else []
+    secret = build_weights_secret(spec, cluster)
+    if secret is not None:  # before the pods that read it
+        objects.append(secret)
     objects += [build_deployment(spec, cluster), build_service(spec, cluster), build_pdb(spec, cluster)]
     autoscaler = build_autoscaler(spec, cluster)
     if autoscaler is not None:

@@ -20,15 +20,24 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from learning.router_service import is_router_name
+from marketplace.accounts import crypto
 from marketplace.accounts.authentication import ApiKeyPrincipal
 from marketplace.accounts.models import Organization, Quota
-from marketplace.catalog import fits
+from marketplace.catalog import custom_models, fits
 from marketplace.catalog.choices import CustomModelSource
 from marketplace.catalog.models import CustomModel, InstanceType, ModelCard
 from marketplace.subscriptions.services import require_in_force, subscription_in_force
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
 from serving.models import Deployment, DeploymentAdapter, DeploymentEvent, UsageRecord, served_adapter_name
-from serving.spec import LORA_RANKS, AdapterSpec, Autoscaling, DeploymentSpec, InstanceSpec, ModelSpec
+from serving.spec import (
+    LORA_RANKS,
+    AdapterSpec,
+    Autoscaling,
+    DeploymentSpec,
+    InstanceSpec,
+    ModelSpec,
+    StoreSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -128,12 +137,37 @@ def _custom(card: ModelCard) -> CustomModel | None:
 
 
 def weights_path(card: ModelCard) -> str:
-    """The folder whose weights the engine loads: a custom model's registered from one, or an adapter's
-    base's; "" for the rest (the engine loads the Hugging Face repository)."""
+    """The folder whose weights a local engine loads: a custom model's registered from one, the copy of one
+    registered from an object store, or an adapter's base's; "" for the rest (the engine loads the Hugging
+    Face repository)."""
     custom = _custom(card)
     if custom is not None and custom.source == CustomModelSource.ADAPTER and custom.base is not None:
         return weights_path(custom.base)
+    if custom is not None and custom.source == CustomModelSource.STORE:
+        return str(custom_models.store_copy_folder(card))
     return custom.path if custom is not None and custom.source == CustomModelSource.PATH else ""
+
+
+def store_model(card: ModelCard) -> CustomModel | None:
+    """The custom model registered from an object store whose weights `card` runs on: itself, or an
+    adapter's base."""
+    custom = _custom(card)
+    if custom is not None and custom.source == CustomModelSource.ADAPTER and custom.base is not None:
+        return store_model(custom.base)
+    return custom if custom is not None and custom.source == CustomModelSource.STORE else None
+
+
+def store_spec(card: ModelCard) -> StoreSpec | None:
+    custom = store_model(card)
+    if custom is None:
+        return None
+    return StoreSpec(
+        uri=custom.store_uri,
+        endpoint_url=custom.store_endpoint_url,
+        region=custom.store_region,
+        access_key_id=custom.store_access_key_id,
+        secret_access_key=crypto.decrypt(custom.store_secret_encrypted),
+    )
 
 
 def adapter_of(card: ModelCard) -> CustomModel | None:
@@ -152,7 +186,7 @@ def check_runnable_here(card: ModelCard, backend: str) -> None:
     directory = engine_env.engine_dir()
     folder = weights_path(card)
     adapter = adapter_of(card)
-    if folder and not (Path(folder) / "config.json").is_file():
+    if folder and store_model(card) is None and not (Path(folder) / "config.json").is_file():
         raise _refuse("model", f"{card.name}'s weights are no longer in {folder}: copy them back first.")
     if adapter is not None and not (Path(adapter.path) / "adapter_config.json").is_file():
         raise _refuse("model", f"{card.name}'s adapter is no longer in {adapter.path}: copy it back first.")
@@ -797,6 +831,7 @@ def model_spec(card: ModelCard) -> ModelSpec:
         routes=card.routes,
         modalities_in=tuple(card.modalities_in),
         weights_path=weights_path(card),
+        store=store_spec(card),
         **_adapter_fields(card),
     )
 

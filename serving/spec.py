@@ -62,6 +62,18 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True)
+class StoreSpec:
+    """An S3-compatible folder a custom model's weights are streamed from, and the organisation's read key
+    for it (kept out of repr, so a logged spec never shows it)."""
+
+    uri: str  # s3://bucket/prefix/
+    endpoint_url: str  # "" for AWS S3
+    region: str
+    access_key_id: str
+    secret_access_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     slug: str
     huggingface_repo: str
@@ -76,6 +88,9 @@ class ModelSpec:
     # A custom model registered from a folder (a volume, or this machine's disk): the engine loads it from
     # there instead of from `huggingface_repo`.
     weights_path: str = ""
+    # A custom model registered from an object store (or an adapter on one): a cluster's engines stream the
+    # weights from it; this machine's engines load `weights_path`, the copy the worker made of it.
+    store: StoreSpec | None = None
     # A LoRA adapter (a custom model on a base): the engine serves the base's weights (above; `base_slug`
     # names the base card) with this adapter under the deployment's name.
     base_slug: str = ""
@@ -158,8 +173,12 @@ def engine_architecture_kind(architecture: str) -> str | None:
 
 
 def model_location(model: ModelSpec) -> list[str]:
-    """Where the engine finds the weights, as vLLM's first arguments: the folder of a custom model
-    registered from one, else the Hugging Face repository at its pinned revision."""
+    """Where a cluster's engine finds the weights, as vLLM's first arguments: the object-store folder of a
+    custom model registered from one, streamed by vLLM's Run:ai Model Streamer (which the vllm-openai image
+    bundles; it reads config and tokenizer files from the same folder); the folder of a custom model
+    registered from one; else the Hugging Face repository at its pinned revision."""
+    if model.store is not None:
+        return [model.store.uri, "--load-format", "runai_streamer"]
     if model.weights_path:
         return [model.weights_path]
     args = [model.huggingface_repo]

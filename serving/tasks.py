@@ -9,6 +9,7 @@ Tasks only make that faster.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,10 +19,12 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from learning.storage import StoreAccessError
+from marketplace.catalog import custom_models
 from serving import costs, services
 from serving.backends import get_backend
 from serving.backends.base import ObservationPass, PermanentBackendError, TransientBackendError
-from serving.choices import LIVE_STATUSES, DeploymentStatus
+from serving.choices import LIVE_STATUSES, Backend, DeploymentStatus
 from serving.models import Deployment
 from serving.status import assess
 
@@ -71,6 +74,54 @@ def _fail(deployment_id: int, error: Exception) -> None:
     )
 
 
+# How often a copy of weights says how far it got (a plain update: the page polls it; no event per step).
+COPY_PROGRESS_SECONDS = 2.0
+
+
+def _copy_store_weights(deployment: Deployment) -> bool:
+    """On this machine, a model registered from an object store runs from a copy of its weights: bring the
+    copy up to date (only what changed is copied), showing its progress on the deployment's page.
+    Returns False when the store refused (the deployment is then FAILED, saying what to fix); a store that
+    cannot be reached is a TransientBackendError, retried."""
+    custom = services.store_model(deployment.model_card)
+    if custom is None or deployment.backend != Backend.LOCAL:
+        return True
+    where = f"{deployment.model_card.name}'s weights from {custom.store_uri}"
+    services.transition(
+        deployment.pk,
+        to=DeploymentStatus.PENDING,
+        message=f"Copying {where}.",
+        allowed_from=(DeploymentStatus.PENDING,),
+    )
+    last = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if total and (now - last >= COPY_PROGRESS_SECONDS or done >= total):
+            last = now
+            Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.PENDING).update(
+                status_message=f"Copying {where}: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB.",
+                updated_at=timezone.now(),
+            )
+
+    try:
+        custom_models.copy_store_weights(custom, progress)
+    except StoreAccessError as error:
+        if error.transient:
+            raise TransientBackendError(error.message) from error
+        log.warning("deployment %s: copying its weights failed: %s", deployment.pk, error.message)
+        services.transition(
+            deployment.pk,
+            to=DeploymentStatus.FAILED,
+            message=f"{error.message} Check that the key {custom.name} was registered with still reads its "
+            "folder, then delete and create the deployment again.",
+            allowed_from=LIVE_STATUSES,
+        )
+        return False
+    return True
+
+
 @shared_task(bind=True, acks_late=True, **RETRY)
 def provision_deployment(self: Any, deployment_id: int) -> str:
     """Apply the deployment's objects (create or roll out a new generation). Idempotent."""
@@ -78,6 +129,8 @@ def provision_deployment(self: Any, deployment_id: int) -> str:
     if deployment is None or deployment.status not in LIVE_STATUSES:
         return "nothing to do"
     try:
+        if not _copy_store_weights(deployment):
+            return "failed"
         get_backend(deployment.backend).apply(services.spec_for(deployment))
     except PermanentBackendError as error:
         _fail(deployment_id, error)

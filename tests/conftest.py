@@ -44,6 +44,20 @@ def real_engines() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server in a thread of this process, on a free loopback port; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def vllm_parser() -> Iterator[VllmArgumentParser]:
     """vLLM's own argument parser, from the engine's environment, for the whole run."""
     parser = VllmArgumentParser()

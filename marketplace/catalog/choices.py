@@ -89,5 +89,6 @@ class CustomModelSource(models.TextChoices):
     """Where an organisation's custom model's weights come from."""
 
     HUB = "hub", "Hugging Face repository"
-    PATH = "path", "Folder (volume or object store)"
+    PATH = "path", "Folder on a volume"
+    STORE = "store", "Object store (S3-compatible)"
     ADAPTER = "adapter", "LoRA adapter on a base model"

@@ -4,7 +4,12 @@ Three sources, one outcome (a CustomModel and its private ModelCard, filled from
 1. `register_from_hub`: a Hugging Face repository at a pinned commit (40 hex digits); a private
    repository's token is kept encrypted (marketplace.accounts.crypto).
 2. `register_from_path`: a folder of Hugging Face-format weights under one of CUSTOM_MODEL_ROOTS.
-3. `register_adapter`: a LoRA adapter folder on a base model (a catalog card or another custom model of
+3. `register_from_store`: a folder of Hugging Face-format weights in an S3-compatible object store
+   (`s3://bucket/prefix`, on AWS S3 or an endpoint of CUSTOM_MODEL_STORE_ENDPOINTS), read with the
+   organisation's own key (its secret kept encrypted) through ranged GETs: config.json and the safetensors
+   headers, never the weights. Engines on a cluster stream the weights from there (vLLM's Run:ai streamer);
+   on this machine the worker copies them first (`copy_store_weights`).
+4. `register_adapter`: a LoRA adapter folder on a base model (a catalog card or another custom model of
    the organisation), whose `base_model_name_or_path` must be that base.
 
 The card's memory figures come from the catalog's own formula (fits.py), so a custom model fits, takes
@@ -15,7 +20,11 @@ registered it. Each refusal is a DRF ValidationError naming the field, in the vo
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,7 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
+from learning.storage import StoreAccessError, StoreFolder
 from marketplace.accounts import crypto
 from marketplace.accounts.models import Organization
 from marketplace.api import Conflict
@@ -253,6 +263,149 @@ def register_from_path(
             "facts": files.as_facts(),
         },
     )
+
+
+def _endpoint(endpoint_url: str) -> str:
+    """The endpoint as the settings list it ("" for AWS S3), or a refusal naming the allowed ones."""
+    endpoint = endpoint_url.strip().rstrip("/")
+    allowed = [item.rstrip("/") for item in settings.CUSTOM_MODEL_STORE_ENDPOINTS]
+    if endpoint and endpoint not in allowed:
+        choices = ", ".join(allowed) if allowed else "none besides AWS S3"
+        raise _refuse(
+            "endpoint_url",
+            f"{endpoint} is not an object store this platform reads custom models from ({choices}): leave it "
+            "empty for AWS S3, or ask a platform admin to add it to CUSTOM_MODEL_STORE_ENDPOINTS.",
+        )
+    return endpoint
+
+
+def store_folder(custom: CustomModel) -> StoreFolder:
+    """The object-store folder a custom model was registered from, reached with the organisation's key."""
+    return StoreFolder.connect(
+        uri=custom.store_uri,
+        endpoint_url=custom.store_endpoint_url,
+        region=custom.store_region,
+        access_key_id=custom.store_access_key_id,
+        secret_access_key=crypto.decrypt(custom.store_secret_encrypted),
+    )
+
+
+def register_from_store(
+    *,
+    organization: Organization,
+    user: User | None,
+    name: str,
+    uri: str,
+    access_key_id: str,
+    secret_access_key: str,
+    endpoint_url: str = "",
+    region: str = "",
+    summary: str = "",
+) -> CustomModel:
+    check_name(organization, name)
+    endpoint = _endpoint(endpoint_url)
+    try:
+        folder = StoreFolder.connect(
+            uri=uri,
+            endpoint_url=endpoint,
+            region=region,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+        )
+    except ValueError as error:
+        raise _refuse("uri", str(error)) from None
+    try:
+        files = weights.read_store(folder)
+        stored = folder.files()
+    except weights.WeightsError as error:
+        raise _refuse("uri", error.message) from None
+    except StoreAccessError as error:
+        field = "uri" if error.transient or "bucket" in error.message else "access_key_id"
+        raise _refuse(field, error.message) from None
+    copied = {name: file.size for name, file in stored.items() if copied_file(name)}
+    return _save(
+        organization=organization,
+        user=user,
+        name=name,
+        card_fields={**card_values(files), "summary": summary, "huggingface_repo": folder.uri},
+        custom_fields={
+            "source": CustomModelSource.STORE,
+            "store_uri": folder.uri,
+            "store_endpoint_url": endpoint,
+            "store_region": region,
+            "store_access_key_id": access_key_id,
+            "store_secret_encrypted": crypto.encrypt(secret_access_key),
+            "architecture": files.architecture,
+            "facts": {**files.as_facts(), "files": copied, "bytes": sum(copied.values())},
+        },
+    )
+
+
+# What an engine loads from a model's folder: not the pickled weights some repositories carry beside the
+# safetensors (vLLM prefers safetensors, and a copy of both would double the disk), nor hidden files.
+SKIPPED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
+
+
+def copied_file(name: str) -> bool:
+    return not name.startswith(".") and not name.endswith(SKIPPED_SUFFIXES)
+
+
+def store_copy_folder(card: ModelCard) -> Path:
+    """Where this machine keeps the copy of a store-registered model's weights: under DATA_DIR, outside
+    CUSTOM_MODEL_ROOTS, so no organisation can register another's copy as a folder of its own."""
+    return Path(settings.DATA_DIR) / "store-copies" / card.slug
+
+
+COPY_MANIFEST = ".copied.json"
+
+
+def copy_store_weights(custom: CustomModel, progress: Callable[[int, int], None]) -> Path:
+    """Bring this machine's copy of the model's weights up to date with its store folder and return it.
+
+    1. List the folder; each file (SKIPPED_SUFFIXES aside) whose copy has another size or ETag, or none,
+       is downloaded (through a temporary file renamed into place), and the manifest records its ETag.
+    2. `progress(done, total)` hears the bytes, so the deployment's page shows the copy advancing.
+    Running it again (a retry, a second deployment of the model) copies only what changed; a crash leaves
+    whole files and a manifest of those only. Raises StoreAccessError.
+    """
+    folder = store_folder(custom)
+    target = store_copy_folder(custom.card)
+    target.mkdir(parents=True, exist_ok=True)
+    manifest_path = target / COPY_MANIFEST
+    try:
+        manifest: dict[str, str] = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    wanted = [file for name, file in sorted(folder.files().items()) if copied_file(name)]
+    stale = [
+        file
+        for file in wanted
+        if manifest.get(file.name) != file.etag
+        or not (target / file.name).is_file()
+        or (target / file.name).stat().st_size != file.size
+    ]
+    total = sum(file.size for file in stale)
+    done = 0
+    lock = threading.Lock()  # the transfer's threads report their parts at once
+    progress(done, total)
+    for file in stale:
+
+        def heard(amount: int) -> None:
+            nonlocal done
+            with lock:
+                done += amount
+                progress(done, total)
+
+        folder.download(file.name, target / file.name, heard)
+        manifest[file.name] = file.etag
+        write_atomically(manifest_path, json.dumps(manifest, sort_keys=True).encode())
+    return target
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".part-{path.name}")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
 
 
 def _base_names(base: ModelCard) -> set[str]:

@@ -445,6 +445,13 @@ class CustomModel(models.Model):
     huggingface_repo = models.CharField(max_length=200, blank=True)
     revision = models.CharField(max_length=40, blank=True)
     path = models.CharField(max_length=500, blank=True)
+    # store: an S3-compatible folder (s3://bucket/prefix/), the store's endpoint ("" for AWS S3) and region,
+    # and the organisation's own read key, its secret encrypted (marketplace.accounts.crypto), never shown.
+    store_uri = models.CharField(max_length=1100, blank=True)
+    store_endpoint_url = models.CharField(max_length=200, blank=True)
+    store_region = models.CharField(max_length=64, blank=True)
+    store_access_key_id = models.CharField(max_length=128, blank=True)
+    store_secret_encrypted = models.TextField(blank=True, editable=False)
     # adapter: the model it runs on (a catalog card or another custom model's card), its rank and modules.
     base = models.ForeignKey(
         ModelCard, null=True, blank=True, on_delete=models.PROTECT, related_name="adapters"
@@ -474,4 +481,6 @@ class CustomModel(models.Model):
         """Where the weights are, in words: the repository at its commit, the folder, or the adapter."""
         if self.source == CustomModelSource.HUB:
             return f"{self.huggingface_repo}@{self.revision}"
+        if self.source == CustomModelSource.STORE:
+            return self.store_uri
         return self.path

@@ -17,9 +17,10 @@ Every failure is a `WeightsError` naming the file and what is wrong with it, for
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 from huggingface_hub import (
@@ -29,9 +30,13 @@ from huggingface_hub import (
     hf_hub_url,
 )
 from huggingface_hub import errors as hub_errors
-from huggingface_hub.utils import SafetensorsRepoMetadata
+from huggingface_hub.constants import SAFETENSORS_MAX_HEADER_LENGTH
+from huggingface_hub.utils import SafetensorsFileMetadata, SafetensorsRepoMetadata, TensorInfo
 
 from serving.spec import LORA_RANKS, engine_architecture_kind
+
+if TYPE_CHECKING:
+    from learning.storage import StoreFolder
 
 CONFIG = "config.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -223,6 +228,92 @@ def read_folder(folder: Path) -> ModelFiles:
             parse_json((folder / TOKENIZER_CONFIG).read_bytes(), TOKENIZER_CONFIG).get("chat_template")
         )
     return _model_files(config, _local_safetensors(folder), chat)
+
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def parse_safetensors_header(header: bytes, filename: str) -> SafetensorsFileMetadata:
+    """A safetensors header's JSON (the bytes after its 8-byte length) as huggingface_hub's metadata."""
+    data = parse_json(header, filename)
+    metadata = data.pop("__metadata__", None)
+    tensors: dict[str, TensorInfo] = {}
+    for name, tensor in data.items():
+        shape, offsets = (
+            (tensor.get("shape"), tensor.get("data_offsets")) if isinstance(tensor, dict) else (0, 0)
+        )
+        if (
+            not isinstance(tensor, dict)
+            or not isinstance(tensor.get("dtype"), str)
+            or not isinstance(shape, list)
+            or not all(isinstance(size, int) and size >= 0 for size in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+        ):
+            raise WeightsError(
+                f"{filename}: the header's entry for {name} is not a tensor (dtype, shape, offsets)."
+            )
+        tensors[name] = TensorInfo(dtype=tensor["dtype"], shape=shape, data_offsets=(offsets[0], offsets[1]))
+    return SafetensorsFileMetadata(metadata=metadata if isinstance(metadata, dict) else {}, tensors=tensors)
+
+
+def _stored_header(folder: StoreFolder, filename: str, size: int) -> SafetensorsFileMetadata:
+    """One safetensors file's header from the store: its 8-byte length, then the header, two ranged GETs."""
+    if size < 8:
+        raise WeightsError(f"{filename} is {size} bytes: too small to be a safetensors file.")
+    (length,) = struct.unpack("<Q", folder.read(filename, 0, 8))
+    if length > min(SAFETENSORS_MAX_HEADER_LENGTH, size - 8):
+        raise WeightsError(
+            f"{filename}: its header says {length} bytes, more than the file or the format allows."
+        )
+    return parse_safetensors_header(folder.read(filename, 8, length), filename)
+
+
+def read_store(folder: StoreFolder) -> ModelFiles:
+    """A folder of Hugging Face-format weights in an object store, read the way the Hub is: config.json and
+    tokenizer_config.json whole, and only the safetensors headers (ranged GETs), so registering a 70B model
+    transfers kilobytes. Refusals name the file and the folder."""
+    files = folder.files()
+    where = folder.uri
+    if CONFIG not in files:
+        names = ", ".join(sorted(files)[:8]) or "nothing"
+        raise WeightsError(f"{CONFIG} is missing from {where} (it holds {names}).")
+    config = parse_json(folder.read(CONFIG), CONFIG)
+    chat = CHAT_TEMPLATE in files
+    if not chat and TOKENIZER_CONFIG in files:
+        chat = bool(parse_json(folder.read(TOKENIZER_CONFIG), TOKENIZER_CONFIG).get("chat_template"))
+    if SAFETENSORS_INDEX in files:
+        index = parse_json(folder.read(SAFETENSORS_INDEX), SAFETENSORS_INDEX)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise WeightsError(f"{SAFETENSORS_INDEX} has no `weight_map` of tensors to files.")
+        shards = sorted({str(shard) for shard in weight_map.values()})
+        missing = [shard for shard in shards if shard not in files]
+        if missing:
+            raise WeightsError(
+                f"{SAFETENSORS_INDEX} names {', '.join(missing)}, which {where} does not hold."
+            )
+        metadata = SafetensorsRepoMetadata(
+            metadata=index.get("metadata") if isinstance(index.get("metadata"), dict) else None,
+            sharded=True,
+            weight_map=weight_map,
+            files_metadata={shard: _stored_header(folder, shard, files[shard].size) for shard in shards},
+        )
+    elif SAFETENSORS in files:
+        header = _stored_header(folder, SAFETENSORS, files[SAFETENSORS].size)
+        metadata = SafetensorsRepoMetadata(
+            metadata=None,
+            sharded=False,
+            weight_map=dict.fromkeys(header.tensors, SAFETENSORS),
+            files_metadata={SAFETENSORS: header},
+        )
+    else:
+        raise WeightsError(
+            f"{where} holds neither {SAFETENSORS} nor {SAFETENSORS_INDEX}: register weights saved as "
+            "safetensors (save_pretrained does by default)."
+        )
+    return _model_files(config, metadata, chat)
 
 
 def _hub_get(repo: str, revision: str, filename: str, token: str | None) -> httpx2.Response:

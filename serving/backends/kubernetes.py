@@ -102,7 +102,8 @@ NETWORK_POLICY = _Kind(
 POD = _Kind("Pod", "v1", "pods", "CoreV1Api", "namespaced_pod")
 EVENT = _Kind("Event", "v1", "events", "CoreV1Api", "namespaced_event")
 NODE = _Kind("Node", "v1", "nodes", "CoreV1Api", "node", namespaced=False)
-# A tuning job's training run (learning/training/kube_job.py): its Secret and its Job.
+# A tuning job's training run (learning/training/kube_job.py) is a Secret and a Job; a deployment of a model
+# registered from an object store has a Secret holding its read key (manifests.build_weights_secret).
 SECRET = _Kind("Secret", "v1", "secrets", "CoreV1Api", "namespaced_secret")
 JOB = _Kind("Job", "batch/v1", "jobs", "BatchV1Api", "namespaced_job")
 TRAINING_KINDS = {(kind.api_version, kind.kind): kind for kind in (SECRET, JOB)}
@@ -113,12 +114,13 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 APPLIED_KINDS = {
     (kind.api_version, kind.kind): kind
-    for kind in (NETWORK_POLICY, DEPLOYMENT, SERVICE, PDB, HPA, SCALED_OBJECT)
+    for kind in (NETWORK_POLICY, SECRET, DEPLOYMENT, SERVICE, PDB, HPA, SCALED_OBJECT)
 }
 AUTOSCALERS = (SCALED_OBJECT, HPA)
 # Autoscalers first, so nothing scales the Deployment back up while it goes; the NetworkPolicy last, so
 # the engines stay unreachable around the gateway until they are gone.
-DELETE_ORDER = (SCALED_OBJECT, HPA, DEPLOYMENT, SERVICE, PDB, NETWORK_POLICY)
+# An object-store model's key Secret goes after the pods that read it.
+DELETE_ORDER = (SCALED_OBJECT, HPA, DEPLOYMENT, SERVICE, PDB, SECRET, NETWORK_POLICY)
 
 
 class _Refused(PermanentBackendError):

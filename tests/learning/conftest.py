@@ -1,5 +1,6 @@
-"""Fixtures of the learning tests: a real S3-compatible server (moto's, over HTTP on a loopback port),
-a folder store, Redis, and invocation records as the gateway builds them."""
+"""Fixtures of the learning tests: a bucket on the real S3-compatible server (moto's, over HTTP on a
+loopback port; tests/conftest.py), a folder store, Redis, and invocation records as the gateway builds
+them."""
 
 from __future__ import annotations
 
@@ -21,20 +22,6 @@ from serving.models import Deployment
 from tests.web.conftest import browser_for  # noqa: F401 (the learning pages are browsed as the web UI's are)
 
 BUCKET = "marketplace-test"
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """moto's S3 server in a thread of this process, on a free loopback port; its URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

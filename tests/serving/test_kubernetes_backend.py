@@ -15,7 +15,7 @@ import pytest
 from serving import manifests
 from serving.backends.base import PermanentBackendError, TransientBackendError
 from serving.backends.kubernetes import KEDA_MISSING, KubernetesBackend
-from serving.spec import Autoscaling, ClusterSettings, DeploymentSpec, InstanceSpec, ModelSpec
+from serving.spec import Autoscaling, ClusterSettings, DeploymentSpec, InstanceSpec, ModelSpec, StoreSpec
 from tests.serving.conftest import backend_for
 from tests.serving.fake_kubernetes import NAMESPACE, FakeKubernetes
 
@@ -566,3 +566,24 @@ def test_only_the_kubernetes_backend_imports_the_kubernetes_client() -> None:
         if importing.search(path.read_text(encoding="utf-8"))
     }
     assert found == {"serving/backends/kubernetes.py"}
+
+
+def test_an_object_store_models_key_secret_is_applied_and_deleted_with_the_deployment(
+    fake_kubernetes: FakeKubernetes, kubernetes_backend: KubernetesBackend
+) -> None:
+    store = StoreSpec(
+        uri="s3://weights/tuned/",
+        endpoint_url="",
+        region="",
+        access_key_id="AKID",
+        secret_access_key="s3cr3t",
+    )
+    spec = make_spec()
+    spec = replace(spec, model=replace(spec.model, store=store))
+    kubernetes_backend.apply(spec)
+    kubernetes_backend.apply(make_spec(8, "other"))
+    secrets = {obj["metadata"]["name"]: obj for obj in fake_kubernetes.list("v1", "secrets")}
+    assert list(secrets) == [manifests.weights_secret_name(spec)]
+    kubernetes_backend.delete(7)
+    assert fake_kubernetes.list("v1", "secrets") == [] and stored(fake_kubernetes, 7) == {}
+    assert set(stored(fake_kubernetes, 8)) == ALWAYS

@@ -1,8 +1,10 @@
 """The local backend end to end, for real: a Celery worker (real Redis broker) provisions deployments,
 the engine supervisor runs real vLLM engines (CPU), each on a core of its own, and the reconciler moves
 them to READY. One is a catalog model the organisation subscribed to (MiniLM embeddings); the other is
-the organisation's own custom model (the SmolLM2 folder `make engine` prepares, registered through the
-REST API from its config.json and safetensors header, deployed without a license to accept). The
+the organisation's own custom model: the SmolLM2 weights `make engine` prepares, uploaded to an
+S3-compatible store (moto's server, over HTTP), registered through the REST API from its config.json and
+safetensors header read there, copied to this machine by the worker while the page shows how far it got,
+and deployed without a license to accept. The
 engines answer a chat completion and embeddings to the gateway's key, and 401 without it; on a machine
 of two cores a third engine waits for a core, and starts once one is freed; the chat model scales to two
 replicas and back; deleting leaves no engine process behind."""
@@ -26,6 +28,7 @@ import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
 
+from learning.storage import s3_client
 from marketplace.accounts import services as account_services
 from marketplace.catalog.models import ModelCard
 from marketplace.celery import app
@@ -141,10 +144,13 @@ def local_platform(transactional_catalog: None, settings: Any, tmp_path: Path) -
 
 
 def test_deploy_serve_scale_and_delete_on_this_machine(
-    local_platform: Path, client_for: Any, settings: Any
+    local_platform: Path, client_for: Any, settings: Any, s3_server: str
 ) -> None:
-    models = engine_env.engine_dir() / "models"
-    settings.CUSTOM_MODEL_ROOTS = [str(models)]
+    settings.CUSTOM_MODEL_STORE_ENDPOINTS = [s3_server]
+    store = s3_client(s3_server, "us-east-1", "AKIDSMOL", "smol-secret")
+    store.create_bucket(Bucket="weights")
+    for path in sorted((engine_env.engine_dir() / "models" / CHAT).iterdir()):
+        store.upload_file(str(path), "weights", f"smollm2/{path.name}")
     owner = make_user("ada")
     organization = account_services.create_organization(slug="lab", name="Lab", owner=owner)
     subscribe(
@@ -153,8 +159,11 @@ def test_deploy_serve_scale_and_delete_on_this_machine(
     client = client_for(owner)
 
     registered = client.post(
-        "/api/custom-models/", {"name": "smol", "source": "path", "path": str(models / CHAT)}, format="json"
-    )
+        "/api/custom-models/",
+        {"name": "smol", "source": "store", "uri": "s3://weights/smollm2", "endpoint_url": s3_server,
+         "access_key_id": "AKIDSMOL", "secret_access_key": "smol-secret"},
+        format="json",
+    )  # fmt: skip
     assert registered.status_code == 201, registered.content
     assert (registered.json()["architecture"], registered.json()["context_length"]) == (
         "LlamaForCausalLM",
@@ -187,8 +196,14 @@ def test_deploy_serve_scale_and_delete_on_this_machine(
 
     wait_for(ready(chat_id), "the chat model to be ready")
     wait_for(ready(embed_id), "the embedding model to be ready")
-    statuses = [e["status"] for e in reversed(client.get(f"/api/deployments/{chat_id}/").json()["events"])]
+    events = list(reversed(client.get(f"/api/deployments/{chat_id}/").json()["events"]))
+    statuses = [event["status"] for event in events]
     assert statuses[0] == "pending" and "provisioning" in statuses and statuses[-1] == "ready"
+    assert "Copying smol's weights from s3://weights/smollm2/." in [event["message"] for event in events]
+    copy = local_platform / "store-copies" / registered.json()["slug"]
+    assert (copy / "model.safetensors").stat().st_size == (
+        engine_env.engine_dir() / "models" / CHAT / "model.safetensors"
+    ).stat().st_size
 
     chat_row, embed_row = Deployment.objects.get(pk=chat_id), Deployment.objects.get(pk=embed_id)
     cores = [

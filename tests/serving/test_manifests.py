@@ -21,6 +21,7 @@ from serving.spec import (
     DeploymentSpec,
     InstanceSpec,
     ModelSpec,
+    StoreSpec,
     media_domain_args,
 )
 from tests.engines import VllmArgumentParser
@@ -731,3 +732,50 @@ def test_objects_pass_the_api_schemas(
     assert [m["kind"] for m in objects] == expected + (
         [] if policy == AutoscalingPolicy.FIXED else [autoscaler]
     )
+
+
+STORED = dataclasses.replace(
+    QWEN_7B,
+    slug="custom-3-tuned",
+    huggingface_repo="s3://weights/models/tuned/",
+    store=StoreSpec(
+        uri="s3://weights/models/tuned/",
+        endpoint_url="https://minio.example.com",
+        region="eu-west-1",
+        access_key_id="AKIDEXAMPLE",
+        secret_access_key="not-in-any-log",
+    ),
+)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_a_model_from_an_object_store_streams_with_its_key_from_a_secret(version: str) -> None:
+    spec = make_spec(model=STORED)
+    objects = manifests.build_objects(spec, ClusterSettings())
+    for manifest in objects:
+        kubernetes_validate.validate(manifest, version, strict=True)
+    assert [m["kind"] for m in objects][:3] == ["NetworkPolicy", "Secret", "Deployment"]
+    secret = objects[1]
+    assert secret["metadata"]["labels"] == manifests.labels(spec)  # deleted with the deployment's objects
+    assert secret["stringData"]["AWS_SECRET_ACCESS_KEY"] == "not-in-any-log"
+    args = container(spec)["args"]
+    assert args[:3] == ["s3://weights/models/tuned/", "--load-format", "runai_streamer"]
+    assert "--revision" not in args and "not-in-any-log" not in json.dumps(objects[2:])
+    assert "not-in-any-log" not in repr(spec)
+    env = {item["name"]: item for item in container(spec)["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "https://minio.example.com"
+    assert env["AWS_REGION"]["value"] == env["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
+    assert env["AWS_EC2_METADATA_DISABLED"]["value"] == "true"
+    assert "HF_TOKEN" not in env
+
+
+def test_aws_s3_itself_needs_no_endpoint_and_keeps_virtual_addressing() -> None:
+    model = dataclasses.replace(STORED, store=dataclasses.replace(STORED.store, endpoint_url="", region=""))
+    names = env_names(make_spec(model=model))
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED"} <= names
+    assert not names & {"AWS_ENDPOINT_URL", "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING", "AWS_REGION"}
+
+
+def test_vllm_reads_the_object_store_flags(vllm_parser: VllmArgumentParser) -> None:
+    parsed = vllm_parser.parse(container(make_spec(model=STORED))["args"])
+    assert parsed["model_tag"] == "s3://weights/models/tuned/" and parsed["load_format"] == "runai_streamer"

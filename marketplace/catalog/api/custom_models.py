@@ -42,6 +42,10 @@ class CustomModelSerializer(serializers.ModelSerializer[CustomModel]):
     )
     cpu_capable = serializers.BooleanField(source="card.cpu_capable", read_only=True)
     private_repository = serializers.SerializerMethodField(help_text="A token is kept for the repository")
+    uri = serializers.CharField(source="store_uri", read_only=True, help_text="store: the s3:// folder")
+    endpoint_url = serializers.CharField(source="store_endpoint_url", read_only=True)
+    region = serializers.CharField(source="store_region", read_only=True)
+    access_key_id = serializers.CharField(source="store_access_key_id", read_only=True)
     created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="username", read_only=True
     )
@@ -49,7 +53,8 @@ class CustomModelSerializer(serializers.ModelSerializer[CustomModel]):
     class Meta:
         model = CustomModel
         fields = [
-            "id", "organization", "name", "slug", "source", "huggingface_repo", "revision", "path", "base",
+            "id", "organization", "name", "slug", "source", "huggingface_repo", "revision", "path", "uri",
+            "endpoint_url", "region", "access_key_id", "base",
             "lora_rank", "target_modules", "architecture", "parameters", "context_length", "dtype", "tasks",
             "routes", "gpu_memory_gb", "min_gpu_memory_gb", "cpu_capable", "private_repository", "facts",
             "created_by", "created_at",
@@ -82,6 +87,27 @@ class CustomModelCreateSerializer(serializers.Serializer[dict[str, Any]]):
     path = serializers.CharField(
         max_length=500, required=False, allow_blank=True, help_text="path, adapter: the folder of the files"
     )
+    uri = serializers.CharField(
+        max_length=1100, required=False, allow_blank=True, help_text="store: s3://bucket/folder of the files"
+    )
+    endpoint_url = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="store: an S3-compatible store's endpoint the platform allows; empty for AWS S3",
+    )
+    region = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    access_key_id = serializers.CharField(
+        max_length=128, required=False, allow_blank=True, help_text="store: a key that may read the folder"
+    )
+    secret_access_key = serializers.CharField(
+        max_length=256,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        help_text="store: the key's secret; stored encrypted, never shown",
+    )
     base = serializers.CharField(
         max_length=64, required=False, allow_blank=True, help_text="adapter: the base model's slug"
     )
@@ -90,6 +116,7 @@ class CustomModelCreateSerializer(serializers.Serializer[dict[str, Any]]):
     NEEDED = {
         CustomModelSource.HUB: ("huggingface_repo", "revision"),
         CustomModelSource.PATH: ("path",),
+        CustomModelSource.STORE: ("uri", "access_key_id", "secret_access_key"),
         CustomModelSource.ADAPTER: ("path", "base"),
     }
 
@@ -120,6 +147,15 @@ class CustomModelCreateSerializer(serializers.Serializer[dict[str, Any]]):
             )
         if data["source"] == CustomModelSource.PATH:
             return custom_models.register_from_path(**common, path=data["path"])
+        if data["source"] == CustomModelSource.STORE:
+            return custom_models.register_from_store(
+                **common,
+                uri=data["uri"],
+                endpoint_url=data["endpoint_url"],
+                region=data["region"],
+                access_key_id=data["access_key_id"],
+                secret_access_key=data["secret_access_key"],
+            )
         base = ModelCard.objects.visible_to(organization).filter(slug=data["base"]).first()
         if base is None:
             raise serializers.ValidationError(
@@ -132,7 +168,8 @@ class CustomModelViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantScopedViewSet
 ):
     """Your organisations' custom models: weights of your own (a Hugging Face repository at a commit, a
-    folder, or a LoRA adapter on a base model), read at registration and deployable like a catalog model
+    folder on a volume, an S3-compatible object-store folder read with your own key, or a LoRA adapter on a
+    base model), read at registration and deployable like a catalog model
     (by `slug`, with no license to accept), visible to your organisation only."""
 
     queryset = CustomModel.objects.select_related("organization", "card", "base", "created_by")

@@ -24,13 +24,22 @@ from marketplace.catalog.models import CustomModel, ModelCard
 from marketplace.web import current
 from marketplace.web.forms import NON_FIELD, error_summary, field_errors, form_data
 
-FIELDS = ("name", "source", "huggingface_repo", "revision", "hf_token", "path", "base", "summary")
+FIELDS = (
+    "name", "source", "huggingface_repo", "revision", "hf_token", "uri", "endpoint_url", "region",
+    "access_key_id", "secret_access_key", "path", "base", "summary",
+)  # fmt: skip
+SECRETS = ("hf_token", "secret_access_key")  # never sent back to the browser
 LABELS = {
     "name": "Name",
     "source": "Where the weights are",
     "huggingface_repo": "Hugging Face repository",
     "revision": "Commit",
     "hf_token": "Access token",
+    "uri": "Folder in the store",
+    "endpoint_url": "Endpoint",
+    "region": "Region",
+    "access_key_id": "Access key id",
+    "secret_access_key": "Secret access key",
     "path": "Folder",
     "base": "Base model",
     "summary": "Summary",
@@ -46,6 +55,9 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
         "values": {"source": CustomModelSource.PATH},
         "sources": CustomModelSource.choices,
         "roots": settings.CUSTOM_MODEL_ROOTS,
+        "endpoint_help": "Empty for AWS S3; otherwise one of "
+        + (", ".join(settings.CUSTOM_MODEL_STORE_ENDPOINTS) or "none yet (a platform admin adds them)")
+        + ".",
     }
     if organization is not None:
         context["custom_models"] = CustomModel.objects.filter(organization=organization).select_related(
@@ -69,7 +81,7 @@ def custom_model_list(request: HttpRequest) -> HttpResponse:
     if request.method == "GET" or organization is None:
         return render(request, "web/custom_models.html", context)
     context["values"] = {
-        name: str(request.POST.get(name, "")).strip() for name in FIELDS if name != "hf_token"
+        name: str(request.POST.get(name, "")).strip() for name in FIELDS if name not in SECRETS
     }
     if not context["can_manage"]:
         context["errors"] = {

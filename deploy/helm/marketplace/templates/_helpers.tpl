@@ -129,6 +129,7 @@ MODEL_CACHE_PVC: {{ .Values.serving.modelCachePvc | quote }}
 HF_TOKEN_SECRET: {{ include "marketplace.huggingfaceTokenSecret" . | quote }}
 ENGINE_MEDIA_DOMAINS: {{ join "," .Values.serving.mediaDomains | quote }}
 CUSTOM_MODEL_ROOTS: {{ join "," .Values.serving.customModelRoots | quote }}
+CUSTOM_MODEL_STORE_ENDPOINTS: {{ join "," .Values.serving.customModelStoreEndpoints | quote }}
 NETWORK_POLICY_ENABLED: {{ ternary "True" "False" .Values.serving.networkPolicy.enabled | quote }}
 GATEWAY_NAMESPACE: {{ .Release.Namespace | quote }}
 GATEWAY_POD_LABELS: {{ printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s" (include "marketplace.name" .) (.Release.Name | trunc 63 | trimSuffix "-") | quote }}
