@@ -533,6 +533,19 @@ def transition(
         return True
 
 
+def reapply_deployments_of(card: ModelCard) -> int:
+    """Apply again, on commit, every live deployment that runs `card`'s weights (the card, or an adapter on
+    it): what changes where the weights are read from without changing what runs. Returns how many."""
+    ids = list(
+        Deployment.objects.filter(
+            Q(model_card=card) | Q(model_card__custom_model__base=card), status__in=LIVE_STATUSES
+        ).values_list("pk", flat=True)
+    )
+    for deployment_id in ids:
+        _enqueue("provision_deployment", deployment_id)
+    return len(ids)
+
+
 def _enqueue(task_name: str, deployment_id: int) -> None:
     from serving import tasks
 

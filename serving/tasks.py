@@ -114,8 +114,8 @@ def _copy_store_weights(deployment: Deployment) -> bool:
         services.transition(
             deployment.pk,
             to=DeploymentStatus.FAILED,
-            message=f"{error.message} Check that the key {custom.name} was registered with still reads its "
-            "folder, then delete and create the deployment again.",
+            message=f"{error.message} Give {custom.name} a key that reads its folder (on its page, or POST "
+            f"/api/custom-models/{custom.pk}/key/): the deployment is then applied again with it.",
             allowed_from=LIVE_STATUSES,
         )
         return False

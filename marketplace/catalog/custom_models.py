@@ -341,6 +341,34 @@ def register_from_store(
     )
 
 
+def replace_store_key(custom: CustomModel, *, access_key_id: str, secret_access_key: str) -> CustomModel:
+    """Give a model registered from an object store a new read key (the old one rotated or revoked). The
+    key must read the folder's config.json before it is kept; the model's live deployments are applied
+    again, so a cluster's key Secret holds the new key for every engine that starts from then on."""
+    from serving import services
+
+    if custom.source != CustomModelSource.STORE:
+        raise _refuse("source", f"{custom.name} is not read from an object store: it has no key to replace.")
+    folder = StoreFolder.connect(
+        uri=custom.store_uri,
+        endpoint_url=custom.store_endpoint_url,
+        region=custom.store_region,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+    )
+    try:
+        folder.read(weights.CONFIG)
+    except StoreAccessError as error:
+        raise _refuse("uri" if error.transient else "access_key_id", error.message) from None
+    with transaction.atomic():
+        CustomModel.objects.filter(pk=custom.pk).update(
+            store_access_key_id=access_key_id, store_secret_encrypted=crypto.encrypt(secret_access_key)
+        )
+        services.reapply_deployments_of(custom.card)
+    custom.refresh_from_db()
+    return custom
+
+
 # What an engine loads from a model's folder: not the pickled weights some repositories carry beside the
 # safetensors (vLLM prefers safetensors, and a copy of both would double the disk), nor hidden files.
 SKIPPED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")

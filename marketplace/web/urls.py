@@ -36,6 +36,7 @@ urlpatterns = [
     path("custom-models/", custom_models.custom_model_list, name="custom-models"),
     path("custom-models/<int:pk>/", custom_models.custom_model_detail, name="custom-model"),
     path("custom-models/<int:pk>/delete/", custom_models.custom_model_delete, name="custom-model-delete"),
+    path("custom-models/<int:pk>/key/", custom_models.custom_model_key, name="custom-model-key"),
     path("deployments/", deployments.deployment_list, name="deployments"),
     path("deployments/new/", deployments.deploy, name="deploy"),
     path("deployments/<int:pk>/", deployments.deployment_detail, name="deployment"),

@@ -334,3 +334,75 @@ def test_the_web_form_registers_it_and_no_page_shows_the_secret(
     page = browser.get(response["Location"]).content.decode()
     assert f"{uri}/" in page and KEY_ID in page and s3_server in page and SECRET not in page
     assert browser_for(outsider).get(response["Location"]).status_code == 404
+
+
+def test_an_owner_replaces_the_key_and_its_deployments_are_applied_again_with_it(
+    registered: dict[str, Any],
+    client_for: Any,
+    owner: Any,
+    settings: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    settings.SERVING_BACKEND = "kubernetes"
+    client = client_for(owner)
+    for name in ("one", "two"):
+        body = {"name": name, "model": registered["slug"], "instance_type": "aws-g5-xlarge"}
+        assert client.post("/api/deployments/", body, format="json").status_code == 201
+    with django_capture_on_commit_callbacks() as applied:
+        response = client.post(
+            f"{CUSTOM}{registered['id']}/key/",
+            {"access_key_id": "AKIDROTATED", "secret_access_key": "rotated-secret"},
+            format="json",
+        )
+    assert response.status_code == 200, response.content
+    assert (
+        response.json()["access_key_id"] == "AKIDROTATED"
+        and "rotated-secret" not in response.content.decode()
+    )
+    assert len(applied) == 2  # each deployment's provisioning, enqueued once the key is saved
+    for deployment in Deployment.objects.all():
+        store = services.spec_for(deployment).model.store
+        assert store is not None and (store.access_key_id, store.secret_access_key) == (
+            "AKIDROTATED",
+            "rotated-secret",
+        )
+
+
+def test_replacing_a_key_is_refused_naming_the_field_and_walled_off(
+    registered: dict[str, Any],
+    client_for: Any,
+    owner: Any,
+    member: Any,
+    outsider: Any,
+    tmp_path: Path,
+    settings: Any,
+) -> None:
+    url = f"{CUSTOM}{registered['id']}/key/"
+    new = {"access_key_id": "AKIDNEW", "secret_access_key": "new-secret"}
+    missing = client_for(owner).post(url, {"access_key_id": "AKIDNEW"}, format="json")
+    assert missing.status_code == 400 and "secret_access_key" in missing.json()
+    assert client_for(member).post(url, new, format="json").status_code == 403
+    assert client_for(outsider).post(url, new, format="json").status_code == 404
+    settings.CUSTOM_MODEL_ROOTS = [str(tmp_path)]
+    folder = client_for(owner).post(
+        CUSTOM, {"name": "folder", "source": "path", "path": str(write_model(tmp_path / "m"))}, format="json"
+    )
+    refused = client_for(owner).post(f"{CUSTOM}{folder.json()['id']}/key/", new, format="json")
+    assert refused.status_code == 400 and "has no key to replace" in refused.json()["source"][0]
+    assert CustomModel.objects.get(pk=registered["id"]).store_access_key_id == KEY_ID
+
+
+def test_the_models_page_replaces_the_key_for_owners_only(
+    registered: dict[str, Any], browser_for: Any, owner: Any, member: Any, outsider: Any
+) -> None:
+    page = f"/custom-models/{registered['id']}/"
+    assert 'id="replace-key"' in browser_for(owner).get(page).content.decode()
+    assert 'id="replace-key"' not in browser_for(member).get(page).content.decode()
+    new = {"access_key_id": "AKIDNEW", "secret_access_key": "new-secret"}
+    assert browser_for(member).post(f"{page}key/", new).status_code == 403
+    assert browser_for(outsider).post(f"{page}key/", new).status_code == 404
+    refused = browser_for(owner).post(f"{page}key/", {"access_key_id": "AKIDNEW"})
+    assert refused.status_code == 400 and 'id="error-secret_access_key"' in refused.content.decode()
+    response = browser_for(owner).post(f"{page}key/", new)
+    assert response.status_code == 302 and response["Location"] == page
+    assert "AKIDNEW" in browser_for(owner).get(page).content.decode()

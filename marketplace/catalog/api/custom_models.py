@@ -10,6 +10,7 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -164,6 +165,13 @@ class CustomModelCreateSerializer(serializers.Serializer[dict[str, Any]]):
         return custom_models.register_adapter(**common, path=data["path"], base=base)
 
 
+class StoreKeySerializer(serializers.Serializer[dict[str, Any]]):
+    access_key_id = serializers.CharField(max_length=128, help_text="A key that may read the model's folder")
+    secret_access_key = serializers.CharField(
+        max_length=256, write_only=True, help_text="The key's secret; stored encrypted, never shown"
+    )
+
+
 class CustomModelViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantScopedViewSet
 ):
@@ -188,6 +196,19 @@ class CustomModelViewSet(
         user = request.user if getattr(request.user, "pk", None) is not None else None
         custom = serializer.register(organization, user)
         return Response(CustomModelSerializer(custom).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=StoreKeySerializer, responses={200: CustomModelSerializer})
+    @action(detail=True, methods=["post"])
+    def key(self, request: Request, pk: str | None = None) -> Response:
+        """Replace the read key of a model registered from an object store (a rotated or revoked key):
+        refused unless the new key reads the folder's config.json; its deployments are applied again with
+        it. Owners and admins only."""
+        custom = self.get_object()
+        self.require_manager(request, custom.organization)
+        serializer = StoreKeySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        custom = custom_models.replace_store_key(custom, **serializer.validated_data)
+        return Response(CustomModelSerializer(custom).data)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Delete a custom model; refused while a deployment runs it or an adapter is registered on it."""

@@ -18,7 +18,7 @@ from rest_framework import exceptions
 
 from marketplace.accounts import tenancy
 from marketplace.catalog import custom_models
-from marketplace.catalog.api.custom_models import CustomModelCreateSerializer
+from marketplace.catalog.api.custom_models import CustomModelCreateSerializer, StoreKeySerializer
 from marketplace.catalog.choices import CustomModelSource
 from marketplace.catalog.models import CustomModel, ModelCard
 from marketplace.web import current
@@ -109,9 +109,15 @@ def _custom_model_of(request: HttpRequest, pk: int) -> CustomModel:
 
 
 def _page(
-    request: HttpRequest, custom: CustomModel, *, status: int = 200, errors: Any = None
+    request: HttpRequest,
+    custom: CustomModel,
+    *,
+    status: int = 200,
+    errors: Any = None,
+    values: dict[str, str] | None = None,
 ) -> HttpResponse:
     context = {
+        "values": values or {},
         "organization": custom.organization,
         "custom": custom,
         "card": custom.card,
@@ -144,3 +150,27 @@ def custom_model_delete(request: HttpRequest, pk: int) -> HttpResponse:
             errors=field_errors(exceptions.ValidationError(error.detail)),
         )
     return redirect("web:custom-models")
+
+
+@login_required
+@require_POST
+def custom_model_key(request: HttpRequest, pk: int) -> HttpResponse:
+    """Replace a store-registered model's read key (the API's POST /api/custom-models/<id>/key/)."""
+    custom = _custom_model_of(request, pk)
+    values = {"access_key_id": str(request.POST.get("access_key_id", "")).strip()}
+    if not tenancy.can_manage(request, custom.organization):
+        errors = {NON_FIELD: [f"Only an owner or admin of {custom.organization.name} replaces keys."]}
+        return _page(request, custom, status=403, errors=errors, values=values)
+    serializer = StoreKeySerializer(data=form_data(request.POST, ("access_key_id", "secret_access_key")))
+    try:
+        serializer.is_valid(raise_exception=True)
+        custom_models.replace_store_key(custom, **serializer.validated_data)
+    except exceptions.APIException as error:
+        return _page(
+            request,
+            custom,
+            status=error.status_code,
+            errors=field_errors(exceptions.ValidationError(error.detail)),
+            values=values,
+        )
+    return redirect("web:custom-model", pk=custom.pk)
