@@ -1,6 +1,7 @@
 """Distillation on this machine, full size: a stand-in task teacher's answers turned into a LoRA student.
 
-    .venv/bin/python bench/distillation.py [--train 200] [--heldout 50] [--epochs 1] [--rank 16] [--cores 0-1]
+    .venv/bin/python bench/distillation.py [--train 200] [--heldout 50] [--epochs 1] [--rank 16]
+        [--learning-rate 2e-4] [--cores 0-1]
 
 The teacher is NOT a model: it is learning/training/tickets.py's deterministic stand-in, which answers
 support tickets with JSON {category, priority, product} the way a large model told the long instructions
@@ -157,7 +158,13 @@ def ask(
 
 
 def run(
-    train_count: int, heldout_count: int, epochs: int, rank: int, keep: Path | None, cores: tuple[int, ...]
+    train_count: int,
+    heldout_count: int,
+    epochs: int,
+    rank: int,
+    keep: Path | None,
+    cores: tuple[int, ...],
+    learning_rate: float = TrainingSpec.learning_rate,
 ) -> None:
     base = engine_env.model_path(engine_env.engine_dir(), engine_env.CHAT)
     if base is None:
@@ -166,9 +173,12 @@ def run(
     folder.mkdir(parents=True, exist_ok=True)
     everything = tickets.make_tickets(train_count + heldout_count, seed=0)
     train_part, heldout = everything[:train_count], everything[train_count:]
-    spec = TrainingSpec(rank=rank, alpha=2 * rank, epochs=epochs)
+    spec = TrainingSpec(rank=rank, alpha=2 * rank, epochs=epochs, learning_rate=learning_rate)
     print(f"teacher: the deterministic stand-in of learning/training/tickets.py (not a model); {folder}")
-    print(f"training {train_count} rows, {epochs} epoch(s), LoRA r={rank} on all linear layers ...")
+    print(
+        f"training {train_count} rows, {epochs} epoch(s), LoRA r={rank} on all linear layers, learning rate "
+        f"{learning_rate:g} ..."
+    )
     trained = train(folder, tickets.training_rows(train_part), spec, base, cores)
 
     process, url = start_engine(base, {STUDENT: trained["adapter"]}, folder, cores, rank)
@@ -242,6 +252,7 @@ def cli() -> None:
     parser.add_argument("--heldout", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=TrainingSpec.learning_rate)
     parser.add_argument(
         "--keep", type=Path, default=None, help="the run's folder (default: a new temp folder)"
     )
@@ -250,7 +261,7 @@ def cli() -> None:
     )
     args = parser.parse_args()
     cores = tuple(sorted(_cores(args.cores))) if args.cores else capacity.allowed_cores()
-    run(args.train, args.heldout, args.epochs, args.rank, args.keep, cores)
+    run(args.train, args.heldout, args.epochs, args.rank, args.keep, cores, args.learning_rate)
 
 
 def _cores(text: str) -> set[int]:

@@ -172,6 +172,38 @@ def test_an_owner_starts_a_job_from_the_form(
     assert (job.hyperparameters["epochs"], job.hyperparameters["rank"]) == (2, 16)
 
 
+def test_the_form_names_the_evaluation_scorers_the_held_out_answers_also_get(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore,
+    prepared_student: None,
+) -> None:  # fmt: skip
+    make_deployment(acme, "teacher")
+    make_deployment(acme, "judge")
+    dataset = ticket_dataset(configured_store, acme.pk, 8)
+    client = browser_for(owner)
+    page = client.get("/tuning-jobs/").content.decode()
+    assert 'name="judge_deployment"' in page and 'name="regex_pattern"' in page
+    chosen = {"json": "on", "judge": "on", "judge_deployment": "judge", "judge_rubric": "", "regex": "on",
+              "regex_pattern": '"priority"'}  # fmt: skip
+    answer = client.post("/tuning-jobs/", form(dataset.pk, **chosen))
+    assert answer.status_code == 302, answer.content.decode()[-2000:]
+    assert TuningJob.objects.get().scorers == [
+        {"kind": "regex", "pattern": '"priority"', "name": "regex"},
+        {"kind": "json", "name": "json"},
+        {"kind": "judge", "deployment": "judge", "name": "judge"},
+    ]
+
+
+def test_a_scorer_the_form_cannot_run_is_refused_beside_the_scorers(
+    browser_for: BrowserFor, owner: AbstractUser, acme: Organization, configured_store: FolderStore,
+    prepared_student: None,
+) -> None:  # fmt: skip
+    make_deployment(acme, "teacher")
+    dataset = ticket_dataset(configured_store, acme.pk, 8)
+    answer = browser_for(owner).post("/tuning-jobs/", form(dataset.pk, regex="on", regex_pattern="("))
+    assert answer.status_code == 400 and 'id="error-scorers"' in answer.content.decode()
+    assert not TuningJob.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("fields", "words"),
     [

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from learning import tuning
+from learning import scorers, tuning
 from learning.api.tuning import TuningJobCreateSerializer
 from learning.models import Dataset, TuningJob, TuningKind
 from learning.training.spec import TrainingSpec
@@ -23,6 +23,7 @@ from marketplace.catalog.models import InstanceType, ModelCard
 from marketplace.web import current
 from marketplace.web.forms import NON_FIELD, field_errors
 from marketplace.web.loss_chart import loss_chart
+from marketplace.web.views.evaluations import scorer_specs
 from serving.choices import Backend, DeploymentStatus
 from serving.models import Deployment
 
@@ -60,14 +61,18 @@ def _form_data(post: Any) -> dict[str, Any]:
         "instance_type",
     )
     data = {key: post.get(key, "") for key in keys}
-    return {**data, "hyperparameters": hyperparameters}
+    return {**data, "hyperparameters": hyperparameters, "scorers": scorer_specs(post)}
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def tuning_job_list(request: HttpRequest) -> HttpResponse:
     organization = current.organization(request)
-    context: dict[str, Any] = {"organization": organization, "errors": {}, "values": {}}
+    context: dict[str, Any] = {
+        "organization": organization,
+        "errors": {},
+        "values": {"judge_rubric": scorers.DEFAULT_RUBRIC},
+    }
     if organization is None:
         return render(request, "web/tuning_jobs.html", context)
     can_manage = tenancy.can_manage(request, organization)
@@ -104,9 +109,12 @@ def tuning_job_list(request: HttpRequest) -> HttpResponse:
             dataset_id=data["dataset"], student_base=data["student_base"],
             teacher_deployment=data["teacher_deployment"], teacher_instructions=data["teacher_instructions"],
             hyperparameters=data["hyperparameters"], instance_type=data["instance_type"],
+            scorer_specs=data.get("scorers", []),
         )  # fmt: skip
     except tuning.Refused as error:
-        context.update(errors={error.field: [str(error)]}, values=request.POST.dict())
+        # A scorer's refusal names its place in the list (`scorers[0].pattern`); the form has one place.
+        field = "scorers" if error.field.startswith("scorers") else error.field
+        context.update(errors={field: [str(error)]}, values=request.POST.dict())
         return render(request, "web/tuning_jobs.html", context, status=400)
     return redirect("web:tuning-job", pk=job.pk)
 
