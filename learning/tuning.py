@@ -144,13 +144,26 @@ def check_student_base(organization: Organization, slug: str) -> ModelCard:
         raise Refused(
             "student_base", f"{card.name} is not a text generation model a LoRA adapter can train on."
         )
+    stored = custom is not None and custom.source == CustomModelSource.STORE
     if settings.SERVING_BACKEND == Backend.KUBERNETES:
+        if stored:
+            raise Refused(
+                "student_base",
+                f"{card.name} is read from an object store, which a training Job does not load from: "
+                "register the same weights from the Hugging Face Hub or a volume folder to train on them.",
+            )
         return card  # the training Job fetches the weights, as a deployment's engine does
     if not card.cpu_capable:
         raise Refused(
             "student_base",
             f"{card.name} is too large to train on this machine's CPUs; choose a CPU-capable model, or run "
             "the platform on a cluster (SERVING_BACKEND=kubernetes) to train it on a GPU instance type.",
+        )
+    if student_weights(card) is None and stored:
+        raise Refused(
+            "student_base",
+            f"{card.name} is read from an object store and this machine holds no copy of it yet: deploy it "
+            "once (the worker copies its weights, and the copy stays), then train on it.",
         )
     if student_weights(card) is None:
         raise Refused(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from learning import datasets
 from learning.choices import DatasetPart
@@ -50,6 +51,7 @@ from serving.backends.kubernetes import (
     cluster_settings,
 )
 from serving.services import instance_spec, model_spec, weights_path
+from serving.status import UNSCHEDULABLE_GRACE_SECONDS
 
 POLL_SECONDS = 5.0
 URL_MARGIN_SECONDS = 3600  # the URLs outlive the Job's deadline by this much
@@ -83,6 +85,23 @@ def waiting_words(pod: PodState | None) -> str:
         if container.waiting_reason:
             return f"The training pod is starting ({container.waiting_reason})."
     return ""
+
+
+def unschedulable_too_long(pod: PodState | None, job: TuningJob) -> str:
+    """Why a training run is given up, when its pod has found no node for longer than a deployment's
+    replica may (serving.status.UNSCHEDULABLE_GRACE_SECONDS), else "". A cluster autoscaler adding a node
+    takes minutes; past that, the Job would only hold the quota until its deadline."""
+    if pod is None or not pod.unschedulable_message or pod.unschedulable_since is None:
+        return ""
+    waited = (timezone.now() - pod.unschedulable_since).total_seconds()
+    if waited <= UNSCHEDULABLE_GRACE_SECONDS:
+        return ""
+    where = job.instance_type.name if job.instance_type is not None else "its instance type"
+    return (
+        f"No node could take the training run on {where} for {waited / 60:.0f} minutes "
+        f"({pod.unschedulable_message}). Free GPUs, add nodes of this instance type, or start the job again "
+        "on another instance type."
+    )
 
 
 @dataclass
@@ -194,6 +213,10 @@ class KubernetesTraining:
                 "namespace was cleaned); start a new job.",
                 reason="error",
             )
+        stuck = unschedulable_too_long(state.pod, self.job)
+        if stuck:
+            self._backend().delete_training(self.job.pk)  # its GPUs' quota is given back with the job
+            return Outcome(FAILED, stuck, reason="error")
         words = waiting_words(state.pod)
         if words != self._waiting:
             self._waiting = words

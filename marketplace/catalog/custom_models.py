@@ -442,6 +442,8 @@ def _base_names(base: ModelCard) -> set[str]:
     custom = getattr(base, "custom_model", None) if base.organization_id else None
     if custom is not None and custom.path:
         names.add(str(Path(custom.path).resolve()).lower())
+    if custom is not None and custom.source == CustomModelSource.STORE:  # trained on this machine's copy
+        names.add(str(store_copy_folder(base).resolve()).lower())
     return names
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from serving.spec import DeploymentSpec
@@ -42,6 +43,7 @@ class PodState:
     ready: bool
     containers: tuple[ContainerState, ...] = ()
     unschedulable_message: str = ""  # the PodScheduled=False condition's message, when unschedulable
+    unschedulable_since: datetime | None = None  # that condition's lastTransitionTime, when given
     address: str = ""  # where the engine answers: "http://10.0.0.5:8000" (pods) or "http://127.0.0.1:PORT"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import urllib3
@@ -567,8 +568,21 @@ def _pod_state(obj: dict[str, Any]) -> PodState:
         ready=(conditions.get("Ready") or {}).get("status") == "True",
         containers=tuple(_container_state(item) for item in statuses),
         unschedulable_message=scheduled.get("message", "") if scheduled.get("status") == "False" else "",
+        unschedulable_since=_timestamp(scheduled.get("lastTransitionTime"))
+        if scheduled.get("status") == "False"
+        else None,
         address=address,
     )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """An API server's RFC 3339 time (`2026-12-03T10:00:00Z`), or None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _container_state(item: dict[str, Any]) -> ContainerState:

@@ -17,6 +17,7 @@ itself.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import subprocess
@@ -36,7 +37,7 @@ from learning import tuning, tuning_kube, tuning_run
 from learning.models import Dataset, TuningJob, TuningStatus
 from learning.storage import S3Store, get_store, s3_client
 from learning.training import cpu_trainer, kube_job
-from learning.training.runner import _prepare_child
+from learning.training.runner import FAILED, _prepare_child
 from learning.tuning_kube import KubernetesTraining
 from marketplace.accounts.models import Organization, Quota
 from marketplace.catalog import custom_models
@@ -45,6 +46,7 @@ from serving import services
 from serving.backends.kubernetes import KubernetesBackend
 from serving.local import capacity, engine_env
 from serving.models import Deployment
+from serving.status import UNSCHEDULABLE_GRACE_SECONDS
 from tests.learning.ticket_teacher import ticket_dataset
 from tests.serving.conftest import backend_for, fake_kubernetes
 from tests.serving.fake_kubernetes import FakeKubernetes
@@ -410,3 +412,42 @@ def test_a_job_that_completes_without_its_output_in_the_store_fails_saying_where
     playing.join(timeout=5)
     job.refresh_from_db()
     assert job.failure_reason == "bad_run" and "not in the object store" in job.status_message
+
+
+def test_a_pod_no_node_takes_waits_out_a_deployments_grace_then_the_run_fails_and_its_job_goes(
+    cluster: Cluster,
+) -> None:
+    job = cluster.create()
+    job.work_dir = str(tuning.work_dir_for(job))
+    (Path(job.work_dir)).mkdir(parents=True)
+    (Path(job.work_dir) / "train.jsonl").write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n")
+    run = KubernetesTraining(Path(job.work_dir) / "run", job=job, data=Path(job.work_dir) / "train.jsonl",
+                             backend=cluster.backend, poll_seconds=0.05)  # fmt: skip
+    run.start()
+    (applied,) = cluster.fake.list("batch/v1", "jobs")
+    labels = applied["spec"]["template"]["metadata"]["labels"]
+
+    def unschedulable_for(minutes: float) -> None:
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=minutes)
+        cluster.fake.add_pod(
+            "waiting", labels, phase="Pending", ready=False, container_statuses=[],
+            conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                         "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}],
+        )  # fmt: skip
+
+    unschedulable_for(2)
+    seen: list[dict[str, Any]] = []
+    with pytest.raises(TimeoutError):
+        run.wait(timeout=0.2, on_progress=seen.append)
+    assert "Waiting for a node of the instance type with free GPUs" in seen[-1]["message"]
+    assert cluster.fake.list("batch/v1", "jobs")  # a cluster autoscaler may still be adding a node
+
+    unschedulable_for(UNSCHEDULABLE_GRACE_SECONDS / 60 + 1)
+    outcome = run.wait(timeout=5)
+    assert outcome.status == FAILED
+    assert outcome.message.startswith(
+        f"No node could take the training run on {job.instance_type.name} for 11"
+    )
+    assert "3 Insufficient nvidia.com/gpu" in outcome.message and "another instance type" in outcome.message
+    assert cluster.fake.list("batch/v1", "jobs") == []  # deleted: nothing holds the GPUs any more

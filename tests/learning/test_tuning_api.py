@@ -18,10 +18,12 @@ from rest_framework.test import APIClient
 from learning import datasets
 from learning.choices import DatasetSource
 from learning.models import Dataset, TuningJob, TuningJobEvent, TuningStatus
-from learning.storage import FolderStore
+from learning.storage import FolderStore, s3_client
 from marketplace.accounts.models import Organization
+from marketplace.catalog import custom_models
 from serving.choices import DeploymentStatus
 from serving.local import engine_env
+from tests.catalog.custom_model_files import write_model
 from tests.learning.conftest import make_deployment
 from tests.learning.ticket_teacher import ticket_dataset
 
@@ -288,3 +290,27 @@ def test_the_list_costs_the_same_queries_for_one_job_or_several(
     with CaptureQueriesContext(connection) as three:
         assert len(client.get(URL).json()["results"]) == 3
     assert len(three.captured_queries) == len(one.captured_queries)
+
+
+def test_a_student_read_from_an_object_store_trains_here_once_copied_and_not_on_a_cluster(
+    client_for: ClientFor, owner: AbstractUser, acme: Organization, dataset: Dataset, s3_server: str,
+    settings: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    settings.CUSTOM_MODEL_STORE_ENDPOINTS = [s3_server]
+    store = s3_client(s3_server, "us-east-1", "AKIDSTUDENT", "student-secret")
+    store.create_bucket(Bucket="students")
+    for path in write_model(tmp_path / "stored").iterdir():
+        store.upload_file(str(path), "students", f"tiny/{path.name}")
+    custom = custom_models.register_from_store(
+        organization=acme, user=owner, name="stored", uri="s3://students/tiny", endpoint_url=s3_server,
+        access_key_id="AKIDSTUDENT", secret_access_key="student-secret",
+    )  # fmt: skip
+    client = client_for(owner)
+    refused = start(client, dataset, student_base=custom.card.slug)
+    assert refused.status_code == 400 and "deploy it once" in refused.json()["student_base"][0]
+    custom_models.copy_store_weights(custom, lambda done, total: None)  # what deploying it does here
+    assert start(client, dataset, student_base=custom.card.slug).status_code == 201
+    settings.SERVING_BACKEND = "kubernetes"
+    on_cluster = start(client, dataset, student_base=custom.card.slug, name="cluster-student",
+                       instance_type="aws-g5-xlarge")  # fmt: skip
+    assert on_cluster.status_code == 400 and "object store" in on_cluster.json()["student_base"][0]
