@@ -361,7 +361,8 @@ def test_a_failed_training_job_fails_the_tuning_job_with_the_trainers_words(
     assert services.quota_use(cluster.organization).gpus == 0
 
 
-def test_a_pod_that_cannot_start_says_why_while_the_job_waits(cluster: Cluster) -> None:
+def started_run(cluster: Cluster) -> tuple[TuningJob, KubernetesTraining, dict[str, Any]]:
+    """A tuning job's training run started on the cluster (a row of data), and the Job it applied."""
     job = cluster.create()
     job.work_dir = str(tuning.work_dir_for(job))
     (Path(job.work_dir)).mkdir(parents=True)
@@ -370,6 +371,11 @@ def test_a_pod_that_cannot_start_says_why_while_the_job_waits(cluster: Cluster) 
                              backend=cluster.backend, poll_seconds=0.05)  # fmt: skip
     run.start()
     (applied,) = cluster.fake.list("batch/v1", "jobs")
+    return job, run, applied
+
+
+def test_a_pod_that_cannot_start_says_why_while_the_job_waits(cluster: Cluster) -> None:
+    _, run, applied = started_run(cluster)
     seen: list[dict[str, Any]] = []
     with pytest.raises(TimeoutError):
         run.wait(timeout=0.2, on_progress=seen.append)
@@ -417,14 +423,7 @@ def test_a_job_that_completes_without_its_output_in_the_store_fails_saying_where
 def test_a_pod_no_node_takes_waits_out_a_deployments_grace_then_the_run_fails_and_its_job_goes(
     cluster: Cluster,
 ) -> None:
-    job = cluster.create()
-    job.work_dir = str(tuning.work_dir_for(job))
-    (Path(job.work_dir)).mkdir(parents=True)
-    (Path(job.work_dir) / "train.jsonl").write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n")
-    run = KubernetesTraining(Path(job.work_dir) / "run", job=job, data=Path(job.work_dir) / "train.jsonl",
-                             backend=cluster.backend, poll_seconds=0.05)  # fmt: skip
-    run.start()
-    (applied,) = cluster.fake.list("batch/v1", "jobs")
+    job, run, applied = started_run(cluster)
     labels = applied["spec"]["template"]["metadata"]["labels"]
 
     def unschedulable_for(minutes: float) -> None:

@@ -143,13 +143,19 @@ def custom_model_delete(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         custom_models.delete_custom_model(custom)
     except exceptions.APIException as error:
-        return _page(
-            request,
-            custom,
-            status=error.status_code,
-            errors=field_errors(exceptions.ValidationError(error.detail)),
-        )
+        return _refused(request, custom, error)
     return redirect("web:custom-models")
+
+
+def _refused(
+    request: HttpRequest,
+    custom: CustomModel,
+    error: exceptions.APIException,
+    values: dict[str, str] | None = None,
+) -> HttpResponse:
+    """The model's page again, with a refusal beside its field (never a 500)."""
+    errors = field_errors(exceptions.ValidationError(error.detail))
+    return _page(request, custom, status=error.status_code, errors=errors, values=values)
 
 
 @login_required
@@ -166,11 +172,5 @@ def custom_model_key(request: HttpRequest, pk: int) -> HttpResponse:
         serializer.is_valid(raise_exception=True)
         custom_models.replace_store_key(custom, **serializer.validated_data)
     except exceptions.APIException as error:
-        return _page(
-            request,
-            custom,
-            status=error.status_code,
-            errors=field_errors(exceptions.ValidationError(error.detail)),
-            values=values,
-        )
+        return _refused(request, custom, error, values)
     return redirect("web:custom-model", pk=custom.pk)
