@@ -199,17 +199,27 @@ REFUSALS = {
     "SignatureDoesNotMatch": "the secret access key does not match the access key id",
     "NoSuchBucket": "there is no such bucket",
     "AllAccessDisabled": "the bucket refuses every reader",
+    "NoSuchKey": "the file is not there (any more)",
 }
+KEY_REFUSALS = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+# A file name in a folder the platform copies from: one path part of a sane length, nothing that climbs.
+UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f]")
 
 
 class StoreAccessError(Exception):
     """Reading another store failed, in words for the person who named it; `transient` when trying again
     later may succeed (the store could not be reached)."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, code: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.transient = transient
+        self.code = code  # S3's error code (AccessDenied, NoSuchBucket …), "" when there was no answer
+
+    @property
+    def about_the_key(self) -> bool:
+        """The store refused the key (rather than the folder being absent or out of reach)."""
+        return self.code in KEY_REFUSALS
 
 
 def parse_store_uri(uri: str) -> tuple[str, str]:
@@ -260,10 +270,14 @@ class StoreFolder:
             code = str(error.response.get("Error", {}).get("Code", ""))
             reason = REFUSALS.get(code)
             if reason:
-                return StoreAccessError(f"{what} in {self.uri}: {reason} ({code}).")
+                return StoreAccessError(f"{what} in {self.uri}: {reason} ({code}).", code=code)
             status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if status == 404:  # a ranged or ordinary GET of a file gone since the folder was listed
+                return StoreAccessError(f"{what} in {self.uri}: {REFUSALS['NoSuchKey']}.", code="NoSuchKey")
             return StoreAccessError(
-                f"{what} in {self.uri}: the store answered {code or status}.", transient=status >= 500
+                f"{what} in {self.uri}: the store answered {code or status}.",
+                transient=status >= 500,
+                code=code,
             )
         if isinstance(error, BotoCoreError):
             return StoreAccessError(
@@ -273,7 +287,8 @@ class StoreFolder:
         raise error
 
     def files(self) -> dict[str, StoredFile]:
-        """The folder's own files (not those of folders inside it), by name."""
+        """The folder's own files (not those of folders inside it), by name; a name that could not be a
+        file of this folder on a disk (a path, `..`, a control character, over 255 bytes) is left out."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         found: dict[str, StoredFile] = {}
@@ -281,8 +296,14 @@ class StoreFolder:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
                 for item in page.get("Contents", ()):
-                    name = item["Key"][len(self.prefix) :]
-                    if name:
+                    key = str(item["Key"])
+                    name = key[len(self.prefix) :]
+                    if (
+                        key.startswith(self.prefix)
+                        and name not in ("", ".", "..")
+                        and not UNSAFE_NAME.search(name)
+                        and len(name.encode()) <= 255
+                    ):
                         found[name] = StoredFile(
                             name, int(item["Size"]), str(item.get("ETag", "")).strip('"')
                         )
@@ -292,15 +313,21 @@ class StoreFolder:
 
     def read(self, name: str, start: int = 0, length: int | None = None) -> bytes:
         """A file's bytes, or `length` of them from `start` (one ranged GET: a safetensors header out of
-        gigabytes of weights)."""
+        gigabytes of weights). At most `length` bytes are read, even from a store that ignores the range."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         options: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + name}
+        if length is not None and length <= 0:
+            return b""
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)
             options["Range"] = f"bytes={start}-{end}"
         try:
-            return bytes(self.client.get_object(**options)["Body"].read())
+            body = self.client.get_object(**options)["Body"]
+            try:
+                return bytes(body.read() if length is None else body.read(length))
+            finally:
+                body.close()
         except (BotoCoreError, ClientError) as error:
             raise self._error(error, f"Reading {name}") from None
 
@@ -310,7 +337,9 @@ class StoreFolder:
         from botocore.exceptions import BotoCoreError, ClientError
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".part-{path.name}")
+        handle, name_of_part = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        os.close(handle)
+        temporary = Path(name_of_part)
         try:
             self.client.download_file(self.bucket, self.prefix + name, str(temporary), Callback=progress)
             os.replace(temporary, path)

@@ -254,6 +254,18 @@ def build_weights_secret(spec: DeploymentSpec, cluster: ClusterSettings) -> Mani
     }
 
 
+REDACTED = "<the organisation's key, applied to the cluster and never shown>"
+
+
+def redacted(obj: Manifest) -> Manifest:
+    """A copy of an object fit to show: a Secret's values replaced by REDACTED, anything else as it is."""
+    if obj.get("kind") != "Secret":
+        return obj
+    shown = {key: value for key, value in obj.items() if key not in ("data", "stringData")}
+    values = {**obj.get("data", {}), **obj.get("stringData", {})}
+    return {**shown, "stringData": dict.fromkeys(values, REDACTED)}
+
+
 def store_env(spec: DeploymentSpec) -> list[dict[str, Any]]:
     """What the Run:ai streamer (and the boto3 calls vLLM makes for config and tokenizer files) need to read
     the folder: the key from the deployment's Secret, the region, and for an S3-compatible store its

@@ -533,17 +533,25 @@ def transition(
         return True
 
 
-def reapply_deployments_of(card: ModelCard) -> int:
+def reapply_deployments_of(card: ModelCard, why: str) -> int:
     """Apply again, on commit, every live deployment that runs `card`'s weights (the card, or an adapter on
-    it): what changes where the weights are read from without changing what runs. Returns how many."""
-    ids = list(
+    it): what changes where the weights are read from without changing what runs. A FAILED one goes back to
+    PENDING, saying `why`, so its page follows the new attempt. Returns how many."""
+    rows = list(
         Deployment.objects.filter(
             Q(model_card=card) | Q(model_card__custom_model__base=card), status__in=LIVE_STATUSES
-        ).values_list("pk", flat=True)
+        ).values_list("pk", "status")
     )
-    for deployment_id in ids:
+    for deployment_id, status in rows:
+        if status == DeploymentStatus.FAILED:
+            transition(
+                deployment_id,
+                to=DeploymentStatus.PENDING,
+                message=why,
+                allowed_from=(DeploymentStatus.FAILED,),
+            )
         _enqueue("provision_deployment", deployment_id)
-    return len(ids)
+    return len(rows)
 
 
 def _enqueue(task_name: str, deployment_id: int) -> None:

@@ -78,14 +78,18 @@ def _fail(deployment_id: int, error: Exception) -> None:
 COPY_PROGRESS_SECONDS = 2.0
 
 
-def _copy_store_weights(deployment: Deployment) -> bool:
+def _copy_store_weights(deployment: Deployment, *, last_attempt: bool) -> str:
     """On this machine, a model registered from an object store runs from a copy of its weights: bring the
     copy up to date (only what changed is copied), showing its progress on the deployment's page.
-    Returns False when the store refused (the deployment is then FAILED, saying what to fix); a store that
-    cannot be reached is a TransientBackendError, retried."""
+
+    Returns "copied" (or "" when the deployment needs no copy) to go on and apply it; "copying" when
+    another task holds the copy (it applies its own deployment when done; this one is applied by the
+    reconciler's next look); "failed" when the store refused, the disk could not take the copy, or the
+    store stayed out of reach through every retry (the deployment is then FAILED, saying what to do).
+    A store out of reach before the last attempt is a TransientBackendError, retried."""
     custom = services.store_model(deployment.model_card)
     if custom is None or deployment.backend != Backend.LOCAL:
-        return True
+        return ""
     where = f"{deployment.model_card.name}'s weights from {custom.store_uri}"
     services.transition(
         deployment.pk,
@@ -107,19 +111,34 @@ def _copy_store_weights(deployment: Deployment) -> bool:
 
     try:
         custom_models.copy_store_weights(custom, progress)
+    except custom_models.CopyInProgress:
+        return "copying"
     except StoreAccessError as error:
-        if error.transient:
+        if error.transient and not last_attempt:
             raise TransientBackendError(error.message) from error
-        log.warning("deployment %s: copying its weights failed: %s", deployment.pk, error.message)
-        services.transition(
-            deployment.pk,
-            to=DeploymentStatus.FAILED,
-            message=f"{error.message} Give {custom.name} a key that reads its folder (on its page, or POST "
-            f"/api/custom-models/{custom.pk}/key/): the deployment is then applied again with it.",
-            allowed_from=LIVE_STATUSES,
+        advice = (
+            f"Give {custom.name} a key that reads its folder (on its page, or POST /api/custom-models/"
+            f"{custom.pk}/key/): its deployments are then applied again with it."
+            if error.about_the_key
+            else "Check that the folder still holds the model's files, then delete and create the deployment "
+            "again."
         )
-        return False
-    return True
+        return _copy_failed(deployment, f"{error.message} {advice}")
+    except OSError as error:
+        return _copy_failed(
+            deployment,
+            f"Copying {where} to this machine failed: {error.strerror or error}. Free disk space under "
+            "DATA_DIR, then delete and create the deployment again.",
+        )
+    return "copied"
+
+
+def _copy_failed(deployment: Deployment, message: str) -> str:
+    log.warning("deployment %s: %s", deployment.pk, message)
+    services.transition(
+        deployment.pk, to=DeploymentStatus.FAILED, message=message, allowed_from=LIVE_STATUSES
+    )
+    return "failed"
 
 
 @shared_task(bind=True, acks_late=True, **RETRY)
@@ -129,8 +148,9 @@ def provision_deployment(self: Any, deployment_id: int) -> str:
     if deployment is None or deployment.status not in LIVE_STATUSES:
         return "nothing to do"
     try:
-        if not _copy_store_weights(deployment):
-            return "failed"
+        copy = _copy_store_weights(deployment, last_attempt=self.request.retries >= self.max_retries)
+        if copy in ("copying", "failed"):
+            return copy
         get_backend(deployment.backend).apply(services.spec_for(deployment))
     except PermanentBackendError as error:
         _fail(deployment_id, error)

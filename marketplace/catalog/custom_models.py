@@ -20,9 +20,13 @@ registered it. Each refusal is a DRF ValidationError naming the field, in the vo
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +49,7 @@ from marketplace.catalog.models import CustomModel, License, ModelCard, Provider
 
 NAME = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?\Z")
 REVISION = re.compile(r"\A[0-9a-f]{40}\Z")
+REGION = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,62})\Z")
 REPO = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}\Z")
 # The catalog's own rule for what runs on CPU (the loader refuses cpu_capable above it).
 CPU_CAPABLE_MAX_PARAMETERS = 2_000_000_000
@@ -95,6 +100,10 @@ def allowed_folder(path: str, field: str = "path") -> Path:
     if not path.startswith("/"):
         raise _refuse(field, "An absolute path to a folder, e.g. /models/my-model.")
     folder = Path(path).resolve()
+    copies = store_copies_root().resolve()
+    if folder == copies or copies in folder.parents:
+        # Another organisation's copies of its store weights, whatever CUSTOM_MODEL_ROOTS says.
+        raise _refuse(field, f"{path} holds this platform's copies of models read from object stores.")
     roots = [Path(root).resolve() for root in settings.CUSTOM_MODEL_ROOTS]
     if not any(folder == root or root in folder.parents for root in roots):
         raise _refuse(
@@ -280,7 +289,14 @@ def _endpoint(endpoint_url: str) -> str:
 
 
 def store_folder(custom: CustomModel) -> StoreFolder:
-    """The object-store folder a custom model was registered from, reached with the organisation's key."""
+    """The object-store folder a custom model was registered from, reached with the organisation's key;
+    StoreAccessError when a platform admin has since taken its endpoint off CUSTOM_MODEL_STORE_ENDPOINTS."""
+    endpoint = custom.store_endpoint_url
+    if endpoint and endpoint not in [item.rstrip("/") for item in settings.CUSTOM_MODEL_STORE_ENDPOINTS]:
+        raise StoreAccessError(
+            f"{endpoint} is no longer an object store this platform reads custom models from "
+            "(CUSTOM_MODEL_STORE_ENDPOINTS): ask a platform admin."
+        )
     return StoreFolder.connect(
         uri=custom.store_uri,
         endpoint_url=custom.store_endpoint_url,
@@ -304,6 +320,8 @@ def register_from_store(
 ) -> CustomModel:
     check_name(organization, name)
     endpoint = _endpoint(endpoint_url)
+    if region and not REGION.match(region):
+        raise _refuse("region", "A region name: lowercase letters, digits and hyphens (us-east-1), or empty.")
     try:
         folder = StoreFolder.connect(
             uri=uri,
@@ -320,8 +338,7 @@ def register_from_store(
     except weights.WeightsError as error:
         raise _refuse("uri", error.message) from None
     except StoreAccessError as error:
-        field = "uri" if error.transient or "bucket" in error.message else "access_key_id"
-        raise _refuse(field, error.message) from None
+        raise _refuse("access_key_id" if error.about_the_key else "uri", error.message) from None
     copied = {name: file.size for name, file in stored.items() if copied_file(name)}
     return _save(
         organization=organization,
@@ -357,14 +374,17 @@ def replace_store_key(custom: CustomModel, *, access_key_id: str, secret_access_
         secret_access_key=secret_access_key,
     )
     try:
+        listed = folder.files()  # what copies and vLLM's streamer do first, then a read of a file
+        if weights.CONFIG not in listed:
+            raise _refuse("uri", f"{weights.CONFIG} is no longer in {custom.store_uri}.")
         folder.read(weights.CONFIG)
     except StoreAccessError as error:
-        raise _refuse("uri" if error.transient else "access_key_id", error.message) from None
+        raise _refuse("access_key_id" if error.about_the_key else "uri", error.message) from None
     with transaction.atomic():
         CustomModel.objects.filter(pk=custom.pk).update(
             store_access_key_id=access_key_id, store_secret_encrypted=crypto.encrypt(secret_access_key)
         )
-        services.reapply_deployments_of(custom.card)
+        services.reapply_deployments_of(custom.card, f"Applying again with {custom.name}'s new read key.")
     custom.refresh_from_db()
     return custom
 
@@ -378,41 +398,74 @@ def copied_file(name: str) -> bool:
     return not name.startswith(".") and not name.endswith(SKIPPED_SUFFIXES)
 
 
+def store_copies_root() -> Path:
+    return Path(settings.DATA_DIR) / "store-copies"
+
+
 def store_copy_folder(card: ModelCard) -> Path:
-    """Where this machine keeps the copy of a store-registered model's weights: under DATA_DIR, outside
-    CUSTOM_MODEL_ROOTS, so no organisation can register another's copy as a folder of its own."""
-    return Path(settings.DATA_DIR) / "store-copies" / card.slug
+    """Where this machine keeps the copy of a store-registered model's weights: under DATA_DIR, a folder
+    `allowed_folder` refuses whatever CUSTOM_MODEL_ROOTS says, so no organisation can register another's
+    copy as a folder of its own."""
+    return store_copies_root() / card.slug
 
 
 COPY_MANIFEST = ".copied.json"
+COPY_LOCK = ".copying.lock"
+
+
+class CopyInProgress(Exception):
+    """Another worker is copying the same model's weights right now; it applies its deployment when done."""
 
 
 def copy_store_weights(custom: CustomModel, progress: Callable[[int, int], None]) -> Path:
     """Bring this machine's copy of the model's weights up to date with its store folder and return it.
 
-    1. List the folder; each file (SKIPPED_SUFFIXES aside) whose copy has another size or ETag, or none,
-       is downloaded (through a temporary file renamed into place), and the manifest records its ETag.
-    2. `progress(done, total)` hears the bytes, so the deployment's page shows the copy advancing.
+    1. Take the copy's lock, or raise CopyInProgress at once: one copy of a model at a time, whichever
+       task or deployment asks.
+    2. List the folder; each file (SKIPPED_SUFFIXES aside) whose copy has another size or ETag, or none,
+       is downloaded (through a temporary file renamed into place), and the manifest records its ETag;
+       files gone from the folder, and parts a crash left, are removed. Refused before anything is
+       fetched when the disk cannot hold what is to come.
+    3. `progress(done, total)` hears the bytes, so the deployment's page shows the copy advancing.
     Running it again (a retry, a second deployment of the model) copies only what changed; a crash leaves
-    whole files and a manifest of those only. Raises StoreAccessError.
+    whole files and a manifest of those only. Raises StoreAccessError, CopyInProgress, OSError.
     """
     folder = store_folder(custom)
     target = store_copy_folder(custom.card)
     target.mkdir(parents=True, exist_ok=True)
+    with (target / COPY_LOCK).open("a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CopyInProgress(f"{custom.name}'s weights are being copied by another task.") from None
+        return _copy(folder, target, progress)
+
+
+def _copy(folder: StoreFolder, target: Path, progress: Callable[[int, int], None]) -> Path:
     manifest_path = target / COPY_MANIFEST
     try:
         manifest: dict[str, str] = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         manifest = {}
-    wanted = [file for name, file in sorted(folder.files().items()) if copied_file(name)]
+    wanted = {name: file for name, file in sorted(folder.files().items()) if copied_file(name)}
+    for path in target.iterdir():  # gone from the folder, or a part a crash left: not the model's any more
+        if path.is_file() and path.name not in wanted and path.name not in (COPY_MANIFEST, COPY_LOCK):
+            path.unlink(missing_ok=True)
+            manifest.pop(path.name, None)
     stale = [
         file
-        for file in wanted
+        for file in wanted.values()
         if manifest.get(file.name) != file.etag
         or not (target / file.name).is_file()
         or (target / file.name).stat().st_size != file.size
     ]
     total = sum(file.size for file in stale)
+    free = shutil.disk_usage(target).free
+    if total > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"the copy needs {total / 1e9:.1f} GB and the disk under DATA_DIR has {free / 1e9:.1f} GB free",
+        )
     done = 0
     lock = threading.Lock()  # the transfer's threads report their parts at once
     progress(done, total)
@@ -431,9 +484,15 @@ def copy_store_weights(custom: CustomModel, progress: Callable[[int, int], None]
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".part-{path.name}")
-    temporary.write_bytes(data)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+    with os.fdopen(handle, "wb") as output:
+        output.write(data)
     os.replace(temporary, path)
+
+
+def delete_store_copy(card: ModelCard) -> None:
+    """Remove this machine's copy of a deleted model's weights (none is not an error)."""
+    shutil.rmtree(store_copy_folder(card), ignore_errors=True)
 
 
 def _base_names(base: ModelCard) -> set[str]:
@@ -575,6 +634,8 @@ def delete_custom_model(custom: CustomModel) -> None:
                 }
             )
         Subscription.objects.filter(model_card=card).delete()
+        if custom.source == CustomModelSource.STORE:
+            transaction.on_commit(lambda: delete_store_copy(card))
         custom.delete()
         if Deployment.objects.filter(model_card=card).exists():
             # Deleted deployments keep their history and usage, which refer to the card: the card stays,

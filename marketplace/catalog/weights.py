@@ -260,14 +260,31 @@ def parse_safetensors_header(header: bytes, filename: str) -> SafetensorsFileMet
 
 def _stored_header(folder: StoreFolder, filename: str, size: int) -> SafetensorsFileMetadata:
     """One safetensors file's header from the store: its 8-byte length, then the header, two ranged GETs."""
-    if size < 8:
+    if size < 10:
         raise WeightsError(f"{filename} is {size} bytes: too small to be a safetensors file.")
-    (length,) = struct.unpack("<Q", folder.read(filename, 0, 8))
-    if length > min(SAFETENSORS_MAX_HEADER_LENGTH, size - 8):
+    head = folder.read(filename, 0, 8)
+    if len(head) != 8:
+        raise WeightsError(f"{filename}: the store gave {len(head)} bytes for its first 8 (a ranged read).")
+    (length,) = struct.unpack("<Q", head)
+    if not 2 <= length <= min(SAFETENSORS_MAX_HEADER_LENGTH, size - 8):
         raise WeightsError(
-            f"{filename}: its header says {length} bytes, more than the file or the format allows."
+            f"{filename}: its header says {length} bytes, which the file or the format does not allow."
         )
-    return parse_safetensors_header(folder.read(filename, 8, length), filename)
+    header = folder.read(filename, 8, length)
+    if len(header) != length:
+        raise WeightsError(f"{filename}: the store gave {len(header)} of its header's {length} bytes.")
+    return parse_safetensors_header(header, filename)
+
+
+# config.json, tokenizer_config.json and the safetensors index are read whole: at most this big.
+MAX_JSON_BYTES = 32 * 1024 * 1024
+
+
+def _stored_json(folder: StoreFolder, files: dict[str, Any], filename: str) -> dict[str, Any]:
+    size = files[filename].size
+    if size > MAX_JSON_BYTES:
+        raise WeightsError(f"{filename} is {size:,} bytes: more than a model's {filename} ever is.")
+    return parse_json(folder.read(filename), filename)
 
 
 def read_store(folder: StoreFolder) -> ModelFiles:
@@ -279,12 +296,12 @@ def read_store(folder: StoreFolder) -> ModelFiles:
     if CONFIG not in files:
         names = ", ".join(sorted(files)[:8]) or "nothing"
         raise WeightsError(f"{CONFIG} is missing from {where} (it holds {names}).")
-    config = parse_json(folder.read(CONFIG), CONFIG)
+    config = _stored_json(folder, files, CONFIG)
     chat = CHAT_TEMPLATE in files
     if not chat and TOKENIZER_CONFIG in files:
-        chat = bool(parse_json(folder.read(TOKENIZER_CONFIG), TOKENIZER_CONFIG).get("chat_template"))
+        chat = bool(_stored_json(folder, files, TOKENIZER_CONFIG).get("chat_template"))
     if SAFETENSORS_INDEX in files:
-        index = parse_json(folder.read(SAFETENSORS_INDEX), SAFETENSORS_INDEX)
+        index = _stored_json(folder, files, SAFETENSORS_INDEX)
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise WeightsError(f"{SAFETENSORS_INDEX} has no `weight_map` of tensors to files.")

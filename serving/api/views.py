@@ -113,8 +113,11 @@ class DeploymentViewSet(
 
 
 def render_manifests(deployment: Deployment) -> str:
+    """The objects as YAML, a Secret's values replaced by what they are (an organisation's read key is
+    applied to the cluster, never shown: not to its members, not in a GitOps repository)."""
     from serving import manifests
     from serving.backends.kubernetes import cluster_settings
 
     objects = manifests.build_objects(services.spec_for(deployment), cluster_settings())
-    return yaml.safe_dump_all(objects, sort_keys=False)
+    shown = [manifests.redacted(obj) for obj in objects]
+    return yaml.safe_dump_all(shown, sort_keys=False)

@@ -120,8 +120,10 @@ APPLIED_KINDS = {
 AUTOSCALERS = (SCALED_OBJECT, HPA)
 # Autoscalers first, so nothing scales the Deployment back up while it goes; the NetworkPolicy last, so
 # the engines stay unreachable around the gateway until they are gone.
-# An object-store model's key Secret goes after the pods that read it.
-DELETE_ORDER = (SCALED_OBJECT, HPA, DEPLOYMENT, SERVICE, PDB, SECRET, NETWORK_POLICY)
+# An object-store model's key Secret goes before the Deployment: `observe` sees a deployment by its
+# Deployment, so a Secret that could not be deleted keeps the deployment DELETING (and retried) rather than
+# left behind holding an organisation's key. Running engines keep the key they started with.
+DELETE_ORDER = (SCALED_OBJECT, HPA, SECRET, DEPLOYMENT, SERVICE, PDB, NETWORK_POLICY)
 
 
 class _Refused(PermanentBackendError):

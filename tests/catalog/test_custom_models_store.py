@@ -6,6 +6,7 @@ load, the objects a cluster's engines stream with, and no other organisation eve
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,9 @@ from botocore.exceptions import ClientError
 
 from learning.storage import StoreAccessError, StoreFolder, s3_client
 from marketplace.catalog import custom_models
-from marketplace.catalog.models import CustomModel, ModelCard
-from serving import manifests, services
+from marketplace.catalog.models import CustomModel, InstanceType, ModelCard
+from serving import manifests, services, tasks
+from serving.backends.base import TransientBackendError
 from serving.models import Deployment
 from tests.catalog.custom_model_files import (
     TINY_LLAMA_CONFIG,
@@ -223,7 +225,7 @@ def test_a_folder_the_store_cannot_serve_is_refused_saying_why(
     bucket.put_object(
         Bucket=bucket.name, Key="broken/model.safetensors", Body=(10**9).to_bytes(8, "little") + b"{}"
     )
-    assert "more than the file or the format allows" in refusal("broken")
+    assert "which the file or the format does not allow" in refusal("broken")
     bucket.put_object(Bucket=bucket.name, Key="pickled/config.json", Body=json.dumps(TINY_LLAMA_CONFIG))
     bucket.put_object(Bucket=bucket.name, Key="pickled/pytorch_model.bin", Body=b"weights")
     assert "neither model.safetensors nor model.safetensors.index.json" in refusal("pickled")
@@ -251,7 +253,7 @@ def test_a_key_the_store_refuses_is_named_in_words(code: str, words: str) -> Non
     folder = StoreFolder(client=None, bucket="weights", prefix="models/")
     refusal = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
     error = folder._error(refusal, "Reading config.json")
-    assert isinstance(error, StoreAccessError) and not error.transient
+    assert isinstance(error, StoreAccessError) and not error.transient and error.about_the_key
     assert error.message == f"Reading config.json in s3://weights/models/: {words} ({code})."
 
 
@@ -311,6 +313,9 @@ def test_a_clusters_engines_stream_the_weights_with_the_key_from_a_secret_of_the
     }
     assert env["AWS_ENDPOINT_URL"] == s3_server and env["RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"] == "0"
     assert env["AWS_EC2_METADATA_DISABLED"] == "true"  # never the node's own cloud identity
+    # What members may read of it (the manifests for review or GitOps) names the key's Secret, not its value.
+    shown = client_for(owner).get(f"/api/deployments/{response.json()['id']}/manifests/").content.decode()
+    assert "kind: Secret" in shown and "AWS_SECRET_ACCESS_KEY" in shown and SECRET not in shown
 
 
 def test_the_web_form_registers_it_and_no_page_shows_the_secret(
@@ -406,3 +411,121 @@ def test_the_models_page_replaces_the_key_for_owners_only(
     response = browser_for(owner).post(f"{page}key/", new)
     assert response.status_code == 302 and response["Location"] == page
     assert "AKIDNEW" in browser_for(owner).get(page).content.decode()
+
+
+def test_this_machines_copies_are_no_folder_anyone_registers_whatever_the_roots(
+    registered: dict[str, Any], client_for: Any, owner: Any, outsider: Any, settings: Any, tmp_path: Path
+) -> None:
+    settings.DATA_DIR = str(tmp_path / "data")
+    settings.CUSTOM_MODEL_ROOTS = [str(tmp_path)]  # an admin's root above the data folder
+    copy = custom_models.copy_store_weights(CustomModel.objects.get(pk=registered["id"]), lambda *_: None)
+    for user in (outsider, owner):
+        body = {"name": "copied", "source": "path", "path": str(copy)}
+        response = client_for(user).post(CUSTOM, body, format="json")
+        assert (
+            response.status_code == 400
+            and "copies of models read from object stores" in response.json()["path"][0]
+        )
+
+
+def test_a_copy_drops_files_gone_from_the_folder_and_goes_with_the_model(
+    registered: dict[str, Any], bucket: Any, client_for: Any, owner: Any, settings: Any, tmp_path: Path,
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    settings.DATA_DIR = str(tmp_path / "data")
+    custom = CustomModel.objects.get(pk=registered["id"])
+    copy = custom_models.copy_store_weights(custom, lambda *_: None)
+    (copy / ".part-left-by-a-crash").write_bytes(b"half")
+    bucket.delete_object(Bucket=bucket.name, Key="models/tiny-llama/tokenizer_config.json")
+    custom_models.copy_store_weights(custom, lambda *_: None)
+    assert sorted(path.name for path in copy.iterdir() if not path.name.startswith(".")) == [
+        "config.json", "model.safetensors"
+    ]  # fmt: skip
+    assert not (copy / ".part-left-by-a-crash").exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client_for(owner).delete(f"{CUSTOM}{registered['id']}/").status_code == 204
+    assert not copy.exists()
+
+
+def test_one_copy_of_a_model_at_a_time(registered: dict[str, Any], settings: Any, tmp_path: Path) -> None:
+    settings.DATA_DIR = str(tmp_path / "data")
+    # Loaded whole here: the other thread has a database connection of its own, outside this test's.
+    custom = CustomModel.objects.select_related("card").get(pk=registered["id"])
+    started, go_on = threading.Event(), threading.Event()
+
+    def slow(done: int, total: int) -> None:
+        started.set()
+        go_on.wait(30)
+
+    first = threading.Thread(target=custom_models.copy_store_weights, args=(custom, slow))
+    first.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(custom_models.CopyInProgress):
+            custom_models.copy_store_weights(custom, lambda *_: None)
+    finally:
+        go_on.set()
+        first.join(60)
+    assert custom_models.copy_store_weights(custom, lambda *_: None).is_dir()  # free again once it ended
+
+
+def test_names_that_are_no_file_of_the_folder_are_left_out(bucket: Any, uri: str, s3_server: str) -> None:
+    for key in ("models/tiny-llama/back\\slash", "models/tiny-llama/bell\x07", "models/tiny-llama/sub/x"):
+        bucket.put_object(Bucket=bucket.name, Key=key, Body=b"x")
+    folder = StoreFolder.connect(
+        uri=uri, endpoint_url=s3_server, region="", access_key_id=KEY_ID, secret_access_key=SECRET
+    )
+    assert sorted(folder.files()) == [
+        "config.json",
+        "model.safetensors",
+        "pytorch_model.bin",
+        "tokenizer_config.json",
+    ]
+
+
+def test_a_region_that_is_no_region_is_refused_naming_it(
+    client_for: Any, owner: Any, uri: str, s3_server: str
+):
+    response = register(client_for(owner), s3_server, uri=uri, region="Not a region!")
+    assert response.status_code == 400 and "region" in response.json()
+
+
+def test_a_deployment_the_store_fails_says_what_to_do_and_a_new_key_applies_it_again(
+    registered: dict[str, Any], acme: Any, settings: Any, tmp_path: Path, client_for: Any, owner: Any,
+    s3_server: str, django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    settings.DATA_DIR = str(tmp_path / "data")
+    card = ModelCard.every_card.get(slug=registered["slug"])
+    deployment = Deployment.objects.create(
+        organization=acme, name="mine", model_card=card, backend="local", status="pending",
+        instance_type=InstanceType.objects.get(slug="local-cpu"),
+    )  # fmt: skip
+    assert tasks._copy_store_weights(deployment, last_attempt=False) == "copied"
+
+    settings.CUSTOM_MODEL_STORE_ENDPOINTS = []  # a platform admin took the store off the list
+    assert tasks._copy_store_weights(deployment, last_attempt=False) == "failed"
+    deployment.refresh_from_db()
+    assert deployment.status == "failed"
+    assert "no longer an object store this platform reads" in deployment.status_message
+
+    settings.CUSTOM_MODEL_STORE_ENDPOINTS = [s3_server, "http://127.0.0.1:9"]
+    CustomModel.objects.filter(pk=registered["id"]).update(store_endpoint_url="http://127.0.0.1:9")
+    Deployment.objects.filter(pk=deployment.pk).update(status="pending")
+    with pytest.raises(TransientBackendError):  # retried while attempts remain
+        tasks._copy_store_weights(deployment, last_attempt=False)
+    assert tasks._copy_store_weights(deployment, last_attempt=True) == "failed"
+    deployment.refresh_from_db()
+    assert deployment.status == "failed" and "could not be reached" in deployment.status_message
+
+    CustomModel.objects.filter(pk=registered["id"]).update(store_endpoint_url=s3_server)
+    with django_capture_on_commit_callbacks() as applied:
+        body = {"access_key_id": "AKIDNEW", "secret_access_key": "new-secret"}
+        assert (
+            client_for(owner).post(f"{CUSTOM}{registered['id']}/key/", body, format="json").status_code == 200
+        )
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.status_message) == (
+        "pending",
+        "Applying again with tiny's new read key.",
+    )
+    assert len(applied) == 1
