@@ -288,9 +288,12 @@ def _endpoint(endpoint_url: str) -> str:
     return endpoint
 
 
-def store_folder(custom: CustomModel) -> StoreFolder:
-    """The object-store folder a custom model was registered from, reached with the organisation's key;
-    StoreAccessError when a platform admin has since taken its endpoint off CUSTOM_MODEL_STORE_ENDPOINTS."""
+def store_folder(
+    custom: CustomModel, *, access_key_id: str | None = None, secret_access_key: str | None = None
+) -> StoreFolder:
+    """The object-store folder a custom model was registered from, reached with the organisation's key (or
+    the one given); StoreAccessError when a platform admin has since taken its endpoint off
+    CUSTOM_MODEL_STORE_ENDPOINTS."""
     endpoint = custom.store_endpoint_url
     if endpoint and endpoint not in [item.rstrip("/") for item in settings.CUSTOM_MODEL_STORE_ENDPOINTS]:
         raise StoreAccessError(
@@ -299,10 +302,12 @@ def store_folder(custom: CustomModel) -> StoreFolder:
         )
     return StoreFolder.connect(
         uri=custom.store_uri,
-        endpoint_url=custom.store_endpoint_url,
+        endpoint_url=endpoint,
         region=custom.store_region,
-        access_key_id=custom.store_access_key_id,
-        secret_access_key=crypto.decrypt(custom.store_secret_encrypted),
+        access_key_id=custom.store_access_key_id if access_key_id is None else access_key_id,
+        secret_access_key=crypto.decrypt(custom.store_secret_encrypted)
+        if secret_access_key is None
+        else secret_access_key,
     )
 
 
@@ -366,14 +371,8 @@ def replace_store_key(custom: CustomModel, *, access_key_id: str, secret_access_
 
     if custom.source != CustomModelSource.STORE:
         raise _refuse("source", f"{custom.name} is not read from an object store: it has no key to replace.")
-    folder = StoreFolder.connect(
-        uri=custom.store_uri,
-        endpoint_url=custom.store_endpoint_url,
-        region=custom.store_region,
-        access_key_id=access_key_id,
-        secret_access_key=secret_access_key,
-    )
     try:
+        folder = store_folder(custom, access_key_id=access_key_id, secret_access_key=secret_access_key)
         listed = folder.files()  # what copies and vLLM's streamer do first, then a read of a file
         if weights.CONFIG not in listed:
             raise _refuse("uri", f"{weights.CONFIG} is no longer in {custom.store_uri}.")

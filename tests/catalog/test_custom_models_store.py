@@ -398,8 +398,9 @@ def test_replacing_a_key_is_refused_naming_the_field_and_walled_off(
 
 
 def test_the_models_page_replaces_the_key_for_owners_only(
-    registered: dict[str, Any], browser_for: Any, owner: Any, member: Any, outsider: Any
-) -> None:
+    registered: dict[str, Any], browser_for: Any, owner: Any, member: Any, outsider: Any, settings: Any,
+    s3_server: str,
+) -> None:  # fmt: skip
     page = f"/custom-models/{registered['id']}/"
     assert 'id="replace-key"' in browser_for(owner).get(page).content.decode()
     assert 'id="replace-key"' not in browser_for(member).get(page).content.decode()
@@ -408,6 +409,12 @@ def test_the_models_page_replaces_the_key_for_owners_only(
     assert browser_for(outsider).post(f"{page}key/", new).status_code == 404
     refused = browser_for(owner).post(f"{page}key/", {"access_key_id": "AKIDNEW"})
     assert refused.status_code == 400 and 'id="error-secret_access_key"' in refused.content.decode()
+    settings.CUSTOM_MODEL_STORE_ENDPOINTS = []  # the store is no longer one the platform reads
+    out_of_reach = browser_for(owner).post(f"{page}key/", new)
+    assert out_of_reach.status_code == 400
+    assert 'id="error-form"' in out_of_reach.content.decode()
+    assert "no longer an object store this platform reads" in out_of_reach.content.decode()
+    settings.CUSTOM_MODEL_STORE_ENDPOINTS = [s3_server]
     response = browser_for(owner).post(f"{page}key/", new)
     assert response.status_code == 302 and response["Location"] == page
     assert "AKIDNEW" in browser_for(owner).get(page).content.decode()

@@ -153,9 +153,16 @@ def _refused(
     error: exceptions.APIException,
     values: dict[str, str] | None = None,
 ) -> HttpResponse:
-    """The model's page again, with a refusal beside its field (never a 500)."""
-    errors = field_errors(exceptions.ValidationError(error.detail))
+    """The model's page again, with a refusal beside its field, or at the top when the page has no such
+    field (the folder out of reach, say): never a 500, never a refusal nobody sees."""
+    errors: dict[str, list[str]] = {}
+    for field, messages in field_errors(exceptions.ValidationError(error.detail)).items():
+        errors.setdefault(field if field in PAGE_FIELDS else NON_FIELD, []).extend(messages)
     return _page(request, custom, status=error.status_code, errors=errors, values=values)
+
+
+# The fields the model's page shows refusals beside (the rest go at its top).
+PAGE_FIELDS = ("name", "access_key_id", "secret_access_key")
 
 
 @login_required
