@@ -127,8 +127,8 @@ def _copy_store_weights(deployment: Deployment, *, last_attempt: bool) -> str:
     except OSError as error:
         return _copy_failed(
             deployment,
-            f"Copying {where} to this machine failed: {error.strerror or error}. Free disk space under "
-            "DATA_DIR, then delete and create the deployment again.",
+            f"Copying {where} to this machine failed: {error.strerror or error}. Make room (or mend the "
+            "permissions) under DATA_DIR, then delete and create the deployment again.",
         )
     return "copied"
 

@@ -365,8 +365,8 @@ def register_from_store(
 
 def replace_store_key(custom: CustomModel, *, access_key_id: str, secret_access_key: str) -> CustomModel:
     """Give a model registered from an object store a new read key (the old one rotated or revoked). The
-    key must read the folder's config.json before it is kept; the model's live deployments are applied
-    again, so a cluster's key Secret holds the new key for every engine that starts from then on."""
+    key must list the folder and read its config.json before it is kept; the model's live deployments are
+    applied again, so a cluster's key Secret holds the new key for every engine that starts from then on."""
     from serving import services
 
     if custom.source != CustomModelSource.STORE:
