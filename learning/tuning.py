@@ -159,17 +159,14 @@ def check_student_base(organization: Organization, slug: str) -> ModelCard:
             f"{card.name} is too large to train on this machine's CPUs; choose a CPU-capable model, or run "
             "the platform on a cluster (SERVING_BACKEND=kubernetes) to train it on a GPU instance type.",
         )
-    if student_weights(card) is None and stored:
-        raise Refused(
-            "student_base",
-            f"{card.name} is read from an object store and this machine holds no copy of it yet: deploy it "
-            "once (the worker copies its weights, and the copy stays), then train on it.",
-        )
     if student_weights(card) is None:
         raise Refused(
             "student_base",
-            f"{card.name}'s weights are not on this machine: train on a model `make engine` prepares or a "
-            "custom model registered from a folder.",
+            f"{card.name} is read from an object store and this machine holds no copy of it yet: deploy it "
+            "once (the worker copies its weights, and the copy stays), then train on it."
+            if stored
+            else f"{card.name}'s weights are not on this machine: train on a model `make engine` prepares "
+            "or a custom model registered from a folder.",
         )
     return card
 

@@ -274,10 +274,15 @@ def register_from_path(
     )
 
 
+def allowed_endpoints() -> list[str]:
+    """CUSTOM_MODEL_STORE_ENDPOINTS as they are compared (AWS S3, "", is always allowed besides)."""
+    return [item.rstrip("/") for item in settings.CUSTOM_MODEL_STORE_ENDPOINTS]
+
+
 def _endpoint(endpoint_url: str) -> str:
     """The endpoint as the settings list it ("" for AWS S3), or a refusal naming the allowed ones."""
     endpoint = endpoint_url.strip().rstrip("/")
-    allowed = [item.rstrip("/") for item in settings.CUSTOM_MODEL_STORE_ENDPOINTS]
+    allowed = allowed_endpoints()
     if endpoint and endpoint not in allowed:
         choices = ", ".join(allowed) if allowed else "none besides AWS S3"
         raise _refuse(
@@ -295,7 +300,7 @@ def store_folder(
     the one given); StoreAccessError when a platform admin has since taken its endpoint off
     CUSTOM_MODEL_STORE_ENDPOINTS."""
     endpoint = custom.store_endpoint_url
-    if endpoint and endpoint not in [item.rstrip("/") for item in settings.CUSTOM_MODEL_STORE_ENDPOINTS]:
+    if endpoint and endpoint not in allowed_endpoints():
         raise StoreAccessError(
             f"{endpoint} is no longer an object store this platform reads custom models from "
             "(CUSTOM_MODEL_STORE_ENDPOINTS): ask a platform admin."
@@ -338,8 +343,8 @@ def register_from_store(
     except ValueError as error:
         raise _refuse("uri", str(error)) from None
     try:
-        files = weights.read_store(folder)
         stored = folder.files()
+        files = weights.read_store(folder, stored)
     except weights.WeightsError as error:
         raise _refuse("uri", error.message) from None
     except StoreAccessError as error:

@@ -36,7 +36,7 @@ from huggingface_hub.utils import SafetensorsFileMetadata, SafetensorsRepoMetada
 from serving.spec import LORA_RANKS, engine_architecture_kind
 
 if TYPE_CHECKING:
-    from learning.storage import StoreFolder
+    from learning.storage import StoredFile, StoreFolder
 
 CONFIG = "config.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -280,18 +280,17 @@ def _stored_header(folder: StoreFolder, filename: str, size: int) -> Safetensors
 MAX_JSON_BYTES = 32 * 1024 * 1024
 
 
-def _stored_json(folder: StoreFolder, files: dict[str, Any], filename: str) -> dict[str, Any]:
+def _stored_json(folder: StoreFolder, files: dict[str, StoredFile], filename: str) -> dict[str, Any]:
     size = files[filename].size
     if size > MAX_JSON_BYTES:
         raise WeightsError(f"{filename} is {size:,} bytes: more than a model's {filename} ever is.")
     return parse_json(folder.read(filename), filename)
 
 
-def read_store(folder: StoreFolder) -> ModelFiles:
-    """A folder of Hugging Face-format weights in an object store, read the way the Hub is: config.json and
-    tokenizer_config.json whole, and only the safetensors headers (ranged GETs), so registering a 70B model
-    transfers kilobytes. Refusals name the file and the folder."""
-    files = folder.files()
+def read_store(folder: StoreFolder, files: dict[str, StoredFile]) -> ModelFiles:
+    """A folder of Hugging Face-format weights in an object store (`files`: its listing), read the way the
+    Hub is: config.json and tokenizer_config.json whole, and only the safetensors headers (ranged GETs), so
+    registering a 70B model transfers kilobytes. Refusals name the file and the folder."""
     where = folder.uri
     if CONFIG not in files:
         names = ", ".join(sorted(files)[:8]) or "nothing"

@@ -22,6 +22,7 @@ from typing import Any
 
 import urllib3
 from django.conf import settings
+from django.utils.dateparse import parse_datetime
 from kubernetes import client, config
 
 from learning.training.kube_job import TRAINING_SELECTOR
@@ -558,6 +559,7 @@ def _pod_state(obj: dict[str, Any]) -> PodState:
     status = obj.get("status") or {}
     conditions = {condition.get("type"): condition for condition in status.get("conditions") or []}
     scheduled = conditions.get("PodScheduled") or {}
+    unscheduled = scheduled.get("status") == "False"
     ip = status.get("podIP") or ""
     address = ""
     if ip:
@@ -569,20 +571,16 @@ def _pod_state(obj: dict[str, Any]) -> PodState:
         phase=status.get("phase") or "Unknown",
         ready=(conditions.get("Ready") or {}).get("status") == "True",
         containers=tuple(_container_state(item) for item in statuses),
-        unschedulable_message=scheduled.get("message", "") if scheduled.get("status") == "False" else "",
-        unschedulable_since=_timestamp(scheduled.get("lastTransitionTime"))
-        if scheduled.get("status") == "False"
-        else None,
+        unschedulable_message=scheduled.get("message", "") if unscheduled else "",
+        unschedulable_since=_timestamp(scheduled.get("lastTransitionTime")) if unscheduled else None,
         address=address,
     )
 
 
 def _timestamp(value: Any) -> datetime | None:
     """An API server's RFC 3339 time (`2026-12-03T10:00:00Z`), or None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_datetime(value) if isinstance(value, str) else None
     except ValueError:
         return None
 
