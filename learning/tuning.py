@@ -34,6 +34,7 @@ from marketplace.catalog.models import InstanceType, ModelCard
 from serving.choices import Backend, DeploymentStatus
 from serving.models import Deployment
 from serving.services import check_model_and_instance, check_training_quota
+from serving.spec import volume_holding
 
 LEASE_SECONDS = 120
 MAX_CONCURRENCY = 16
@@ -152,7 +153,15 @@ def check_student_base(organization: Organization, slug: str) -> ModelCard:
                 f"{card.name} is read from an object store, which a training Job does not load from: "
                 "register the same weights from the Hugging Face Hub or a volume folder to train on them.",
             )
-        return card  # the training Job fetches the weights, as a deployment's engine does
+        folder = custom.path if custom is not None and custom.source == CustomModelSource.PATH else ""
+        if folder and volume_holding(folder, list(settings.CUSTOM_MODEL_VOLUMES.items())) is None:
+            raise Refused(
+                "student_base",
+                f"{card.name} was registered from {folder}, a folder in none of the volumes a cluster's pods "
+                "mount (CUSTOM_MODEL_VOLUMES): register the same weights from the Hugging Face Hub or a "
+                "volume folder to train on them.",
+            )
+        return card  # the training Job reads the weights as a deployment's engine does
     if not card.cpu_capable:
         raise Refused(
             "student_base",

@@ -107,3 +107,21 @@ def labels(name: str, default: dict[str, str]) -> dict[str, str]:
             )
         pairs[key] = label
     return pairs
+
+
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def volume_claims(name: str) -> dict[str, str]:
+    """Folders held by PersistentVolumeClaims, written `/folder=claim,/other=claim2`: claims by folder."""
+    value = _raw(name)
+    claims: dict[str, str] = {}
+    for item in (part.strip() for part in (value or "").split(",") if part.strip()):
+        folder, sep, claim = (piece.strip() for piece in item.partition("="))
+        if not sep or not folder.startswith("/") or not _CLAIM.match(claim):
+            raise ConfigurationError(
+                f"{name} must be absolute folders with the claims that hold them, such as "
+                f"/models=shared-models; {item!r} is not one"
+            )
+        claims[folder.rstrip("/") or "/"] = claim
+    return claims

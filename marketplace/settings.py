@@ -114,8 +114,8 @@ try:
     PROMETHEUS_POD_LABELS = env.labels("PROMETHEUS_POD_LABELS", {"app.kubernetes.io/name": "prometheus"})
     RECONCILE_INTERVAL_SECONDS = env.integer("RECONCILE_INTERVAL_SECONDS", 5, minimum=1, maximum=3600)
     DATA_DIR = env.string("DATA_DIR", str(BASE_DIR / ".data"))
-    # Folders custom models may be registered from (each a volume the engines see at the same path): a
-    # path outside them is refused, so no organisation reads another's weights or the machine's files.
+    # Folders of the platform's disk custom models and adapters may be registered from: a path outside them
+    # is refused, so no organisation reads another's weights or the machine's files.
     CUSTOM_MODEL_ROOTS = env.string_list(
         "CUSTOM_MODEL_ROOTS",
         [str(Path(DATA_DIR) / "custom-models"), str(Path(DATA_DIR) / "engine" / "models")],
@@ -124,6 +124,10 @@ try:
     # S3 itself: the platform reads, and its engines stream, only from stores its admins named, so no
     # organisation can point the platform at an address inside the network.
     CUSTOM_MODEL_STORE_ENDPOINTS = env.string_list("CUSTOM_MODEL_STORE_ENDPOINTS", [])
+    # Folders of CUSTOM_MODEL_ROOTS that are volumes (PersistentVolumeClaims of the serving namespace): a
+    # cluster's engine pods mount the claim read-only at the same folder, so a model registered from a folder
+    # under one is deployed there like any other.
+    CUSTOM_MODEL_VOLUMES = env.volume_claims("CUSTOM_MODEL_VOLUMES")
 
     # Gateway (the invoke API).
     GATEWAY_ONLY = env.boolean("GATEWAY_ONLY", False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from serving.choices import AutoscalingPolicy
@@ -33,6 +34,7 @@ from serving.spec import (
     media_domain_args,
     model_location,
     served_model_name,
+    volume_holding,
 )
 
 Manifest = dict[str, Any]
@@ -219,8 +221,18 @@ def gpu_placement(instance: InstanceSpec, cluster: ClusterSettings) -> dict[str,
     return placement
 
 
-def hf_token_env(model: ModelSpec, cluster: ClusterSettings) -> list[dict[str, Any]]:
-    """HF_TOKEN from the token Secret, for a model the Hub gates (see _env)."""
+# The key of a model's own Hub token in the Secret of the pods that download it (a deployment's, a Job's).
+HUB_TOKEN_KEY = "HF_TOKEN"  # noqa: S105 (a key's name, not a token)
+
+
+def hf_token_env(model: ModelSpec, cluster: ClusterSettings, own_secret: str) -> list[dict[str, Any]]:
+    """HF_TOKEN for a model's download: the organisation's own token for its private repository, from
+    `own_secret` (the pod's Secret, which holds it under HUB_TOKEN_KEY); else the platform's token Secret,
+    for a model the Hub gates (see _env)."""
+    if model.hub_token:
+        return [
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": own_secret, "key": HUB_TOKEN_KEY}}}
+        ]
     if model.gated is False:
         return []
     # Only gated models see the token: fewer pods holding a credential they do not need. A model whose
@@ -236,25 +248,83 @@ def weights_secret_name(spec: DeploymentSpec) -> str:
     return f"{object_name(spec)}-weights"
 
 
+# LoRA adapters reach a cluster's engine pods from the platform's object store: an init container fetches
+# each adapter's archive from a presigned URL (the deployment's Secret holds them; the reconciler renews
+# them long before they expire, serving.tasks) into an emptyDir, which the engine reads at ADAPTERS_PATH/<n>.
+ADAPTERS_PATH = "/adapters"
+FETCH_CONTAINER = "fetch-adapters"
+# What that init container runs, with the engine image's own python3 (the standard library only): each
+# archive unpacked with tarfile's "data" filter (no absolute paths, no `..`, no links leading out, no
+# devices) into a temporary folder renamed into place once whole, so a restart after a failure skips the
+# adapters already fetched and starts the interrupted one again. A failure names the adapter and the
+# error, never the URL.
+FETCH_ADAPTERS = """\
+import os, shutil, sys, tarfile, urllib.request
+root = sys.argv[1]
+for n in sys.argv[2:]:
+    target = os.path.join(root, n)
+    if os.path.isdir(target):
+        continue
+    partial = target + ".part"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with urllib.request.urlopen(os.environ["ADAPTER_" + n + "_URL"], timeout=120) as answer:
+            with tarfile.open(fileobj=answer, mode="r|gz") as archive:
+                archive.extractall(partial, filter="data")
+    except Exception as error:
+        sys.exit(f"adapter {n}: {type(error).__name__}: {error}")
+    os.rename(partial, target)
+    print(f"adapter {n}: fetched", flush=True)
+"""
+
+
+def adapter_url_key(index: int) -> str:
+    return f"ADAPTER_{index}_URL"
+
+
+def fetched_adapters(spec: DeploymentSpec) -> tuple[DeploymentSpec, list[str]]:
+    """The spec as the engine pod sees it, every adapter with a URL at ADAPTERS_PATH/<n> (the model's own
+    adapter first, then those served beside it, in order), and those URLs by n."""
+    urls: list[str] = []
+
+    def fetched(url: str) -> str:
+        urls.append(url)
+        return f"{ADAPTERS_PATH}/{len(urls) - 1}"
+
+    model = spec.model
+    if model.adapter_path and model.adapter_url:
+        model = replace(model, adapter_path=fetched(model.adapter_url))
+    adapters = tuple(
+        replace(adapter, path=fetched(adapter.url)) if adapter.url else adapter for adapter in spec.adapters
+    )
+    return replace(spec, model=model, adapters=adapters), urls
+
+
 def build_weights_secret(spec: DeploymentSpec, cluster: ClusterSettings) -> Manifest | None:
-    """The organisation's read key for the object-store folder its custom model streams from, as a Secret
-    of the deployment (deleted with its other objects); None for weights from anywhere else."""
+    """The credentials a deployment's engine pods read their files with, as a Secret of the deployment
+    (deleted with its other objects): the organisation's own token for its private Hub repository, its read
+    key for the object-store folder its custom model streams from, and the URLs of its LoRA adapters'
+    archives. None when it needs none of them."""
+    values: dict[str, str] = {}
+    if spec.model.hub_token:
+        values[HUB_TOKEN_KEY] = spec.model.hub_token
     store = spec.model.store
-    if store is None:
+    if store is not None:
+        values |= {"AWS_ACCESS_KEY_ID": store.access_key_id, "AWS_SECRET_ACCESS_KEY": store.secret_access_key}
+    _, urls = fetched_adapters(spec)
+    values |= {adapter_url_key(index): url for index, url in enumerate(urls)}
+    if not values:
         return None
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {**_metadata(spec, cluster), "name": weights_secret_name(spec)},
         "type": "Opaque",
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": store.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": store.secret_access_key,
-        },
+        "stringData": values,
     }
 
 
-REDACTED = "<the organisation's key, applied to the cluster and never shown>"
+REDACTED = "<a credential, applied to the cluster and never shown>"
 
 
 def redacted(obj: Manifest) -> Manifest:
@@ -308,7 +378,7 @@ def _env(spec: DeploymentSpec, cluster: ClusterSettings) -> list[dict[str, Any]]
         # A media URL on an allowed domain must not redirect the engine to any other host.
         {"name": "VLLM_MEDIA_URL_ALLOW_REDIRECTS", "value": "0"},
     ]
-    return env + hf_token_env(spec.model, cluster) + store_env(spec)
+    return env + hf_token_env(spec.model, cluster, weights_secret_name(spec)) + store_env(spec)
 
 
 def _probe(path: str, *, period: int, failures: int, timeout: int) -> dict[str, Any]:
@@ -317,6 +387,29 @@ def _probe(path: str, *, period: int, failures: int, timeout: int) -> dict[str, 
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": timeout,
+    }
+
+
+def _fetch_container(spec: DeploymentSpec, cluster: ClusterSettings, count: int) -> dict[str, Any]:
+    """The init container that fetches the deployment's adapters (FETCH_ADAPTERS), with the engine image,
+    so no other image need be pulled or trusted."""
+    secret = weights_secret_name(spec)
+    return {
+        "name": FETCH_CONTAINER,
+        "image": cluster.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-c", FETCH_ADAPTERS, ADAPTERS_PATH, *map(str, range(count))],
+        "env": [
+            {
+                "name": adapter_url_key(n),
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": adapter_url_key(n)}},
+            }
+            for n in range(count)
+        ],
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
+        "volumeMounts": [{"name": "adapters", "mountPath": ADAPTERS_PATH}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # the failure's line shows in the pod's status
+        "securityContext": {"allowPrivilegeEscalation": False},
     }
 
 
@@ -362,6 +455,26 @@ def model_cache_volume(cluster: ClusterSettings) -> dict[str, Any]:
     return {"name": "model-cache", "emptyDir": {}}
 
 
+def weights_volume(
+    model: ModelSpec, cluster: ClusterSettings
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The volume (and its mount) holding a custom model's folder, mounted read-only at the folder the
+    platform registered it from, so an engine (or a training Job) loads the same path; None for weights from
+    the Hub or a store. ValueError when the folder lies in none of the cluster's volumes (the API refuses
+    that first)."""
+    if not model.weights_path or model.store is not None:
+        return None
+    holding = volume_holding(model.weights_path, cluster.model_volumes)
+    if holding is None:
+        raise ValueError(
+            f"{model.weights_path} lies in none of the volumes a cluster's engines mount "
+            "(CUSTOM_MODEL_VOLUMES)"
+        )
+    folder, claim = holding
+    volume = {"name": "custom-model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    return volume, {"name": "custom-model", "mountPath": folder, "readOnly": True}
+
+
 def _volumes(spec: DeploymentSpec, cluster: ClusterSettings) -> list[dict[str, Any]]:
     return [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _shm_size(spec)}},
@@ -381,9 +494,22 @@ def build_deployment(spec: DeploymentSpec, cluster: ClusterSettings) -> Manifest
     - progressDeadlineSeconds outlasts the startup probe, so a big model still loading is not reported
       as a failed rollout.
     """
+    served, adapter_urls = fetched_adapters(spec)
+    engine = _container(served, cluster)
+    volumes = _volumes(spec, cluster)
+    init: list[dict[str, Any]] = []
+    weights = weights_volume(spec.model, cluster)
+    if weights is not None:
+        volumes.append(weights[0])
+        engine["volumeMounts"].append(weights[1])
+    if adapter_urls:
+        init.append(_fetch_container(spec, cluster, len(adapter_urls)))
+        engine["volumeMounts"].append({"name": "adapters", "mountPath": ADAPTERS_PATH, "readOnly": True})
+        volumes.append({"name": "adapters", "emptyDir": {}})
     pod_spec: dict[str, Any] = {
-        "containers": [_container(spec, cluster)],
-        "volumes": _volumes(spec, cluster),
+        **({"initContainers": init} if init else {}),
+        "containers": [engine],
+        "volumes": volumes,
         **gpu_placement(spec.instance, cluster),
         "terminationGracePeriodSeconds": 90,  # preStop, then in-flight generations get time to finish
         "automountServiceAccountToken": False,  # the engine never talks to the API server

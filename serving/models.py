@@ -54,6 +54,9 @@ class Deployment(models.Model):
     generation = models.PositiveIntegerField(default=1)
     observed_generation = models.PositiveIntegerField(default=0)
     endpoints = models.JSONField(default=list, blank=True, help_text="Base URLs of ready replicas")
+    # On a cluster: when the URLs its engine pods fetch LoRA adapters from were last signed (null: none);
+    # the reconciler renews them before they expire (serving.services.ADAPTER_URL_RENEW_SECONDS).
+    adapter_urls_signed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

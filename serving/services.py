@@ -7,7 +7,7 @@ transaction and enqueues Celery work on commit, so a task never sees a row that 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from learning.router_service import is_router_name
+from learning.storage import CannotPresign, InvalidKey, S3Store, get_store, presigned_url
 from marketplace.accounts import crypto
 from marketplace.accounts.authentication import ApiKeyPrincipal
 from marketplace.accounts.models import Organization, Quota
@@ -27,6 +28,7 @@ from marketplace.catalog import custom_models, fits
 from marketplace.catalog.choices import CustomModelSource
 from marketplace.catalog.models import CustomModel, InstanceType, ModelCard
 from marketplace.subscriptions.services import require_in_force, subscription_in_force
+from serving.backends.base import PermanentBackendError
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
 from serving.models import Deployment, DeploymentAdapter, DeploymentEvent, UsageRecord, served_adapter_name
 from serving.spec import (
@@ -37,6 +39,7 @@ from serving.spec import (
     InstanceSpec,
     ModelSpec,
     StoreSpec,
+    volume_holding,
 )
 
 
@@ -170,6 +173,17 @@ def store_spec(card: ModelCard) -> StoreSpec | None:
     )
 
 
+def hub_token(card: ModelCard) -> str:
+    """The organisation's own read token for the private Hub repository `card` runs on (itself, or an
+    adapter's base), or ""."""
+    custom = _custom(card)
+    if custom is not None and custom.source == CustomModelSource.ADAPTER and custom.base is not None:
+        return hub_token(custom.base)
+    if custom is not None and custom.source == CustomModelSource.HUB and custom.hf_token_encrypted:
+        return crypto.decrypt(custom.hf_token_encrypted)
+    return ""
+
+
 def adapter_of(card: ModelCard) -> CustomModel | None:
     """The LoRA adapter a card is, if it is one."""
     custom = _custom(card)
@@ -201,6 +215,71 @@ def check_runnable_here(card: ModelCard, backend: str) -> None:
             "from a folder, in the engine `make engine` installs. Run `make engine` first, or deploy to a "
             "cluster with SERVING_BACKEND=kubernetes.",
         )
+
+
+# How long the URLs a cluster's engine pods fetch adapters from stay valid (SigV4's longest), and how old
+# they may grow before the reconciler renews them (serving.tasks): a replica started any time in between
+# finds a valid one, and the platform may be down for six days without a restart finding them expired.
+ADAPTER_URL_SECONDS = 7 * 86_400
+ADAPTER_URL_RENEW_SECONDS = 86_400
+
+
+def check_cluster_files(card: ModelCard, adapters: Sequence[AdapterChoice], backend: str) -> None:
+    """What a cluster's engine pods read must be somewhere they can reach: weights from the Hub, from an
+    object store whose endpoint is still allowed, or from a folder in one of CUSTOM_MODEL_VOLUMES (never the
+    rest of the platform's disk); LoRA adapters from the platform's object store, which must then be a
+    bucket (a folder store has no URL a pod can use). An adapter registered before adapters were kept there
+    is kept now, from its folder."""
+    if backend == Backend.LOCAL:
+        return
+    stored = store_model(card)
+    withdrawn = custom_models.endpoint_withdrawn(stored) if stored is not None else ""
+    if withdrawn:
+        raise _refuse("model", f"{card.name}'s weights cannot be read: {withdrawn}")
+    folder = weights_path(card)
+    if (
+        folder
+        and stored is None
+        and volume_holding(folder, list(settings.CUSTOM_MODEL_VOLUMES.items())) is None
+    ):
+        raise _refuse(
+            "model",
+            f"{card.name} runs on weights registered from {folder}, a folder in none of the volumes a "
+            "cluster's engines mount (CUSTOM_MODEL_VOLUMES): register them from an object store (source "
+            '"store") or the Hugging Face Hub, or ask a platform admin to make that folder a volume.',
+        )
+    own = adapter_of(card)
+    wanted = [("model", own)] if own is not None else []
+    wanted += [("adapters", custom) for _, adapter_card in adapters if (custom := adapter_of(adapter_card))]
+    if not wanted:
+        return
+    if not isinstance(get_store(), S3Store):
+        raise _refuse(
+            wanted[0][0],
+            "A cluster's engines fetch LoRA adapters from the platform's object store, and this platform "
+            "keeps its objects in a folder: a platform admin must set OBJECT_STORE_BUCKET first.",
+        )
+    for field, custom in wanted:
+        custom_models.ensure_adapter_files(custom, field)
+
+
+def fetches_adapters(spec: DeploymentSpec) -> bool:
+    """Whether the deployment's engine pods fetch adapters by URL (so their URLs need renewing)."""
+    return bool(spec.model.adapter_url or any(adapter.url for adapter in spec.adapters))
+
+
+def adapter_url(custom: CustomModel) -> str:
+    """A presigned GET of the adapter's archive in the platform's object store, for a cluster's engine pod.
+    check_cluster_files made sure there is one; a platform whose store changed since is told plainly."""
+    try:
+        return presigned_url(
+            get_store(), custom.archive_key, write=False, expires_seconds=ADAPTER_URL_SECONDS
+        )
+    except (CannotPresign, InvalidKey) as error:
+        message = (
+            f"the LoRA adapter {custom.name} cannot be fetched from the platform's object store ({error})"
+        )
+        raise PermanentBackendError(message, public=message) from None
 
 
 # Adapters one engine serves beside its model: each holds GPU (or CPU) memory for a LoRA slot of the largest
@@ -603,6 +682,7 @@ def create_deployment(
     check_scaling(scaling, backend)
     check_runnable_here(card, backend)
     check_adapters(organization, card, adapters, backend)
+    check_cluster_files(card, adapters, backend)
     with transaction.atomic():
         reserved = check_quota(organization, instance_type=instance_type, max_replicas=scaling.max_replicas)
         require_subscribed(organization, card)  # again, now that unsubscribing waits for us
@@ -767,6 +847,7 @@ def update_deployment(
         served = [(adapter.name, adapter.model_card) for adapter in row.adapters.select_related("model_card")]
         if adapters is not None:
             check_adapters(row.organization, row.model_card, adapters, row.backend)
+            check_cluster_files(row.model_card, adapters, row.backend)
         new_adapters = served if adapters is None else adapters
         if (new_instance.pk, tp, options, _pairs(new_adapters)) == (
             row.instance_type_id,
@@ -853,6 +934,7 @@ def model_spec(card: ModelCard) -> ModelSpec:
         modalities_in=tuple(card.modalities_in),
         weights_path=weights_path(card),
         store=store_spec(card),
+        hub_token=hub_token(card),
         **_adapter_fields(card),
     )
 
@@ -869,17 +951,40 @@ def instance_spec(instance: InstanceType) -> InstanceSpec:
     )
 
 
-def spec_for(deployment: Deployment) -> DeploymentSpec:
-    """The plain-data spec every builder and backend works from."""
+# What stands for an adapter's URL in a spec built to be shown, not applied (the Secret that would hold it
+# is shown redacted anyway): the objects keep their shape, and showing them signs nothing.
+UNSIGNED_URL = "<signed when applied>"
+
+
+def spec_for(deployment: Deployment, *, sign: bool = True) -> DeploymentSpec:
+    """The plain-data spec every builder and backend works from. On a cluster, adapters come with presigned
+    URLs of their archives; `sign=False` (a page or the manifests shown) puts UNSIGNED_URL in their place."""
     card, instance = deployment.model_card, deployment.instance_type
     # The card's defaults, overridden by what the deployment chose.
     options = {**card.engine_defaults, **deployment.engine_options}
+
+    def url_of(adapter: CustomModel) -> str:
+        """Where a cluster's engine pod fetches the adapter from (serving.manifests.fetched_adapters)."""
+        if deployment.backend == Backend.LOCAL:
+            return ""  # this machine's engines read its folder
+        return adapter_url(adapter) if sign else UNSIGNED_URL
+
+    model = model_spec(card)
+    own = adapter_of(card)
+    if own is not None:
+        model = replace(model, adapter_url=url_of(own))
+    stored = store_model(card)
+    withdrawn = custom_models.endpoint_withdrawn(stored) if stored is not None and sign else ""
+    if withdrawn and deployment.backend != Backend.LOCAL:
+        # The engines would read an endpoint the platform no longer allows: applied no more.
+        message = f"{card.name}'s weights cannot be read: {withdrawn}"
+        raise PermanentBackendError(message, public=message)
     return DeploymentSpec(
         deployment_id=deployment.pk,
         name=deployment.name,
         organization=deployment.organization.slug,
         generation=deployment.generation,
-        model=model_spec(card),
+        model=model,
         instance=instance_spec(instance),
         autoscaling=Autoscaling(
             policy=deployment.autoscaling_policy,
@@ -896,6 +1001,7 @@ def spec_for(deployment: Deployment) -> DeploymentSpec:
                 served_name=served_adapter_name(deployment.name, adapter.name),
                 path=adapter.model_card.custom_model.path,
                 rank=adapter.model_card.custom_model.lora_rank or 0,
+                url=url_of(adapter.model_card.custom_model),
             )
             for adapter in served_adapters(deployment)
         ),

@@ -91,11 +91,17 @@ class ModelSpec:
     # A custom model registered from an object store (or an adapter on one): a cluster's engines stream the
     # weights from it; this machine's engines load `weights_path`, the copy the worker made of it.
     store: StoreSpec | None = None
+    # A custom model from a private Hub repository registered with the organisation's own read token: a
+    # cluster's pods read that token from a Secret of their own, not the platform's (kept out of repr).
+    hub_token: str = field(default="", repr=False)
     # A LoRA adapter (a custom model on a base): the engine serves the base's weights (above; `base_slug`
     # names the base card) with this adapter under the deployment's name.
     base_slug: str = ""
     adapter_path: str = ""
     adapter_rank: int = 0
+    # On a cluster: a presigned GET of the adapter's archive in the platform's object store, which the
+    # engine pod fetches before the engine starts (serving.manifests); a bearer credential, kept out of repr.
+    adapter_url: str = field(default="", repr=False)
 
     @property
     def weights_slug(self) -> str:
@@ -110,6 +116,7 @@ class AdapterSpec:
     served_name: str  # `<deployment>:<name>`, what apps call it
     path: str
     rank: int
+    url: str = field(default="", repr=False)  # on a cluster, as ModelSpec.adapter_url
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,9 @@ class ClusterSettings:
     keda: bool = True
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     model_cache_pvc: str = ""  # "" → an emptyDir per pod
+    # Folders custom models are registered from that are volumes: (folder, claim) pairs, the claim mounted
+    # read-only at the folder in the engine pods of a model registered from under it.
+    model_volumes: tuple[tuple[str, str], ...] = ()
     # Name of the Secret (key "token") mounted for gated models; a name, not a secret value.
     hf_token_secret: str = "huggingface-token"  # noqa: S105
     gpu_taint_key: str = "nvidia.com/gpu"
@@ -185,6 +195,16 @@ def model_location(model: ModelSpec) -> list[str]:
     if model.revision:
         args += ["--revision", model.revision]
     return args
+
+
+def volume_holding(path: str, volumes: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+    """The (folder, claim) of the volume a folder lies in (the deepest, when volumes nest), or None."""
+    inside = [
+        (folder, claim)
+        for folder, claim in volumes
+        if path == folder or path.startswith(folder.rstrip("/") + "/")
+    ]
+    return max(inside, key=lambda pair: len(pair[0]), default=None)
 
 
 def served_model_name(spec: DeploymentSpec) -> str:

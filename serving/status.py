@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from serving.backends.base import Observation, PodState
 from serving.choices import DeploymentStatus
+from serving.manifests import FETCH_CONTAINER
 
 # A pod may wait this long for a GPU node before we call it failed: cluster autoscalers need minutes.
 UNSCHEDULABLE_GRACE_SECONDS = 600
@@ -59,6 +60,13 @@ def _pod_problem(pod: PodState) -> tuple[bool, str] | None:
             return True, (
                 "The engine ran out of memory and was killed (OOMKilled): choose an instance type with more "
                 "memory, or lower max model length or max concurrent sequences."
+            )
+        if container.name == FETCH_CONTAINER and container.waiting_reason == "CrashLoopBackOff":
+            return True, (
+                "The deployment's LoRA adapters could not be fetched from the platform's object store after "
+                f"{container.restart_count} attempts: the replica's {FETCH_CONTAINER} log names the adapter "
+                "and the error. A platform admin can check that the GPU nodes reach the object store; "
+                "deleting and creating the deployment again retries."
             )
         if container.waiting_reason == "CrashLoopBackOff":
             code = f" (exit code {container.last_exit_code})" if container.last_exit_code is not None else ""

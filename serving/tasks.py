@@ -151,7 +151,10 @@ def provision_deployment(self: Any, deployment_id: int) -> str:
         copy = _copy_store_weights(deployment, last_attempt=self.request.retries >= self.max_retries)
         if copy in ("copying", "failed"):
             return copy
-        get_backend(deployment.backend).apply(services.spec_for(deployment))
+        spec = services.spec_for(deployment)
+        get_backend(deployment.backend).apply(spec)
+        signed = timezone.now() if services.fetches_adapters(spec) else None  # None: nothing to renew
+        Deployment.objects.filter(pk=deployment_id).update(adapter_urls_signed_at=signed)
     except PermanentBackendError as error:
         _fail(deployment_id, error)
         return "failed"
@@ -206,7 +209,11 @@ def reconcile() -> dict[str, int]:
         cache.delete("serving:reconcile:lock")
     # A pass that changed nothing is not news: the console stays readable (Celery's own per-task lines
     # are quiet, marketplace/celery.py).
-    changes = {name: counts[name] for name in ("changed", "reapplied", "deleted", "orphans") if counts[name]}
+    changes = {
+        name: counts[name]
+        for name in ("changed", "reapplied", "renewed", "deleted", "orphans")
+        if counts[name]
+    }
     if changes:
         log.info("reconcile: %s", ", ".join(f"{number} {name}" for name, number in changes.items()))
     return counts
@@ -220,7 +227,9 @@ def reconcile_once() -> dict[str, int]:
     4. Delete objects that belong to no live or deleting row (orphans).
     Returns counts for logs and benchmarks.
     """
-    counts = {"observed": 0, "changed": 0, "reapplied": 0, "deleted": 0, "orphans": 0, "api_calls": 0}
+    counts = {
+        "observed": 0, "changed": 0, "reapplied": 0, "renewed": 0, "deleted": 0, "orphans": 0, "api_calls": 0
+    }  # fmt: skip
     rows = Deployment.objects.select_related("model_card", "instance_type").filter(
         status__in=(*LIVE_STATUSES, DeploymentStatus.DELETING)
     )
@@ -283,6 +292,8 @@ def _reconcile_backend(
                 Deployment.objects.filter(pk=row.pk).update(updated_at=now)
                 counts["reapplied"] += 1
                 continue
+            if _renew_adapter_urls(row, now):
+                counts["renewed"] += 1
             if observation is None:
                 continue
             if row.status == DeploymentStatus.FAILED and observation.ready_replicas == 0:
@@ -329,6 +340,24 @@ def _reconcile_backend(
             counts["orphans"] += 1
         except (TransientBackendError, PermanentBackendError) as error:
             log.warning("reconcile: cannot delete the objects of deleted deployment %s: %s", orphan, error)
+
+
+def _renew_adapter_urls(row: Deployment, now: datetime) -> bool:
+    """Apply again a cluster deployment whose adapter URLs are older than ADAPTER_URL_RENEW_SECONDS, so its
+    Secret holds fresh ones for the next replica to start (a running one fetched its adapters already;
+    only the Secret changes, so nothing rolls out). Claimed by a conditional update, so one pass enqueues
+    it once. A FAILED row is left as it is: what a person does next applies it again."""
+    signed = row.adapter_urls_signed_at
+    if signed is None or row.status == DeploymentStatus.FAILED:
+        return False
+    if (now - signed).total_seconds() < services.ADAPTER_URL_RENEW_SECONDS:
+        return False
+    if not Deployment.objects.filter(pk=row.pk, adapter_urls_signed_at=signed).update(
+        adapter_urls_signed_at=now
+    ):
+        return False
+    provision_deployment.delay(row.pk)
+    return True
 
 
 def _meter(rows: list[Deployment], seen: ObservationPass, at: datetime) -> None:

@@ -7,6 +7,7 @@ Every test module has three standing people: `owner` and `member` of organisatio
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
@@ -16,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
 from rest_framework.test import APIClient
 
+from learning.storage import S3Store, get_store, s3_client
 from marketplace.accounts import services as account_services
 from marketplace.accounts.choices import Role
 from marketplace.accounts.models import Membership, Organization
@@ -55,6 +57,25 @@ def s3_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_server: str, settings: Any) -> Iterator[S3Store]:
+    """The platform's store (get_store) as a bucket of moto's S3 server: a store a pod can reach by URL."""
+    bucket = f"platform-{uuid.uuid4().hex[:8]}"
+    s3_client(s3_server, "us-east-1", "testing", "testing").create_bucket(Bucket=bucket)
+    settings.OBJECT_STORE_BUCKET = bucket
+    settings.OBJECT_STORE_ENDPOINT_URL = s3_server
+    settings.OBJECT_STORE_ACCESS_KEY_ID = settings.OBJECT_STORE_SECRET_ACCESS_KEY = "testing"
+    get_store.cache_clear()
+    store = get_store()
+    assert isinstance(store, S3Store)
+    try:
+        yield store
+    finally:
+        for key in store.list(""):
+            store.delete(key)
+        get_store.cache_clear()
 
 
 @pytest.fixture(scope="session")

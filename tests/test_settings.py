@@ -45,6 +45,8 @@ def start(*arguments: str, **overrides: str) -> subprocess.CompletedProcess[str]
         ("METRICS_TOKEN", "too-short", "METRICS_TOKEN must be at least 24 characters"),
         ("PROMETHEUS_POD_LABELS", "app=prometheus,=x", "PROMETHEUS_POD_LABELS must be Kubernetes labels"),
         ("GATEWAY_POD_LABELS", "app.kubernetes.io/instance", "GATEWAY_POD_LABELS must be Kubernetes labels"),
+        ("CUSTOM_MODEL_VOLUMES", "models=shared", "CUSTOM_MODEL_VOLUMES must be absolute folders"),
+        ("CUSTOM_MODEL_VOLUMES", "/models=Shared_Models", "CUSTOM_MODEL_VOLUMES must be absolute folders"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(name: str, value: str, words: str) -> None:
@@ -71,6 +73,13 @@ def test_labels_are_read_as_a_selector_of_equalities(monkeypatch) -> None:
     assert env.labels("PROMETHEUS_POD_LABELS", {}) == {"app.kubernetes.io/name": "prometheus", "team": "ml"}
     monkeypatch.delenv("PROMETHEUS_POD_LABELS")
     assert env.labels("PROMETHEUS_POD_LABELS", {"app": "x"}) == {"app": "x"}
+
+
+def test_volume_claims_are_read_by_folder(monkeypatch) -> None:
+    monkeypatch.setenv("CUSTOM_MODEL_VOLUMES", "/models/=shared-models, /data/lab=lab.claim")
+    assert env.volume_claims("CUSTOM_MODEL_VOLUMES") == {"/models": "shared-models", "/data/lab": "lab.claim"}
+    monkeypatch.setenv("CUSTOM_MODEL_VOLUMES", "")
+    assert env.volume_claims("CUSTOM_MODEL_VOLUMES") == {}
 
 
 def test_an_unreadable_secret_file_names_the_variable(monkeypatch) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.manifests import (
+    HUB_TOKEN_KEY,
     MANAGED_BY,
     ORGANIZATION_LABEL,
     Manifest,
@@ -30,6 +31,7 @@ from serving.manifests import (
     instance_resources,
     label_value,
     model_cache_volume,
+    weights_volume,
 )
 from serving.spec import ClusterSettings, InstanceSpec, ModelSpec
 
@@ -50,7 +52,7 @@ class TrainingJobSpec:
     organization: str  # organisation slug
     name: str  # the model the run makes
     instance: InstanceSpec
-    model: ModelSpec  # the student's base (only whether the Hub gates it is read here)
+    model: ModelSpec  # the student's base: whether the Hub gates it, and the volume of a folder's
     image: str
     input_url: str  # presigned GET of the run's input (learning.training.job)
     output_url: str  # presigned PUT of its output
@@ -89,7 +91,11 @@ def build_secret(spec: TrainingJobSpec, cluster: ClusterSettings) -> Manifest:
         "kind": "Secret",
         "metadata": _metadata(spec, cluster),
         "type": "Opaque",
-        "data": {INPUT_KEY: encoded(spec.input_url), OUTPUT_KEY: encoded(spec.output_url)},
+        "data": {
+            INPUT_KEY: encoded(spec.input_url),
+            OUTPUT_KEY: encoded(spec.output_url),
+            **({HUB_TOKEN_KEY: encoded(spec.model.hub_token)} if spec.model.hub_token else {}),
+        },
     }
 
 
@@ -105,11 +111,20 @@ def _env(spec: TrainingJobSpec, cluster: ClusterSettings) -> list[dict[str, Any]
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},  # progress lines reach the pod's log as written
-        *hf_token_env(spec.model, cluster),
+        *hf_token_env(spec.model, cluster, object_name(spec)),
     ]
 
 
 def build_job(spec: TrainingJobSpec, cluster: ClusterSettings) -> Manifest:
+    mounts: list[dict[str, Any]] = [
+        {"name": "work", "mountPath": WORK_PATH},
+        {"name": "model-cache", "mountPath": CACHE_PATH},
+    ]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}, model_cache_volume(cluster)]
+    weights = weights_volume(spec.model, cluster)  # a student base registered from a volume's folder
+    if weights is not None:
+        volumes.append(weights[0])
+        mounts.append(weights[1])
     container = {
         "name": "trainer",
         "image": spec.image,
@@ -117,16 +132,13 @@ def build_job(spec: TrainingJobSpec, cluster: ClusterSettings) -> Manifest:
         "command": COMMAND,
         "env": _env(spec, cluster),
         "resources": instance_resources(spec.instance),
-        "volumeMounts": [
-            {"name": "work", "mountPath": WORK_PATH},
-            {"name": "model-cache", "mountPath": CACHE_PATH},
-        ],
+        "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False},
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "OnFailure",
         "containers": [container],
-        "volumes": [{"name": "work", "emptyDir": {}}, model_cache_volume(cluster)],
+        "volumes": volumes,
         **gpu_placement(spec.instance, cluster),
         "automountServiceAccountToken": False,  # the trainer never talks to the API server
         "enableServiceLinks": False,

@@ -10,7 +10,9 @@ Three sources, one outcome (a CustomModel and its private ModelCard, filled from
    headers, never the weights. Engines on a cluster stream the weights from there (vLLM's Run:ai streamer);
    on this machine the worker copies them first (`copy_store_weights`).
 4. `register_adapter`: a LoRA adapter folder on a base model (a catalog card or another custom model of
-   the organisation), whose `base_model_name_or_path` must be that base.
+   the organisation), whose `base_model_name_or_path` must be that base. Its files are also kept in the
+   platform's object store as one archive (`keep_adapter_files`), which a cluster's engine pods fetch, so
+   the adapter outlives the disk it was registered from (a worker's, for a trained one).
 
 The card's memory figures come from the catalog's own formula (fits.py), so a custom model fits, takes
 quota and is refused exactly like a catalog card. It needs no license acceptance: registering it gives
@@ -22,12 +24,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
+import logging
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,13 +45,15 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import exceptions
 
-from learning.storage import StoreAccessError, StoreFolder
+from learning.storage import ObjectNotFound, StoreAccessError, StoreFolder, get_store
 from marketplace.accounts import crypto
 from marketplace.accounts.models import Organization
 from marketplace.api import Conflict
 from marketplace.catalog import fits, weights
 from marketplace.catalog.choices import CommercialUse, CustomModelSource
 from marketplace.catalog.models import CustomModel, License, ModelCard, Provider
+
+log = logging.getLogger(__name__)
 
 NAME = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?\Z")
 REVISION = re.compile(r"\A[0-9a-f]{40}\Z")
@@ -293,18 +301,27 @@ def _endpoint(endpoint_url: str) -> str:
     return endpoint
 
 
+def endpoint_withdrawn(custom: CustomModel) -> str:
+    """Why the model's weights may no longer be read, when a platform admin has taken its store's endpoint
+    off CUSTOM_MODEL_STORE_ENDPOINTS since it was registered; else ""."""
+    endpoint = custom.store_endpoint_url
+    if endpoint and endpoint not in allowed_endpoints():
+        return (
+            f"{endpoint} is no longer an object store this platform reads custom models from "
+            "(CUSTOM_MODEL_STORE_ENDPOINTS): ask a platform admin."
+        )
+    return ""
+
+
 def store_folder(
     custom: CustomModel, *, access_key_id: str | None = None, secret_access_key: str | None = None
 ) -> StoreFolder:
     """The object-store folder a custom model was registered from, reached with the organisation's key (or
-    the one given); StoreAccessError when a platform admin has since taken its endpoint off
-    CUSTOM_MODEL_STORE_ENDPOINTS."""
+    the one given); StoreAccessError when its endpoint was withdrawn (endpoint_withdrawn)."""
+    withdrawn = endpoint_withdrawn(custom)
+    if withdrawn:
+        raise StoreAccessError(withdrawn)
     endpoint = custom.store_endpoint_url
-    if endpoint and endpoint not in allowed_endpoints():
-        raise StoreAccessError(
-            f"{endpoint} is no longer an object store this platform reads custom models from "
-            "(CUSTOM_MODEL_STORE_ENDPOINTS): ask a platform admin."
-        )
     return StoreFolder.connect(
         uri=custom.store_uri,
         endpoint_url=endpoint,
@@ -499,6 +516,80 @@ def delete_store_copy(card: ModelCard) -> None:
     shutil.rmtree(store_copy_folder(card), ignore_errors=True)
 
 
+# Where registered adapters' archives are kept in the platform's object store (learning.storage.get_store).
+ADAPTER_ARCHIVES = "adapters"
+
+
+def _plain_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """An archived file as nobody's: no owner names or ids of this machine, readable by all."""
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    member.mode = 0o644
+    return member
+
+
+def adapter_archive(folder: Path) -> bytes:
+    """An adapter folder's files as a gzipped tar: the top level only (PEFT writes nothing deeper), no
+    links, no hidden files and no pickled weights (read_adapter insists on safetensors)."""
+    buffer = io.BytesIO()
+    # Safetensors hardly compress: the quickest level costs least.
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.is_symlink() and copied_file(path.name):
+                archive.add(path, arcname=path.name, recursive=False, filter=_plain_member)
+    return buffer.getvalue()
+
+
+def keep_adapter_files(organization: Organization, name: str, folder: Path, field: str = "path") -> str:
+    """Put the adapter's archive in the platform's object store under a key of its own; the key."""
+    key = f"{ADAPTER_ARCHIVES}/{organization.pk}/{name}-{uuid.uuid4().hex[:12]}.tar.gz"
+    try:
+        get_store().put(key, adapter_archive(folder))
+    except Exception as error:  # the store's own errors (boto3's, a full disk): refused, not a 500
+        # The error may name the store's hosts and paths, which are the platform's business: logged only.
+        log.warning("keeping the adapter archive %s failed: %s", key, error)
+        raise _refuse(
+            field,
+            "The adapter's files could not be kept in the platform's object store: try again shortly; if "
+            "it keeps failing, a platform admin can read why in the platform's log.",
+        ) from None
+    return key
+
+
+def forget_adapter_files(key: str) -> None:
+    """Delete an adapter's archive, as a clean-up: a failure is logged, not raised (an archive left behind
+    costs a little storage, never a wrong answer)."""
+    if not key:
+        return
+    try:
+        get_store().delete(key)
+    except ObjectNotFound:
+        pass
+    except Exception as error:
+        log.warning("the adapter archive %s stays in the object store: %s", key, type(error).__name__)
+
+
+def ensure_adapter_files(custom: CustomModel, field: str = "model") -> str:
+    """The key of the adapter's archive in the platform's object store, kept now from its folder when it
+    was registered before adapters were kept there; refused, naming `field`, when that folder is gone."""
+    if custom.archive_key:
+        return custom.archive_key
+    folder = Path(custom.path)
+    if not (folder / "adapter_config.json").is_file():
+        raise _refuse(
+            field,
+            f"{custom.name}'s files are neither in the platform's object store nor in {custom.path}: "
+            "register the adapter again.",
+        )
+    key = keep_adapter_files(custom.organization, custom.name, folder, field)
+    if CustomModel.objects.filter(pk=custom.pk, archive_key="").update(archive_key=key) == 0:
+        forget_adapter_files(key)  # kept by someone else meanwhile: theirs stays
+        custom.refresh_from_db(fields=["archive_key"])
+        return custom.archive_key
+    custom.archive_key = key
+    return key
+
+
 def _base_names(base: ModelCard) -> set[str]:
     """What an adapter's base_model_name_or_path may say for `base`: its repository, or its folder."""
     names = {base.huggingface_repo.lower()} if base.huggingface_repo else set()
@@ -577,33 +668,39 @@ def register_adapter(
         latent_dim=base.kv_latent_dim,
         cpu_capable=base.cpu_capable,
     )
-    return _save(
-        organization=organization,
-        user=user,
-        name=name,
-        card_fields={
-            **base_fields,
-            "summary": summary,
-            "base_model": base.slug,
-            "parameters": facts.parameters,
-            **_memory(facts),
-        },
-        custom_fields={
-            "source": CustomModelSource.ADAPTER,
-            "path": str(folder),
-            "base": base,
-            "lora_rank": adapter.rank,
-            "target_modules": list(adapter.target_modules),
-            "architecture": getattr(getattr(base, "custom_model", None), "architecture", "") or "",
-            "facts": {
-                "base_model_name_or_path": adapter.base_model,
-                "r": adapter.rank,
-                "lora_alpha": adapter.alpha,
-                "target_modules": list(adapter.target_modules),
-                "adapter_parameters": adapter.parameters,
+    archive_key = keep_adapter_files(organization, name, folder)
+    try:
+        return _save(
+            organization=organization,
+            user=user,
+            name=name,
+            card_fields={
+                **base_fields,
+                "summary": summary,
+                "base_model": base.slug,
+                "parameters": facts.parameters,
+                **_memory(facts),
             },
-        },
-    )
+            custom_fields={
+                "source": CustomModelSource.ADAPTER,
+                "path": str(folder),
+                "archive_key": archive_key,
+                "base": base,
+                "lora_rank": adapter.rank,
+                "target_modules": list(adapter.target_modules),
+                "architecture": getattr(getattr(base, "custom_model", None), "architecture", "") or "",
+                "facts": {
+                    "base_model_name_or_path": adapter.base_model,
+                    "r": adapter.rank,
+                    "lora_alpha": adapter.alpha,
+                    "target_modules": list(adapter.target_modules),
+                    "adapter_parameters": adapter.parameters,
+                },
+            },
+        )
+    except BaseException:
+        forget_adapter_files(archive_key)
+        raise
 
 
 def delete_custom_model(custom: CustomModel) -> None:
@@ -640,6 +737,8 @@ def delete_custom_model(custom: CustomModel) -> None:
         Subscription.objects.filter(model_card=card).delete()
         if custom.source == CustomModelSource.STORE:
             transaction.on_commit(lambda: delete_store_copy(card))
+        archive_key = custom.archive_key
+        transaction.on_commit(lambda: forget_adapter_files(archive_key))
         custom.delete()
         if Deployment.objects.filter(model_card=card).exists():
             # Deleted deployments keep their history and usage, which refer to the card: the card stays,

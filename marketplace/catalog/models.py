@@ -445,6 +445,8 @@ class CustomModel(models.Model):
     huggingface_repo = models.CharField(max_length=200, blank=True)
     revision = models.CharField(max_length=40, blank=True)
     path = models.CharField(max_length=500, blank=True)
+    # adapter: the key of its files' archive in the platform's object store (what a cluster's engines fetch).
+    archive_key = models.CharField(max_length=300, blank=True, editable=False)
     # store: an S3-compatible folder (s3://bucket/prefix/), the store's endpoint ("" for AWS S3) and region,
     # and the organisation's own read key, its secret encrypted (marketplace.accounts.crypto), never shown.
     store_uri = models.CharField(max_length=1100, blank=True)

@@ -148,6 +148,7 @@ def cluster_settings() -> ClusterSettings:
         keda=settings.KEDA_ENABLED,
         prometheus_url=settings.PROMETHEUS_URL,
         model_cache_pvc=settings.MODEL_CACHE_PVC,
+        model_volumes=tuple(settings.CUSTOM_MODEL_VOLUMES.items()),
         hf_token_secret=settings.HF_TOKEN_SECRET,
         media_domains=tuple(settings.ENGINE_MEDIA_DOMAINS),
         network_policy=settings.NETWORK_POLICY_ENABLED,

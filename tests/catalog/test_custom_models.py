@@ -68,17 +68,6 @@ def test_the_memory_needed_is_the_catalogs_formula(registered) -> None:
     assert card.facts == facts
 
 
-def test_the_organisation_may_deploy_it_without_accepting_a_license(registered, client_for, member, settings):
-    settings.SERVING_BACKEND = "kubernetes"
-    response = client_for(member).post(
-        "/api/deployments/",
-        {"name": "mine", "model": registered["slug"], "instance_type": "aws-g5-xlarge"},
-        format="json",
-    )
-    assert response.status_code == 201, response.content
-    assert Deployment.objects.get(name="mine").model_card.slug == registered["slug"]
-
-
 def test_a_member_sees_but_cannot_register(client_for, member, registered, folder) -> None:
     assert [row["name"] for row in client_for(member).get(CUSTOM).json()["results"]] == ["tiny"]
     assert register(client_for(member), name="other", path=str(folder)).status_code == 403
@@ -224,17 +213,6 @@ def test_another_organisation_may_use_the_same_name(client_for, outsider, regist
     response = register(client_for(outsider), path=str(write_model(tmp_path / "globex" / "m")))
     assert response.status_code == 201
     assert response.json()["slug"] != registered["slug"]
-
-
-def test_delete_is_refused_while_a_deployment_runs_it(registered, client_for, owner, settings) -> None:
-    settings.SERVING_BACKEND = "kubernetes"
-    client = client_for(owner)
-    body = {"name": "mine", "model": registered["slug"], "instance_type": "aws-g5-xlarge"}
-    assert client.post("/api/deployments/", body, format="json").status_code == 201
-    response = client.delete(f"{CUSTOM}{registered['id']}/")
-    assert response.status_code == 409
-    assert response.json()["name"] == ["tiny still runs in deployment mine: delete it first."]
-    assert CustomModel.objects.filter(pk=registered["id"]).exists()
 
 
 def test_delete_removes_the_model_and_its_card(registered, client_for, owner) -> None:

@@ -17,6 +17,8 @@ from huggingface_hub.utils import _http
 
 from marketplace.accounts import crypto
 from marketplace.catalog.models import CustomModel
+from serving import services
+from serving.models import Deployment
 from tests.catalog.custom_model_files import TINY_LLAMA_CONFIG, parameter_count, safetensors_bytes
 
 CUSTOM = "/api/custom-models/"
@@ -189,3 +191,44 @@ def test_an_unreachable_hub_is_refused_with_a_retry(client_for, owner) -> None:
         _http.set_client_factory(previous)
     assert response.status_code == 400
     assert "could not be reached" in response.json()["huggingface_repo"][0]
+
+
+# Deployed on a cluster, whose engines read the repository at its commit themselves.
+
+
+def test_the_organisation_may_deploy_it_without_accepting_a_license(hub, client_for, owner, member, settings):
+    registered = register(client_for(owner)).json()
+    settings.SERVING_BACKEND = "kubernetes"
+    body = {"name": "mine", "model": registered["slug"], "instance_type": "aws-g5-xlarge"}
+    response = client_for(member).post("/api/deployments/", body, format="json")
+    assert response.status_code == 201, response.content
+    assert Deployment.objects.get(name="mine").model_card.slug == registered["slug"]
+
+
+def test_delete_is_refused_while_a_deployment_runs_it(hub, client_for, owner, settings) -> None:
+    client = client_for(owner)
+    registered = register(client).json()
+    settings.SERVING_BACKEND = "kubernetes"
+    body = {"name": "mine", "model": registered["slug"], "instance_type": "aws-g5-xlarge"}
+    assert client.post("/api/deployments/", body, format="json").status_code == 201
+    response = client.delete(f"{CUSTOM}{registered['id']}/")
+    assert response.status_code == 409
+    assert response.json()["name"] == ["tiny still runs in deployment mine: delete it first."]
+    assert CustomModel.objects.filter(pk=registered["id"]).exists()
+
+
+def test_a_private_repositorys_engines_download_it_with_the_organisations_own_token(
+    private_hub, client_for, owner, member, outsider, settings
+) -> None:
+    client = client_for(owner)
+    registered = register(client, hf_token=TOKEN).json()
+    settings.SERVING_BACKEND = "kubernetes"
+    body = {"name": "mine", "model": registered["slug"], "instance_type": "aws-g5-xlarge"}
+    created = client.post("/api/deployments/", body, format="json")
+    assert created.status_code == 201, created.content
+    spec = services.spec_for(Deployment.objects.get(name="mine"))
+    assert spec.model.hub_token == TOKEN and TOKEN not in repr(spec)
+    # What members may read of it names the token's Secret, never its value.
+    shown = client_for(member).get(f"/api/deployments/{created.json()['id']}/manifests/").content.decode()
+    assert "HF_TOKEN: <a credential, applied to the cluster and never shown>" in shown and TOKEN not in shown
+    assert client_for(outsider).get(f"/api/deployments/{created.json()['id']}/manifests/").status_code == 404

@@ -19,7 +19,7 @@ from learning.storage import StoreAccessError, StoreFolder, s3_client
 from marketplace.catalog import custom_models
 from marketplace.catalog.models import CustomModel, InstanceType, ModelCard
 from serving import manifests, services, tasks
-from serving.backends.base import TransientBackendError
+from serving.backends.base import PermanentBackendError, TransientBackendError
 from serving.models import Deployment
 from tests.catalog.custom_model_files import (
     TINY_LLAMA_CONFIG,
@@ -316,6 +316,22 @@ def test_a_clusters_engines_stream_the_weights_with_the_key_from_a_secret_of_the
     # What members may read of it (the manifests for review or GitOps) names the key's Secret, not its value.
     shown = client_for(owner).get(f"/api/deployments/{response.json()['id']}/manifests/").content.decode()
     assert "kind: Secret" in shown and "AWS_SECRET_ACCESS_KEY" in shown and SECRET not in shown
+
+
+def test_an_endpoint_withdrawn_after_registration_is_neither_deployed_nor_applied_on_a_cluster(
+    registered: dict[str, Any], client_for: Any, owner: Any, settings: Any
+) -> None:
+    settings.SERVING_BACKEND = "kubernetes"
+    client = client_for(owner)
+    body = {"name": "mine", "model": registered["slug"], "instance_type": "aws-g5-xlarge"}
+    created = client.post("/api/deployments/", body, format="json")
+    assert created.status_code == 201, created.content
+    settings.CUSTOM_MODEL_STORE_ENDPOINTS = []  # a platform admin takes the endpoint off the list
+    refused = client.post("/api/deployments/", {**body, "name": "again"}, format="json")
+    assert refused.status_code == 400
+    assert "is no longer an object store this platform reads custom models from" in refused.json()["model"][0]
+    with pytest.raises(PermanentBackendError, match="CUSTOM_MODEL_STORE_ENDPOINTS"):
+        services.spec_for(Deployment.objects.get(name="mine"))  # what the worker applies: nothing
 
 
 def test_the_web_form_registers_it_and_no_page_shows_the_secret(

@@ -290,6 +290,40 @@ def test_configmap_holds_only_variables_of_the_readme_table() -> None:
     assert data["GATEWAY_MAX_BODY_BYTES"] == "4194304"  # a whole number, not 4.194304e+06
 
 
+def test_custom_model_volumes_are_mounted_read_only_where_models_are_registered_and_named_to_the_platform():
+    objects = render(PRODUCTION)
+    data = find(objects, "ConfigMap", "marketplace-config")["data"]
+    assert data["CUSTOM_MODEL_VOLUMES"] == "/models=shared-models"
+    assert data["CUSTOM_MODEL_ROOTS"] == "/models"  # a volume's folder is one models are registered from
+    for component in COMPONENTS:
+        pod = find(objects, "Deployment", f"marketplace-{component}")["spec"]["template"]["spec"]
+        claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        mounts = [
+            m
+            for m in container({"spec": {"template": {"spec": pod}}})["volumeMounts"]
+            if m["name"].startswith("custom-models")
+        ]
+        if component in (
+            "web",
+            "worker",
+        ):  # web reads a model's files at registration, the worker a student's base
+            assert claims == [{"claimName": "shared-models", "readOnly": True}]
+            assert mounts == [{"name": "custom-models-0", "mountPath": "/models", "readOnly": True}]
+        else:
+            assert claims == [] and mounts == []
+
+
+def test_a_custom_model_volume_needs_a_folder_and_a_claim_name() -> None:
+    assert "claim" in refusal(*DEFAULTS, "--set", "serving.customModelVolumes[0].path=/models")
+    bad = (
+        "--set",
+        "serving.customModelVolumes[0].path=/models",
+        "--set",
+        "serving.customModelVolumes[0].claim=Bad_Claim",
+    )
+    assert "claim" in refusal(*DEFAULTS, *bad)
+
+
 def test_serving_namespace_defaults_to_the_release_namespace() -> None:
     data = find(render(DEFAULTS), "ConfigMap", "marketplace-config")["data"]
     assert data["KUBERNETES_NAMESPACE"] == NAMESPACE

@@ -23,7 +23,6 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,7 +34,7 @@ from rest_framework.test import APIClient
 
 from learning import tuning, tuning_kube, tuning_run
 from learning.models import Dataset, TuningJob, TuningStatus
-from learning.storage import S3Store, get_store, s3_client
+from learning.storage import S3Store, get_store
 from learning.training import cpu_trainer, kube_job
 from learning.training.runner import FAILED, _prepare_child
 from learning.tuning_kube import KubernetesTraining
@@ -46,10 +45,11 @@ from serving import services
 from serving.backends.kubernetes import KubernetesBackend
 from serving.local import capacity, engine_env
 from serving.models import Deployment
+from serving.spec import ClusterSettings
 from serving.status import UNSCHEDULABLE_GRACE_SECONDS
 from tests.learning.ticket_teacher import ticket_dataset
 from tests.serving.conftest import backend_for, fake_kubernetes
-from tests.serving.fake_kubernetes import FakeKubernetes
+from tests.serving.fake_kubernetes import NAMESPACE, FakeKubernetes
 
 __all__ = ["fake_kubernetes"]  # a fixture of the serving tests, used here
 
@@ -57,25 +57,6 @@ ROOT = Path(__file__).resolve().parents[2]
 GPU = "aws-g5-xlarge"  # one NVIDIA A10G
 # Small and quick, as the CPU trainer's own tests: a handful of steps on a handful of rows.
 SMALL = {"epochs": 1, "batch_size": 2, "max_seq_length": 192, "learning_rate": 2e-3, "checkpoint_every": 1}
-
-
-@pytest.fixture
-def s3_settings(s3_server: str, settings: Any) -> Iterator[S3Store]:
-    """The platform's store (get_store) as a bucket of moto's S3 server: a store a pod can reach by URL."""
-    bucket = f"training-{uuid.uuid4().hex[:8]}"
-    s3_client(s3_server, "us-east-1", "testing", "testing").create_bucket(Bucket=bucket)
-    settings.OBJECT_STORE_BUCKET = bucket
-    settings.OBJECT_STORE_ENDPOINT_URL = s3_server
-    settings.OBJECT_STORE_ACCESS_KEY_ID = settings.OBJECT_STORE_SECRET_ACCESS_KEY = "testing"
-    get_store.cache_clear()
-    store = get_store()
-    assert isinstance(store, S3Store)
-    try:
-        yield store
-    finally:
-        for key in store.list(""):
-            store.delete(key)
-        get_store.cache_clear()
 
 
 @dataclass
@@ -112,13 +93,15 @@ def cluster(
         if os.environ.get("CI"):
             raise RuntimeError("CI must prepare the engine first (python3 run.py engine)")
         pytest.skip("the local engine is not prepared: python3 run.py engine")
-    # The student's base: SmolLM2 as the organisation's own model, registered from a folder (a volume the
-    # cluster's pods see at the same path); a catalog card's weights would come from the Hub.
+    # The student's base: SmolLM2 as the organisation's own model, registered from a folder of a volume the
+    # cluster's pods mount at the same path; a catalog card's weights would come from the Hub.
+    settings.CUSTOM_MODEL_VOLUMES = {str(models): "engine-models"}
     student = custom_models.register_from_path(
         organization=acme, user=owner, name="smollm", path=str(smollm)
     ).card
     dataset = ticket_dataset(s3_settings, acme.pk, 4, heldout_fraction=0.25)
-    backend = backend_for(fake_kubernetes.url)
+    volumes = tuple(settings.CUSTOM_MODEL_VOLUMES.items())
+    backend = backend_for(fake_kubernetes.url, ClusterSettings(namespace=NAMESPACE, model_volumes=volumes))
     try:
         yield Cluster(fake_kubernetes, backend, acme, owner, dataset, student)
     finally:
@@ -322,6 +305,9 @@ def test_a_job_on_a_gpu_instance_type_trains_in_a_cluster_job_and_registers_its_
     pod_spec = applied["spec"]["template"]["spec"]
     assert pod_spec["nodeSelector"] == InstanceType.objects.get(slug=GPU).node_labels
     assert pod_spec["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    # the base's folder, from the volume holding it
+    claim = {"claimName": "engine-models", "readOnly": True}
+    assert {"name": "custom-model", "persistentVolumeClaim": claim} in pod_spec["volumes"]
     assert "X-Amz-Signature" not in json.dumps(applied)
 
     # The loss curve came from the pod's log, line by line; the GPUs were given back when the Job finished.
@@ -337,6 +323,8 @@ def test_a_job_on_a_gpu_instance_type_trains_in_a_cluster_job_and_registers_its_
     assert set(job.evaluation["models"]) == {"student", "base"}
     assert job.custom_model is not None and job.custom_model.base == cluster.student
     assert (Path(job.custom_model.path) / "adapter_model.safetensors").is_file()
+    # …and kept in the store, where a cluster's engine pods fetch it from when it is deployed.
+    assert get_store().list("adapters/") == [job.custom_model.archive_key]
     # The student's cost is estimated from the answers the Job timed, priced at the Job's instance type.
     student = job.evaluation["costs"]["student"]
     assert (student["instance_type"], student["estimate"]) == ("g5.xlarge", True)
@@ -450,3 +438,12 @@ def test_a_pod_no_node_takes_waits_out_a_deployments_grace_then_the_run_fails_an
     )
     assert "3 Insufficient nvidia.com/gpu" in outcome.message and "another instance type" in outcome.message
     assert cluster.fake.list("batch/v1", "jobs") == []  # deleted: nothing holds the GPUs any more
+
+
+def test_a_student_base_from_a_folder_in_no_volume_is_refused_on_a_cluster(
+    cluster: Cluster, settings: Any
+) -> None:
+    settings.CUSTOM_MODEL_VOLUMES = {}
+    with pytest.raises(tuning.Refused) as refused:
+        cluster.create()
+    assert refused.value.field == "student_base" and "CUSTOM_MODEL_VOLUMES" in str(refused.value)

@@ -98,3 +98,37 @@ def test_names_are_dns_labels_unique_by_job_and_labels_find_the_run() -> None:
     selector = dict(term.split("=") for term in kube_job.TRAINING_SELECTOR.split(","))
     assert selector.items() <= labels.items()
     assert build_job(SPEC, ClusterSettings())["spec"]["template"]["metadata"]["labels"] == labels
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_a_student_base_from_a_volumes_folder_is_read_from_that_volume_as_its_engine_would(
+    version: str,
+) -> None:
+    base = replace(QWEN_7B, slug="custom-3-mine", weights_path="/models/lab/mine")
+    cluster = ClusterSettings(model_volumes=(("/models", "shared-models"),))
+    spec = replace(SPEC, model=base)
+    for manifest in build_training_objects(spec, cluster):
+        kubernetes_validate.validate(manifest, version, strict=True)
+    training = pod(spec, cluster)
+    serving = manifests.build_deployment(make_spec(model=base), cluster)["spec"]["template"]["spec"]
+    volume = {
+        "name": "custom-model",
+        "persistentVolumeClaim": {"claimName": "shared-models", "readOnly": True},
+    }
+    assert volume in training["volumes"] and volume in serving["volumes"]
+    mount = {"name": "custom-model", "mountPath": "/models", "readOnly": True}
+    assert mount in training["containers"][0]["volumeMounts"]
+    assert [v["name"] for v in pod()["volumes"]] == ["work", "model-cache"]  # a Hub base: no volume
+
+
+def test_a_private_base_is_downloaded_with_the_organisations_own_token_from_the_jobs_secret() -> None:
+    spec = replace(SPEC, model=replace(QWEN_7B, hub_token="hf_own_token"))
+    secret = build_secret(spec, ClusterSettings())
+    assert base64.b64decode(secret["data"]["HF_TOKEN"]).decode() == "hf_own_token"
+    env = {item["name"]: item for item in pod(spec)["containers"][0]["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": kube_job.object_name(spec),
+        "key": "HF_TOKEN",
+    }
+    assert "hf_own_token" not in json.dumps(build_job(spec, ClusterSettings()))
+    assert "HF_TOKEN" not in build_secret(SPEC, ClusterSettings())["data"]  # a public base: no token

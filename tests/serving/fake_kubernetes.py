@@ -183,6 +183,7 @@ class FakeKubernetes:
         *,
         container_statuses: list[dict[str, Any]] | None = None,
         conditions: list[dict[str, Any]] | None = None,
+        init_container_statuses: list[dict[str, Any]] | None = None,
         pod_ip: str | None = None,
         namespace: str = NAMESPACE,
     ) -> dict[str, Any]:
@@ -198,6 +199,8 @@ class FakeKubernetes:
             "conditions": conditions,
             "containerStatuses": container_statuses,
         }
+        if init_container_statuses is not None:
+            status["initContainerStatuses"] = init_container_statuses
         if phase != "Pending" or pod_ip:
             status["podIP"] = pod_ip or f"10.0.0.{next(self._ips)}"
         pod = {

@@ -13,6 +13,7 @@ import pytest
 from django.test import Client
 
 from marketplace.catalog.models import ModelCard
+from marketplace.subscriptions.services import subscribe
 from serving import services
 from serving.choices import DeploymentStatus
 from serving.gateway import directory
@@ -24,31 +25,32 @@ CUSTOM, DEPLOYMENTS = "/api/custom-models/", "/api/deployments/"
 
 
 @pytest.fixture
-def root(settings: Any, tmp_path: Path) -> Path:
+def root(settings: Any, tmp_path: Path, s3_settings: Any) -> Path:
+    """A platform on a cluster, whose engines fetch adapters from its object store (a bucket)."""
     settings.CUSTOM_MODEL_ROOTS = [str(tmp_path / "models")]
     settings.SERVING_BACKEND = "kubernetes"
     (tmp_path / "models").mkdir()
+    write_model(tmp_path / "models" / "tiny-llama")  # a folder another organisation registers
     return tmp_path / "models"
 
 
 @pytest.fixture
-def models(client_for: Any, owner: Any, root: Path) -> dict[str, str]:
-    """A base registered from a folder, two adapters on it, and one on a catalog card: their slugs."""
+def models(client_for: Any, owner: Any, acme: Any, root: Path) -> dict[str, str]:
+    """A catalog base (SmolLM2, subscribed to), two adapters on it, and one on another catalog card: their
+    slugs."""
     client = client_for(owner)
-    base = write_model(root / "tiny-llama")
-    slugs = {}
-    answer = client.post(CUSTOM, {"name": "tiny", "source": "path", "path": str(base)}, format="json")
-    assert answer.status_code == 201, answer.content
-    slugs["base"] = answer.json()["slug"]
+    smol = ModelCard.objects.get(slug="smollm2-135m-instruct")
+    subscribe(organization=acme, card=smol, license_sha256=None, user=owner)
+    slugs = {"base": smol.slug}
     for name, rank in (("alpha", 8), ("beta", 16)):
-        folder = write_adapter(root / name, str(base), rank=rank)
+        folder = write_adapter(root / name, smol.huggingface_repo, rank=rank, width=576)
         body = {"name": name, "source": "adapter", "path": str(folder), "base": slugs["base"]}
         answer = client.post(CUSTOM, body, format="json")
         assert answer.status_code == 201, answer.content
         slugs[name] = answer.json()["slug"]
-    smol = ModelCard.objects.get(slug="smollm2-135m-instruct")
-    folder = write_adapter(root / "smol-lora", smol.huggingface_repo, width=576)
-    body = {"name": "smol-lora", "source": "adapter", "path": str(folder), "base": smol.slug}
+    qwen = ModelCard.objects.get(slug="qwen2.5-0.5b-instruct")
+    folder = write_adapter(root / "qwen-lora", qwen.huggingface_repo, width=896)
+    body = {"name": "qwen-lora", "source": "adapter", "path": str(folder), "base": qwen.slug}
     answer = client.post(CUSTOM, body, format="json")
     assert answer.status_code == 201, answer.content
     slugs["other"] = answer.json()["slug"]
@@ -107,10 +109,11 @@ def test_the_gateway_calls_each_adapter_on_the_deployments_replicas_and_a_scoped
     [
         (
             [{"name": "x", "model": "other"}],
-            "was trained on SmolLM2 135M Instruct, and this deployment serves tiny's weights",
+            "was trained on Qwen2.5 0.5B Instruct, and this deployment serves SmolLM2 135M Instruct's "
+            "weights",
         ),
         ([{"name": "x", "model": "base"}], "is not one of your LoRA adapters"),
-        ([{"name": "x", "model": "smollm2-135m-instruct"}], "is not one of your LoRA adapters"),
+        ([{"name": "x", "model": "qwen2.5-0.5b-instruct"}], "is not one of your LoRA adapters"),
         ([{"name": "x", "model": "alpha"}, {"name": "x", "model": "beta"}], "two adapters are named x"),
         ([{"name": f"a{i}", "model": "alpha"} for i in range(17)], "At most 16 adapters"),
     ],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from serving import manifests
 from serving.choices import AutoscalingPolicy
 from serving.spec import (
+    AdapterSpec,
     Autoscaling,
     ClusterSettings,
     DeploymentSpec,
@@ -779,3 +781,129 @@ def test_aws_s3_itself_needs_no_endpoint_and_keeps_virtual_addressing() -> None:
 def test_vllm_reads_the_object_store_flags(vllm_parser: VllmArgumentParser) -> None:
     parsed = vllm_parser.parse(container(make_spec(model=STORED))["args"])
     assert parsed["model_tag"] == "s3://weights/models/tuned/" and parsed["load_format"] == "runai_streamer"
+
+
+# LoRA adapters on a cluster: fetched from the platform's object store by an init container
+
+ADAPTED = dataclasses.replace(
+    QWEN_7B,
+    slug="custom-3-support",
+    base_slug="qwen2-5-7b-instruct",
+    adapter_path="/data/tuning/support/adapter",
+    adapter_rank=16,
+    adapter_url="https://store.example.com/adapters/3/support.tar.gz?X-Amz-Signature=own",
+)
+
+
+def adapted_spec() -> DeploymentSpec:
+    """An adapter's deployment serving two more adapters beside it, all fetched by URL."""
+    served = (
+        AdapterSpec(
+            served_name="chat:legal", path="/data/legal", rank=8, url="https://s/legal?X-Amz-Signature=l"
+        ),
+        AdapterSpec(
+            served_name="chat:sales", path="/data/sales", rank=32, url="https://s/sales?X-Amz-Signature=s"
+        ),
+    )
+    return dataclasses.replace(make_spec(model=ADAPTED), adapters=served)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_adapters_on_a_cluster_are_fetched_by_an_init_container_before_the_engine_starts(
+    version: str,
+) -> None:
+    spec = adapted_spec()
+    objects = manifests.build_objects(spec, ClusterSettings())
+    for manifest in objects:
+        kubernetes_validate.validate(manifest, version, strict=True)
+    assert [m["kind"] for m in objects][:3] == ["NetworkPolicy", "Secret", "Deployment"]
+    secret = objects[1]
+    assert secret["stringData"] == {
+        "ADAPTER_0_URL": ADAPTED.adapter_url,
+        "ADAPTER_1_URL": "https://s/legal?X-Amz-Signature=l",
+        "ADAPTER_2_URL": "https://s/sales?X-Amz-Signature=s",
+    }
+    pod = pod_spec(spec)
+    (fetch,) = pod["initContainers"]
+    assert fetch["name"] == manifests.FETCH_CONTAINER and fetch["image"] == ClusterSettings().image
+    assert fetch["command"][:2] == ["python3", "-c"]
+    assert fetch["command"][3:] == [manifests.ADAPTERS_PATH, "0", "1", "2"]
+    refs = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in fetch["env"]}
+    assert refs == {
+        key: {"name": manifests.weights_secret_name(spec), "key": key} for key in secret["stringData"]
+    }
+    assert {"name": "adapters", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "adapters", "mountPath": "/adapters", "readOnly": True} in container(spec)["volumeMounts"]
+    args = container(spec)["args"]
+    start = args.index("--lora-modules")
+    assert args[start + 1 : start + 4] == [
+        "chat=/adapters/0", "chat:legal=/adapters/1", "chat:sales=/adapters/2",
+    ]  # fmt: skip
+    assert flag_value(args, "--max-lora-rank") == "32" and flag_value(args, "--max-loras") == "3"
+    # The URLs are bearer credentials: only the Secret holds them, and a shown object hides them.
+    assert "X-Amz-Signature" not in json.dumps(objects[2:]) + repr(spec)
+    assert "X-Amz-Signature" not in json.dumps(manifests.redacted(secret))
+
+
+def test_a_deployment_without_adapter_urls_has_no_fetching_and_no_secret() -> None:
+    plain = make_spec(model=dataclasses.replace(ADAPTED, adapter_url=""))
+    assert "initContainers" not in pod_spec(plain)
+    assert "Secret" not in [m["kind"] for m in manifests.build_objects(plain, ClusterSettings())]
+    assert f"chat={ADAPTED.adapter_path}" in container(plain)["args"]
+
+
+def test_vllm_reads_the_fetched_adapters_flags(vllm_parser: VllmArgumentParser) -> None:
+    parsed = vllm_parser.parse(container(adapted_spec())["args"])
+    modules = re.findall(r"name='([^']+)', path='([^']+)'", " ".join(parsed["lora_modules"]))
+    assert modules == [("chat", "/adapters/0"), ("chat:legal", "/adapters/1"), ("chat:sales", "/adapters/2")]
+    assert (parsed["enable_lora"], parsed["max_lora_rank"], parsed["max_loras"]) == (True, 32, 3)
+
+
+# A custom model registered from a folder: the volume holding it, mounted read-only at the same folder
+
+FOLDER_MODEL = dataclasses.replace(QWEN_7B, slug="custom-3-mine", weights_path="/models/lab/mine")
+VOLUMES = (("/models", "shared-models"), ("/models/lab", "lab-models"), ("/data", "data"))
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_a_folder_model_is_read_from_the_volume_holding_its_folder_at_the_same_path(version: str) -> None:
+    spec = make_spec(model=FOLDER_MODEL)
+    cluster = ClusterSettings(model_volumes=VOLUMES)
+    for manifest in manifests.build_objects(spec, cluster):
+        kubernetes_validate.validate(manifest, version, strict=True)
+    pod = pod_spec(spec, cluster)
+    # the deepest volume holding the folder, never written to
+    volume = {"name": "custom-model", "persistentVolumeClaim": {"claimName": "lab-models", "readOnly": True}}
+    assert volume in pod["volumes"]
+    assert {"name": "custom-model", "mountPath": "/models/lab", "readOnly": True} in container(spec, cluster)[
+        "volumeMounts"
+    ]
+    assert container(spec, cluster)["args"][0] == "/models/lab/mine"
+
+
+def test_a_folder_in_no_volume_is_not_built_and_other_weights_mount_none() -> None:
+    with pytest.raises(ValueError, match="none of the volumes"):
+        manifests.build_deployment(
+            make_spec(model=FOLDER_MODEL), ClusterSettings(model_volumes=(("/mod", "x"),))
+        )
+    hub = pod_spec(make_spec(), ClusterSettings(model_volumes=VOLUMES))
+    assert [volume["name"] for volume in hub["volumes"]] == ["dshm", "model-cache"]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_a_private_repository_is_downloaded_with_the_organisations_own_token_from_the_deployments_secret(
+    version: str,
+) -> None:
+    private = dataclasses.replace(QWEN_7B, slug="custom-3-private", gated=False, hub_token="hf_own_token")
+    spec = make_spec(model=private)
+    objects = manifests.build_objects(spec, ClusterSettings())
+    for manifest in objects:
+        kubernetes_validate.validate(manifest, version, strict=True)
+    secret = next(obj for obj in objects if obj["kind"] == "Secret")
+    assert secret["stringData"] == {"HF_TOKEN": "hf_own_token"}
+    env = {item["name"]: item for item in container(spec)["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": manifests.weights_secret_name(spec), "key": "HF_TOKEN",
+    }  # fmt: skip
+    deployment = next(obj for obj in objects if obj["kind"] == "Deployment")
+    assert "hf_own_token" not in json.dumps(deployment) + repr(spec)

@@ -60,7 +60,7 @@ def pod_events_command(deployment: Deployment) -> str:
 @register.simple_tag
 def served_max_model_len(deployment: Deployment) -> str:
     """The max model length the deployment's engines run with, as its backend builds their command."""
-    spec = services.spec_for(deployment)
+    spec = services.spec_for(deployment, sign=False)
     if deployment.backend == Backend.LOCAL:
         tokens = local.served_max_model_len(spec)
     else:

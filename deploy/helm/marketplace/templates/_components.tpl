@@ -124,10 +124,25 @@ spec:
             {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
           volumeMounts:
             {{- include "marketplace.volumeMounts" $root | nindent 12 }}
+            {{- if has $component (list "web" "worker") }}
+            {{- range $index, $volume := $root.Values.serving.customModelVolumes }}
+            - name: custom-models-{{ $index }}
+              mountPath: {{ $volume.path }}
+              readOnly: true
+            {{- end }}
+            {{- end }}
       volumes:
         {{- include "marketplace.secretsVolume" (dict "root" $root "secretName" (include "marketplace.componentName" (dict "root" $root "component" "secrets")) "http" $http) | nindent 8 }}
         - name: tmp
           emptyDir: {}
+        {{- if has $component (list "web" "worker") }}
+        {{- range $index, $volume := $root.Values.serving.customModelVolumes }}
+        - name: custom-models-{{ $index }}
+          persistentVolumeClaim:
+            claimName: {{ $volume.claim }}
+            readOnly: true
+        {{- end }}
+        {{- end }}
       {{- with $values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
