@@ -448,5 +448,6 @@ def held_elsewhere(job_id: int) -> bool:
 
 
 def work_dir_for(job: TuningJob) -> Path:
-    """Where the job's run lives: under the first custom-model folder, so its adapter registers from there."""
-    return Path(settings.CUSTOM_MODEL_ROOTS[0]) / "tuning-jobs" / f"{job.organization_id}-{job.pk}"
+    """Where the job's run lives: a folder of the platform's own (custom_models.tuning_runs_root), which only
+    this job registers its adapter from."""
+    return custom_models.tuning_runs_root() / f"{job.organization_id}-{job.pk}"

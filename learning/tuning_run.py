@@ -66,6 +66,15 @@ class StepFailed(Exception):
         self.reason = reason
 
 
+class Postponed(Exception):
+    """The step waits on something outside that should come back (the object store): the job keeps its
+    step, says why, and a worker takes it up again once its lease lapses (learning.tasks.resume_tuning_jobs,
+    every minute)."""
+
+
+POSTPONE_SECONDS = 60
+
+
 @dataclasses.dataclass
 class Parts:
     """What the steps need of the outside world; tests replace one part at its seam."""
@@ -99,6 +108,12 @@ def run(job_id: int, parts: Parts | None = None) -> str:
                 break
     except StepFailed as error:
         tuning.fail(job_id, str(error), error.reason)
+    except Postponed as error:
+        log.warning("tuning job %s waits: %s", job_id, error)
+        lease = timezone.now() + datetime.timedelta(seconds=POSTPONE_SECONDS)
+        TuningJob.objects.filter(pk=job_id, status=job.status).update(
+            status_message=str(error), lease_until=lease
+        )
     except Exception as error:  # one bad job must not crash-loop a worker: it fails with the reason
         log.exception("tuning job %s failed", job_id)
         message = f"The job stopped on an unexpected error ({type(error).__name__}: {error})"
@@ -534,35 +549,52 @@ def point_adapter_at_base(adapter: Path, job: TuningJob) -> None:
 
 
 def register(job: TuningJob, parts: Parts) -> bool:
+    """The adapter as the organisation's custom model. Its archive goes to the object store first, outside
+    the job's row lock: a store out of reach postpones the step rather than failing a finished run."""
     adapter = run_of(job, parts).adapter
-    with transaction.atomic():
-        locked = TuningJob.objects.select_for_update().get(pk=job.pk)
-        if locked.status != TuningStatus.REGISTERING:
-            return False
-        if locked.custom_model_id is None:
-            point_adapter_at_base(adapter, job)
-            summary = f"Made by tuning job {job.pk} from {job.dataset}"
-            if job.kind == TuningKind.DISTILLATION:
-                summary += f", taught by {job.teacher_deployment}"
-            summary += f": {tuning_eval.summary(job.evaluation)}."
-            try:
-                custom = custom_models.register_adapter(
-                    organization=job.organization, user=job.created_by, name=job.name, path=str(adapter),
-                    base=job.student_base, summary=summary[:1000],
-                )  # fmt: skip
-            except exceptions.ValidationError as error:
-                raise StepFailed(
-                    f"The adapter could not be registered: {_first_error(error)}", "bad_run"
-                ) from None
-            locked.custom_model = custom
-            locked.save(update_fields=["custom_model"])
-        percent = job.evaluation.get("student_percent_of_teacher")
-        words = f" at {percent:g}% of the teacher's quality" if percent is not None else ""
-        return tuning.move(
-            job.pk, (TuningStatus.REGISTERING,), TuningStatus.SUCCEEDED,
-            f"Registered as the custom model {job.name}{words}; deploy it like any model.",
-            finished_at=timezone.now(), lease_until=None,
-        )  # fmt: skip
+    archive_key = ""
+    if job.custom_model_id is None:
+        point_adapter_at_base(adapter, job)
+        try:
+            archive_key = custom_models.keep_adapter_files(job.organization, job.name, adapter)
+        except custom_models.FilesNotKept:
+            raise Postponed(
+                "The trained adapter waits for the platform's object store; registering it again in a minute."
+            ) from None
+    kept = False
+    try:
+        with transaction.atomic():
+            locked = TuningJob.objects.select_for_update().get(pk=job.pk)
+            if locked.status != TuningStatus.REGISTERING:
+                return False
+            if locked.custom_model_id is None:
+                summary = f"Made by tuning job {job.pk} from {job.dataset}"
+                if job.kind == TuningKind.DISTILLATION:
+                    summary += f", taught by {job.teacher_deployment}"
+                summary += f": {tuning_eval.summary(job.evaluation)}."
+                try:
+                    custom = custom_models.register_adapter(
+                        organization=job.organization, user=job.created_by, name=job.name,
+                        path=str(adapter), base=job.student_base, summary=summary[:1000], run_folder=True,
+                        archive_key=archive_key,
+                    )  # fmt: skip
+                except exceptions.ValidationError as error:
+                    raise StepFailed(
+                        f"The adapter could not be registered: {_first_error(error)}", "bad_run"
+                    ) from None
+                locked.custom_model = custom
+                locked.save(update_fields=["custom_model"])
+                kept = True
+            percent = job.evaluation.get("student_percent_of_teacher")
+            words = f" at {percent:g}% of the teacher's quality" if percent is not None else ""
+            return tuning.move(
+                job.pk, (TuningStatus.REGISTERING,), TuningStatus.SUCCEEDED,
+                f"Registered as the custom model {job.name}{words}; deploy it like any model.",
+                finished_at=timezone.now(), lease_until=None,
+            )  # fmt: skip
+    finally:
+        if archive_key and not kept:
+            custom_models.forget_adapter_files(archive_key)  # registered by another worker, or refused
 
 
 def _first_error(error: exceptions.ValidationError) -> str:

@@ -128,6 +128,8 @@ try:
     # cluster's engine pods mount the claim read-only at the same folder, so a model registered from a folder
     # under one is deployed there like any other.
     CUSTOM_MODEL_VOLUMES = env.volume_claims("CUSTOM_MODEL_VOLUMES")
+    # …and each is a folder custom models are registered from, beside CUSTOM_MODEL_ROOTS (or its defaults).
+    CUSTOM_MODEL_ROOTS += [folder for folder in CUSTOM_MODEL_VOLUMES if folder not in CUSTOM_MODEL_ROOTS]
 
     # Gateway (the invoke API).
     GATEWAY_ONLY = env.boolean("GATEWAY_ONLY", False)

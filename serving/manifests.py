@@ -17,6 +17,7 @@ Metrics contract (what the autoscalers expect from the cluster's monitoring):
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from collections.abc import Sequence
@@ -315,12 +316,14 @@ def build_weights_secret(spec: DeploymentSpec, cluster: ClusterSettings) -> Mani
     values |= {adapter_url_key(index): url for index, url in enumerate(urls)}
     if not values:
         return None
+    # `data`, not `stringData`: a server-side apply that drops a key from `stringData` leaves it in the
+    # stored Secret, so a credential no longer needed would stay.
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {**_metadata(spec, cluster), "name": weights_secret_name(spec)},
         "type": "Opaque",
-        "stringData": values,
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in values.items()},
     }
 
 

@@ -28,7 +28,7 @@ from marketplace.catalog import custom_models, fits
 from marketplace.catalog.choices import CustomModelSource
 from marketplace.catalog.models import CustomModel, InstanceType, ModelCard
 from marketplace.subscriptions.services import require_in_force, subscription_in_force
-from serving.backends.base import PermanentBackendError
+from serving.backends.base import PermanentBackendError, TransientBackendError
 from serving.choices import LIVE_STATUSES, AutoscalingPolicy, Backend, DeploymentStatus
 from serving.models import Deployment, DeploymentAdapter, DeploymentEvent, UsageRecord, served_adapter_name
 from serving.spec import (
@@ -270,14 +270,20 @@ def fetches_adapters(spec: DeploymentSpec) -> bool:
 
 def adapter_url(custom: CustomModel) -> str:
     """A presigned GET of the adapter's archive in the platform's object store, for a cluster's engine pod.
-    check_cluster_files made sure there is one; a platform whose store changed since is told plainly."""
+    The archive is made now for an adapter registered before archives were kept (a deployment applied
+    again without a change of adapters); a platform whose store can no longer sign is told plainly."""
     try:
-        return presigned_url(
-            get_store(), custom.archive_key, write=False, expires_seconds=ADAPTER_URL_SECONDS
-        )
-    except (CannotPresign, InvalidKey) as error:
+        key = custom_models.ensure_adapter_files(custom)
+        return presigned_url(get_store(), key, write=False, expires_seconds=ADAPTER_URL_SECONDS)
+    except exceptions.ValidationError as error:
+        if isinstance(error, custom_models.FilesNotKept):
+            raise TransientBackendError(f"the LoRA adapter {custom.name} could not be archived") from None
+        message = f"the LoRA adapter {custom.name}'s files are gone: register it again"
+        raise PermanentBackendError(message, public=message) from None
+    except (CannotPresign, InvalidKey):
         message = (
-            f"the LoRA adapter {custom.name} cannot be fetched from the platform's object store ({error})"
+            f"the LoRA adapter {custom.name} cannot be fetched: the platform's object store gives no URL a "
+            "pod can use (OBJECT_STORE_BUCKET)"
         )
         raise PermanentBackendError(message, public=message) from None
 

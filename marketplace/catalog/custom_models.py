@@ -112,6 +112,10 @@ def allowed_folder(path: str, field: str = "path") -> Path:
     if folder == copies or copies in folder.parents:
         # Another organisation's copies of its store weights, whatever CUSTOM_MODEL_ROOTS says.
         raise _refuse(field, f"{path} holds this platform's copies of models read from object stores.")
+    runs = tuning_runs_root().resolve()
+    if folder == runs or runs in folder.parents:
+        # Tuning jobs' data and adapters, each registered by its own job (register_adapter's run_folder).
+        raise _refuse(field, f"{path} holds this platform's tuning runs; a job registers its own adapter.")
     roots = [Path(root).resolve() for root in settings.CUSTOM_MODEL_ROOTS]
     if not any(folder == root or root in folder.parents for root in roots):
         raise _refuse(
@@ -423,6 +427,23 @@ def store_copies_root() -> Path:
     return Path(settings.DATA_DIR) / "store-copies"
 
 
+def tuning_runs_root() -> Path:
+    """Where tuning jobs keep their runs (learning.tuning.work_dir_for): under DATA_DIR, a folder
+    `allowed_folder` refuses whatever CUSTOM_MODEL_ROOTS says, so no organisation registers another's
+    training data or adapter as its own."""
+    return Path(settings.DATA_DIR) / "tuning-jobs"
+
+
+def own_run_folder(organization: Organization, folder: Path) -> bool:
+    """Whether `folder` lies in one of the organisation's own tuning runs (`<organization id>-<job id>`)."""
+    runs = tuning_runs_root().resolve()
+    folder = folder.resolve()
+    if runs not in folder.parents:
+        return False
+    run = folder.relative_to(runs).parts[0]
+    return run.startswith(f"{organization.pk}-")
+
+
 def store_copy_folder(card: ModelCard) -> Path:
     """Where this machine keeps the copy of a store-registered model's weights: under DATA_DIR, a folder
     `allowed_folder` refuses whatever CUSTOM_MODEL_ROOTS says, so no organisation can register another's
@@ -528,31 +549,42 @@ def _plain_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
     return member
 
 
-def adapter_archive(folder: Path) -> bytes:
+def adapter_archive(folder: Path, field: str = "path") -> bytes:
     """An adapter folder's files as a gzipped tar: the top level only (PEFT writes nothing deeper), no
-    links, no hidden files and no pickled weights (read_adapter insists on safetensors)."""
+    hidden files and no pickled weights (read_adapter insists on safetensors). A file that is a link (a
+    Hugging Face cache snapshot's are) goes in as the file it leads to, which must lie in the folders custom
+    models are registered from (allowed_folder, naming `field`)."""
     buffer = io.BytesIO()
     # Safetensors hardly compress: the quickest level costs least.
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
         for path in sorted(folder.iterdir()):
-            if path.is_file() and not path.is_symlink() and copied_file(path.name):
-                archive.add(path, arcname=path.name, recursive=False, filter=_plain_member)
+            if not copied_file(path.name) or not path.is_file():
+                continue
+            real = path.resolve()
+            if path.is_symlink():
+                allowed_folder(str(real.parent), field)
+            archive.add(real, arcname=path.name, recursive=False, filter=_plain_member)
     return buffer.getvalue()
+
+
+class FilesNotKept(exceptions.ValidationError):
+    """The platform's object store did not take an adapter's archive: worth trying again."""
 
 
 def keep_adapter_files(organization: Organization, name: str, folder: Path, field: str = "path") -> str:
     """Put the adapter's archive in the platform's object store under a key of its own; the key."""
     key = f"{ADAPTER_ARCHIVES}/{organization.pk}/{name}-{uuid.uuid4().hex[:12]}.tar.gz"
+    data = adapter_archive(folder, field)
     try:
-        get_store().put(key, adapter_archive(folder))
+        get_store().put(key, data)
     except Exception as error:  # the store's own errors (boto3's, a full disk): refused, not a 500
         # The error may name the store's hosts and paths, which are the platform's business: logged only.
         log.warning("keeping the adapter archive %s failed: %s", key, error)
-        raise _refuse(
-            field,
+        message = (
             "The adapter's files could not be kept in the platform's object store: try again shortly; if "
-            "it keeps failing, a platform admin can read why in the platform's log.",
-        ) from None
+            "it keeps failing, a platform admin can read why in the platform's log."
+        )
+        raise FilesNotKept({field: [message]}) from None
     return key
 
 
@@ -575,6 +607,8 @@ def ensure_adapter_files(custom: CustomModel, field: str = "model") -> str:
     if custom.archive_key:
         return custom.archive_key
     folder = Path(custom.path)
+    if not own_run_folder(custom.organization, folder):
+        folder = allowed_folder(custom.path, field)  # still where the organisation may read from
     if not (folder / "adapter_config.json").is_file():
         raise _refuse(
             field,
@@ -583,9 +617,12 @@ def ensure_adapter_files(custom: CustomModel, field: str = "model") -> str:
         )
     key = keep_adapter_files(custom.organization, custom.name, folder, field)
     if CustomModel.objects.filter(pk=custom.pk, archive_key="").update(archive_key=key) == 0:
-        forget_adapter_files(key)  # kept by someone else meanwhile: theirs stays
-        custom.refresh_from_db(fields=["archive_key"])
-        return custom.archive_key
+        forget_adapter_files(key)  # kept by someone else meanwhile (theirs stays), or deleted
+        kept = CustomModel.objects.filter(pk=custom.pk).values_list("archive_key", flat=True).first()
+        if not kept:
+            raise _refuse(field, f"{custom.name} no longer exists.")
+        custom.archive_key = kept
+        return kept
     custom.archive_key = key
     return key
 
@@ -617,8 +654,12 @@ def register_adapter(
     path: str,
     base: ModelCard,
     summary: str = "",
+    run_folder: bool = False,
+    archive_key: str = "",
 ) -> CustomModel:
-    """A LoRA adapter served on a deployment of `base` (a card the organisation can see)."""
+    """A LoRA adapter served on a deployment of `base` (a card the organisation can see). `run_folder`: the
+    path is one of the organisation's own tuning runs (which allowed_folder refuses to everyone else);
+    `archive_key`: its archive, kept already by the caller (keep_adapter_files), else kept here."""
     check_name(organization, name)
     if base.organization_id not in (None, organization.pk):
         raise _refuse("base", "No model with that slug.")  # another organisation's: as if absent
@@ -626,7 +667,10 @@ def register_adapter(
         raise _refuse("base", f"{base.name} is itself an adapter: choose the model it adapts.")
     if not base.servable or "completions" not in base.routes:
         raise _refuse("base", f"{base.name} is not a text generation model the engine serves with adapters.")
-    folder = allowed_folder(path)
+    if run_folder and own_run_folder(organization, Path(path)):
+        folder = Path(path).resolve()
+    else:
+        folder = allowed_folder(path)
     try:
         adapter = weights.read_adapter(folder)
     except weights.WeightsError as error:
@@ -668,7 +712,7 @@ def register_adapter(
         latent_dim=base.kv_latent_dim,
         cpu_capable=base.cpu_capable,
     )
-    archive_key = keep_adapter_files(organization, name, folder)
+    archive_key = archive_key or keep_adapter_files(organization, name, folder)
     try:
         return _save(
             organization=organization,
@@ -737,8 +781,9 @@ def delete_custom_model(custom: CustomModel) -> None:
         Subscription.objects.filter(model_card=card).delete()
         if custom.source == CustomModelSource.STORE:
             transaction.on_commit(lambda: delete_store_copy(card))
-        archive_key = custom.archive_key
-        transaction.on_commit(lambda: forget_adapter_files(archive_key))
+        # From the row as it is now: an archive made since `custom` was read goes too.
+        archive_key = CustomModel.objects.filter(pk=custom.pk).values_list("archive_key", flat=True).first()
+        transaction.on_commit(lambda: forget_adapter_files(archive_key or ""))
         custom.delete()
         if Deployment.objects.filter(model_card=card).exists():
             # Deleted deployments keep their history and usage, which refer to the card: the card stays,

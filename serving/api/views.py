@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from marketplace.accounts import tenancy
-from marketplace.api import TenantScopedViewSet
+from marketplace.api import Conflict, TenantScopedViewSet
 from marketplace.subscriptions.models import Subscription
 from serving import services
 from serving.api.serializers import (
@@ -109,7 +109,11 @@ class DeploymentViewSet(
                     ]
                 }
             )
-        return HttpResponse(render_manifests(deployment), content_type="application/yaml")
+        try:
+            shown = render_manifests(deployment)
+        except ValueError as error:  # what the cluster would refuse too: a folder in no volume, …
+            raise Conflict({"deployment": [f"Its Kubernetes objects cannot be built: {error}."]}) from None
+        return HttpResponse(shown, content_type="application/yaml")
 
 
 def render_manifests(deployment: Deployment) -> str:

@@ -216,8 +216,8 @@ class KubernetesBackend:
 
     def apply(self, spec: DeploymentSpec) -> None:
         """Server-side apply every object the manifests build, then delete the autoscaler kind the policy
-        no longer wants (fixed now, or an HPA↔ScaledObject switch), and the NetworkPolicy when
-        NETWORK_POLICY_ENABLED was turned off.
+        no longer wants (fixed now, or an HPA↔ScaledObject switch), the NetworkPolicy when
+        NETWORK_POLICY_ENABLED was turned off, and the weights Secret when nothing needs it any more.
 
         The stale autoscaler is deleted by name, never by label: KEDA copies a ScaledObject's labels onto
         the HPA it creates (`keda-hpa-<name>`), and deleting that by label would fight KEDA.
@@ -233,6 +233,8 @@ class KubernetesBackend:
         for kind in (*AUTOSCALERS, NETWORK_POLICY):
             if kind.kind not in wanted:
                 self._delete_named(kind, name)
+        if SECRET.kind not in wanted:  # credentials no longer needed (adapters dropped …) leave the cluster
+            self._delete_named(SECRET, manifests.weights_secret_name(spec))
 
     def scale(self, spec: DeploymentSpec) -> None:
         """Same as apply: the replica bounds live in the Deployment (fixed) or the autoscaler, and applying

@@ -28,6 +28,7 @@ from tests.catalog.custom_model_files import (
     safetensors_bytes,
     write_model,
 )
+from tests.serving.test_manifests import secret_values
 
 CUSTOM = "/api/custom-models/"
 KEY_ID, SECRET = "AKIDTINYLLAMA", "tiny-llama-secret-0123456789"
@@ -302,7 +303,7 @@ def test_a_clusters_engines_stream_the_weights_with_the_key_from_a_secret_of_the
     kinds = [obj["kind"] for obj in objects]
     assert kinds.index("Secret") < kinds.index("Deployment")
     secret = objects[kinds.index("Secret")]
-    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    assert secret_values(secret) == {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
     deployment = objects[kinds.index("Deployment")]
     assert SECRET not in json.dumps(deployment)
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -294,7 +294,7 @@ def test_custom_model_volumes_are_mounted_read_only_where_models_are_registered_
     objects = render(PRODUCTION)
     data = find(objects, "ConfigMap", "marketplace-config")["data"]
     assert data["CUSTOM_MODEL_VOLUMES"] == "/models=shared-models"
-    assert data["CUSTOM_MODEL_ROOTS"] == "/models"  # a volume's folder is one models are registered from
+    assert data["CUSTOM_MODEL_ROOTS"] == ""  # the defaults; the platform adds each volume's folder to them
     for component in COMPONENTS:
         pod = find(objects, "Deployment", f"marketplace-{component}")["spec"]["template"]["spec"]
         claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]

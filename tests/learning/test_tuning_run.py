@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from learning import tasks, tuning, tuning_eval, tuning_run
 from learning.models import Dataset, TuningAnswer, TuningJob, TuningStatus
-from learning.storage import FolderStore
+from learning.storage import FolderStore, get_store
 from learning.training import tickets
 from learning.training.runner import CANCELLED, FAILED, SUCCEEDED, CpuTraining, Outcome
 from marketplace.accounts import services as account_services
@@ -413,3 +413,40 @@ def test_the_job_and_its_resume_are_celery_tasks_and_beat_runs_the_resume(settin
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert "learning.tasks.resume_tuning_jobs" in app.tasks
     assert "learning.tasks.resume_tuning_jobs" in scheduled
+
+
+def test_an_object_store_out_of_reach_postpones_registering_and_a_later_run_registers(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = setup.create()
+    store = get_store()
+    put = store.put
+
+    def refused(key: str, data: bytes) -> None:
+        raise ConnectionError("the store is down")
+
+    monkeypatch.setattr(store, "put", refused)
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.REGISTERING  # a finished run is not lost
+    job.refresh_from_db()
+    assert "waits for the platform's object store" in job.status_message
+    assert job.lease_until is not None and not CustomModel.objects.exists()
+    lapse_lease(job)
+    assert tuning.unattended() == [job.pk]  # the minute's safety net takes it up again
+    monkeypatch.setattr(store, "put", put)
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.SUCCEEDED
+    custom = CustomModel.objects.get()
+    assert store.list("adapters/") == [custom.archive_key] and len(StandInTraining.starts) == 1
+
+
+def test_another_organisation_cannot_register_a_tuning_runs_adapter_as_its_own(
+    setup: Setup, settings: Any, client_for: Any, outsider: Any
+) -> None:
+    job = setup.create()
+    assert tuning_run.run(job.pk, setup.parts()) == TuningStatus.SUCCEEDED
+    job.refresh_from_db()
+    adapter = Path(job.work_dir) / "run" / "adapter"
+    settings.CUSTOM_MODEL_ROOTS = [settings.DATA_DIR]  # even roots that hold every run
+    body = {"name": "taken", "source": "adapter", "path": str(adapter), "base": CHAT}
+    answer = client_for(outsider).post("/api/custom-models/", body, format="json")
+    assert answer.status_code == 400
+    assert "holds this platform's tuning runs" in answer.json()["path"][0]

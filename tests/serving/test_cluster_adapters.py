@@ -9,6 +9,7 @@ is the same standard library)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from tests.catalog.custom_model_files import write_adapter, write_model
 from tests.engines import free_port
 from tests.serving.conftest import backend_for
 from tests.serving.fake_kubernetes import NAMESPACE, FakeKubernetes
+from tests.serving.test_manifests import secret_values
 
 pytestmark = pytest.mark.django_db
 
@@ -121,11 +123,13 @@ def test_a_cluster_deployment_fetches_its_adapters_into_the_pod_before_the_engin
     name = manifests.object_name(spec)
     pod = fake_kubernetes.get("apps/v1", "deployments", name)["spec"]["template"]["spec"]  # type: ignore[index]
     assert [c["name"] for c in pod["initContainers"]] == [manifests.FETCH_CONTAINER]
+    applied = fake_kubernetes.get("apps/v1", "deployments", name)
+    assert "X-Amz-Signature" not in json.dumps(applied)  # the URLs are in the Secret only
     args = pod["containers"][0]["args"]
     assert args[args.index("--lora-modules") + 1 :][:2] == ["mine=/adapters/0", "mine:legal=/adapters/1"]
     secret = fake_kubernetes.get("v1", "secrets", manifests.weights_secret_name(spec))
     assert secret is not None
-    urls = secret.get("stringData") or secret["data"]
+    urls = secret_values(secret)
     assert sorted(urls) == ["ADAPTER_0_URL", "ADAPTER_1_URL"]
     row.refresh_from_db()
     assert row.adapter_urls_signed_at is not None
@@ -304,7 +308,9 @@ def test_the_shown_manifests_and_page_fetch_the_adapters_but_sign_nothing(
     text = shown.content.decode()
     assert manifests.FETCH_CONTAINER in text and "mine=/adapters/0" in text
     assert "ADAPTER_0_URL: <a credential, applied to the cluster and never shown>" in text
-    assert services.UNSIGNED_URL not in text and "X-Amz" not in text
+    assert "X-Amz" not in text
+    shown_spec = services.spec_for(Deployment.objects.get(pk=deployment_id), sign=False)
+    assert shown_spec.model.adapter_url == services.UNSIGNED_URL  # built to be shown: nothing signed
     page = Client()
     page.force_login(member)
     assert page.get(f"/deployments/{deployment_id}/").status_code == 200
@@ -326,3 +332,79 @@ def test_a_store_that_fails_refuses_the_registration_naming_path_and_keeps_nothi
     assert "127.0.0.1" not in answer.content.decode()  # the store's address is the platform's business
     assert not CustomModel.objects.exists()
     get_store.cache_clear()
+
+
+def test_an_adapter_of_links_is_archived_as_the_files_they_lead_to_inside_the_roots_only(
+    root, client_for, owner, s3_settings, tmp_path
+) -> None:
+    client = client_for(owner)
+    smol = ModelCard.objects.get(slug=SMOL)
+    blobs = write_adapter(root / "blobs", smol.huggingface_repo, width=576)  # a Hub cache's blobs, say
+    snapshot = root / "snapshot"
+    snapshot.mkdir()
+    for name in ADAPTER_FILES:
+        (snapshot / name).symlink_to(blobs / name)
+    body = {"name": "linked", "source": "adapter", "path": str(snapshot), "base": SMOL}
+    answer = client.post(CUSTOM, body, format="json")
+    assert answer.status_code == 201, answer.content
+    key = CustomModel.objects.get(card__slug=answer.json()["slug"]).archive_key
+    kept = archive_members(s3_settings, key)
+    assert all(kept[name] == (blobs / name).read_bytes() for name in ADAPTER_FILES)
+
+    outside = write_adapter(tmp_path / "elsewhere", smol.huggingface_repo, width=576)
+    leading_out = root / "leading-out"
+    leading_out.mkdir()
+    (leading_out / "adapter_config.json").write_bytes((outside / "adapter_config.json").read_bytes())
+    (leading_out / "adapter_model.safetensors").symlink_to(outside / "adapter_model.safetensors")
+    body = {"name": "leading-out", "source": "adapter", "path": str(leading_out), "base": SMOL}
+    refused = client.post(CUSTOM, body, format="json")
+    assert refused.status_code == 400
+    assert "is outside the folders custom models are registered from" in refused.json()["path"][0]
+
+
+def test_dropping_the_adapters_takes_their_urls_off_the_cluster(
+    root, client_for, owner, acme, fake_kubernetes: FakeKubernetes
+) -> None:
+    client = client_for(owner)
+    subscribe(organization=acme, card=ModelCard.objects.get(slug=SMOL), license_sha256=None, user=owner)
+    legal = register(client, root, "legal")
+    created = deploy(client, SMOL, [{"name": "legal", "model": legal["slug"]}])
+    row = Deployment.objects.get(pk=created.json()["id"])
+    tasks.provision_deployment.apply(args=[row.pk]).get()
+    name = manifests.weights_secret_name(services.spec_for(row))
+    assert fake_kubernetes.get("v1", "secrets", name) is not None
+    dropped = client.patch(f"{DEPLOYMENTS}{row.pk}/", {"adapters": []}, format="json")
+    assert dropped.status_code == 200, dropped.content
+    tasks.provision_deployment.apply(args=[row.pk]).get()
+    assert fake_kubernetes.get("v1", "secrets", name) is None
+    row.refresh_from_db()
+    assert row.adapter_urls_signed_at is None  # nothing left to renew
+
+
+def test_an_older_adapter_is_archived_when_its_deployment_is_applied_again(
+    root, client_for, owner, s3_settings
+) -> None:
+    client = client_for(owner)
+    adapter = register(client, root, "older")
+    answer = deploy(client, adapter["slug"])
+    custom = CustomModel.objects.get(card__slug=adapter["slug"])
+    s3_settings.delete(custom.archive_key)
+    CustomModel.objects.filter(pk=custom.pk).update(archive_key="")  # as registered before archives
+    assert tasks.provision_deployment.apply(args=[answer.json()["id"]]).get() == "applied"
+    custom.refresh_from_db()
+    assert sorted(archive_members(s3_settings, custom.archive_key)) == ADAPTER_FILES
+
+
+def test_the_manifests_of_a_folder_model_outside_every_volume_are_refused_not_a_500(
+    root, client_for, owner, settings
+) -> None:
+    client = client_for(owner)
+    folder = write_model(root / "lab" / "tiny")
+    registered = client.post(CUSTOM, {"name": "tiny", "source": "path", "path": str(folder)}, format="json")
+    settings.CUSTOM_MODEL_VOLUMES = {str(root / "lab"): "lab-models"}
+    created = deploy(client, registered.json()["slug"])
+    assert created.status_code == 201, created.content
+    settings.CUSTOM_MODEL_VOLUMES = {}  # a platform admin takes the volume away since
+    shown = client.get(f"{DEPLOYMENTS}{created.json()['id']}/manifests/")
+    assert shown.status_code == 409
+    assert "lies in none of the volumes" in shown.json()["deployment"][0]

@@ -3,6 +3,7 @@ scheduling, autoscalers, and the validation matrix against the Kubernetes and KE
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import json
@@ -131,6 +132,11 @@ def container(spec: DeploymentSpec, cluster: ClusterSettings | None = None) -> d
 
 def env_names(spec: DeploymentSpec) -> set[str]:
     return {entry["name"] for entry in container(spec)["env"]}
+
+
+def secret_values(secret: dict[str, Any]) -> dict[str, str]:
+    """A Secret's values, decoded from its `data`."""
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
 
 
 def flag_value(args: list[str], flag: str) -> str:
@@ -759,7 +765,7 @@ def test_a_model_from_an_object_store_streams_with_its_key_from_a_secret(version
     assert [m["kind"] for m in objects][:3] == ["NetworkPolicy", "Secret", "Deployment"]
     secret = objects[1]
     assert secret["metadata"]["labels"] == manifests.labels(spec)  # deleted with the deployment's objects
-    assert secret["stringData"]["AWS_SECRET_ACCESS_KEY"] == "not-in-any-log"
+    assert secret_values(secret)["AWS_SECRET_ACCESS_KEY"] == "not-in-any-log"
     args = container(spec)["args"]
     assert args[:3] == ["s3://weights/models/tuned/", "--load-format", "runai_streamer"]
     assert "--revision" not in args and "not-in-any-log" not in json.dumps(objects[2:])
@@ -818,7 +824,7 @@ def test_adapters_on_a_cluster_are_fetched_by_an_init_container_before_the_engin
         kubernetes_validate.validate(manifest, version, strict=True)
     assert [m["kind"] for m in objects][:3] == ["NetworkPolicy", "Secret", "Deployment"]
     secret = objects[1]
-    assert secret["stringData"] == {
+    assert secret_values(secret) == {
         "ADAPTER_0_URL": ADAPTED.adapter_url,
         "ADAPTER_1_URL": "https://s/legal?X-Amz-Signature=l",
         "ADAPTER_2_URL": "https://s/sales?X-Amz-Signature=s",
@@ -829,9 +835,7 @@ def test_adapters_on_a_cluster_are_fetched_by_an_init_container_before_the_engin
     assert fetch["command"][:2] == ["python3", "-c"]
     assert fetch["command"][3:] == [manifests.ADAPTERS_PATH, "0", "1", "2"]
     refs = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in fetch["env"]}
-    assert refs == {
-        key: {"name": manifests.weights_secret_name(spec), "key": key} for key in secret["stringData"]
-    }
+    assert refs == {key: {"name": manifests.weights_secret_name(spec), "key": key} for key in secret["data"]}
     assert {"name": "adapters", "emptyDir": {}} in pod["volumes"]
     assert {"name": "adapters", "mountPath": "/adapters", "readOnly": True} in container(spec)["volumeMounts"]
     args = container(spec)["args"]
@@ -900,7 +904,7 @@ def test_a_private_repository_is_downloaded_with_the_organisations_own_token_fro
     for manifest in objects:
         kubernetes_validate.validate(manifest, version, strict=True)
     secret = next(obj for obj in objects if obj["kind"] == "Secret")
-    assert secret["stringData"] == {"HF_TOKEN": "hf_own_token"}
+    assert secret_values(secret) == {"HF_TOKEN": "hf_own_token"}
     env = {item["name"]: item for item in container(spec)["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": manifests.weights_secret_name(spec), "key": "HF_TOKEN",

@@ -128,13 +128,11 @@ PROMETHEUS_URL: {{ .Values.serving.prometheusUrl | quote }}
 MODEL_CACHE_PVC: {{ .Values.serving.modelCachePvc | quote }}
 HF_TOKEN_SECRET: {{ include "marketplace.huggingfaceTokenSecret" . | quote }}
 ENGINE_MEDIA_DOMAINS: {{ join "," .Values.serving.mediaDomains | quote }}
-{{- $volumeFolders := list }}
+CUSTOM_MODEL_ROOTS: {{ join "," .Values.serving.customModelRoots | quote }}
 {{- $volumeClaims := list }}
 {{- range .Values.serving.customModelVolumes }}
-{{- $volumeFolders = append $volumeFolders .path }}
 {{- $volumeClaims = append $volumeClaims (printf "%s=%s" .path .claim) }}
 {{- end }}
-CUSTOM_MODEL_ROOTS: {{ join "," (concat .Values.serving.customModelRoots $volumeFolders) | quote }}
 CUSTOM_MODEL_VOLUMES: {{ join "," $volumeClaims | quote }}
 CUSTOM_MODEL_STORE_ENDPOINTS: {{ join "," .Values.serving.customModelStoreEndpoints | quote }}
 NETWORK_POLICY_ENABLED: {{ ternary "True" "False" .Values.serving.networkPolicy.enabled | quote }}
