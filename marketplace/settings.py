@@ -124,11 +124,10 @@ try:
     # S3 itself: the platform reads, and its engines stream, only from stores its admins named, so no
     # organisation can point the platform at an address inside the network.
     CUSTOM_MODEL_STORE_ENDPOINTS = env.string_list("CUSTOM_MODEL_STORE_ENDPOINTS", [])
-    # Folders of CUSTOM_MODEL_ROOTS that are volumes (PersistentVolumeClaims of the serving namespace): a
-    # cluster's engine pods mount the claim read-only at the same folder, so a model registered from a folder
-    # under one is deployed there like any other.
+    # Folders held by volumes (PersistentVolumeClaims of the serving namespace, by folder): a cluster's engine
+    # pods mount the claim read-only at the same folder, so a model registered from under one is deployed
+    # there like any other. Each is a folder custom models are registered from, beside CUSTOM_MODEL_ROOTS.
     CUSTOM_MODEL_VOLUMES = env.volume_claims("CUSTOM_MODEL_VOLUMES")
-    # …and each is a folder custom models are registered from, beside CUSTOM_MODEL_ROOTS (or its defaults).
     CUSTOM_MODEL_ROOTS += [folder for folder in CUSTOM_MODEL_VOLUMES if folder not in CUSTOM_MODEL_ROOTS]
 
     # Gateway (the invoke API).

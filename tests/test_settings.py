@@ -82,6 +82,20 @@ def test_volume_claims_are_read_by_folder(monkeypatch) -> None:
     assert env.volume_claims("CUSTOM_MODEL_VOLUMES") == {}
 
 
+def test_each_volumes_folder_is_one_models_are_registered_from_beside_the_default_roots() -> None:
+    environment = {**os.environ, "SECRET_KEY": STRONG_KEY, "DATA_DIR": "/srv/data"}
+    environment.update(
+        CUSTOM_MODEL_VOLUMES="/models=shared-models", DJANGO_SETTINGS_MODULE="marketplace.settings"
+    )
+    environment.pop("CUSTOM_MODEL_ROOTS", None)
+    program = "from django.conf import settings; print(','.join(settings.CUSTOM_MODEL_ROOTS))"
+    shown = subprocess.run(
+        [sys.executable, "-c", program], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["/srv/data/custom-models,/srv/data/engine/models,/models"]
+
+
 def test_an_unreadable_secret_file_names_the_variable(monkeypatch) -> None:
     monkeypatch.delenv("SECRET_KEY", raising=False)
     monkeypatch.setenv("SECRET_KEY_FILE", "/nonexistent/key")
