@@ -33,8 +33,7 @@ from marketplace.catalog.choices import CustomModelSource
 from marketplace.catalog.models import InstanceType, ModelCard
 from serving.choices import Backend, DeploymentStatus
 from serving.models import Deployment
-from serving.services import check_model_and_instance, check_training_quota
-from serving.spec import volume_holding
+from serving.services import check_model_and_instance, check_training_quota, in_cluster_volume
 
 LEASE_SECONDS = 120
 MAX_CONCURRENCY = 16
@@ -154,7 +153,7 @@ def check_student_base(organization: Organization, slug: str) -> ModelCard:
                 "register the same weights from the Hugging Face Hub or a volume folder to train on them.",
             )
         folder = custom.path if custom is not None and custom.source == CustomModelSource.PATH else ""
-        if folder and volume_holding(folder, list(settings.CUSTOM_MODEL_VOLUMES.items())) is None:
+        if folder and not in_cluster_volume(folder):
             raise Refused(
                 "student_base",
                 f"{card.name} was registered from {folder}, a folder in none of the volumes a cluster's pods "

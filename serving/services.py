@@ -224,6 +224,19 @@ ADAPTER_URL_SECONDS = 7 * 86_400
 ADAPTER_URL_RENEW_SECONDS = 86_400
 
 
+def in_cluster_volume(folder: str) -> bool:
+    """Whether a cluster's pods can mount the folder: it lies in one of CUSTOM_MODEL_VOLUMES."""
+    return volume_holding(folder, list(settings.CUSTOM_MODEL_VOLUMES.items())) is not None
+
+
+def _withdrawn_store(card: ModelCard) -> str:
+    """Why the card's weights may no longer be read from their object store (custom_models.
+    endpoint_withdrawn), as a sentence about the card; else ""."""
+    stored = store_model(card)
+    withdrawn = custom_models.endpoint_withdrawn(stored) if stored is not None else ""
+    return f"{card.name}'s weights cannot be read: {withdrawn}" if withdrawn else ""
+
+
 def check_cluster_files(card: ModelCard, adapters: Sequence[AdapterChoice], backend: str) -> None:
     """What a cluster's engine pods read must be somewhere they can reach: weights from the Hub, from an
     object store whose endpoint is still allowed, or from a folder in one of CUSTOM_MODEL_VOLUMES (never the
@@ -232,16 +245,11 @@ def check_cluster_files(card: ModelCard, adapters: Sequence[AdapterChoice], back
     is kept now, from its folder."""
     if backend == Backend.LOCAL:
         return
-    stored = store_model(card)
-    withdrawn = custom_models.endpoint_withdrawn(stored) if stored is not None else ""
+    withdrawn = _withdrawn_store(card)
     if withdrawn:
-        raise _refuse("model", f"{card.name}'s weights cannot be read: {withdrawn}")
+        raise _refuse("model", withdrawn)
     folder = weights_path(card)
-    if (
-        folder
-        and stored is None
-        and volume_holding(folder, list(settings.CUSTOM_MODEL_VOLUMES.items())) is None
-    ):
+    if folder and store_model(card) is None and not in_cluster_volume(folder):
         raise _refuse(
             "model",
             f"{card.name} runs on weights registered from {folder}, a folder in none of the volumes a "
@@ -979,12 +987,9 @@ def spec_for(deployment: Deployment, *, sign: bool = True) -> DeploymentSpec:
     own = adapter_of(card)
     if own is not None:
         model = replace(model, adapter_url=url_of(own))
-    stored = store_model(card)
-    withdrawn = custom_models.endpoint_withdrawn(stored) if stored is not None and sign else ""
-    if withdrawn and deployment.backend != Backend.LOCAL:
-        # The engines would read an endpoint the platform no longer allows: applied no more.
-        message = f"{card.name}'s weights cannot be read: {withdrawn}"
-        raise PermanentBackendError(message, public=message)
+    withdrawn = _withdrawn_store(card) if sign and deployment.backend != Backend.LOCAL else ""
+    if withdrawn:  # the engines would read an endpoint the platform no longer allows: applied no more
+        raise PermanentBackendError(withdrawn, public=withdrawn)
     return DeploymentSpec(
         deployment_id=deployment.pk,
         name=deployment.name,
